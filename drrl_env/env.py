@@ -1,0 +1,270 @@
+"""``RankSelectionEnv``: choose the rank of a transformer's attention, segment by segment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from drrl_env.analysis import DocumentAnalysis, analyse, segment_bounds
+from drrl_env.config import EnvConfig, make_config
+from drrl_env.cost import AttentionShape, flop_ratios, make_cost_model
+from drrl_env.observation import Bounds, build_observation, observation_space
+from drrl_env.reward import fidelity_value, layer_relative_bound, output_error, reward_terms
+from drrl_env.safety import adaptive_epsilon, nearest_safe, safe_mask
+from drrl_env.sources.base import AttentionSource
+from drrl_env.sources.synthetic import SyntheticSource
+
+
+@dataclass(frozen=True)
+class _DocumentData:
+    """A document's analysis with what the env derives from it: bounds, costs and FLOP ratios (S, R)."""
+
+    analysis: DocumentAnalysis
+    bounds: Bounds
+    costs: np.ndarray
+    flops: np.ndarray
+
+
+class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
+    r"""Choose, layer by layer and segment by segment, the rank of a transformer's attention.
+
+    ## Description
+    An episode is one document.  The document is run through the model once (or drawn from the
+    synthetic source) and its per-head q, k, v are captured for every layer.  The document is cut
+    into segments of ``segment_len`` tokens; each step decides the rank at which one segment's
+    attention in one layer is computed, in layer-major order ``(0, 0), (0, 1), ..., (1, 0), ...``.
+    The low-rank attention really is computed from rank-r factors (``lowrank.py``, method
+    ``"svd"``: truncated SVDs of the segment's Q and of K; ``"shared_key"``: Q and K projected on
+    K's top-r right singular vectors) and compared with exact attention.
+
+    ## Action Space
+    ``Discrete(R)``: index into the rank grid ``ranks`` (default ``head_dim/8, ..., head_dim``), one
+    rank for all heads of the layer.  With ``per_head=True``: ``MultiDiscrete([R] * H)``, one per
+    head.  The last index is full rank (exact attention).
+
+    ## Observation Space
+    ``Dict`` (H query heads, d head dim, R ranks, relative bounds given as log1p of the bound):
+
+    | key            | shape     | range           | meaning                                                  |
+    |----------------|-----------|-----------------|----------------------------------------------------------|
+    | q_spectrum     | (H, d)    | [0, 1]          | singular values of the segment's Q per head / largest     |
+    | k_spectrum     | (H, d)    | [0, 1]          | singular values of the visible K per head / largest       |
+    | tail_energy    | (H, R, 2) | [0, 1]          | ||X - X_r||_F / ||X||_F for X = Q, K (Eq. 8 tail energy)  |
+    | band_energy    | (H, R, 2) | [0, 1]          | ||X_r - X_prev||_F / ||X||_F from the layer's previous rank|
+    | output_bound   | (H, R)    | [0, log1p(clip)]| bound on ||O_r - O||_F / ||O||_F per head (Eq. 9)        |
+    | change_bound   | (H, R)    | [0, log1p(clip)]| bound on ||O_r - O_prev||_F / ||O||_F per head            |
+    | layer_bound    | (R, 2)    | [0, log1p(clip)]| the two bounds above over all heads at one rank           |
+    | cost           | (R,)      | [0, 10]         | cost ratio to exact attention (the cost model's), clipped |
+    | context        | (6,)      | [0, ...]        | layer, segment, seq_len, prev rank (0 = none; / d),       |
+    |                |           |                 | log1p(epsilon_t), episode progress; all but epsilon in [0,1]|
+    | action_mask    | (R,) or (H*R,) | {0, 1}     | 1 = safe rank (bound <= epsilon_t); full rank always 1    |
+
+    ``band_energy`` and ``change_bound`` are 0 on a layer's first segment (no previous rank).
+
+    ## Rewards
+    ``alpha * fidelity - beta * cost - gamma * perturbation`` (``reward.py``); the signed terms are
+    in ``info["reward_terms"]`` and sum to the reward.
+
+    ## Starting State
+    A document drawn uniformly from the split with ``self.np_random`` (or
+    ``options={"document": i}``); the first step is layer 0, segment 0.
+
+    ## Episode End
+    Terminates after the last segment of the last layer (``n_layers * n_segments`` steps; at most
+    ``max_steps``).  The registered ``DRRL-v0`` also truncates at ``max_episode_steps``.
+
+    ## Safety
+    With ``safety=True`` ranks whose bound exceeds the adaptive threshold epsilon_t (``safety.py``)
+    are masked (``action_masks()``, ``info["action_mask"]``); an unsafe action is replaced by the
+    smallest safe rank above it and ``info["action_replaced"]`` says so.
+
+    ## Arguments
+    Every field of :class:`drrl_env.config.EnvConfig` is a keyword argument, e.g.
+    ``gym.make("DRRL-v0", source="synthetic", segment_len=64, beta=0.5)``.
+
+    ## Version History
+    * v0: initial release.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+
+    def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
+        if render_mode not in (None, "ansi"):
+            raise ValueError(f"render_mode={render_mode!r} is not supported; use None or 'ansi'")
+        self.render_mode = render_mode
+        self.config: EnvConfig = make_config(**kwargs)
+        cfg = self.config
+        self.device = resolve_device(cfg.device)
+        self.source: AttentionSource = build_source(cfg, self.device)
+        spec = self.source.spec
+        self.ranks: tuple[int, ...] = cfg.rank_grid(spec.head_dim)
+        self.cost_model = make_cost_model(cfg.cost_model, self.device)
+        n_ranks, n_heads = len(self.ranks), spec.n_heads
+        self.action_space = spaces.MultiDiscrete([n_ranks] * n_heads) if cfg.per_head else spaces.Discrete(n_ranks)
+        mask_shape = (n_heads * n_ranks,) if cfg.per_head else (n_ranks,)
+        self.observation_space = observation_space(n_heads, spec.head_dim, n_ranks, cfg.bound_clip, mask_shape)
+        self.max_steps = spec.n_layers * len(segment_bounds(spec.max_seq_len, cfg.segment_len))
+        self._analyses: dict[int, _DocumentData] = {}
+        self._doc: int | None = None
+
+    # ------------------------------------------------------------------ episode
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if self.spec is not None and self.spec.max_episode_steps is not None \
+                and self.spec.max_episode_steps < self.max_steps:
+            raise ValueError(
+                f"this configuration has episodes of up to {self.max_steps} steps but the env was made "
+                f"with max_episode_steps={self.spec.max_episode_steps}; pass "
+                f"gym.make('DRRL-v0', max_episode_steps={self.max_steps}, ...)")
+        n_docs = len(self.source.document_names)
+        index = (options or {}).get("document")
+        if index is None:
+            index = int(self.np_random.integers(n_docs))
+        elif not isinstance(index, (int, np.integer)) or not 0 <= index < n_docs:
+            raise ValueError(f"options['document']={index!r} must be an integer in 0..{n_docs - 1}")
+        self._doc = int(index)
+        self._doc_data = self._document(self._doc)
+        self._analysis, self._bounds, self._costs = self._doc_data.analysis, self._doc_data.bounds, self._doc_data.costs
+        self._n_segments = self._analysis.n_segments
+        self._n_steps = self.source.spec.n_layers * self._n_segments
+        self._t = 0
+        self._prev: np.ndarray | None = None
+        self._spent = 0.0
+        self._update_step_state()
+        return self._observation(), {"document": self.source.document_names[self._doc],
+                                     "n_steps": self._n_steps, "action_mask": self._mask.copy()}
+
+    def step(self, action: Any) -> tuple[dict[str, np.ndarray], SupportsFloat, bool, bool, dict[str, Any]]:
+        if self._doc is None:
+            raise RuntimeError("call reset() before step()")
+        if self._t >= self._n_steps:
+            raise RuntimeError("the episode has ended; call reset()")
+        if not self.action_space.contains(np.asarray(action, dtype=np.int64) if self.config.per_head else action):
+            raise ValueError(f"action {action!r} is not in the action space {self.action_space}")
+        cfg, spec = self.config, self.source.spec
+        layer, segment = divmod(self._t, self._n_segments)
+        requested = np.broadcast_to(np.asarray(action, dtype=np.int64), (spec.n_heads,)).copy()  # (H,)
+        chosen = requested
+        if cfg.safety:
+            chosen = nearest_safe(requested, self._mask.reshape(spec.n_heads, -1) if cfg.per_head else self._mask)
+        error = output_error(self._analysis, layer, segment, chosen)
+        fidelity = fidelity_value(error, cfg.fidelity_metric)
+        cost = float(self._costs[segment, chosen].mean())
+        full = np.full_like(chosen, len(self.ranks) - 1)
+        perturbation = 0.0 if self._prev is None else layer_relative_bound(
+            self._analysis, layer, segment, self._prev, chosen, cfg.bound_clip)
+        bound = layer_relative_bound(self._analysis, layer, segment, chosen, full, cfg.bound_clip)
+        terms = reward_terms(cfg.alpha, cfg.beta, cfg.gamma, fidelity, cost, perturbation)
+        reward = float(sum(terms.values()))
+        info = {
+            "document": self.source.document_names[self._doc],
+            "layer": layer, "segment": segment,
+            "rank": self._ranks_of(chosen), "requested_rank": self._ranks_of(requested),
+            "action_replaced": bool((chosen != requested).any()),
+            "epsilon": self._epsilon,
+            "fidelity": error.cosine, "relative_error": error.relative_error,
+            "cost_ratio": cost, "flop_ratio": float(self._doc_data.flops[segment, chosen].mean()),
+            "perturbation_bound": perturbation, "output_bound": bound,
+            "reward_terms": terms,
+        }
+        self._spent += bound
+        self._prev = chosen if segment + 1 < self._n_segments else None
+        self._t += 1
+        terminated = self._t == self._n_steps
+        if not terminated:
+            self._update_step_state()
+        info["action_mask"] = self._mask.copy()
+        return self._observation(), reward, terminated, False, info
+
+    def action_masks(self) -> np.ndarray:
+        """Boolean mask of safe actions for the current step (sb3-contrib ``MaskablePPO``)."""
+        return self._mask.astype(bool).copy()
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi" or self._doc is None:
+            return None
+        layer, segment = divmod(min(self._t, self._n_steps - 1), self._n_segments)
+        safe = [r for r, ok in zip(self.ranks, self._mask[-len(self.ranks):]) if ok]
+        return (f"{self.source.document_names[self._doc]} step {self._t}/{self._n_steps} "
+                f"layer {layer} segment {segment} epsilon {self._epsilon:.3g} safe ranks {safe}")
+
+    # ------------------------------------------------------------------ helpers
+    def document_names(self) -> list[str]:
+        return self.source.document_names
+
+    def analysis(self, index: int) -> DocumentAnalysis:
+        """The cached analysis of document ``index`` (computed on first use)."""
+        return self._document(index).analysis
+
+    def _document(self, index: int) -> _DocumentData:
+        if index in self._analyses:
+            return self._analyses[index]
+        cfg, spec = self.config, self.source.spec
+        analysis = analyse(self.source.trace(index), spec, cfg.segment_len, self.ranks, cfg.method,
+                           cfg.compress_values)
+        shapes = [AttentionShape(cfg.method, self.ranks, b - a, int(n), spec.head_dim, spec.n_heads,
+                                 spec.n_kv_heads, spec.causal, cfg.compress_values)
+                  for (a, b), n in zip(analysis.segments, analysis.key_lens)]
+        entry = _DocumentData(analysis, Bounds.of(analysis, cfg.bound_clip),
+                              costs=np.stack([self.cost_model.cost_ratios(s) for s in shapes]),
+                              flops=np.stack([flop_ratios(s) for s in shapes]))
+        if cfg.cache_documents:
+            self._analyses[index] = entry
+        return entry
+
+    def _ranks_of(self, index: np.ndarray) -> int | list[int]:
+        ranks = [self.ranks[i] for i in index]
+        return ranks if self.config.per_head else ranks[0]
+
+    def _update_step_state(self) -> None:
+        """Threshold and mask for the step about to be taken."""
+        cfg = self.config
+        layer, segment = divmod(self._t, self._n_segments)
+        self._epsilon = adaptive_epsilon(cfg.epsilon, cfg.epsilon_min, cfg.epsilon_max, self._n_steps,
+                                         self._t, self._spent)
+        threshold = self._epsilon if cfg.safety else np.inf
+        if cfg.per_head:
+            self._mask = safe_mask(self._bounds.head_exact[layer, segment], threshold).reshape(-1)
+        else:
+            self._mask = safe_mask(self._bounds.layer_exact[layer, segment], threshold)
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        cfg, spec = self.config, self.source.spec
+        t = min(self._t, self._n_steps - 1)
+        layer, segment = divmod(t, self._n_segments)
+        prev_rank = 0.0 if self._prev is None else float(np.mean([self.ranks[i] for i in self._prev])) / spec.head_dim
+        context = np.array([
+            layer / max(spec.n_layers - 1, 1), segment / max(self._n_segments - 1, 1),
+            self._analysis.seq_len / spec.max_seq_len, prev_rank, np.log1p(self._epsilon),
+            self._t / self._n_steps])
+        chosen_cost = self._costs[segment]
+        return build_observation(self._analysis, self._bounds, layer, segment, self._prev, chosen_cost,
+                                 context, self._mask, cfg.bound_clip)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} was asked for but CUDA is not available; use 'cpu' or 'auto'")
+    return device
+
+
+def build_source(cfg: EnvConfig, device: torch.device) -> AttentionSource:
+    if cfg.source == "synthetic":
+        return SyntheticSource(n_layers=cfg.synthetic_layers, n_heads=cfg.synthetic_heads,
+                               n_kv_heads=cfg.synthetic_kv_heads, head_dim=cfg.synthetic_head_dim,
+                               seq_len=cfg.max_seq_len or cfg.synthetic_seq_len, decay=cfg.synthetic_decay,
+                               head_variety=cfg.synthetic_head_variety, causal=cfg.synthetic_causal,
+                               n_documents=cfg.synthetic_documents, seed=cfg.synthetic_seed,
+                               split=cfg.split, device=device)
+    from drrl_env.sources.hf import HFAttentionSource
+
+    return HFAttentionSource(cfg.model, tokenizer=cfg.tokenizer, corpus=cfg.corpus, split=cfg.split,
+                             max_seq_len=cfg.max_seq_len, min_doc_tokens=cfg.min_doc_tokens, device=device)

@@ -1,0 +1,121 @@
+"""Spectra, truncation energies and the perturbation of low-rank attention, for every rank at once.
+
+Notation: Q (T x d) are a segment's queries, K and V (N x d) the keys and values it may attend to,
+s the score scaling, S = s Q K^T the scores, A = softmax(S) row-wise (masked entries excluded),
+O = A V.  X = sum_i sigma^X_i u^X_i (a^X_i)^T is the SVD, X_r keeps the top r terms, and
+
+    tail_X(r)     = ||X - X_r||_F      = sqrt(sum_{i > r} (sigma^X_i)^2)      (Eckart-Young; Eq. 8)
+    band_X(r, r') = ||X_r - X_{r'}||_F = sqrt(sum_{min < i <= max} (sigma^X_i)^2)
+
+are exact; ``band_X(r, d) = tail_X(r)``.
+
+Score change (exact).  With the core M_ij = a^Q_i . a^K_j and W_ij = (sigma^Q_i sigma^K_j M_ij)^2,
+S = s sum_ij sigma^Q_i sigma^K_j M_ij u^Q_i (u^K_j)^T is a sum of Frobenius-orthonormal terms, so
+
+    method "svd"        (S_r = s Q_r K_r^T):      ||S_r||_F^2 = s^2 sum_{i <= r, j <= r} W_ij
+    method "shared_key" (S_r = s Q K_r^T):        ||S_r||_F^2 = s^2 sum_{all i, j <= r} W_ij
+
+and, the kept index sets being nested, ||S_r - S_{r'}||_F = s sqrt(|B(r) - B(r')|) with B(r) the
+sum above (:func:`kept_score_energy`).  This is an identity, not a bound, at O(d^2) per head.
+
+Output change (bound, the paper's Eq. 9 ||dO|| <= ||dA|| ||V||): row-wise softmax has Jacobian
+diag(p) - p p^T, whose spectral norm is at most 1/2 (x^T J x is the variance of x under p, at most
+||x||^2 / 2), so ||A - A'||_F <= ||S - S'||_F / 2.  Rows of A - A' sum to zero, so
+(A - A') V = (A - A')(V - 1 mu^T) for the mean row mu of V, and
+
+    ||O_r - O_{r'}||_F <= 1/2 ||S_r - S_{r'}||_F ||V - 1 mu^T||_2.
+
+Masked score entries are equal in both (excluded) and do not change either statement.
+
+With compressed values (O_r = A_r V_r, V_r = V P_r the rank-r truncation of V):
+O_a - O_b = (A_a - A_b) V_a + A_b (V_a - V_b).  The first term is bounded as above, since
+V_a - 1 (mu P_a)^T = (V - 1 mu^T) P_a has spectral norm <= ||V - 1 mu^T||_2; the second by
+||A_b||_F ||V_a - V_b||_2 <= sqrt(T) sigma^V_{min(a, b) + 1} (each row of A_b is a probability
+vector, so ||A_b||_F <= sqrt(T)).  The two add.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+SOFTMAX_LIPSCHITZ = 0.5
+TINY = 1e-30
+
+
+def cumulative_energy(sv: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+    """Energy kept by each rank: E(r) = sum_{i <= r} sigma_i^2.
+
+    sv: (..., d) descending; ranks: (R,) integers in 0..d.  Returns (..., R).
+    """
+    cum = torch.nn.functional.pad((sv.double() ** 2).cumsum(-1), (1, 0))  # (..., d + 1), E(0) = 0
+    return cum[..., ranks]
+
+
+def band_norm(energy: torch.Tensor) -> torch.Tensor:
+    """||X_r - X_{r'}||_F for every pair of ranks from their kept energies.
+
+    energy: (..., R) as from :func:`cumulative_energy`.  Returns (..., R, R), entry [a, b] for
+    ranks (ranks[a], ranks[b]); the diagonal is 0.
+    """
+    diff = energy[..., :, None] - energy[..., None, :]  # (..., R, R)
+    return diff.abs().clamp_min(0).sqrt()
+
+
+def score_energy(sv_q: torch.Tensor, right_q: torch.Tensor, sv_k: torch.Tensor,
+                 right_k: torch.Tensor) -> torch.Tensor:
+    """W_ij = (sigma^Q_i sigma^K_j a^Q_i . a^K_j)^2, the score energy of each pair of singular triplets.
+
+    sv_q (..., m_q), right_q (..., m_q, d), sv_k (..., m_k), right_k (..., m_k, d) from the SVDs of
+    Q and K.  Returns (..., d, d) float64, zero-padded where m < d; W.sum() = ||Q K^T||_F^2.
+    """
+    core = right_q.double() @ right_k.double().transpose(-1, -2)  # (..., m_q, m_k)
+    w = (sv_q.double()[..., :, None] * core * sv_k.double()[..., None, :]).square()
+    d = right_q.shape[-1]
+    return torch.nn.functional.pad(w, (0, d - w.shape[-1], 0, d - w.shape[-2]))
+
+
+def kept_score_energy(w: torch.Tensor, ranks: torch.Tensor, method: str) -> torch.Tensor:
+    """B(r) = ||S_r||_F^2 / s^2 for every rank (module docstring).  w (..., d, d) -> (..., R)."""
+    if method == "svd":
+        box = w.cumsum(-1).cumsum(-2)  # box[i, j] = sum of w[:i+1, :j+1]
+        return box[..., ranks - 1, ranks - 1]
+    if method == "shared_key":
+        return w.sum(-2).cumsum(-1)[..., ranks - 1]
+    raise ValueError(f"unknown method {method!r}; choose 'svd' or 'shared_key'")
+
+
+def output_bound_pairs(kept: torch.Tensor, scaling: torch.Tensor, v_norm: torch.Tensor) -> torch.Tensor:
+    """Bound on ||O_a - O_b||_F for every pair of candidate ranks.
+
+    kept: (..., R) from :func:`kept_score_energy`; scaling and v_norm (= ||V - 1 mu^T||_2)
+    broadcastable to (...).  Returns (..., R, R): 1/2 s sqrt(|B_a - B_b|) ||V - 1 mu^T||_2.
+    """
+    score_change = band_norm(kept)  # (..., R, R), ||S_a - S_b||_F / s
+    return (SOFTMAX_LIPSCHITZ * scaling * v_norm).double()[..., None, None] * score_change
+
+
+def value_change_bound(sv_v: torch.Tensor, ranks: torch.Tensor, query_len: int) -> torch.Tensor:
+    """sqrt(T) sigma^V_{min(a, b) + 1} for a != b, 0 on the diagonal (module docstring).
+
+    sv_v: (..., d) singular values of V, descending; ranks (R,).  Returns (..., R, R) float64.
+    """
+    padded = torch.nn.functional.pad(sv_v.double(), (0, 1))  # (..., d + 1), sigma_{d+1} = 0
+    low = torch.minimum(ranks[:, None], ranks[None, :])  # (R, R)
+    bound = query_len ** 0.5 * padded[..., low]  # (..., R, R); padded[r] = sigma_{r+1}
+    return bound * (1 - torch.eye(len(ranks), dtype=bound.dtype, device=bound.device))
+
+
+def centered_spectral_norm(values: torch.Tensor) -> torch.Tensor:
+    """||V - 1 mu^T||_2 with mu the mean row, from the largest eigenvalue of the d x d centered
+    Gram matrix (float64).  (..., N, d) -> (...)."""
+    centered = (values - values.mean(-2, keepdim=True)).double()
+    return torch.linalg.eigvalsh(centered.transpose(-1, -2) @ centered)[..., -1].clamp_min(0).sqrt().to(values.dtype)
+
+
+def relative(numerator: np.ndarray, denominator: np.ndarray, clip: float) -> np.ndarray:
+    """``numerator / denominator`` clipped to [0, clip]; 0/0 is 0 and x/0 is ``clip`` (never NaN)."""
+    num, den = np.broadcast_arrays(np.asarray(numerator, np.float64), np.asarray(denominator, np.float64))
+    out = np.where(num > TINY, clip, 0.0)
+    np.divide(num, den, out=out, where=den > TINY)
+    return out.clip(0.0, clip)

@@ -1,0 +1,154 @@
+"""Attention kernels that compute the scores from rank-r factors, and their FLOP counts.
+
+Shapes: queries of one segment (..., T, d); keys and values the segment may attend to
+(..., N, d); ``mask`` (T, N) boolean, True where attention is allowed, or None.
+
+The full-size Q and K are never rebuilt: the score matrix comes from r-dimensional factors,
+
+    "svd":        S_r = s (U^Q_r S^Q_r) (V^Q_r^T V^K_r) (U^K_r S^K_r)^T      (T x r)(r x r)(r x N)
+    "shared_key": S_r = s (Q V^K_r) (U^K_r S^K_r)^T                          (T x r)(r x N)
+
+where X = U^X S^X V^X^T is the SVD and the subscript r keeps the top r triplets.  The output is
+softmax(S_r) V, or with ``compress_values`` softmax(S_r) (U^V_r S^V_r) V^V_r^T: the (T x N) weights
+meet an (N x r) factor, so A V costs 2TNr + 2Trd instead of 2TNd.  ``rank == head_dim`` means
+exact attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+METHODS = ("svd", "shared_key")
+EIGH_FLOPS_PER_D3 = 9  # symmetric d x d eigendecomposition ~ 9 d^3 flops (tridiagonal QR, textbook estimate)
+SOFTMAX_FLOPS = 5  # max, subtract, exp, sum, divide per score
+
+
+@dataclass(frozen=True)
+class Factors:
+    """X = left @ right exactly: left = U S (..., n, d), right = V^T (..., d, d), sv (..., d)
+    the singular values, descending (zeros beyond min(n, d))."""
+
+    left: torch.Tensor
+    right: torch.Tensor
+    sv: torch.Tensor
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> Factors:
+        """Factor x (..., n, d) through the eigendecomposition of its d x d Gram matrix.
+
+        X^T X = V diag(sigma^2) V^T in float64, then U S = X V.  For n >> d this is far cheaper
+        than an SVD of X; singular values below ~1e-8 sigma_1 lose relative accuracy.
+        """
+        if not torch.isfinite(x).all():
+            raise ValueError("cannot factor a matrix with NaN or inf entries")
+        x64 = x.double()
+        evals, evecs = torch.linalg.eigh(x64.transpose(-1, -2) @ x64)  # (..., d), (..., d, d) ascending
+        evecs = evecs.flip(-1)  # descending
+        sv = evals.flip(-1).clamp_min(0).sqrt()
+        return cls((x64 @ evecs).to(x.dtype), evecs.transpose(-1, -2).to(x.dtype), sv.to(x.dtype))
+
+    def select_heads(self, index: torch.Tensor) -> Factors:
+        """The factors of heads ``index`` (the dim just before the matrix dims), e.g. to expand
+        K/V heads to query heads under grouped-query attention."""
+        return Factors(self.left.index_select(-3, index), self.right.index_select(-3, index),
+                       self.sv.index_select(-2, index))
+
+    def truncate(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(left_r (..., n, r), right_r (..., r, d)); left_r @ right_r is the best rank-r approximation."""
+        return self.left[..., :rank], self.right[..., :rank, :]
+
+
+def causal_mask(start: int, stop: int, n_keys: int, device: torch.device | None = None) -> torch.Tensor:
+    """(stop - start, n_keys) boolean mask: query at absolute position i sees keys j <= i."""
+    rows = torch.arange(start, stop, device=device)[:, None]
+    return torch.arange(n_keys, device=device)[None, :] <= rows
+
+
+def attend(scores: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(scores) @ values with masked entries excluded.  (..., T, N), (..., N, d) -> (..., T, d)."""
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ values
+
+
+def attend_low_rank_values(scores: torch.Tensor, v_factors: Factors, rank: int,
+                           mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(scores) V_r with V_r = left_r @ right_r.  (..., T, N) -> (..., T, d) via (..., T, r)."""
+    v_left, v_right = v_factors.truncate(rank)  # (..., N, r), (..., r, d)
+    return attend(scores, v_left, mask) @ v_right  # (..., T, r) @ (..., r, d)
+
+
+def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: torch.Tensor | float,
+                   mask: torch.Tensor | None) -> torch.Tensor:
+    """Exact attention.  q (..., T, d), k, v (..., N, d) -> (..., T, d)."""
+    return attend(q @ k.transpose(-1, -2) * scaling, v, mask)  # scores (..., T, N)
+
+
+def svd_scores(q_factors: Factors, k_factors: Factors, scaling: torch.Tensor | float, rank: int) -> torch.Tensor:
+    """The paper's method: scores from separate rank-r SVDs of Q and K.  Returns (..., T, N)."""
+    q_left, q_right = q_factors.truncate(rank)  # (..., T, r), (..., r, d)
+    k_left, k_right = k_factors.truncate(rank)  # (..., N, r), (..., r, d)
+    core = q_right @ k_right.transpose(-1, -2)  # (..., r, r)
+    return (q_left @ core) @ k_left.transpose(-1, -2) * scaling  # (..., T, r) @ (..., r, N)
+
+
+def shared_key_scores(q: torch.Tensor, k_factors: Factors, scaling: torch.Tensor | float, rank: int) -> torch.Tensor:
+    """Q and K projected on K's top-r right singular vectors.  Returns (..., T, N)."""
+    k_left, k_right = k_factors.truncate(rank)  # (..., N, r), (..., r, d)
+    q_proj = q @ k_right.transpose(-1, -2)  # (..., T, r)
+    return q_proj @ k_left.transpose(-1, -2) * scaling  # (..., T, N)
+
+
+def low_rank_attention(q: torch.Tensor, k_factors: Factors, values: torch.Tensor, scaling: torch.Tensor | float,
+                       mask: torch.Tensor | None, rank: int, method: str, *, v_factors: Factors | None = None,
+                       q_factors: Factors | None = None) -> torch.Tensor:
+    """One segment's attention at ``rank`` < head_dim.  q (..., T, d), values (..., N, d) -> (..., T, d).
+
+    ``v_factors`` compresses the values to rank r as well; ``q_factors`` reuses a segment's
+    query SVD (method "svd") when several ranks are evaluated.
+    """
+    if method == "svd":
+        scores = svd_scores(q_factors or Factors.of(q), k_factors, scaling, rank)
+    elif method == "shared_key":
+        scores = shared_key_scores(q, k_factors, scaling, rank)
+    else:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if v_factors is None:
+        return attend(scores, values, mask)
+    return attend_low_rank_values(scores, v_factors, rank, mask)
+
+
+def attention_flops(method: str, rank: int, *, query_len: int, key_len: int, head_dim: int,
+                    n_heads: int, n_kv_heads: int, compress_values: bool, causal: bool) -> int:
+    """Floating-point operations to compute one segment's attention output at ``rank``.
+
+    Exact attention (rank == head_dim): per head 2TNd (scores) + 5TN (softmax) + 2TNd (A V).
+    Low rank, per query head: the score product (svd: 2Tr^2 + 2r^2 d + 2TNr; shared_key: 2TNr),
+    softmax, A V (2TNd; with ``compress_values`` 2TNr + 2Trd) and the query-side factor work of
+    the segment (svd: Gram 2Td^2, eigendecomposition 9d^3, factor Q V_r 2Tdr; shared_key:
+    projection 2Tdr).  Per key/value head, the key factorization (and the values' when
+    compressed): causal, it is updated as the segment's T keys arrive (Gram update 2Td^2,
+    eigendecomposition 9d^3, re-projecting the N keys 2Ndr); non-causal, it is computed once
+    for all N keys (2Nd^2 + 9d^3 + 2Ndr) and the segment is charged its share T/N.
+    """
+    t, n, d, r = query_len, key_len, head_dim, rank
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if not 1 <= r <= d:
+        raise ValueError(f"rank {r} must lie in 1..{d}")
+    if r == d:
+        return n_heads * (4 * t * n * d + SOFTMAX_FLOPS * t * n)
+    eig = EIGH_FLOPS_PER_D3 * d ** 3
+    if method == "svd":
+        per_q_head = (2 * t * d * d + eig + 2 * t * d * r) + (2 * t * r * r + 2 * r * r * d + 2 * t * n * r)
+    else:
+        per_q_head = 2 * t * d * r + 2 * t * n * r
+    per_q_head += SOFTMAX_FLOPS * t * n + (2 * t * n * r + 2 * t * r * d if compress_values else 2 * t * n * d)
+    if causal:
+        factorization = 2 * t * d * d + eig + 2 * n * d * r
+    else:
+        factorization = (2 * n * d * d + eig + 2 * n * d * r) * t / n
+    per_kv_head = factorization * (2 if compress_values else 1)
+    return round(n_heads * per_q_head + n_kv_heads * per_kv_head)

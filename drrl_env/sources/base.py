@@ -1,0 +1,66 @@
+"""What every attention source gives the environment: per-layer, per-head q, k, v of a document."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Shape of the attention a source produces (fixed for all its documents)."""
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    max_seq_len: int
+    causal: bool
+
+    @property
+    def kv_group(self) -> int:
+        """Query heads per key/value head (1 without grouped-query attention)."""
+        return self.n_heads // self.n_kv_heads
+
+
+@dataclass(frozen=True)
+class AttentionTrace:
+    """The full-rank attention inputs of one document, every layer.
+
+    queries: (n_layers, n_heads, L, head_dim), after rotary embeddings where the model has them.
+    keys, values: (n_layers, n_kv_heads, L, head_dim).
+    scaling: (n_layers,) the factor applied to q.k (1/sqrt(head_dim) for most models).
+    causal: whether token i attends only to tokens j <= i.
+    """
+
+    queries: torch.Tensor
+    keys: torch.Tensor
+    values: torch.Tensor
+    scaling: torch.Tensor
+    causal: bool
+
+    def __post_init__(self) -> None:
+        for name in ("queries", "keys", "values"):
+            if not torch.isfinite(getattr(self, name)).all():
+                raise ValueError(f"attention {name} contain NaN or inf; the source produced non-finite values")
+
+    @property
+    def seq_len(self) -> int:
+        return self.queries.shape[2]
+
+
+class AttentionSource(ABC):
+    """A fixed list of documents, each turned into an :class:`AttentionTrace` on request."""
+
+    spec: SourceSpec
+
+    @property
+    @abstractmethod
+    def document_names(self) -> list[str]:
+        """Names of the documents, in index order."""
+
+    @abstractmethod
+    def trace(self, index: int) -> AttentionTrace:
+        """Full-rank q, k, v of document ``index`` (deterministic for a given index)."""

@@ -1,0 +1,73 @@
+"""A seeded generator of q, k, v with a controllable singular-value decay.
+
+For layer l, head h and segment s the rows of Q and K are drawn as ``Z diag(sigma) W^T`` where
+``W`` (head_dim x head_dim) is a random orthonormal basis shared by Q and K of the head (so that
+queries and keys interact, as in a trained model), ``Z`` has i.i.d. N(0, 1) entries and
+
+    sigma_i = i ** (-p),   p = decay * exp(head_variety * (g_h + g_s)),   i = 1..head_dim,
+
+with ``g_h`` and ``g_s`` standard normal draws per head and per segment of 64 tokens.  A larger
+``decay`` gives faster-decaying spectra (low rank suffices); ``head_variety`` spreads the decay
+across heads and along the sequence (so the best rank varies).  ``sigma`` is scaled so that
+q.k/sqrt(d) has unit variance.  V rows are N(0, 1).  Document ``i`` is generated from the seed
+``(seed, i)``: the same index always gives the same tensors.  Documents whose index is a multiple
+of 5 form the test split, the others the train split.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from drrl_env.sources.base import AttentionSource, AttentionTrace, SourceSpec
+
+BLOCK = 64
+TEST_MODULUS = 5
+
+
+class SyntheticSource(AttentionSource):
+    def __init__(self, *, n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int,
+                 seq_len: int, decay: float, head_variety: float, causal: bool,
+                 n_documents: int, seed: int, split: str = "all",
+                 device: torch.device | None = None) -> None:
+        self.spec = SourceSpec(n_layers, n_heads, n_kv_heads, head_dim, seq_len, causal)
+        self.decay = decay
+        self.head_variety = head_variety
+        self.seed = seed
+        self.device = device or torch.device("cpu")
+        self._ids = [i for i in range(n_documents)
+                     if split == "all" or (i % TEST_MODULUS == 0) == (split == "test")]
+        if not self._ids:
+            raise ValueError(f"synthetic_documents={n_documents} leaves no {split!r} document "
+                             f"(every {TEST_MODULUS}th one is a test document)")
+
+    @property
+    def document_names(self) -> list[str]:
+        return [f"synthetic-{i}" for i in self._ids]
+
+    def trace(self, index: int) -> AttentionTrace:
+        spec = self.spec
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self._ids[index])
+        n_layers, h_kv, d, length = spec.n_layers, spec.n_kv_heads, spec.head_dim, spec.max_seq_len
+        n_blocks = math.ceil(length / BLOCK)
+        basis, _ = torch.linalg.qr(torch.randn(n_layers, h_kv, d, d, generator=gen))  # (n_layers, h_kv, d, d)
+        head_g = torch.randn(n_layers, h_kv, 1, generator=gen)
+        block_g = torch.randn(n_layers, 1, n_blocks, generator=gen)
+        power = self.decay * torch.exp(self.head_variety * (head_g + block_g))  # (n_layers, h_kv, n_blocks)
+        index_d = torch.arange(1, d + 1, dtype=torch.float32)
+        sigma = index_d ** -power[..., None]  # (n_layers, h_kv, n_blocks, d)
+        sigma = sigma / sigma.norm(dim=-1, keepdim=True) * d ** 0.5  # E|q|^2 = d
+        sigma = sigma.repeat_interleave(BLOCK, dim=2)[:, :, :length]  # (n_layers, h_kv, L, d)
+
+        def draw(n_heads: int) -> torch.Tensor:
+            z = torch.randn(n_layers, n_heads, length, d, generator=gen)
+            scaled = z * sigma.repeat_interleave(n_heads // h_kv, dim=1)  # (n_layers, n_heads, L, d)
+            return scaled @ basis.repeat_interleave(n_heads // h_kv, dim=1).transpose(-1, -2)
+
+        queries = draw(spec.n_heads)  # (n_layers, n_heads, L, d)
+        keys = draw(h_kv)  # (n_layers, h_kv, L, d)
+        values = torch.randn(n_layers, h_kv, length, d, generator=gen)
+        scaling = torch.full((n_layers,), d ** -0.5)
+        return AttentionTrace(queries.to(self.device), keys.to(self.device), values.to(self.device),
+                              scaling, spec.causal)

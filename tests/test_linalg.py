@@ -1,0 +1,171 @@
+"""Low-rank kernels and perturbation quantities: exact where they claim to be, bounds where they claim to be."""
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from drrl_env import linalg
+from drrl_env.lowrank import (Factors, attend, attention_flops, causal_mask, full_attention, low_rank_attention,
+                              shared_key_scores, svd_scores)
+
+
+def _random_qkv(seed, heads, t, n, d, decay=0.7):
+    gen = torch.Generator().manual_seed(seed)
+    sigma = torch.arange(1, d + 1, dtype=torch.float32) ** -decay * 3
+
+    def draw(rows):
+        return (torch.randn(heads, rows, d, generator=gen) * sigma) @ torch.linalg.qr(torch.randn(d, d, generator=gen))[0]
+
+    return draw(t), draw(n), torch.randn(heads, n, d, generator=gen)
+
+
+def _truncate(x, r):
+    u, s, vh = torch.linalg.svd(x.double(), full_matrices=False)
+    return (u[..., :r] * s[..., None, :r]) @ vh[..., :r, :]
+
+
+def test_factors_reconstruct_and_truncate_to_rank_r_shapes():
+    q, _, _ = _random_qkv(0, 3, 40, 40, 16)
+    factors = Factors.of(q)
+    assert torch.allclose(factors.left @ factors.right, q, atol=1e-4)
+    left, right = factors.truncate(5)
+    assert left.shape == (3, 40, 5) and right.shape == (3, 5, 16)
+    assert torch.allclose((left @ right).double(), _truncate(q, 5), atol=1e-4)
+    assert torch.allclose(factors.sv.double(), torch.linalg.svdvals(q.double()), atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["svd", "shared_key"])
+def test_low_rank_scores_match_their_definition(method):
+    q, k, _ = _random_qkv(1, 2, 24, 48, 16)
+    qf, kf = Factors.of(q), Factors.of(k)
+    r, s = 6, 0.25
+    if method == "svd":
+        got = svd_scores(qf, kf, s, r)
+        want = _truncate(q, r) @ _truncate(k, r).transpose(-1, -2) * s
+    else:
+        got = shared_key_scores(q, kf, s, r)
+        want = q.double() @ _truncate(k, r).transpose(-1, -2) * s
+    assert got.shape == (2, 24, 48)
+    assert torch.allclose(got.double(), want, atol=1e-3)
+
+
+@pytest.mark.parametrize("method,compress", [("svd", False), ("svd", True), ("shared_key", False), ("shared_key", True)])
+def test_matmul_flops_come_from_rank_r_factors(method, compress):
+    """The counted matmuls of one kernel call are the rank-r products, far below the 4TNd of exact attention."""
+    heads, t, n, d, r = 2, 32, 96, 16, 4
+    q, k, v = _random_qkv(2, heads, t, n, d)
+    qf, kf, vf = Factors.of(q), Factors.of(k), Factors.of(v)
+    with FlopCounterMode(display=False) as counter:
+        low_rank_attention(q, kf, v, 1.0, None, r, method, v_factors=vf if compress else None, q_factors=qf)
+    scores = (2 * t * r * r + 2 * r * r * d + 2 * t * n * r) if method == "svd" else (2 * t * d * r + 2 * t * n * r)
+    values = 2 * t * n * r + 2 * t * r * d if compress else 2 * t * n * d
+    assert counter.get_total_flops() == heads * (scores + values)
+    with FlopCounterMode(display=False) as exact:
+        full_attention(q, k, v, 1.0, None)
+    assert exact.get_total_flops() == heads * 4 * t * n * d
+
+
+def test_flop_model_counts_exact_attention_and_falls_with_rank():
+    kw = dict(query_len=128, key_len=4096, head_dim=64, n_heads=8, n_kv_heads=2, compress_values=True, causal=True)
+    full = attention_flops("svd", 64, **kw)
+    assert full == 8 * (4 * 128 * 4096 * 64 + 5 * 128 * 4096)
+    low = [attention_flops("svd", r, **kw) for r in (8, 16, 32)]
+    assert low == sorted(low) and low[0] < 0.3 * full
+    with pytest.raises(ValueError, match="rank 65"):
+        attention_flops("svd", 65, **kw)
+
+
+def test_tail_and_band_energies_are_exact():
+    x = torch.randn(3, 50, 12, generator=torch.Generator().manual_seed(3))
+    ranks = torch.tensor([2, 5, 12])
+    energy = linalg.cumulative_energy(torch.linalg.svdvals(x), ranks)
+    band = linalg.band_norm(energy)  # (3, R, R)
+    for a, ra in enumerate(ranks.tolist()):
+        for b, rb in enumerate(ranks.tolist()):
+            direct = torch.linalg.matrix_norm(_truncate(x, ra) - _truncate(x, rb))
+            assert torch.allclose(band[:, a, b], direct, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("method", ["svd", "shared_key"])
+@pytest.mark.parametrize("seed", range(4))
+def test_score_change_identity_is_exact(method, seed):
+    q, k, _ = _random_qkv(seed, 2, 20 + seed * 7, 64, 16, decay=0.3 + 0.3 * seed)
+    qf, kf = Factors.of(q), Factors.of(k)
+    ranks = torch.tensor([2, 4, 9, 16])
+    kept = linalg.kept_score_energy(linalg.score_energy(qf.sv, qf.right, kf.sv, kf.right), ranks, method)
+    predicted = linalg.band_norm(kept)  # (2, R, R), ||S_a - S_b||_F / s
+    scores = {r: (svd_scores(qf, kf, 1.0, r) if method == "svd" else shared_key_scores(q, kf, 1.0, r)).double()
+              for r in ranks.tolist()}
+    for a, ra in enumerate(ranks.tolist()):
+        for b, rb in enumerate(ranks.tolist()):
+            direct = torch.linalg.matrix_norm(scores[ra] - scores[rb])
+            assert torch.allclose(predicted[:, a, b], direct, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("method", ["svd", "shared_key"])
+def test_output_bound_holds_on_a_sweep_of_shapes(method, compress):
+    """Seeded sweep: every pair of ranks, causal and not; measured ||O_a - O_b||_F <= bound."""
+    ratios = []
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        t, n, d = int(rng.integers(4, 40)), int(rng.integers(40, 120)), int(rng.choice([8, 16, 32]))
+        q, k, v = _random_qkv(seed, 2, t, n, d, decay=float(rng.uniform(0.0, 1.5)))
+        q = q * float(rng.uniform(0.2, 4))  # sharp and flat softmax
+        causal = bool(seed % 2)
+        mask = causal_mask(n - t, n, n) if causal else None
+        s = d ** -0.5
+        qf, kf, vf = Factors.of(q), Factors.of(k), Factors.of(v)
+        ranks = torch.tensor(sorted({1, d // 4, d // 2, d}))
+        kept = linalg.kept_score_energy(linalg.score_energy(qf.sv, qf.right, kf.sv, kf.right), ranks, method)
+        bound = linalg.output_bound_pairs(kept, torch.tensor(s), linalg.centered_spectral_norm(v))
+        if compress:
+            bound = bound + linalg.value_change_bound(vf.sv, ranks, t)
+        outputs = [full_attention(q, k, v, s, mask) if r == d else
+                   low_rank_attention(q, kf, v, s, mask, r, method, v_factors=vf if compress else None)
+                   for r in ranks.tolist()]
+        for a in range(len(ranks)):
+            for b in range(len(ranks)):
+                measured = torch.linalg.matrix_norm((outputs[a] - outputs[b]).double())
+                assert (measured <= bound[:, a, b] * (1 + 1e-4) + 1e-5).all(), (seed, a, b)
+                if a != b:
+                    ratios.append((bound[:, a, b] / measured.clamp_min(1e-12)).median().item())
+    assert np.median(ratios) > 1
+
+
+def test_softmax_step_never_exceeds_half_the_score_change():
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(200):
+        x, y = torch.randn(2, 30, generator=gen) * torch.rand(1, generator=gen) * 10
+        change = torch.linalg.vector_norm(torch.softmax(x, -1) - torch.softmax(y, -1))
+        assert change <= linalg.SOFTMAX_LIPSCHITZ * torch.linalg.vector_norm(x - y) + 1e-7
+
+
+def test_zero_and_rank_deficient_inputs_stay_finite():
+    zeros = torch.zeros(2, 16, 8)
+    factors = Factors.of(zeros)
+    assert torch.isfinite(factors.left).all() and (factors.sv == 0).all()
+    out = low_rank_attention(zeros, factors, zeros, 0.5, None, 3, "svd", v_factors=factors)
+    assert torch.isfinite(out).all()
+    rank_one = torch.ones(2, 16, 8)
+    assert torch.isfinite(Factors.of(rank_one).left).all()
+    assert (linalg.relative(np.zeros(3), np.zeros(3), clip=5.0) == 0).all()
+    assert (linalg.relative(np.ones(3), np.zeros(3), clip=5.0) == 5.0).all()
+
+
+def test_non_finite_input_is_rejected():
+    bad = torch.ones(2, 4, 4)
+    bad[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        Factors.of(bad)
+
+
+def test_masked_attention_ignores_future_keys():
+    q, k, v = _random_qkv(7, 1, 8, 8, 8)
+    mask = causal_mask(0, 8, 8)
+    out = attend(q @ k.transpose(-1, -2), v, mask)
+    k2, v2 = k.clone(), v.clone()
+    k2[:, 5:], v2[:, 5:] = 100.0, -100.0
+    out2 = attend(q @ k2.transpose(-1, -2), v2, mask)
+    assert torch.allclose(out[:, :5], out2[:, :5]) and not torch.allclose(out[:, 5:], out2[:, 5:])
