@@ -9,17 +9,11 @@ Importing the package registers ``DRRL-v0``::
     env = gym.make("DRRL-v0", source="synthetic")  # seeded synthetic q/k/v
 """
 
-from gymnasium.envs.registration import register
-
-from drrl_env.config import EnvConfig, default_max_episode_steps, make_config
+from drrl_env.config import EnvConfig, make_config
 from drrl_env.env import RankSelectionEnv
+from drrl_env.registration import register_envs
 
 __all__ = ["EnvConfig", "RankSelectionEnv", "make_config"]
 __version__ = "0.1.0"
 
-register(
-    id="DRRL-v0",
-    entry_point="drrl_env.env:RankSelectionEnv",
-    max_episode_steps=default_max_episode_steps(),
-    nondeterministic=EnvConfig().cost_model != "flops",
-)
+register_envs()

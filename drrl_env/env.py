@@ -76,7 +76,9 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
 
     ## Episode End
     Terminates after the last segment of the last layer (``n_layers * n_segments`` steps; at most
-    ``max_steps``).  The registered ``DRRL-v0`` also truncates at ``max_episode_steps``.
+    ``max_steps``).  The registered ``DRRL-v0`` also truncates at ``max_episode_steps``, set for
+    the default configuration (24); a configuration with longer episodes fails at ``reset`` with
+    the value to pass (``registration.EpisodeLengthCheck``) instead of being cut short.
 
     ## Safety
     With ``safety=True`` ranks whose bound exceeds the adaptive threshold epsilon_t (``safety.py``)
@@ -115,12 +117,6 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
     # ------------------------------------------------------------------ episode
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        if self.spec is not None and self.spec.max_episode_steps is not None \
-                and self.spec.max_episode_steps < self.max_steps:
-            raise ValueError(
-                f"this configuration has episodes of up to {self.max_steps} steps but the env was made "
-                f"with max_episode_steps={self.spec.max_episode_steps}; pass "
-                f"gym.make('DRRL-v0', max_episode_steps={self.max_steps}, ...)")
         n_docs = len(self.source.document_names)
         index = (options or {}).get("document")
         if index is None:

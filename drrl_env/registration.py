@@ -1,0 +1,51 @@
+"""Registration of ``DRRL-v0`` and the check that keeps ``max_episode_steps`` honest."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+from gymnasium.envs.registration import WrapperSpec, register
+from gymnasium.wrappers import TimeLimit
+
+from drrl_env.config import EnvConfig, default_max_episode_steps
+
+
+class EpisodeLengthCheck(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Fails at reset when a ``TimeLimit`` below it would cut this configuration's episodes short.
+
+    ``DRRL-v0`` registers ``max_episode_steps`` for the default configuration; options such as
+    ``segment_len`` or ``max_seq_len`` change the episode length, and a silent truncation would
+    corrupt returns.  The message names the value to pass.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
+
+    def reset(self, **kwargs: Any):
+        needed = self.env.unwrapped.max_steps
+        limit = _time_limit(self.env)
+        if limit is not None and limit < needed:
+            raise ValueError(
+                f"this configuration has episodes of up to {needed} steps but max_episode_steps={limit}; "
+                f"pass gym.make('DRRL-v0', max_episode_steps={needed}, ...)")
+        return self.env.reset(**kwargs)
+
+
+def _time_limit(env: gym.Env) -> int | None:
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, TimeLimit):
+            return env._max_episode_steps
+        env = env.env
+    return None
+
+
+def register_envs() -> None:
+    register(
+        id="DRRL-v0",
+        entry_point="drrl_env.env:RankSelectionEnv",
+        max_episode_steps=default_max_episode_steps(),
+        nondeterministic=EnvConfig().cost_model != "flops",
+        additional_wrappers=(WrapperSpec("EpisodeLengthCheck", "drrl_env.registration:EpisodeLengthCheck", {}),),
+    )
