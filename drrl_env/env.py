@@ -142,33 +142,10 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
             raise RuntimeError("the episode has ended; call reset()")
         if not self.action_space.contains(np.asarray(action, dtype=np.int64) if self.config.per_head else action):
             raise ValueError(f"action {action!r} is not in the action space {self.action_space}")
-        cfg, spec = self.config, self.source.spec
-        layer, segment = divmod(self._t, self._n_segments)
-        requested = np.broadcast_to(np.asarray(action, dtype=np.int64), (spec.n_heads,)).copy()  # (H,)
-        chosen = requested
-        if cfg.safety:
-            chosen = nearest_safe(requested, self._mask.reshape(spec.n_heads, -1) if cfg.per_head else self._mask)
-        error = output_error(self._analysis, layer, segment, chosen)
-        fidelity = fidelity_value(error, cfg.fidelity_metric)
-        cost = float(self._costs[segment, chosen].mean())
-        full = np.full_like(chosen, len(self.ranks) - 1)
-        perturbation = 0.0 if self._prev is None else layer_relative_bound(
-            self._analysis, layer, segment, self._prev, chosen, cfg.bound_clip)
-        bound = layer_relative_bound(self._analysis, layer, segment, chosen, full, cfg.bound_clip)
-        terms = reward_terms(cfg.alpha, cfg.beta, cfg.gamma, fidelity, cost, perturbation)
-        reward = float(sum(terms.values()))
-        info = {
-            "document": self.source.document_names[self._doc],
-            "layer": layer, "segment": segment,
-            "rank": self._ranks_of(chosen), "requested_rank": self._ranks_of(requested),
-            "action_replaced": bool((chosen != requested).any()),
-            "epsilon": self._epsilon,
-            "fidelity": error.cosine, "relative_error": error.relative_error,
-            "cost_ratio": cost, "flop_ratio": float(self._doc_data.flops[segment, chosen].mean()),
-            "perturbation_bound": perturbation, "output_bound": bound,
-            "reward_terms": terms,
-        }
-        self._spent += bound
+        requested = np.broadcast_to(np.asarray(action, dtype=np.int64), (self.source.spec.n_heads,)).copy()  # (H,)
+        reward, info, chosen = self._outcome(requested)
+        segment = info["segment"]
+        self._spent += info["output_bound"]
         self._prev = chosen if segment + 1 < self._n_segments else None
         self._t += 1
         terminated = self._t == self._n_steps
@@ -176,6 +153,44 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
             self._update_step_state()
         info["action_mask"] = self._mask.copy()
         return self._observation(), reward, terminated, False, info
+
+    def _outcome(self, requested: np.ndarray) -> tuple[float, dict[str, Any], np.ndarray]:
+        """Reward, step info and the rank indices taken (H,) after safety, for ``requested`` (H,)
+        now; changes no state."""
+        cfg = self.config
+        layer, segment = divmod(self._t, self._n_segments)
+        chosen = requested
+        if cfg.safety:
+            chosen = nearest_safe(requested, self._mask.reshape(len(requested), -1) if cfg.per_head else self._mask)
+        error = output_error(self._analysis, layer, segment, chosen)
+        cost = float(self._costs[segment, chosen].mean())
+        full = np.full_like(chosen, len(self.ranks) - 1)
+        perturbation = 0.0 if self._prev is None else layer_relative_bound(
+            self._analysis, layer, segment, self._prev, chosen, cfg.bound_clip)
+        terms = reward_terms(cfg.alpha, cfg.beta, cfg.gamma, fidelity_value(error, cfg.fidelity_metric), cost,
+                             perturbation)
+        return float(sum(terms.values())), {
+            "document": self.source.document_names[self._doc],
+            "layer": layer, "segment": segment,
+            "rank": self._ranks_of(chosen), "requested_rank": self._ranks_of(requested),
+            "action_replaced": bool((chosen != requested).any()),
+            "epsilon": self._epsilon,
+            "fidelity": error.cosine, "relative_error": error.relative_error,
+            "cost_ratio": cost, "flop_ratio": float(self._doc_data.flops[segment, chosen].mean()),
+            "perturbation_bound": perturbation,
+            "output_bound": layer_relative_bound(self._analysis, layer, segment, chosen, full, cfg.bound_clip),
+            "reward_terms": terms,
+        }, chosen
+
+    def candidate_rewards(self) -> np.ndarray:
+        """(R,) the reward each rank (all heads alike) would earn at the current step, safety applied.
+
+        Looks at the true attention: for oracle baselines and analysis, not for deployable agents.
+        """
+        if self._doc is None or self._t >= self._n_steps:
+            raise RuntimeError("candidate_rewards() needs a running episode; call reset()")
+        heads = self.source.spec.n_heads
+        return np.array([self._outcome(np.full(heads, i, dtype=np.int64))[0] for i in range(len(self.ranks))])
 
     def action_masks(self) -> np.ndarray:
         """Boolean mask of safe actions for the current step (sb3-contrib ``MaskablePPO``)."""

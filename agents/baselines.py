@@ -1,0 +1,118 @@
+"""Non-learned rank policies with Stable-Baselines3's ``predict`` interface.
+
+``policy.predict(obs) -> (action, None)`` for one observation of ``DRRL-v0`` (layer-level ranks),
+so evaluators treat them exactly like trained SB3 models.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from drrl_env.env import RankSelectionEnv
+
+
+class RankPolicy:
+    """Base class: subclasses implement :meth:`act`."""
+
+    name = "policy"
+
+    def act(self, obs: dict[str, np.ndarray]) -> int:
+        raise NotImplementedError
+
+    def predict(self, obs: dict[str, np.ndarray], state: Any = None, episode_start: Any = None,
+                deterministic: bool = True) -> tuple[np.ndarray, None]:
+        return np.asarray(self.act(obs)), None
+
+
+class FullRankPolicy(RankPolicy):
+    """Always exact attention (the last rank index)."""
+
+    name = "full"
+
+    def act(self, obs: dict[str, np.ndarray]) -> int:
+        return len(obs["cost"]) - 1
+
+
+class FixedRankPolicy(RankPolicy):
+    """Always the same rank (a value from the env's grid)."""
+
+    def __init__(self, ranks: tuple[int, ...], rank: int) -> None:
+        if rank not in ranks:
+            raise ValueError(f"fixed rank {rank} is not in the env's rank grid {list(ranks)}")
+        self.index = ranks.index(rank)
+        self.name = f"fixed:{rank}"
+
+    def act(self, obs: dict[str, np.ndarray]) -> int:
+        return self.index
+
+
+class RandomPolicy(RankPolicy):
+    """Uniform over the safe ranks of the observation's action mask."""
+
+    name = "random"
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def act(self, obs: dict[str, np.ndarray]) -> int:
+        return int(self.rng.choice(np.flatnonzero(obs["action_mask"])))
+
+
+class EnergyThresholdPolicy(RankPolicy):
+    """Smallest rank keeping at least ``tau`` of the spectral energy of Q and K, averaged over heads.
+
+    Uses only the observation (deployable): kept energy = 1 - tail_energy^2.
+    """
+
+    def __init__(self, tau: float) -> None:
+        if not 0.0 < tau <= 1.0:
+            raise ValueError(f"energy threshold tau={tau} must lie in (0, 1]")
+        self.tau = tau
+        self.name = f"energy:{tau:g}"
+
+    def act(self, obs: dict[str, np.ndarray]) -> int:
+        kept = 1.0 - obs["tail_energy"].astype(np.float64) ** 2  # (H, R, 2)
+        enough = kept.min(-1).mean(0) >= self.tau - 1e-9  # (R,)
+        return int(np.argmax(enough)) if enough.any() else len(enough) - 1
+
+
+class OraclePolicy(RankPolicy):
+    """Takes the safe rank with the best one-step reward on the true attention (an upper
+    reference, not deployable: it reads the env's exact outputs, not the observation)."""
+
+    name = "oracle"
+
+    def __init__(self, env: gym.Env) -> None:
+        self.env: RankSelectionEnv = env.unwrapped
+
+    def act(self, obs: dict[str, np.ndarray]) -> int:
+        rewards = np.where(obs["action_mask"].astype(bool), self.env.candidate_rewards(), -np.inf)
+        return int(np.argmax(rewards))
+
+
+BASELINES = ("full", "fixed:R", "random", "energy:TAU", "oracle")
+
+
+def make_baseline(spec: str, env: gym.Env, seed: int | None = None) -> RankPolicy:
+    """A baseline from its name: ``full``, ``fixed:R``, ``random``, ``energy:TAU`` or ``oracle``."""
+    ranks = env.unwrapped.ranks
+    name, _, arg = spec.partition(":")
+    if env.unwrapped.config.per_head:
+        raise ValueError("the baselines choose one rank per layer; make the env with per_head=False")
+    try:
+        if name == "full" and not arg:
+            return FullRankPolicy()
+        if name == "fixed" and arg:
+            return FixedRankPolicy(ranks, int(arg))
+        if name == "random" and not arg:
+            return RandomPolicy(seed)
+        if name == "energy" and arg:
+            return EnergyThresholdPolicy(float(arg))
+        if name == "oracle" and not arg:
+            return OraclePolicy(env)
+    except ValueError as err:
+        raise ValueError(f"baseline {spec!r}: {err}") from err
+    raise ValueError(f"unknown baseline {spec!r}; choose one of {list(BASELINES)}")

@@ -1,0 +1,63 @@
+"""Environment throughput (steps/s, reset included) for the default and the synthetic source.
+
+    python benchmarks/env_throughput.py [--episodes 400] [--sources model,synthetic]
+
+For each source it prints three figures, random actions throughout:
+  cold       first episode on each document: model forward (or generation) + analysis + steps;
+  warm       episodes on documents already analysed (what most of a training run sees);
+  amortized  all episodes of a run of --episodes episodes drawn uniformly from the train split,
+             construction excluded, reset included.
+Not a test: figures depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+
+from drrl_env.env import RankSelectionEnv
+
+
+def run(env: RankSelectionEnv, documents: list[int], rng: np.random.Generator) -> tuple[int, float]:
+    steps = 0
+    start = time.perf_counter()
+    for doc in documents:
+        env.reset(options={"document": int(doc)})
+        done = False
+        while not done:
+            _, _, done, _, _ = env.step(int(rng.integers(len(env.ranks))))
+            steps += 1
+    return steps, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--episodes", type=int, default=400)
+    parser.add_argument("--sources", default="model,synthetic")
+    args = parser.parse_args()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    for source in args.sources.split(","):
+        rng = np.random.default_rng(0)
+        env = RankSelectionEnv(source=source)
+        n_docs = len(env.document_names())
+        plan = rng.integers(n_docs, size=args.episodes)
+        steps, seconds = run(env, list(plan), rng)
+        first = list(dict.fromkeys(plan.tolist()))
+        cold_env = RankSelectionEnv(source=source)
+        cold_steps, cold_seconds = run(cold_env, first[:8], rng)
+        warm_steps, warm_seconds = run(env, first[:50] * 2, rng)
+        print(f"{source:9s}: {n_docs} train documents, {args.episodes} episodes ({len(first)} distinct), "
+              f"{steps} steps")
+        print(f"  cold      {cold_steps / cold_seconds:9.0f} steps/s  (first episode on 8 documents)")
+        print(f"  warm      {warm_steps / warm_seconds:9.0f} steps/s  (documents already analysed)")
+        print(f"  amortized {steps / seconds:9.0f} steps/s  ({args.episodes} episodes, reset included)")
+
+
+if __name__ == "__main__":
+    main()
