@@ -67,6 +67,52 @@ class DocumentAnalysis:
         return self.segments[-1][1]
 
 
+@dataclass(frozen=True)
+class RelativeBounds:
+    """A document's bounds relative to the exact output's norm, clipped to ``clip``, and its
+    energies, tabulated once so that a step only indexes (``linalg.py`` for the equations).
+
+    kept: (Ly, S, H, R, 2) energy fraction of Q and K kept at each rank.
+    tail: (Ly, S, H, R, 2) ||X - X_r||_F / ||X||_F = sqrt(1 - kept), float32.
+    head_pairs: (Ly, S, H, R, R) bound on ||O_h,a - O_h,b||_F / ||O_h||_F.
+    layer_pairs: (Ly, S, R, R) bound on ||O_a - O_b||_F / ||O||_F with every head at one rank.
+    """
+
+    analysis: DocumentAnalysis
+    clip: float
+    kept: np.ndarray
+    tail: np.ndarray
+    head_pairs: np.ndarray
+    layer_pairs: np.ndarray
+
+    @classmethod
+    def of(cls, analysis: DocumentAnalysis, clip: float) -> RelativeBounds:
+        kept = np.stack([analysis.kept_q, analysis.kept_k], -1).astype(np.float64)
+        out_norm = np.sqrt(analysis.out_sq)  # (Ly, S, H)
+        pairs = analysis.pair_bound
+        head = linalg.relative(pairs, out_norm[..., None, None], clip)
+        layer = linalg.relative(np.sqrt((pairs ** 2).sum(2)), np.sqrt(analysis.out_sq.sum(2))[..., None, None], clip)
+        return cls(analysis, clip, kept, np.sqrt(np.clip(1.0 - kept, 0.0, 1.0)).astype(np.float32), head, layer)
+
+    def layer_change(self, layer: int, segment: int, start: np.ndarray, stop: np.ndarray) -> float:
+        """Bound on ||O_stop - O_start||_F / ||O||_F, head h switching rank index start[h] -> stop[h]."""
+        if (start == start[0]).all() and (stop == stop[0]).all():
+            return float(self.layer_pairs[layer, segment, start[0], stop[0]])
+        heads = np.arange(start.shape[0])
+        pairs = self.analysis.pair_bound[layer, segment, heads, start, stop]  # (H,)
+        return float(linalg.relative(np.sqrt((pairs ** 2).sum()),
+                                     np.sqrt(self.analysis.out_sq[layer, segment].sum()), self.clip))
+
+    def layer_change_to_each_rank(self, layer: int, segment: int, start: np.ndarray) -> np.ndarray:
+        """(R,) :meth:`layer_change` from ``start`` (H,) to every rank, all heads alike."""
+        if (start == start[0]).all():
+            return self.layer_pairs[layer, segment, start[0]]
+        heads = np.arange(start.shape[0])
+        pairs = self.analysis.pair_bound[layer, segment, heads, start]  # (H, R)
+        return linalg.relative(np.sqrt((pairs ** 2).sum(0)), np.sqrt(self.analysis.out_sq[layer, segment].sum()),
+                               self.clip)
+
+
 @torch.no_grad()
 def analyse(trace: AttentionTrace, spec: SourceSpec, segment_len: int, ranks: tuple[int, ...],
             method: str, compress_values: bool) -> DocumentAnalysis:

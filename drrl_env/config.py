@@ -63,7 +63,9 @@ class EnvConfig:
 
     Runtime
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when present).
-        cache_documents: keep each document's analysis after its first episode.
+        cache_documents: keep each document's analysis in memory after its first episode.
+        cache_dir: folder of the on-disk analysis cache shared across processes (``cache.py``);
+            ``"auto"`` = ``$DRRL_CACHE_DIR`` or ``~/.cache/drrl``; ``None`` = no disk cache.
     """
 
     source: str = "model"
@@ -105,6 +107,7 @@ class EnvConfig:
 
     device: str = "cpu"
     cache_documents: bool = True
+    cache_dir: str | None = "auto"
 
     def __post_init__(self) -> None:
         _one_of("source", self.source, SOURCES)

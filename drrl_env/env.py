@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -10,11 +11,12 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from drrl_env.analysis import DocumentAnalysis, analyse, segment_bounds
+from drrl_env.analysis import DocumentAnalysis, RelativeBounds, analyse, segment_bounds
+from drrl_env.cache import AnalysisCache, default_cache_root
 from drrl_env.config import EnvConfig, make_config
 from drrl_env.cost import AttentionShape, flop_ratios, make_cost_model
-from drrl_env.observation import Bounds, build_observation, observation_space
-from drrl_env.reward import fidelity_value, layer_relative_bound, output_error, reward_terms
+from drrl_env.observation import build_observation, observation_space
+from drrl_env.reward import fidelity_value, output_error, reward_terms
 from drrl_env.safety import adaptive_epsilon, nearest_safe, safe_mask
 from drrl_env.sources.base import AttentionSource
 from drrl_env.sources.synthetic import SyntheticSource
@@ -25,7 +27,7 @@ class _DocumentData:
     """A document's analysis with what the env derives from it: bounds, costs and FLOP ratios (S, R)."""
 
     analysis: DocumentAnalysis
-    bounds: Bounds
+    bounds: RelativeBounds
     costs: np.ndarray
     flops: np.ndarray
 
@@ -112,6 +114,10 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         self.observation_space = observation_space(n_heads, spec.head_dim, n_ranks, cfg.bound_clip, mask_shape)
         self.max_steps = spec.n_layers * len(segment_bounds(spec.max_seq_len, cfg.segment_len))
         self._analyses: dict[int, _DocumentData] = {}
+        self._disk_cache = None if cfg.cache_dir is None else AnalysisCache(
+            default_cache_root() if cfg.cache_dir == "auto" else Path(cfg.cache_dir),
+            {"segment_len": cfg.segment_len, "ranks": self.ranks, "method": cfg.method,
+             "compress_values": cfg.compress_values})
         self._doc: int | None = None
 
     # ------------------------------------------------------------------ episode
@@ -165,8 +171,7 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         error = output_error(self._analysis, layer, segment, chosen)
         cost = float(self._costs[segment, chosen].mean())
         full = np.full_like(chosen, len(self.ranks) - 1)
-        perturbation = 0.0 if self._prev is None else layer_relative_bound(
-            self._analysis, layer, segment, self._prev, chosen, cfg.bound_clip)
+        perturbation = 0.0 if self._prev is None else self._bounds.layer_change(layer, segment, self._prev, chosen)
         terms = reward_terms(cfg.alpha, cfg.beta, cfg.gamma, fidelity_value(error, cfg.fidelity_metric), cost,
                              perturbation)
         return float(sum(terms.values())), {
@@ -178,7 +183,7 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
             "fidelity": error.cosine, "relative_error": error.relative_error,
             "cost_ratio": cost, "flop_ratio": float(self._doc_data.flops[segment, chosen].mean()),
             "perturbation_bound": perturbation,
-            "output_bound": layer_relative_bound(self._analysis, layer, segment, chosen, full, cfg.bound_clip),
+            "output_bound": self._bounds.layer_change(layer, segment, chosen, full),
             "reward_terms": terms,
         }, chosen
 
@@ -216,12 +221,17 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         if index in self._analyses:
             return self._analyses[index]
         cfg, spec = self.config, self.source.spec
-        analysis = analyse(self.source.trace(index), spec, cfg.segment_len, self.ranks, cfg.method,
-                           cfg.compress_values)
+        key = self.source.document_key(index)
+        analysis = self._disk_cache.get(key) if self._disk_cache else None
+        if analysis is None:
+            analysis = analyse(self.source.trace(index), spec, cfg.segment_len, self.ranks, cfg.method,
+                               cfg.compress_values)
+            if self._disk_cache:
+                self._disk_cache.put(key, analysis)
         shapes = [AttentionShape(cfg.method, self.ranks, b - a, int(n), spec.head_dim, spec.n_heads,
                                  spec.n_kv_heads, spec.causal, cfg.compress_values)
                   for (a, b), n in zip(analysis.segments, analysis.key_lens)]
-        entry = _DocumentData(analysis, Bounds.of(analysis, cfg.bound_clip),
+        entry = _DocumentData(analysis, RelativeBounds.of(analysis, cfg.bound_clip),
                               costs=np.stack([self.cost_model.cost_ratios(s) for s in shapes]),
                               flops=np.stack([flop_ratios(s) for s in shapes]))
         if cfg.cache_documents:
@@ -240,9 +250,9 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
                                          self._t, self._spent)
         threshold = self._epsilon if cfg.safety else np.inf
         if cfg.per_head:
-            self._mask = safe_mask(self._bounds.head_exact[layer, segment], threshold).reshape(-1)
+            self._mask = safe_mask(self._bounds.head_pairs[layer, segment, :, :, -1], threshold).reshape(-1)
         else:
-            self._mask = safe_mask(self._bounds.layer_exact[layer, segment], threshold)
+            self._mask = safe_mask(self._bounds.layer_pairs[layer, segment, :, -1], threshold)
 
     def _observation(self) -> dict[str, np.ndarray]:
         cfg, spec = self.config, self.source.spec
@@ -255,7 +265,7 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
             self._t / self._n_steps])
         chosen_cost = self._costs[segment]
         return build_observation(self._analysis, self._bounds, layer, segment, self._prev, chosen_cost,
-                                 context, self._mask, cfg.bound_clip)
+                                 context, self._mask)
 
 
 def resolve_device(name: str) -> torch.device:

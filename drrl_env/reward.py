@@ -5,8 +5,8 @@ fidelity      cosine similarity between the segment's low-rank and exact attenti
               at 0 (``"one_minus_error"``).  1 at full rank.
 cost          the cost model's ratio to exact attention (mean over heads with per-head ranks).
 perturbation  bound on the relative output change from the layer's previous rank to the chosen
-              one, sqrt(sum_h bound_h(prev_h, r_h)^2) / ||O||_F (``linalg.py``), clipped to
-              ``bound_clip``; 0 on a layer's first segment, which has no previous rank.
+              one, sqrt(sum_h bound_h(prev_h, r_h)^2) / ||O||_F (``RelativeBounds.layer_change``),
+              clipped to ``bound_clip``; 0 on a layer's first segment, which has no previous rank.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drrl_env import linalg
 from drrl_env.analysis import DocumentAnalysis
 
 TINY = 1e-30
@@ -40,15 +39,6 @@ def output_error(analysis: DocumentAnalysis, layer: int, segment: int, rank_inde
         return OutputError(1.0 if low <= TINY else 0.0, 0.0 if err <= TINY else 1.0)
     cosine = dot / np.sqrt(out * low) if low > TINY else 0.0
     return OutputError(float(np.clip(cosine, -1.0, 1.0)), float(np.sqrt(err / out)))
-
-
-def layer_relative_bound(analysis: DocumentAnalysis, layer: int, segment: int, from_index: np.ndarray,
-                         to_index: np.ndarray, clip: float) -> float:
-    """Bound on ||O_to - O_from||_F / ||O||_F over all heads, each head h switching rank
-    from_index[h] -> to_index[h]: sqrt(sum_h bound_h^2) / ||O||_F, clipped to ``clip``."""
-    heads = np.arange(from_index.shape[0])
-    pairs = analysis.pair_bound[layer, segment, heads, from_index, to_index]  # (H,)
-    return float(linalg.relative(np.sqrt((pairs ** 2).sum()), np.sqrt(analysis.out_sq[layer, segment].sum()), clip))
 
 
 def fidelity_value(error: OutputError, metric: str) -> float:

@@ -56,3 +56,9 @@ def default_env():
     import drrl_env  # noqa: F401
 
     return gym.make("DRRL-v0")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_analysis_cache(tmp_path_factory):
+    """Each test session gets its own on-disk analysis cache (nothing leaks between runs)."""
+    os.environ["DRRL_CACHE_DIR"] = str(tmp_path_factory.mktemp("drrl-cache"))

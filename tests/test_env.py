@@ -13,9 +13,9 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import drrl_env  # noqa: F401
 from drrl_env import analysis as analysis_module
-from drrl_env.analysis import analyse
+from drrl_env.analysis import RelativeBounds, analyse
 from drrl_env.env import RankSelectionEnv
-from drrl_env.observation import Bounds, build_observation
+from drrl_env.observation import build_observation
 from drrl_env.reward import output_error
 from drrl_env.sources.base import AttentionTrace, SourceSpec
 
@@ -79,7 +79,7 @@ def test_seeded_resets_are_reproducible_under_the_flop_model():
             np.testing.assert_array_equal(a[key], b[key])
 
 
-def test_documents_are_analysed_once_and_cached(monkeypatch):
+def test_documents_are_analysed_once_and_cached_in_memory_and_on_disk(monkeypatch, tmp_path):
     calls = []
     original = analysis_module.analyse
 
@@ -88,10 +88,22 @@ def test_documents_are_analysed_once_and_cached(monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr("drrl_env.env.analyse", counting)
-    env = RankSelectionEnv(**SYNTHETIC)
-    for _ in range(3):
-        _rollout(env, lambda obs: 0, options={"document": 1})
+    env = RankSelectionEnv(**SYNTHETIC, cache_dir=str(tmp_path))
+    first = [_rollout(env, lambda obs: 0, options={"document": 1}) for _ in range(3)]
     assert len(calls) == 1
+    again = _rollout(RankSelectionEnv(**SYNTHETIC, cache_dir=str(tmp_path)), lambda obs: 0, options={"document": 1})
+    assert len(calls) == 1  # a new process-like env reads the disk cache
+    assert [r for _, r, _ in again] == [r for _, r, _ in first[0]]
+    for (a, _, _), (b, _, _) in zip(again, first[0]):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    _rollout(RankSelectionEnv(**{**SYNTHETIC, "segment_len": 96}, cache_dir=str(tmp_path)), lambda obs: 0,
+             options={"document": 1})
+    assert len(calls) == 2  # other options, other entry
+    for entry in (tmp_path / "analysis").glob("*.npz"):
+        entry.write_bytes(b"corrupt")
+    _rollout(RankSelectionEnv(**SYNTHETIC, cache_dir=str(tmp_path)), lambda obs: 0, options={"document": 1})
+    assert len(calls) == 3  # an unreadable entry is recomputed, not trusted
 
 
 @pytest.mark.parametrize("source", ["synthetic", "model"])
@@ -235,10 +247,9 @@ def test_degenerate_attention_gives_finite_observations_and_rewards():
         trace = AttentionTrace(queries, keys, torch.randn(1, 1, 32, 8), torch.tensor([0.35]), False)
         ranks = (2, 4, 8)
         result = analyse(trace, spec, 16, ranks, "svd", compress_values=True)
-        bounds = Bounds.of(result, clip=1000.0)
+        bounds = RelativeBounds.of(result, clip=1000.0)
         for seg in range(result.n_segments):
-            obs = build_observation(result, bounds, 0, seg, np.array([0, 1]), np.ones(3), np.zeros(6),
-                                    np.ones(3), clip=1000.0)
+            obs = build_observation(result, bounds, 0, seg, np.array([0, 1]), np.ones(3), np.zeros(6), np.ones(3))
             assert all(np.isfinite(v).all() for v in obs.values())
             for r in range(3):
                 error = output_error(result, 0, seg, np.full(2, r))

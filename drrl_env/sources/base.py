@@ -62,5 +62,9 @@ class AttentionSource(ABC):
         """Names of the documents, in index order."""
 
     @abstractmethod
+    def document_key(self, index: int) -> str:
+        """A string that changes whenever document ``index``'s trace could change (source and content)."""
+
+    @abstractmethod
     def trace(self, index: int) -> AttentionTrace:
         """Full-rank q, k, v of document ``index`` (deterministic for a given index)."""

@@ -11,6 +11,8 @@ models with grouped-query attention and causal masks.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,7 @@ class HFAttentionSource(AttentionSource):
                  device: torch.device) -> None:
         self.device = device
         self.model, self.tokenizer = _load(model, tokenizer)
+        self._fingerprint = _model_fingerprint(model, self.model)
         self.model.to(device).eval()
         limit = _position_limit(self.model.config)
         if max_seq_len is not None and limit is not None and max_seq_len > limit:
@@ -121,6 +124,10 @@ class HFAttentionSource(AttentionSource):
     def document_names(self) -> list[str]:
         return list(self._names)
 
+    def document_key(self, index: int) -> str:
+        tokens = hashlib.sha256(self._token_ids[index].numpy().tobytes()).hexdigest()
+        return f"{self._fingerprint} tokens={tokens}"
+
     def token_ids(self, index: int) -> torch.Tensor:
         return self._token_ids[index]
 
@@ -156,6 +163,15 @@ def _load(model: str, tokenizer: str | None) -> tuple[torch.nn.Module, Any]:
         where = "local folder" if local_only else "hub id (not a local folder)"
         raise ValueError(f"cannot load model {model!r} as a {where}: {err}") from err
     return net, tok
+
+
+def _model_fingerprint(model: str, net: torch.nn.Module) -> str:
+    """The model's config, and for a local folder the name, size and mtime of each file in it."""
+    path, _ = resolve_model_path(model)
+    files = sorted((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
+                   for f in Path(path).rglob("*") if f.is_file()) if Path(path).is_dir() else []
+    text = json.dumps({"model": model, "config": net.config.to_dict(), "files": files}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _position_limit(config: Any) -> int | None:

@@ -24,6 +24,7 @@ from drrl_env.sources.base import AttentionSource, AttentionTrace, SourceSpec
 
 BLOCK = 64
 TEST_MODULUS = 5
+GENERATOR_VERSION = 1  # bump when the generator's output changes (invalidates cached analyses)
 
 
 class SyntheticSource(AttentionSource):
@@ -45,6 +46,10 @@ class SyntheticSource(AttentionSource):
     @property
     def document_names(self) -> list[str]:
         return [f"synthetic-{i}" for i in self._ids]
+
+    def document_key(self, index: int) -> str:
+        return (f"synthetic v{GENERATOR_VERSION} {self.spec} decay={self.decay} variety={self.head_variety} "
+                f"seed={self.seed} id={self._ids[index]}")
 
     def trace(self, index: int) -> AttentionTrace:
         spec = self.spec
