@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from drrl_env import linalg
-from drrl_env.lowrank import Factors, causal_mask, full_attention, low_rank_attention
+from drrl_env.linalg import Factors
+from drrl_env.lowrank import causal_mask, full_attention, low_rank_attention
 from drrl_env.sources.base import AttentionTrace, SourceSpec
 
 
@@ -122,10 +123,19 @@ def analyse(trace: AttentionTrace, spec: SourceSpec, segment_len: int, ranks: tu
     scaling = trace.scaling.to(trace.queries.device)[:, None, None, None]  # (Ly, 1, 1, 1)
     rank_index = torch.tensor(ranks)
     segments = segment_bounds(trace.seq_len, segment_len)
-    shared_keys = None if trace.causal else _key_side(trace.keys, trace.values, kv_index)
+    # Causal: K and V factorizations follow the prefix segment by segment (streaming Gram update).
+    # Bidirectional: every segment sees all keys, factored once.
+    key_stream, value_stream = linalg.StreamingFactors(), linalg.StreamingFactors()
+    if not trace.causal:
+        key_stream.update(trace.keys)
+        value_stream.update(trace.values)
+        shared_side = _key_side(key_stream, value_stream, kv_index)
     per_segment = []
     for start, stop in segments:
-        side = shared_keys or _key_side(trace.keys[:, :, :stop], trace.values[:, :, :stop], kv_index)
+        if trace.causal:
+            key_stream.update(trace.keys[:, :, start:stop])
+            value_stream.update(trace.values[:, :, start:stop])
+        side = _key_side(key_stream, value_stream, kv_index) if trace.causal else shared_side
         keys, values = side.factors, side.values
         mask = causal_mask(start, stop, stop, trace.queries.device) if trace.causal else None
         q = trace.queries[:, :, start:stop]  # (Ly, H, T, d)
@@ -180,11 +190,11 @@ class _KeySide(NamedTuple):
     v_norm: torch.Tensor  # (Ly, H), centered spectral norm
 
 
-def _key_side(keys: torch.Tensor, values: torch.Tensor, kv_index: torch.Tensor) -> _KeySide:
-    """Factor K and V once per K/V head (Ly, H_kv, N, d), then expand to the query heads."""
-    return _KeySide(keys.index_select(1, kv_index), Factors.of(keys).select_heads(kv_index),
-                    values.index_select(1, kv_index), Factors.of(values).select_heads(kv_index),
-                    linalg.centered_spectral_norm(values).index_select(1, kv_index))
+def _key_side(keys: linalg.StreamingFactors, values: linalg.StreamingFactors, kv_index: torch.Tensor) -> _KeySide:
+    """The keys and values seen so far (Ly, H_kv, N, d), factored per K/V head, expanded to query heads."""
+    return _KeySide(keys.rows.index_select(1, kv_index), keys.factors().select_heads(kv_index),
+                    values.rows.index_select(1, kv_index), values.factors().select_heads(kv_index),
+                    linalg.centered_spectral_norm(values.rows).index_select(1, kv_index))
 
 
 def _pad(sv: torch.Tensor, width: int) -> torch.Tensor:

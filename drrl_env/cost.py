@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from drrl_env.lowrank import Factors, attention_flops, causal_mask, full_attention, low_rank_attention
+from drrl_env.linalg import Factors
+from drrl_env.lowrank import attention_flops, causal_mask, full_attention, low_rank_attention
 
 
 @dataclass(frozen=True)
@@ -101,10 +102,12 @@ class MeasuredCostModel(CostModel):
                 return full_attention(q, k, v, scaling, mask)
             return low_rank_attention(q, k_factors, v, scaling, mask, rank, shape.method, v_factors=v_factors)
 
-        return _median_seconds(run, self.device, self.warmup, self.repeats)
+        return median_seconds(run, self.device, self.warmup, self.repeats)
 
 
-def _median_seconds(fn, device: torch.device, warmup: int, repeats: int) -> float:
+def median_seconds(fn, device: torch.device, warmup: int, repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs; CUDA events on a
+    GPU (synchronized), ``perf_counter_ns`` on CPU."""
     for _ in range(warmup):
         fn()
     samples = []

@@ -16,48 +16,13 @@ exact attention.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+
+from drrl_env.linalg import Factors
 
 METHODS = ("svd", "shared_key")
 EIGH_FLOPS_PER_D3 = 9  # symmetric d x d eigendecomposition ~ 9 d^3 flops (tridiagonal QR, textbook estimate)
 SOFTMAX_FLOPS = 5  # max, subtract, exp, sum, divide per score
-
-
-@dataclass(frozen=True)
-class Factors:
-    """X = left @ right exactly: left = U S (..., n, d), right = V^T (..., d, d), sv (..., d)
-    the singular values, descending (zeros beyond min(n, d))."""
-
-    left: torch.Tensor
-    right: torch.Tensor
-    sv: torch.Tensor
-
-    @classmethod
-    def of(cls, x: torch.Tensor) -> Factors:
-        """Factor x (..., n, d) through the eigendecomposition of its d x d Gram matrix.
-
-        X^T X = V diag(sigma^2) V^T in float64, then U S = X V.  For n >> d this is far cheaper
-        than an SVD of X; singular values below ~1e-8 sigma_1 lose relative accuracy.
-        """
-        if not torch.isfinite(x).all():
-            raise ValueError("cannot factor a matrix with NaN or inf entries")
-        x64 = x.double()
-        evals, evecs = torch.linalg.eigh(x64.transpose(-1, -2) @ x64)  # (..., d), (..., d, d) ascending
-        evecs = evecs.flip(-1)  # descending
-        sv = evals.flip(-1).clamp_min(0).sqrt()
-        return cls((x64 @ evecs).to(x.dtype), evecs.transpose(-1, -2).to(x.dtype), sv.to(x.dtype))
-
-    def select_heads(self, index: torch.Tensor) -> Factors:
-        """The factors of heads ``index`` (the dim just before the matrix dims), e.g. to expand
-        K/V heads to query heads under grouped-query attention."""
-        return Factors(self.left.index_select(-3, index), self.right.index_select(-3, index),
-                       self.sv.index_select(-2, index))
-
-    def truncate(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(left_r (..., n, r), right_r (..., r, d)); left_r @ right_r is the best rank-r approximation."""
-        return self.left[..., :rank], self.right[..., :rank, :]
 
 
 def causal_mask(start: int, stop: int, n_keys: int, device: torch.device | None = None) -> torch.Tensor:

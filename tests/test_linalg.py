@@ -6,7 +6,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from drrl_env import linalg
-from drrl_env.lowrank import (Factors, attend, attention_flops, causal_mask, full_attention, low_rank_attention,
+from drrl_env.linalg import Factors
+from drrl_env.lowrank import (attend, attention_flops, causal_mask, full_attention, low_rank_attention,
                               shared_key_scores, svd_scores)
 
 
@@ -23,6 +24,12 @@ def _random_qkv(seed, heads, t, n, d, decay=0.7):
 def _truncate(x, r):
     u, s, vh = torch.linalg.svd(x.double(), full_matrices=False)
     return (u[..., :r] * s[..., None, :r]) @ vh[..., :r, :]
+
+
+def _lapack_factors(x):
+    """Reference factors from LAPACK's SVD (not the Gram route under test)."""
+    u, s, vh = torch.linalg.svd(x.double(), full_matrices=False)
+    return Factors(u * s[..., None, :], vh, s)
 
 
 def test_factors_reconstruct_and_truncate_to_rank_r_shapes():
@@ -169,3 +176,67 @@ def test_masked_attention_ignores_future_keys():
     k2[:, 5:], v2[:, 5:] = 100.0, -100.0
     out2 = attend(q @ k2.transpose(-1, -2), v2, mask)
     assert torch.allclose(out[:, :5], out2[:, :5]) and not torch.allclose(out[:, 5:], out2[:, 5:])
+
+
+def test_streaming_factors_track_a_full_svd_of_the_prefix():
+    """Synthetic keys, 8192 tokens in 128-token segments: retained energy within 1e-4 of a full SVD."""
+    from drrl_env.sources.synthetic import SyntheticSource
+
+    keys = SyntheticSource(n_layers=1, n_heads=2, n_kv_heads=2, head_dim=64, seq_len=8192, decay=1.0,
+                           head_variety=0.5, causal=True, n_documents=1, seed=0).trace(0).keys[0]  # (2, L, 64)
+    stream = linalg.StreamingFactors(refresh_every=16)
+    for start in range(0, 8192, 128):
+        stream.update(keys[:, start:start + 128])
+        if start % 2048 == 0 or start + 128 == 8192:
+            exact = _lapack_factors(keys[:, :start + 128])
+            for rank in (8, 32):
+                angle, energy_error = linalg.subspace_error(stream.factors(), exact, rank)
+                assert (energy_error < 1e-4).all() and (angle < 1e-3).all()
+    prefix = stream.factors()
+    assert torch.allclose((prefix.left @ prefix.right).double(), keys.double(), atol=1e-3)
+
+
+def test_randomized_factors_approach_the_truncated_svd():
+    q, _, _ = _random_qkv(9, 2, 300, 300, 64, decay=1.2)
+    approx = linalg.randomized_factors(q, 8, generator=torch.Generator().manual_seed(0))
+    assert approx.left.shape == (2, 300, 8) and approx.right.shape == (2, 8, 64)
+    exact = torch.linalg.svdvals(q.double())
+    best = torch.linalg.matrix_norm(q.double() - _truncate(q, 8))
+    err = torch.linalg.matrix_norm(q.double() - (approx.left @ approx.right).double())
+    assert (err <= best * 1.01 + 1e-6).all()
+    assert torch.allclose(approx.sv.double(), exact[:, :8], rtol=1e-3)
+
+
+def test_power_iteration_estimates_the_spectral_norm_from_below():
+    x, _, _ = _random_qkv(4, 3, 200, 200, 32, decay=0.5)
+    sigma, u, v = linalg.power_iteration(x, iters=30, generator=torch.Generator().manual_seed(0))
+    exact = torch.linalg.matrix_norm(x.double(), ord=2)
+    assert (sigma.double() <= exact * (1 + 1e-6)).all()
+    assert torch.allclose(sigma.double(), exact, rtol=1e-3)
+    assert torch.allclose((x @ v[..., None])[..., 0], sigma[..., None] * u, atol=1e-3 * exact.max().item())
+    zeros = linalg.power_iteration(torch.zeros(2, 5, 4))[0]
+    assert torch.equal(zeros, torch.zeros(2))
+
+
+def test_output_bound_holds_on_real_minilm_attention(default_env):
+    env = default_env.unwrapped
+    heads = env.source.spec.n_heads
+    for doc in range(3):
+        data = env._document(doc)
+        for layer in range(env.source.spec.n_layers):
+            for seg in range(data.analysis.n_segments):
+                for index in range(len(env.ranks)):
+                    per_head = np.sqrt(data.analysis.err_sq[layer, seg, index])  # (H,)
+                    assert (per_head <= data.analysis.pair_bound[layer, seg, np.arange(heads), index, -1]
+                            * (1 + 1e-4) + 1e-6).all()
+
+
+def test_streaming_factors_on_real_minilm_keys(default_env):
+    keys = default_env.unwrapped.source.trace(0).keys  # (6, 12, L, 32)
+    stream = linalg.StreamingFactors()
+    for start in range(0, keys.shape[2], 64):
+        stream.update(keys[:, :, start:start + 64])
+        exact = _lapack_factors(keys[:, :, :start + 64])
+        for rank in (4, 16):
+            _, energy_error = linalg.subspace_error(stream.factors(), exact, rank)
+            assert (energy_error < 1e-4).all()
