@@ -55,6 +55,9 @@ class EnvConfig:
             ``"one_minus_error"`` (1 - relative Frobenius error, clipped at 0).
         cost_model: ``"flops"`` (analytic, deterministic) or ``"measured"`` (timed kernel).
         bound_clip: relative perturbation bounds are clipped to ``[0, bound_clip]``.
+        end_weight: weight of the optional end-of-episode term, the cosine of the model's pooled
+            output with the episode's ranks vs exact attention (``source="model"`` only; one
+            extra forward pass per episode).
 
     Safety
         safety: mask ranks whose output-perturbation bound exceeds the threshold epsilon_t.
@@ -99,6 +102,7 @@ class EnvConfig:
     fidelity_metric: str = "cosine"
     cost_model: str = "flops"
     bound_clip: float = 1000.0
+    end_weight: float = 0.0
 
     safety: bool = True
     epsilon: float = 300.0
@@ -131,7 +135,7 @@ class EnvConfig:
             raise ValueError(
                 f"synthetic_heads={self.synthetic_heads} must be a multiple of "
                 f"synthetic_kv_heads={self.synthetic_kv_heads} (grouped-query attention)")
-        for name in ("alpha", "beta", "gamma", "bound_clip", "epsilon", "epsilon_min",
+        for name in ("alpha", "beta", "gamma", "end_weight", "bound_clip", "epsilon", "epsilon_min",
                      "epsilon_max", "synthetic_decay", "synthetic_head_variety"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:

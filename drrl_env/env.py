@@ -70,7 +70,9 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
 
     ## Rewards
     ``alpha * fidelity - beta * cost - gamma * perturbation`` (``reward.py``); the signed terms are
-    in ``info["reward_terms"]`` and sum to the reward.
+    in ``info["reward_terms"]`` and sum to the reward.  With ``end_weight > 0`` the last step also
+    earns ``end_weight * end_fidelity``: the cosine between the model's mean-pooled output with the
+    episode's ranks applied in every layer and with exact attention (``info["end_fidelity"]``).
 
     ## Starting State
     A document drawn uniformly from the split with ``self.np_random`` (or
@@ -114,6 +116,10 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         self.observation_space = observation_space(n_heads, spec.head_dim, n_ranks, cfg.bound_clip, mask_shape)
         self.max_steps = spec.n_layers * len(segment_bounds(spec.max_seq_len, cfg.segment_len))
         self._analyses: dict[int, _DocumentData] = {}
+        self._full_embeddings: dict[int, torch.Tensor] = {}
+        if cfg.end_weight > 0 and (cfg.source != "model" or cfg.per_head):
+            raise ValueError("end_weight > 0 needs source='model' and per_head=False: the end-of-episode term "
+                             "runs the model with one rank per layer and segment")
         self._disk_cache = None if cfg.cache_dir is None else AnalysisCache(
             default_cache_root() if cfg.cache_dir == "auto" else Path(cfg.cache_dir),
             {"segment_len": cfg.segment_len, "ranks": self.ranks, "method": cfg.method,
@@ -137,6 +143,7 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         self._t = 0
         self._prev: np.ndarray | None = None
         self._spent = 0.0
+        self._episode_ranks = np.full((self.source.spec.n_layers, self._n_segments), self.source.spec.head_dim)
         self._update_step_state()
         return self._observation(), {"document": self.source.document_names[self._doc],
                                      "n_steps": self._n_steps, "action_mask": self._mask.copy()}
@@ -152,9 +159,14 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         reward, info, chosen = self._outcome(requested)
         segment = info["segment"]
         self._spent += info["output_bound"]
+        self._episode_ranks[info["layer"], segment] = info["rank"] if not self.config.per_head else 0
         self._prev = chosen if segment + 1 < self._n_segments else None
         self._t += 1
         terminated = self._t == self._n_steps
+        if terminated and self.config.end_weight > 0:
+            info["end_fidelity"] = self.end_fidelity(self._doc, self._episode_ranks)
+            info["reward_terms"]["end_fidelity"] = self.config.end_weight * info["end_fidelity"]
+            reward += info["reward_terms"]["end_fidelity"]
         if not terminated:
             self._update_step_state()
         info["action_mask"] = self._mask.copy()
@@ -186,6 +198,28 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
             "output_bound": self._bounds.layer_change(layer, segment, chosen, full),
             "reward_terms": terms,
         }, chosen
+
+    def pooled_output(self, index: int, ranks: np.ndarray | None = None) -> tuple[torch.Tensor, float]:
+        """The model's mean-pooled output (hidden,) on document ``index`` with ``ranks``
+        (n_layers, n_segments) applied in every attention call (None = exact attention, computed
+        by the same segment-wise code), and the seconds spent in attention."""
+        from drrl_env.sources.hf import HFAttentionSource, LowRankPlan
+
+        if not isinstance(self.source, HFAttentionSource):
+            raise ValueError("pooled_output needs source='model'")
+        analysis = self.analysis(index)
+        if ranks is None:
+            ranks = np.full((self.source.spec.n_layers, analysis.n_segments), self.source.spec.head_dim)
+        plan = LowRankPlan(ranks, analysis.segments, self.config.method, self.config.compress_values)
+        return self.source.forward_with_ranks(index, plan), plan.seconds
+
+    def end_fidelity(self, index: int, ranks: np.ndarray) -> float:
+        """Cosine between the model's mean-pooled output (the sentence embedding for MiniLM) with
+        ``ranks`` (n_layers, n_segments) applied and with exact attention, on document ``index``."""
+        if index not in self._full_embeddings:
+            self._full_embeddings[index] = self.pooled_output(index)[0]
+        low = self.pooled_output(index, ranks)[0]
+        return float(torch.nn.functional.cosine_similarity(low, self._full_embeddings[index], dim=0))
 
     def candidate_rewards(self) -> np.ndarray:
         """(R,) the reward each rank (all heads alike) would earn at the current step, safety applied.

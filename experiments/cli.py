@@ -1,17 +1,24 @@
 """The ``drrl`` command line.
 
-    drrl rollout [--policies random,fixed:8,full,energy:0.9,oracle] [--episodes 4] [--split test]
-                 [--env-kwargs key=value ...] [--json FILE]
+    drrl rollout   [--policies random,fixed:8,full,...] [--episodes 4] [--split test] [--env-kwargs k=v ...]
+    drrl train     --algo ppo --policy transformer --timesteps N --seed S [--config FILE.yaml]
+                   [--env-kwargs k=v ...] [--logdir runs/] [--pretrain-bc N] [--n-envs K] [--resume RUN]
+    drrl evaluate  (--model RUN | --baseline full|fixed:R|random|energy:TAU|oracle) [--split test]
+                   [--episodes N] [--out DIR]
+    drrl compare   --algos ppo,a2c --policies mlp,transformer --seeds K --timesteps N [--out DIR]
+    drrl inspect   [--document I] [--energy 0.9] [--out DIR]
 
-Bad input exits with status 2 and a one-line message.
+Bad input exits with status 2 and a one-line message on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import csv
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 DEFAULT_POLICIES = "random,fixed:8,fixed:16,full,energy:0.9,oracle"
@@ -31,6 +38,10 @@ def parse_env_kwargs(pairs: list[str]) -> dict[str, Any]:
     return kwargs
 
 
+def _split_list(text: str) -> list[str]:
+    return [item for item in text.split(",") if item]
+
+
 def cmd_rollout(args: argparse.Namespace) -> int:
     import gymnasium as gym
 
@@ -38,42 +49,201 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     from agents.baselines import make_baseline
     from experiments.rollout import evaluate, summary_table
 
-    env = gym.make("DRRL-v0", split=args.split, **parse_env_kwargs(args.env_kwargs))
-    policies = {name: make_baseline(name, env, seed=args.seed) for name in args.policies.split(",")}
-    n_docs = len(env.unwrapped.document_names())
-    documents = range(min(args.episodes, n_docs))
+    env = gym.make("DRRL-v0", **{**parse_env_kwargs(args.env_kwargs), "split": args.split})
+    policies = {name: make_baseline(name, env, seed=args.seed) for name in _split_list(args.policies)}
+    documents = range(min(args.episodes, len(env.unwrapped.document_names())))
     rows = evaluate(env, policies, documents)
     config = env.unwrapped.config
     print(f"DRRL-v0 on {len(documents)} {args.split} documents; reward = {config.alpha} * fidelity "
           f"- {config.beta} * cost - {config.gamma} * perturbation; cost model {config.cost_model!r}")
     print(summary_table(rows))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump([r.as_dict() for r in rows], f, indent=2)
+        Path(args.json).write_text(json.dumps([r.as_dict() for r in rows], indent=1))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from experiments.train import TrainConfig, train
+
+    overrides = {"algo": args.algo, "policy": args.policy, "timesteps": args.timesteps, "seed": args.seed,
+                 "n_envs": args.n_envs, "pretrain_bc": args.pretrain_bc, "eval_freq": args.eval_freq}
+    if args.env_kwargs:
+        overrides["env_kwargs"] = parse_env_kwargs(args.env_kwargs)
+    if args.resume:
+        run = Path(args.resume)
+        if not (run / "config.yaml").exists():
+            raise ValueError(f"--resume {args.resume!r} is not a run folder (no config.yaml)")
+        config = _config_of_run(run, overrides)
+    elif args.config:
+        config = TrainConfig.from_file(args.config, **overrides)
+    else:
+        config = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    try:
+        run_dir = train(config, args.logdir, resume=args.resume, progress_bar=args.progress)
+    except KeyboardInterrupt:
+        print("interrupted: checkpoint saved; continue with --resume RUN_FOLDER", file=sys.stderr)
+        return 130
+    print(run_dir)
+    return 0
+
+
+def _config_of_run(run: Path, overrides: dict[str, Any]):
+    """The run's saved train settings (its resolved env config dropped), with ``overrides`` on top."""
+    import yaml
+
+    from experiments.train import TrainConfig
+
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved.pop("env_config", None)
+    return TrainConfig.from_dict({**saved, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import gymnasium as gym
+
+    import drrl_env  # noqa: F401
+    from agents.baselines import make_baseline
+    from agents.sb3_agents import RUNTIME_FIELDS, load_agent
+    from experiments.rollout import add_model_metrics, evaluate, summary_table
+
+    env_kwargs = parse_env_kwargs(args.env_kwargs)
+    if args.model:
+        path = Path(args.model)
+        path = path / "model.zip" if path.is_dir() else path
+        if not path.exists():
+            raise ValueError(f"--model {args.model!r}: no run folder with model.zip or saved agent there")
+        from stable_baselines3.common.save_util import load_from_zip_file
+
+        saved = load_from_zip_file(path)[0].get("drrl_env_config", {})
+        trained = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k not in RUNTIME_FIELDS}
+        env = gym.make("DRRL-v0", **{**trained, **env_kwargs, "split": args.split})
+        name, policy = path.parent.name or path.stem, load_agent(path, env)
+    else:
+        env = gym.make("DRRL-v0", **{**env_kwargs, "split": args.split})
+        name, policy = args.baseline, make_baseline(args.baseline, env, seed=args.seed)
+    documents = range(min(args.episodes, len(env.unwrapped.document_names())))
+    rows = evaluate(env, {name: policy}, documents)
+    if env.unwrapped.config.source == "model" and not env.unwrapped.config.per_head:
+        rows = add_model_metrics(env, rows)
+    print(summary_table(rows))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        records = [{k: v for k, v in r.as_dict().items() if k != "ranks"} for r in rows]
+        (out / "episodes.json").write_text(json.dumps([r.as_dict() for r in rows], indent=1))
+        with open(out / "episodes.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(records[0]))
+            writer.writeheader()
+            writer.writerows(records)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from agents.sb3_agents import ALGORITHMS, POLICIES
+    from experiments.compare import compare
+
+    algos, policies = _split_list(args.algos), _split_list(args.policies)
+    for algo in algos:
+        if algo not in ALGORITHMS:
+            raise ValueError(f"unknown algo {algo!r}; choose from {sorted(ALGORITHMS)}")
+    for policy in policies:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; choose from {list(POLICIES)}")
+    report = compare(algos, policies, args.seeds, args.timesteps, parse_env_kwargs(args.env_kwargs), Path(args.out),
+                     args.episodes, jobs=args.jobs, pretrain_bc=args.pretrain_bc, tune_documents=args.tune_documents)
+    print(report.read_text())
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from drrl_env.env import RankSelectionEnv
+    from experiments.inspect_document import inspect
+
+    env = RankSelectionEnv(**{**parse_env_kwargs(args.env_kwargs), "split": args.split})
+    if not 0 <= args.document < len(env.document_names()):
+        raise ValueError(f"--document {args.document} must lie in 0..{len(env.document_names()) - 1}")
+    for path in inspect(env, args.document, args.energy, Path(args.out)):
+        print(path)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="drrl", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="drrl", description="DR-RL rank selection: rollouts, training, "
+                                     "evaluation and comparison on DRRL-v0")
     sub = parser.add_subparsers(dest="command", required=True)
-    rollout = sub.add_parser("rollout", help="run baseline policies on DRRL-v0 and print their reward terms")
-    rollout.add_argument("--policies", default=DEFAULT_POLICIES,
-                         help="comma-separated baselines: full, fixed:R, random, energy:TAU, oracle")
-    rollout.add_argument("--episodes", type=int, default=4, help="documents to run (the first N of the split)")
-    rollout.add_argument("--split", default="test", choices=["train", "test", "all"])
-    rollout.add_argument("--seed", type=int, default=0)
-    rollout.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY=VALUE")
-    rollout.add_argument("--json", help="also write the per-episode rows to this file")
-    rollout.set_defaults(func=cmd_rollout)
+
+    def env_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="DRRL-v0 options")
+
+    p = sub.add_parser("rollout", help="run baseline policies and print their reward terms")
+    p.add_argument("--policies", default=DEFAULT_POLICIES, help="full, fixed:R, random, energy:TAU, oracle")
+    p.add_argument("--episodes", type=int, default=4, help="documents to run (the first N of the split)")
+    p.add_argument("--split", default="test", choices=["train", "test", "all"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the per-episode rows to this file")
+    env_args(p)
+    p.set_defaults(func=cmd_rollout)
+
+    p = sub.add_parser("train", help="train one agent (TensorBoard events in its run folder)")
+    p.add_argument("--algo")
+    p.add_argument("--policy")
+    p.add_argument("--timesteps", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--config", help="YAML file with train settings (experiments/configs/*.yaml)")
+    p.add_argument("--logdir", default="runs")
+    p.add_argument("--pretrain-bc", type=int, help="behaviour-clone the oracle on N training documents first")
+    p.add_argument("--n-envs", type=int)
+    p.add_argument("--eval-freq", type=int)
+    p.add_argument("--resume", help="run folder to continue from its checkpoint")
+    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    env_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a trained run or a baseline on held-out documents")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--model", help="run folder or saved agent zip")
+    who.add_argument("--baseline", help="full, fixed:R, random, energy:TAU or oracle")
+    p.add_argument("--split", default="test", choices=["train", "test", "all"])
+    p.add_argument("--episodes", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="folder for episodes.json and episodes.csv")
+    env_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="train a grid of agents and write a comparison report")
+    p.add_argument("--algos", default="ppo,a2c,dqn,maskable_ppo")
+    p.add_argument("--policies", default="mlp,transformer")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--timesteps", type=int, default=20_000)
+    p.add_argument("--episodes", type=int, default=16, help="test documents to evaluate on")
+    p.add_argument("--jobs", type=int, default=1, help="training processes in parallel")
+    p.add_argument("--pretrain-bc", type=int, default=0)
+    p.add_argument("--tune-documents", type=int, default=16,
+                   help="training documents on which the fixed rank and energy threshold are tuned")
+    p.add_argument("--out", default="experiments/results/latest")
+    env_args(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("inspect", help="plot one document's spectra and minimal ranks")
+    p.add_argument("--document", type=int, default=0)
+    p.add_argument("--split", default="test", choices=["train", "test", "all"])
+    p.add_argument("--energy", type=float, default=0.9)
+    p.add_argument("--out", default="inspect")
+    env_args(p)
+    p.set_defaults(func=cmd_inspect)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # keep stderr for our own one-line errors
     try:
         return args.func(args)
-    except (ValueError, TypeError, KeyError) as err:
-        print(f"drrl {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"drrl {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -1,20 +1,27 @@
-"""Run policies on DRRL-v0 episodes and summarise what they did, one row per episode."""
+"""Run policies on DRRL-v0 episodes and summarise what they did, one row per (policy, document)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
 import gymnasium as gym
 import numpy as np
+import torch
+from sb3_contrib import MaskablePPO
+
+SUMMARY_COLUMNS = ("reward", "fidelity", "relative_error", "cost_ratio", "flop_ratio", "mean_rank",
+                   "replaced_fraction", "end_fidelity", "retrieval_same", "attention_latency_ratio")
 
 
 @dataclass(frozen=True)
 class EpisodeSummary:
-    """Means over one episode's steps (reward and its terms are sums)."""
+    """One episode: sums of the reward and its terms, means of the per-step figures, the ranks taken
+    (layer x segment) and, for model sources after :func:`add_model_metrics`, model-level figures."""
 
     policy: str
     document: str
+    document_index: int
     steps: int
     reward: float
     fidelity_term: float
@@ -26,18 +33,26 @@ class EpisodeSummary:
     flop_ratio: float
     mean_rank: float
     replaced_fraction: float
+    ranks: list[list[float]] = field(repr=False)
+    end_fidelity: float | None = None
+    retrieval_same: float | None = None
+    attention_latency_ratio: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def run_episode(env: gym.Env, policy, name: str, document: int) -> EpisodeSummary:
-    """One episode on document ``document`` with ``policy.predict`` (SB3 interface)."""
+    """One deterministic episode on document ``document`` with ``policy.predict`` (SB3 interface;
+    recurrent state is carried, masks are passed to maskable agents)."""
     obs, info = env.reset(options={"document": document})
     infos, rewards = [], []
+    state, start = None, True
     done = False
     while not done:
-        action, _ = policy.predict(obs, deterministic=True)
+        extra = {"action_masks": env.unwrapped.action_masks()} if isinstance(policy, MaskablePPO) else {}
+        action, state = policy.predict(obs, state=state, episode_start=np.array([start]), deterministic=True, **extra)
+        start = False
         obs, reward, terminated, truncated, info = env.step(action)
         rewards.append(reward)
         infos.append(info)
@@ -49,11 +64,16 @@ def run_episode(env: gym.Env, policy, name: str, document: int) -> EpisodeSummar
     def total(term: str) -> float:
         return float(sum(i["reward_terms"][term] for i in infos))
 
+    n_layers = 1 + max(i["layer"] for i in infos)
+    ranks = np.zeros((n_layers, 1 + max(i["segment"] for i in infos)))
+    for i in infos:
+        ranks[i["layer"], i["segment"]] = np.mean(i["rank"])
     return EpisodeSummary(
-        policy=name, document=infos[0]["document"], steps=len(infos), reward=float(sum(rewards)),
-        fidelity_term=total("fidelity"), cost_term=total("cost"), perturbation_term=total("perturbation"),
-        fidelity=mean("fidelity"), relative_error=mean("relative_error"), cost_ratio=mean("cost_ratio"),
-        flop_ratio=mean("flop_ratio"), mean_rank=mean("rank"), replaced_fraction=mean("action_replaced"))
+        policy=name, document=infos[0]["document"], document_index=document, steps=len(infos),
+        reward=float(sum(rewards)), fidelity_term=total("fidelity"), cost_term=total("cost"),
+        perturbation_term=total("perturbation"), fidelity=mean("fidelity"), relative_error=mean("relative_error"),
+        cost_ratio=mean("cost_ratio"), flop_ratio=mean("flop_ratio"), mean_rank=mean("rank"),
+        replaced_fraction=mean("action_replaced"), ranks=ranks.tolist())
 
 
 def evaluate(env: gym.Env, policies: dict[str, object], documents: Iterable[int]) -> list[EpisodeSummary]:
@@ -62,9 +82,38 @@ def evaluate(env: gym.Env, policies: dict[str, object], documents: Iterable[int]
     return [run_episode(env, policy, name, doc) for name, policy in policies.items() for doc in documents]
 
 
+def add_model_metrics(env: gym.Env, rows: list[EpisodeSummary]) -> list[EpisodeSummary]:
+    """Model-level figures for a model source (rows of layer-level policies):
+
+    end_fidelity             cosine of the mean-pooled model output (MiniLM: the sentence embedding)
+                             with the episode's ranks vs exact attention;
+    retrieval_same           1 if the document's nearest neighbour among the evaluated documents
+                             (cosine of pooled outputs, against exact outputs of the others) is the
+                             same as with exact attention, else 0;
+    attention_latency_ratio  wall time of all attention calls with the ranks / with exact attention,
+                             both through the same segment-wise code (``sources/hf.py``).
+    """
+    base = env.unwrapped
+    documents = sorted({r.document_index for r in rows})
+    exact = {doc: base.pooled_output(doc) for doc in documents}
+    exact_matrix = torch.nn.functional.normalize(torch.stack([exact[d][0] for d in documents]), dim=-1)
+    out = []
+    for row in rows:
+        low, seconds = base.pooled_output(row.document_index, np.asarray(row.ranks, dtype=np.int64))
+        i = documents.index(row.document_index)
+        similarities = exact_matrix @ torch.nn.functional.normalize(low, dim=0)  # (docs,)
+        exact_similarities = exact_matrix @ exact_matrix[i]
+        similarities[i] = exact_similarities[i] = -2.0  # the document itself is not a neighbour
+        same = float(similarities.argmax() == exact_similarities.argmax()) if len(documents) > 1 else 1.0
+        out.append(replace(row, end_fidelity=float(torch.nn.functional.cosine_similarity(low, exact[row.document_index][0],
+                                                                                         dim=0)),
+                           retrieval_same=same, attention_latency_ratio=seconds / exact[row.document_index][1]))
+    return out
+
+
 def summary_table(rows: list[EpisodeSummary]) -> str:
-    """Mean per policy of the per-episode figures, as a Markdown table."""
-    columns = ("reward", "fidelity", "relative_error", "cost_ratio", "flop_ratio", "mean_rank", "replaced_fraction")
+    """Mean per policy of the per-episode figures, as a Markdown table (model-level columns when present)."""
+    columns = [c for c in SUMMARY_COLUMNS if any(getattr(r, c) is not None for r in rows)]
     lines = ["| policy | episodes | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
     for name in dict.fromkeys(r.policy for r in rows):
         mine = [r for r in rows if r.policy == name]

@@ -260,3 +260,20 @@ def test_repeated_tokens_stay_finite():
     env = RankSelectionEnv(corpus=["the " * 300], split="all")
     for obs, reward, info in _rollout(env, lambda obs: 0, seed=0):
         assert math.isfinite(reward) and all(np.isfinite(v).all() for v in obs.values())
+
+
+def test_end_of_episode_term_runs_the_model_with_the_chosen_ranks():
+    env = RankSelectionEnv(corpus=TEXTS_FOR_END, split="all", min_doc_tokens=16, end_weight=2.0, safety=False)
+    full = _rollout(env, lambda obs: len(env.ranks) - 1, options={"document": 0})
+    _, reward, info = full[-1]
+    assert info["end_fidelity"] == pytest.approx(1.0, abs=1e-5)
+    assert info["reward_terms"]["end_fidelity"] == pytest.approx(2 * info["end_fidelity"])
+    assert reward == pytest.approx(sum(info["reward_terms"].values()))
+    assert all("end_fidelity" not in i for _, _, i in full[:-1])
+    low = _rollout(env, lambda obs: 0, options={"document": 0})
+    assert low[-1][2]["end_fidelity"] < 0.99
+    with pytest.raises(ValueError, match="end_weight > 0 needs source='model'"):
+        RankSelectionEnv(source="synthetic", end_weight=1.0)
+
+
+TEXTS_FOR_END = ["Low rank attention keeps the top singular directions of queries and keys. " * 8]

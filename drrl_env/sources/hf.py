@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import AttentionInterface, AutoModel, AutoTokenizer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from drrl_env.config import DEFAULT_MODEL
 from drrl_env.corpus import load_corpus
+from drrl_env.linalg import Factors
+from drrl_env.lowrank import causal_mask, full_attention, low_rank_attention
 from drrl_env.sources.base import AttentionSource, AttentionTrace, SourceSpec
 
 CAPTURE = "drrl_capture"
@@ -47,6 +52,59 @@ def _capture_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.
 
 
 AttentionInterface.register(CAPTURE, _capture_attention)
+
+LOW_RANK = "drrl_low_rank"
+
+
+@dataclass
+class LowRankPlan:
+    """Ranks to apply in a forward pass: ``ranks[layer, segment]`` (head_dim = exact attention).
+
+    ``seconds`` accumulates the wall time spent in attention (all layers), for latency ratios.
+    """
+
+    ranks: np.ndarray
+    segments: list[tuple[int, int]]
+    method: str
+    compress_values: bool
+    calls: int = 0
+    seconds: float = 0.0
+
+
+_plan: LowRankPlan | None = None
+
+
+def _low_rank_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                        **kwargs: Any):
+    """The model's attention computed segment by segment at the plan's ranks (batch of one)."""
+    plan = _plan
+    if plan is None:
+        raise RuntimeError(f"{LOW_RANK} attention called outside HFAttentionSource.forward_with_ranks")
+    layer, plan.calls = plan.calls, plan.calls + 1
+    begin = time.perf_counter()
+    heads, d = query.shape[1], query.shape[-1]
+    kv_index = torch.arange(heads, device=query.device) // (heads // key.shape[1])
+    q = query[0]  # (H, L, d)
+    k, v = key[0].index_select(0, kv_index), value[0].index_select(0, kv_index)  # (H, L, d)
+    scale = d ** -0.5 if scaling is None else scaling
+    causal = _is_causal(module, attention_mask, query.shape[2], key.shape[2])
+    out = torch.empty_like(q)
+    for segment, (start, stop) in enumerate(plan.segments):
+        keys, values = (k[:, :stop], v[:, :stop]) if causal else (k, v)
+        mask = causal_mask(start, stop, stop, q.device) if causal else None
+        rank = int(plan.ranks[layer, segment])
+        if rank >= d:
+            out[:, start:stop] = full_attention(q[:, start:stop], keys, values, scale, mask)
+        else:
+            out[:, start:stop] = low_rank_attention(
+                q[:, start:stop], Factors.of(keys), values, scale, mask, rank, plan.method,
+                v_factors=Factors.of(values) if plan.compress_values else None)
+    plan.seconds += time.perf_counter() - begin
+    return out.transpose(0, 1)[None], None  # (1, L, H, d)
+
+
+AttentionInterface.register(LOW_RANK, _low_rank_attention)
 
 
 def _is_causal(module: torch.nn.Module, mask: torch.Tensor | None, q_len: int, k_len: int) -> bool:
@@ -140,6 +198,23 @@ class HFAttentionSource(AttentionSource):
             scaling=torch.tensor([r["scaling"] for r in records]),
             causal=records[0]["causal"],
         )
+
+    @torch.no_grad()
+    def forward_with_ranks(self, index: int, plan: LowRankPlan) -> torch.Tensor:
+        """Mean-pooled last hidden state (hidden,) of document ``index`` with ``plan``'s ranks applied
+        to every attention call.  For all-MiniLM-L6-v2 this is the sentence embedding before
+        normalization."""
+        global _plan
+        _plan = plan
+        self.model.set_attn_implementation(LOW_RANK)
+        try:
+            hidden = self.model(input_ids=self._token_ids[index][None].to(self.device), use_cache=False)
+        finally:
+            self.model.set_attn_implementation(CAPTURE)
+            _plan = None
+        if plan.calls != self.spec.n_layers:
+            raise RuntimeError(f"expected {self.spec.n_layers} attention calls, saw {plan.calls}")
+        return hidden.last_hidden_state[0].mean(0)
 
     @torch.no_grad()
     def _capture(self, token_ids: torch.Tensor) -> list[dict[str, Any]]:

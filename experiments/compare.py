@@ -1,0 +1,120 @@
+"""``drrl compare``: train a grid of agents, evaluate them and the baselines on the same test documents,
+and write a Markdown report with the paper-style table, a paired test, a Pareto plot and a rank heatmap."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import platform
+import shlex
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import drrl_env  # noqa: F401
+from agents.baselines import make_baseline
+from agents.sb3_agents import load_agent
+from experiments.report import mean_ci, method_table, paired_bootstrap, pareto_plot, per_document, rank_heatmap
+from experiments.rollout import EpisodeSummary, add_model_metrics, evaluate
+from experiments.train import ENV_ID, TrainConfig, train
+
+ENERGY_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+def _train_one(args: tuple[TrainConfig, str]) -> str:
+    config, logdir = args
+    torch.set_num_threads(1 if os.environ.get("DRRL_PARALLEL") else torch.get_num_threads())
+    return str(train(config, logdir))
+
+
+def tune_baselines(env_kwargs: dict[str, Any], documents: int) -> tuple[str, str]:
+    """The best fixed rank and energy threshold by mean reward on the first ``documents`` training documents."""
+    env = gym.make(ENV_ID, **{**env_kwargs, "split": "train"})
+    docs = range(min(documents, len(env.unwrapped.document_names())))
+    candidates = [f"fixed:{r}" for r in env.unwrapped.ranks] + [f"energy:{t}" for t in ENERGY_LEVELS]
+    rows = evaluate(env, {c: make_baseline(c, env) for c in candidates}, docs)
+    score = {c: np.mean([r.reward for r in rows if r.policy == c]) for c in candidates}
+    best_fixed = max((c for c in candidates if c.startswith("fixed")), key=score.get)
+    best_energy = max((c for c in candidates if c.startswith("energy")), key=score.get)
+    return best_fixed, best_energy
+
+
+def compare(algos: list[str], policies: list[str], seeds: int, timesteps: int, env_kwargs: dict[str, Any],
+            out: Path, episodes: int, jobs: int = 1, pretrain_bc: int = 0, tune_documents: int = 16,
+            hyperparams: dict[str, Any] | None = None) -> Path:
+    """Train ``algos x policies x seeds`` runs under ``out/runs`` and write ``out/report.md``; returns its path."""
+    out.mkdir(parents=True, exist_ok=True)
+    configs = [TrainConfig(algo=a, policy=p, timesteps=timesteps, seed=s, env_kwargs=env_kwargs,
+                           pretrain_bc=pretrain_bc, eval_freq=max(timesteps // 4, 1), hyperparams=hyperparams or {})
+               for a in algos for p in policies for s in range(seeds)]
+    if jobs > 1:
+        os.environ["DRRL_PARALLEL"] = "1"
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            run_dirs = list(pool.map(_train_one, [(c, str(out / "runs")) for c in configs]))
+    else:
+        run_dirs = [_train_one((c, str(out / "runs"))) for c in configs]
+
+    env = gym.make(ENV_ID, **{**env_kwargs, "split": "test"})
+    documents = range(min(episodes, len(env.unwrapped.document_names())))
+    best_fixed, best_energy = tune_baselines(env_kwargs, tune_documents)
+    baselines = ["full", best_fixed, best_energy, "random", "oracle"]
+    policies_by_name: dict[str, Any] = {b: make_baseline(b, env, seed=0) for b in baselines}
+    method_of = {b: b for b in baselines}
+    for config, run_dir in zip(configs, run_dirs):
+        name = f"{config.algo}-{config.policy}{'-bc' if pretrain_bc else ''}/seed{config.seed}"
+        policies_by_name[name] = load_agent(Path(run_dir) / "model.zip", env)
+        method_of[name] = name.split("/")[0]
+    rows = evaluate(env, policies_by_name, documents)
+    if env.unwrapped.config.source == "model" and not env.unwrapped.config.per_head:
+        rows = add_model_metrics(env, rows)
+    return write_report(rows, method_of, baselines, out, env, len(list(documents)))
+
+
+def write_report(rows: list[EpisodeSummary], method_of: dict[str, str], baselines: list[str], out: Path,
+                 env: gym.Env, n_documents: int) -> Path:
+    table, means = method_table(rows, method_of)
+    agents = [m for m in dict.fromkeys(method_of.values()) if m not in baselines]
+    deployable = [b for b in baselines if b not in ("oracle", "random")]
+    best_agent = max(agents, key=lambda m: means[m]["reward"])
+    best_base = max(deployable, key=lambda m: means[m]["reward"])
+    agent_runs = [p for p, m in method_of.items() if m == best_agent]
+    diff, p_value = paired_bootstrap(per_document(rows, agent_runs), per_document(rows, [best_base]))
+    oracle = means["oracle"]["reward"]
+    gap = oracle - means[best_base]["reward"]
+    closed = (means[best_agent]["reward"] - means[best_base]["reward"]) / gap if gap > 0 else float("nan")
+    pareto = pareto_plot(means, out / "pareto.png")
+    heatmap = rank_heatmap(rows, agent_runs, f"{best_agent}: mean rank per layer and segment", out / "ranks.png")
+    config = env.unwrapped.config
+    lines = [
+        "# DRRL-v0 comparison", "",
+        f"Command: `{' '.join(shlex.quote(a) for a in sys.argv)}`  ",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"device {config.device}  ",
+        f"Environment: source {config.source!r}, method {config.method!r}, cost model {config.cost_model!r}, "
+        f"reward = {config.alpha} fidelity - {config.beta} cost - {config.gamma} perturbation; "
+        f"{n_documents} test documents, each method on the same ones.", "",
+        "Per method: mean ± 95% Student-t interval over seeds of the per-seed mean over documents "
+        "(baselines are deterministic: one run). `oracle` reads the true attention (an upper reference, "
+        f"not deployable). Fixed rank and energy threshold were tuned on training documents: {', '.join(deployable[1:])}.",
+        "", table, "",
+        f"Best agent: **{best_agent}** (mean reward {means[best_agent]['reward']:.3f}); best deployable baseline: "
+        f"**{best_base}** ({means[best_base]['reward']:.3f}); oracle {oracle:.3f}.  ",
+        f"Paired bootstrap over documents (agent seeds averaged), agent - baseline reward: {diff:+.3f}, "
+        f"two-sided p = {p_value:.4f}.  ",
+        f"Fraction of the baseline-to-oracle gap closed by the best agent: {closed:.2f}.", "",
+        f"![Pareto plot]({pareto.name})", "", f"![Rank heatmap]({heatmap.name})", "",
+    ]
+    seeds = {m: mean_ci([np.mean([r.reward for r in rows if r.policy == p]) for p, mm in method_of.items() if mm == m])
+             for m in agents}
+    lines += ["Per-seed spread of the agents' mean episode reward (mean ± 95% CI):", ""]
+    lines += [f"- {m}: {v[0]:.3f} ± {v[1]:.3f}" for m, v in seeds.items()]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    (out / "rows.json").write_text(json.dumps([r.as_dict() for r in rows], indent=1))
+    return report

@@ -1,0 +1,213 @@
+"""Training runs: one folder per (algo, policy, seed) with the model, the resolved config and TensorBoard events.
+
+Run folders are named ``DRRL-v0__{algo}-{policy}__{seed}__{unix time}`` under a shared log root,
+so ``tensorboard --logdir runs/`` overlays algorithms.  Tags: SB3's own (``rollout/``,
+``train/``, ``time/``), ``drrl/`` per rollout (fidelity, cost and FLOP ratios, mean rank, rank
+per layer, replaced-action and masked-rank fractions, perturbation, reward terms), ``eval/`` on
+held-out documents, ``bc/loss`` for behaviour cloning, and the HParams tab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import yaml
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import HParam, configure
+
+import drrl_env  # noqa: F401  (registers DRRL-v0)
+from agents.sb3_agents import (ALGORITHMS, DEFAULT_HYPERPARAMS, POLICIES, behaviour_cloning, load_agent, make_agent,
+                               oracle_dataset, save_agent)
+from experiments.rollout import evaluate
+
+ENV_ID = "DRRL-v0"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """What ``drrl train`` runs; also what a ``--config`` YAML file may set."""
+
+    algo: str = "ppo"
+    policy: str = "mlp"
+    timesteps: int = 20_000
+    seed: int = 0
+    env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    hyperparams: dict[str, Any] = dataclasses.field(default_factory=dict)
+    n_envs: int = 1
+    pretrain_bc: int = 0  # training documents labelled by the oracle for behaviour cloning (0 = none)
+    bc_epochs: int = 20
+    eval_freq: int = 5_000
+    eval_episodes: int = 8
+    checkpoint_freq: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGORITHMS:
+            raise ValueError(f"unknown algo {self.algo!r}; choose one of {sorted(ALGORITHMS)}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; choose one of {list(POLICIES)}")
+        for name in ("timesteps", "n_envs", "eval_episodes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """A YAML file's settings, then ``overrides`` (those not None) on top; unknown keys are errors."""
+        path = Path(path)
+        if not path.exists():
+            raise ValueError(f"config file {str(path)!r} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        return cls.from_dict({**data, **{k: v for k, v in overrides.items() if v is not None}})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        allowed = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise ValueError(f"unknown train config key(s) {unknown}; allowed: {sorted(allowed)}")
+        return cls(**data)
+
+    def run_name(self) -> str:
+        return f"{ENV_ID}__{self.algo}-{self.policy}__{self.seed}__{int(time.time())}"
+
+
+class DrrlMetricsCallback(BaseCallback):
+    """Logs ``drrl/`` means of the step infos of each rollout (SB3 ``logger.record``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._values: dict[str, list[float]] = defaultdict(list)
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", []):
+            if "fidelity" not in info:
+                continue
+            v = self._values
+            v["fidelity"].append(info["fidelity"])
+            v["relative_error"].append(info["relative_error"])
+            v["cost_ratio"].append(info["cost_ratio"])
+            v["flop_ratio"].append(info["flop_ratio"])
+            v["mean_rank"].append(float(np.mean(info["rank"])))
+            v[f"rank_layer_{info['layer']}"].append(float(np.mean(info["rank"])))
+            v["replaced_fraction"].append(float(info["action_replaced"]))
+            v["masked_fraction"].append(1.0 - float(np.mean(info["action_mask"])))
+            v["perturbation"].append(info["perturbation_bound"])
+            for term, value in info["reward_terms"].items():
+                v[f"reward_terms/{term}"].append(value)
+        return True
+
+    def _on_rollout_end(self) -> None:
+        for key, values in self._values.items():
+            self.logger.record(f"drrl/{key}", float(np.mean(values)))
+        self._values.clear()
+
+
+class HeldOutEvalCallback(BaseCallback):
+    """Every ``eval_freq`` steps: deterministic episodes on the first test documents, logged as ``eval/``."""
+
+    def __init__(self, eval_env: gym.Env, eval_freq: int, episodes: int) -> None:
+        super().__init__()
+        self.eval_env, self.eval_freq, self.episodes = eval_env, eval_freq, episodes
+        self._next = eval_freq
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self._next:
+            self._next += self.eval_freq
+            self.evaluate()
+        return True
+
+    def evaluate(self) -> dict[str, float]:
+        documents = range(min(self.episodes, len(self.eval_env.unwrapped.document_names())))
+        rows = evaluate(self.eval_env, {"agent": self.model}, documents)
+        summary = {key: float(np.mean([getattr(r, key) for r in rows]))
+                   for key in ("reward", "fidelity", "cost_ratio", "flop_ratio", "mean_rank")}
+        for key, value in summary.items():
+            self.logger.record(f"eval/{key}", value)
+        self.logger.dump(self.num_timesteps)
+        return summary
+
+
+class CheckpointCallback(BaseCallback):
+    """Saves ``checkpoint.zip`` in the run folder every ``freq`` steps (``--resume`` continues from it)."""
+
+    def __init__(self, run_dir: Path, freq: int) -> None:
+        super().__init__()
+        self.run_dir, self.freq, self._next = run_dir, freq, freq
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self._next:
+            self._next += self.freq
+            save_agent(self.model, self.run_dir / "checkpoint")
+        return True
+
+
+def train(config: TrainConfig, logdir: str | Path = "runs", resume: str | Path | None = None,
+          progress_bar: bool = False) -> Path:
+    """Train one agent; returns its run folder (holding ``model.zip``, ``config.yaml``, events)."""
+    env_kwargs = {**config.env_kwargs, "split": "train", "render_mode": None}  # SB3 would ask for rgb_array
+    vec_env = make_vec_env(ENV_ID, n_envs=config.n_envs, seed=config.seed, env_kwargs=env_kwargs)
+    eval_env = gym.make(ENV_ID, **{**config.env_kwargs, "split": "test"})
+    if resume is not None:
+        run_dir = Path(resume)
+        checkpoint = next((p for p in (run_dir / "checkpoint.zip", run_dir / "model.zip") if p.exists()), None)
+        if checkpoint is None:
+            raise ValueError(f"run folder {str(run_dir)!r} has no checkpoint.zip or model.zip to resume from")
+        model = load_agent(checkpoint, vec_env)
+    else:
+        run_dir = Path(logdir) / config.run_name()
+        run_dir.mkdir(parents=True, exist_ok=False)
+        model = make_agent(config.algo, vec_env, config.policy, seed=config.seed, **config.hyperparams)
+    model.set_logger(configure(str(run_dir), ["tensorboard", "csv"]))
+    resolved = {**dataclasses.asdict(config), "hyperparams": {**DEFAULT_HYPERPARAMS[config.algo], **config.hyperparams},
+                "env_config": model.drrl_env_config}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    if config.pretrain_bc and resume is None:
+        _pretrain(model, config, run_dir)
+    evaluator = HeldOutEvalCallback(eval_env, config.eval_freq, config.eval_episodes)
+    callbacks = CallbackList([DrrlMetricsCallback(), evaluator, CheckpointCallback(run_dir, config.checkpoint_freq),
+                              _HParamsCallback(config)])
+    remaining = max(config.timesteps - model.num_timesteps, 0)
+    try:
+        model.learn(remaining, callback=callbacks, reset_num_timesteps=resume is None, progress_bar=progress_bar)
+    except KeyboardInterrupt:
+        save_agent(model, run_dir / "checkpoint")
+        raise
+    evaluator.evaluate()
+    save_agent(model, run_dir / "model")
+    return run_dir
+
+
+def _pretrain(model: BaseAlgorithm, config: TrainConfig, run_dir: Path) -> None:
+    """Behaviour cloning of the oracle on ``config.pretrain_bc`` training documents, logged as ``bc/loss``."""
+    env = gym.make(ENV_ID, **{**config.env_kwargs, "split": "train"})
+    documents = list(range(min(config.pretrain_bc, len(env.unwrapped.document_names()))))
+    observations, actions = oracle_dataset(env, documents)
+    for epoch, loss in enumerate(behaviour_cloning(model, observations, actions, epochs=config.bc_epochs,
+                                                   seed=config.seed)):
+        model.logger.record("bc/loss", loss)
+        model.logger.dump(epoch)
+
+
+class _HParamsCallback(BaseCallback):
+    """Writes the hyperparameters to TensorBoard's HParams tab once, at the start of training."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def _on_training_start(self) -> None:
+        hparams = {"algo": self.config.algo, "policy": self.config.policy, "seed": self.config.seed,
+                   "n_envs": self.config.n_envs, "pretrain_bc": self.config.pretrain_bc}
+        hparams.update({k: v for k, v in self.model.drrl_env_config.items() if isinstance(v, (int, float, str, bool))})
+        metrics = {"eval/reward": 0.0, "eval/fidelity": 0.0, "eval/cost_ratio": 0.0}
+        self.logger.record("hparams", HParam(hparams, metrics), exclude=("stdout", "log", "json", "csv"))
+
+    def _on_step(self) -> bool:
+        return True
