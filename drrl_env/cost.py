@@ -8,21 +8,21 @@ chosen rank's entry in the reward.
 
 from __future__ import annotations
 
-import statistics
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from drrl_env.linalg import Factors
-from drrl_env.lowrank import attention_flops, causal_mask, full_attention, low_rank_attention
+from drrl_env.latency import KernelShape, LatencyMeasurer, LatencyProfile
+from drrl_env.lowrank import attention_flops
 
 
 @dataclass(frozen=True)
 class AttentionShape:
-    """One segment's attention problem (all heads)."""
+    """One segment's attention problem (all heads); ``segment_len`` is the configured length
+    (``query_len`` differs for a document's last segment)."""
 
     method: str
     ranks: tuple[int, ...]
@@ -33,6 +33,7 @@ class AttentionShape:
     n_kv_heads: int
     causal: bool
     compress_values: bool
+    segment_len: int
 
 
 class CostModel(ABC):
@@ -60,77 +61,49 @@ def flop_ratios(shape: AttentionShape) -> np.ndarray:
     return np.asarray(flops, dtype=np.float64) / flops[-1]
 
 
-class MeasuredCostModel(CostModel):
-    """Median wall time of the environment's own kernels on random data of the same shape.
-
-    For each rank the kernel (:func:`drrl_env.lowrank.low_rank_attention`, with the query-side
-    factorization the method needs per segment; the key and value factors are maintained
-    across segments and not timed) runs ``warmup`` times, then ``repeats`` timed runs; the ratio of
-    medians to exact attention is returned.  CUDA is timed with events after synchronizing, CPU
-    with ``time.perf_counter_ns``.  Results are memoised per shape for the life of the object.
-    Platform-dependent: not deterministic.
-    """
+class ProfileCostModel(CostModel):
+    """Latency ratios from a per-device profile cached on disk (``latency.py``).  Platform-dependent."""
 
     deterministic = False
 
-    def __init__(self, device: torch.device, warmup: int = 3, repeats: int = 7) -> None:
-        self.device = device
-        self.warmup = warmup
-        self.repeats = repeats
-        self._memo: dict[AttentionShape, np.ndarray] = {}
+    def __init__(self, device: torch.device, dtype: str, cache_root: Path | None, refresh: bool = False) -> None:
+        self.measurer = LatencyMeasurer(device)
+        self.dtype, self.cache_root, self.refresh = dtype, cache_root, refresh
+        self.profiles: dict[KernelShape, LatencyProfile] = {}
+
+    def profile(self, shape: AttentionShape, segment_len: int) -> LatencyProfile:
+        kernel = KernelShape(shape.method, shape.compress_values, shape.causal, shape.n_heads, shape.n_kv_heads,
+                             shape.head_dim, segment_len, self.dtype)
+        if kernel not in self.profiles:
+            self.profiles[kernel] = LatencyProfile(kernel, shape.ranks, self.measurer, self.cache_root, self.refresh)
+        return self.profiles[kernel]
 
     def cost_ratios(self, shape: AttentionShape) -> np.ndarray:
-        if shape not in self._memo:
-            times = [self.time_rank(shape, r) for r in shape.ranks]
-            self._memo[shape] = np.asarray(times) / times[-1]
-        return self._memo[shape]
-
-    @torch.no_grad()
-    def time_rank(self, shape: AttentionShape, rank: int) -> float:
-        """Median seconds for one segment's attention at ``rank`` (exact attention at head_dim)."""
-        gen = torch.Generator(device=self.device).manual_seed(0)
-        h, t, n, d = shape.n_heads, shape.query_len, shape.key_len, shape.head_dim
-        q = torch.randn(h, t, d, generator=gen, device=self.device)  # (H, T, d)
-        k, v = torch.randn(2, h, n, d, generator=gen, device=self.device)  # (H, N, d) each
-        k_factors = Factors.of(k)
-        v_factors = Factors.of(v) if shape.compress_values else None
-        mask = causal_mask(n - t, n, n, self.device) if shape.causal else None
-        scaling = d ** -0.5
-
-        def run() -> torch.Tensor:
-            if rank == d:
-                return full_attention(q, k, v, scaling, mask)
-            return low_rank_attention(q, k_factors, v, scaling, mask, rank, shape.method, v_factors=v_factors)
-
-        return median_seconds(run, self.device, self.warmup, self.repeats)
+        return self.profile(shape, shape.segment_len).ratios(shape.key_len)
 
 
-def median_seconds(fn, device: torch.device, warmup: int, repeats: int) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs; CUDA events on a
-    GPU (synchronized), ``perf_counter_ns`` on CPU."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    if device.type == "cuda":
-        for _ in range(repeats):
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize(device)
-            start.record()
-            fn()
-            stop.record()
-            torch.cuda.synchronize(device)
-            samples.append(start.elapsed_time(stop) / 1e3)
-    else:
-        for _ in range(repeats):
-            begin = time.perf_counter_ns()
-            fn()
-            samples.append((time.perf_counter_ns() - begin) / 1e9)
-    return statistics.median(samples)
+class LiveCostModel(CostModel):
+    """Times every rank of every segment when asked (1 warm-up, 3 repeats): noisy and slow, never cached."""
+
+    deterministic = False
+
+    def __init__(self, device: torch.device, dtype: str) -> None:
+        self.measurer = LatencyMeasurer(device, warmup=1, repeats=3)
+        self.dtype = dtype
+
+    def cost_ratios(self, shape: AttentionShape) -> np.ndarray:
+        kernel = KernelShape(shape.method, shape.compress_values, shape.causal, shape.n_heads, shape.n_kv_heads,
+                             shape.head_dim, shape.query_len, self.dtype)
+        seconds = np.array([self.measurer.time(kernel, r, shape.key_len).median for r in shape.ranks])
+        return seconds / seconds[-1]
 
 
-def make_cost_model(name: str, device: torch.device) -> CostModel:
+def make_cost_model(name: str, device: torch.device, dtype: str = "float32", cache_root: Path | None = None,
+                    refresh: bool = False) -> CostModel:
     if name == "flops":
         return FlopCostModel()
-    if name == "measured":
-        return MeasuredCostModel(device)
-    raise ValueError(f"cost_model={name!r} is not allowed; choose 'flops' or 'measured'")
+    if name == "profile":
+        return ProfileCostModel(device, dtype, cache_root, refresh)
+    if name == "live":
+        return LiveCostModel(device, dtype)
+    raise ValueError(f"cost_model={name!r} is not allowed; choose 'flops', 'profile' or 'live'")

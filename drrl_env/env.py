@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, SupportsFloat
@@ -15,6 +16,7 @@ from drrl_env.analysis import DocumentAnalysis, RelativeBounds, analyse, segment
 from drrl_env.cache import AnalysisCache, default_cache_root
 from drrl_env.config import EnvConfig, make_config
 from drrl_env.cost import AttentionShape, flop_ratios, make_cost_model
+from drrl_env.latency import MAX_PROFILE_LEN
 from drrl_env.observation import build_observation, observation_space
 from drrl_env.reward import fidelity_value, output_error, reward_terms
 from drrl_env.safety import adaptive_epsilon, nearest_safe, safe_mask
@@ -109,7 +111,13 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         self.source: AttentionSource = build_source(cfg, self.device)
         spec = self.source.spec
         self.ranks: tuple[int, ...] = cfg.rank_grid(spec.head_dim)
-        self.cost_model = make_cost_model(cfg.cost_model, self.device)
+        cache_root = None if cfg.cache_dir is None else (
+            default_cache_root() if cfg.cache_dir == "auto" else Path(cfg.cache_dir))
+        longest = cfg.target_seq_len or spec.max_seq_len
+        if cfg.cost_model != "flops" and longest > MAX_PROFILE_LEN:
+            raise ValueError(f"cost_model={cfg.cost_model!r} measures key lengths up to {MAX_PROFILE_LEN}; "
+                             f"this configuration needs {longest}; use cost_model='flops' or a shorter target_seq_len")
+        self.cost_model = make_cost_model(cfg.cost_model, self.device, cfg.dtype, cache_root, cfg.profile_refresh)
         n_ranks, n_heads = len(self.ranks), spec.n_heads
         self.action_space = spaces.MultiDiscrete([n_ranks] * n_heads) if cfg.per_head else spaces.Discrete(n_ranks)
         mask_shape = (n_heads * n_ranks,) if cfg.per_head else (n_ranks,)
@@ -120,15 +128,16 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         if cfg.end_weight > 0 and (cfg.source != "model" or cfg.per_head):
             raise ValueError("end_weight > 0 needs source='model' and per_head=False: the end-of-episode term "
                              "runs the model with one rank per layer and segment")
-        self._disk_cache = None if cfg.cache_dir is None else AnalysisCache(
-            default_cache_root() if cfg.cache_dir == "auto" else Path(cfg.cache_dir),
-            {"segment_len": cfg.segment_len, "ranks": self.ranks, "method": cfg.method,
-             "compress_values": cfg.compress_values})
+        self._disk_cache = None if cache_root is None else AnalysisCache(cache_root, {
+            "segment_len": cfg.segment_len, "ranks": self.ranks, "method": cfg.method,
+            "compress_values": cfg.compress_values})
         self._doc: int | None = None
 
     # ------------------------------------------------------------------ episode
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
+        if self.spec is not None and not self.cost_model.deterministic and not self.spec.nondeterministic:
+            self.spec = dataclasses.replace(self.spec, nondeterministic=True)  # measured time in the reward
         n_docs = len(self.source.document_names)
         index = (options or {}).get("document")
         if index is None:
@@ -143,7 +152,7 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         self._t = 0
         self._prev: np.ndarray | None = None
         self._spent = 0.0
-        self._episode_ranks = np.full((self.source.spec.n_layers, self._n_segments), self.source.spec.head_dim)
+        self._episode_ranks = np.full((self.source.spec.n_layers, self._n_segments), float(self.source.spec.head_dim))
         self._update_step_state()
         return self._observation(), {"document": self.source.document_names[self._doc],
                                      "n_steps": self._n_steps, "action_mask": self._mask.copy()}
@@ -159,7 +168,7 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         reward, info, chosen = self._outcome(requested)
         segment = info["segment"]
         self._spent += info["output_bound"]
-        self._episode_ranks[info["layer"], segment] = info["rank"] if not self.config.per_head else 0
+        self._episode_ranks[info["layer"], segment] = np.mean(info["rank"])
         self._prev = chosen if segment + 1 < self._n_segments else None
         self._t += 1
         terminated = self._t == self._n_steps
@@ -262,8 +271,9 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
                                cfg.compress_values)
             if self._disk_cache:
                 self._disk_cache.put(key, analysis)
-        shapes = [AttentionShape(cfg.method, self.ranks, b - a, int(n), spec.head_dim, spec.n_heads,
-                                 spec.n_kv_heads, spec.causal, cfg.compress_values)
+        shapes = [AttentionShape(cfg.method, self.ranks, b - a, self._cost_key_len(int(n), analysis.seq_len),
+                                 spec.head_dim, spec.n_heads, spec.n_kv_heads, spec.causal, cfg.compress_values,
+                                 cfg.segment_len)
                   for (a, b), n in zip(analysis.segments, analysis.key_lens)]
         entry = _DocumentData(analysis, RelativeBounds.of(analysis, cfg.bound_clip),
                               costs=np.stack([self.cost_model.cost_ratios(s) for s in shapes]),
@@ -271,6 +281,13 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         if cfg.cache_documents:
             self._analyses[index] = entry
         return entry
+
+    def _cost_key_len(self, key_len: int, seq_len: int) -> int:
+        """Keys a segment sees at the length whose cost is reported (``target_seq_len``, if set)."""
+        target = self.config.target_seq_len
+        if target is None:
+            return key_len
+        return target if not self.source.spec.causal else max(1, round(key_len * target / seq_len))
 
     def _ranks_of(self, index: np.ndarray) -> int | list[int]:
         ranks = [self.ranks[i] for i in index]

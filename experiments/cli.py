@@ -7,6 +7,7 @@
                    [--episodes N] [--out DIR]
     drrl compare   --algos ppo,a2c --policies mlp,transformer --seeds K --timesteps N [--out DIR]
     drrl inspect   [--document I] [--energy 0.9] [--out DIR]
+    drrl profile   [--lengths 512,2048,4096,8192] [--refresh] [--out DIR] [--env-kwargs k=v ...]
 
 Bad input exits with status 2 and a one-line message on stderr, never a traceback.
 """
@@ -167,6 +168,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from drrl_env.cache import default_cache_root
+    from drrl_env.env import RankSelectionEnv
+    from experiments.profile import format_table, plot_speedups, profile_table
+
+    env = RankSelectionEnv(**parse_env_kwargs(args.env_kwargs))
+    lengths = [int(n) for n in _split_list(args.lengths)]
+    measured, flops, profile = profile_table(env, lengths, default_cache_root(), args.refresh)
+    print(format_table(env, lengths, measured, flops))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"profile: {profile.path}\nplot: {plot_speedups(env, lengths, measured, flops, out / 'speedup.png')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drrl", description="DR-RL rank selection: rollouts, training, "
                                      "evaluation and comparison on DRRL-v0")
@@ -223,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="experiments/results/latest")
     env_args(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("profile", help="measure and print the latency table of this device, with FLOP ratios")
+    p.add_argument("--lengths", default="512,2048,4096,8192", help="key lengths to profile")
+    p.add_argument("--refresh", action="store_true", help="re-measure instead of reusing the cached profile")
+    p.add_argument("--out", default=".", help="folder for speedup.png")
+    env_args(p)
+    p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("inspect", help="plot one document's spectra and minimal ranks")
     p.add_argument("--document", type=int, default=0)

@@ -21,20 +21,14 @@ def env():
     return RankSelectionEnv(**SYNTHETIC)
 
 
+@pytest.mark.parametrize("source,steps", [("synthetic", 200), ("default", 100)])
 @pytest.mark.parametrize("policy", ["mlp", "transformer"])
 @pytest.mark.parametrize("algo", sorted(ALGORITHMS))
-def test_every_algorithm_and_policy_learns_on_the_synthetic_env(env, algo, policy):
-    model = make_agent(algo, env, policy, seed=0, **SMALL[algo])
-    model.learn(200)
-    assert model.num_timesteps >= 200
-
-
-@pytest.mark.parametrize("policy", ["mlp", "transformer"])
-@pytest.mark.parametrize("algo", sorted(ALGORITHMS))
-def test_every_algorithm_and_policy_learns_on_the_default_env(default_env, algo, policy):
-    model = make_agent(algo, default_env, policy, seed=0, **SMALL[algo])
-    model.learn(100)
-    assert model.num_timesteps >= 100
+def test_every_algorithm_and_policy_learns(request, env, algo, policy, source, steps):
+    target = env if source == "synthetic" else request.getfixturevalue("default_env")
+    model = make_agent(algo, target, policy, seed=0, **SMALL[algo])
+    model.learn(steps)
+    assert model.num_timesteps >= steps
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"per_head": True}, {"ranks": (4, 16)}, {"synthetic_heads": 2,

@@ -1,0 +1,39 @@
+"""Measured latency ratio to exact attention next to the FLOP ratio, and the noise of the measurement.
+
+    python benchmarks/latency.py [--repeats 3] [--lengths 512,2048,4096,8192] [--env-kwargs k=v ...]
+
+Profiles the default env's attention shape (``drrl profile``'s table) ``--repeats`` times from
+scratch (no cache) and prints the first table, then the spread of the repeated medians:
+max / min - 1 over the repeats, per (length, rank), summarised by its median and maximum.
+Runs on CUDA when ``device=cuda`` is passed.  Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from drrl_env.env import RankSelectionEnv
+from experiments.cli import parse_env_kwargs
+from experiments.profile import format_table, profile_table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--lengths", default="512,2048,4096,8192")
+    parser.add_argument("--env-kwargs", nargs="*", default=[])
+    args = parser.parse_args()
+    env = RankSelectionEnv(**parse_env_kwargs(args.env_kwargs))
+    lengths = [int(n) for n in args.lengths.split(",")]
+    runs = [profile_table(env, lengths, None, refresh=True) for _ in range(args.repeats)]
+    print(format_table(env, lengths, runs[0][0], runs[0][1]))
+    seconds = np.stack([[run[2].seconds(n) for n in lengths] for run in runs])  # (repeats, lengths, ranks)
+    spread = seconds.max(0) / seconds.min(0) - 1
+    print(f"\nspread of medians over {args.repeats} fresh profiles (max/min - 1): "
+          f"median {np.median(spread):.1%}, max {spread.max():.1%}")
+
+
+if __name__ == "__main__":
+    main()

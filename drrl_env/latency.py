@@ -1,0 +1,181 @@
+"""Measured attention latency: one measurer, a cached per-device profile, live timing.
+
+What is timed is exactly the operation the environment computes for one segment
+(``lowrank.low_rank_attention`` with the per-segment query factorization, the key and value
+factors being maintained across segments), on random data of the segment's shape, in the
+configured dtype, on the configured device.  Exact attention (full rank) is timed as PyTorch's
+``scaled_dot_product_attention``, the kernel a model would otherwise run.  Each figure is the
+median of ``repeats`` runs after ``warmup`` runs; CUDA is timed with events after synchronizing,
+CPU with ``time.perf_counter_ns``.
+
+Profile table: for one attention shape (method, value compression, causal, heads, K/V heads,
+head dim, query length = ``segment_len``, dtype) and each rank, the median latency at key lengths
+``segment_len * 2^k``; a key length in between is interpolated linearly, and query lengths other
+than ``segment_len`` (a document's last segment) use the same ratios.  Tables are stored as JSON
+under ``<cache>/latency/`` keyed by device name, torch version and thread count, reused by every
+process, and re-measured on request (``refresh``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from drrl_env.linalg import Factors
+from drrl_env.lowrank import causal_mask, low_rank_attention
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+MAX_PROFILE_LEN = 65_536
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Median seconds of repeated runs and their spread (interquartile range / median)."""
+
+    median: float
+    spread: float
+    repeats: int
+
+
+def time_call(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> Timing:
+    """Median and spread of ``fn()``'s wall time over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            fn()
+            stop.record()
+            torch.cuda.synchronize(device)
+            samples.append(start.elapsed_time(stop) / 1e3)
+        else:
+            begin = time.perf_counter_ns()
+            fn()
+            samples.append((time.perf_counter_ns() - begin) / 1e9)
+    median = statistics.median(samples)
+    q1, _, q3 = statistics.quantiles(samples, n=4) if len(samples) >= 2 else (median, median, median)
+    return Timing(median, (q3 - q1) / median if median > 0 else 0.0, repeats)
+
+
+@dataclass(frozen=True)
+class KernelShape:
+    """The attention of one segment: what the latency depends on (besides rank and key length)."""
+
+    method: str
+    compress_values: bool
+    causal: bool
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    query_len: int
+    dtype: str
+
+
+class LatencyMeasurer:
+    """Times one segment's attention at a rank and key length (module docstring)."""
+
+    def __init__(self, device: torch.device, warmup: int = 3, repeats: int = 9) -> None:
+        self.device, self.warmup, self.repeats = device, warmup, repeats
+
+    @torch.no_grad()
+    def time(self, shape: KernelShape, rank: int, key_len: int) -> Timing:
+        if shape.dtype not in DTYPES:
+            raise ValueError(f"dtype={shape.dtype!r} is not supported; choose one of {sorted(DTYPES)}")
+        dtype = DTYPES[shape.dtype]
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        h, t, d = shape.n_heads, shape.query_len, shape.head_dim
+        q = torch.randn(h, t, d, generator=gen, device=self.device).to(dtype)  # (H, T, d)
+        k, v = torch.randn(2, h, key_len, d, generator=gen, device=self.device).to(dtype)  # (H, N, d) each
+        mask = causal_mask(key_len - t, key_len, key_len, self.device) if shape.causal else None
+        scaling = d ** -0.5
+        if rank >= d:
+            def run() -> torch.Tensor:
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
+        else:
+            k_factors = Factors.of(k)
+            v_factors = Factors.of(v) if shape.compress_values else None
+
+            def run() -> torch.Tensor:
+                return low_rank_attention(q, k_factors, v, scaling, mask, rank, shape.method, v_factors=v_factors)
+        return time_call(run, self.device, self.warmup, self.repeats)
+
+
+def device_key(device: torch.device) -> dict[str, str | int]:
+    """What a profile depends on besides the shape: device name, torch version, CPU threads."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (_cpu_name() or "cpu")
+    return {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return os.uname().machine
+
+
+class LatencyProfile:
+    """Cached latency table of one :class:`KernelShape` on one device (module docstring)."""
+
+    def __init__(self, shape: KernelShape, ranks: tuple[int, ...], measurer: LatencyMeasurer, cache_root: Path | None,
+                 refresh: bool = False) -> None:
+        self.shape, self.ranks, self.measurer = shape, ranks, measurer
+        self.key = {**device_key(measurer.device), **asdict(shape), "ranks": list(ranks),
+                    "warmup": measurer.warmup, "repeats": measurer.repeats}
+        digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:24]
+        self.path = None if cache_root is None else Path(cache_root) / "latency" / f"{digest}.json"
+        self.table: dict[int, list[float]] = {}  # key length -> median seconds per rank
+        self.measured = 0  # grid points measured by this object (not loaded)
+        if self.path is not None and self.path.exists() and not refresh:
+            stored = json.loads(self.path.read_text())
+            self.table = {int(n): seconds for n, seconds in stored["table"].items()}
+
+    def grid(self, key_len: int) -> list[int]:
+        """The profiled key lengths around ``key_len``: segment_len * 2^k bracketing it."""
+        if not 1 <= key_len <= MAX_PROFILE_LEN:
+            raise ValueError(f"key length {key_len} is outside the profile's range 1..{MAX_PROFILE_LEN}")
+        low = self.shape.query_len
+        while low * 2 <= key_len:
+            low *= 2
+        return [low] if low >= key_len else [low, low * 2]
+
+    def seconds(self, key_len: int) -> np.ndarray:
+        """(R,) interpolated median seconds per rank at ``key_len`` keys."""
+        points = self.grid(key_len)
+        for n in points:
+            if n not in self.table:
+                self.table[n] = [self.measurer.time(self.shape, r, n).median for r in self.ranks]
+                self.measured += 1
+                self._save()
+        if len(points) == 1:
+            return np.asarray(self.table[points[0]])
+        (a, b), weight = points, (key_len - points[0]) / (points[1] - points[0])
+        return (1 - weight) * np.asarray(self.table[a]) + weight * np.asarray(self.table[b])
+
+    def ratios(self, key_len: int) -> np.ndarray:
+        seconds = self.seconds(key_len)
+        return seconds / seconds[-1]
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
+        with os.fdopen(handle, "w") as f:
+            json.dump({"key": self.key, "table": self.table}, f, indent=1)
+        os.replace(tmp, self.path)
