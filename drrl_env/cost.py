@@ -94,7 +94,7 @@ class LiveCostModel(CostModel):
     def cost_ratios(self, shape: AttentionShape) -> np.ndarray:
         kernel = KernelShape(shape.method, shape.compress_values, shape.causal, shape.n_heads, shape.n_kv_heads,
                              shape.head_dim, shape.query_len, self.dtype)
-        seconds = np.array([self.measurer.time(kernel, r, shape.key_len).median for r in shape.ranks])
+        seconds = np.array([t.median for t in self.measurer.time_ranks(kernel, shape.ranks, shape.key_len)])
         return seconds / seconds[-1]
 
 

@@ -5,8 +5,9 @@ What is timed is exactly the operation the environment computes for one segment
 factors being maintained across segments), on random data of the segment's shape, in the
 configured dtype, on the configured device.  Exact attention (full rank) is timed as PyTorch's
 ``scaled_dot_product_attention``, the kernel a model would otherwise run.  Each figure is the
-median of ``repeats`` runs after ``warmup`` runs; CUDA is timed with events after synchronizing,
-CPU with ``time.perf_counter_ns``.
+median of ``repeats`` runs after ``warmup`` runs, the ranks of one key length measured in
+interleaved rounds (a drift of the machine's speed then moves all of them alike); CUDA is timed
+with events after synchronizing, CPU with ``time.perf_counter_ns``.
 
 Profile table: for one attention shape (method, value compression, causal, heads, K/V heads,
 head dim, query length = ``segment_len``, dtype) and each rank, the median latency at key lengths
@@ -48,7 +49,8 @@ class Timing:
 
 
 def time_call(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> Timing:
-    """Median and spread of ``fn()``'s wall time over ``repeats`` runs after ``warmup`` runs."""
+    """Median and spread of ``fn()``'s wall time over ``repeats`` runs after ``warmup`` runs
+    (``repeats=0`` only warms up and returns zeros)."""
     for _ in range(warmup):
         fn()
     samples = []
@@ -65,9 +67,7 @@ def time_call(fn: Callable[[], object], device: torch.device, warmup: int, repea
             begin = time.perf_counter_ns()
             fn()
             samples.append((time.perf_counter_ns() - begin) / 1e9)
-    median = statistics.median(samples)
-    q1, _, q3 = statistics.quantiles(samples, n=4) if len(samples) >= 2 else (median, median, median)
-    return Timing(median, (q3 - q1) / median if median > 0 else 0.0, repeats)
+    return _summary(samples) if samples else Timing(0.0, 0.0, 0)
 
 
 @dataclass(frozen=True)
@@ -87,11 +87,18 @@ class KernelShape:
 class LatencyMeasurer:
     """Times one segment's attention at a rank and key length (module docstring)."""
 
-    def __init__(self, device: torch.device, warmup: int = 3, repeats: int = 9) -> None:
+    def __init__(self, device: torch.device, warmup: int = 5, repeats: int = 31) -> None:
         self.device, self.warmup, self.repeats = device, warmup, repeats
 
     @torch.no_grad()
     def time(self, shape: KernelShape, rank: int, key_len: int) -> Timing:
+        return self.time_ranks(shape, (rank,), key_len)[0]
+
+    @torch.no_grad()
+    def time_ranks(self, shape: KernelShape, ranks: tuple[int, ...], key_len: int) -> list[Timing]:
+        """Timings of every rank at one key length, measured in interleaved rounds (each round runs
+        every rank once), so that a drift of the machine's speed hits all ranks alike and the ratios
+        between them stay stable even when absolute times do not."""
         if shape.dtype not in DTYPES:
             raise ValueError(f"dtype={shape.dtype!r} is not supported; choose one of {sorted(DTYPES)}")
         dtype = DTYPES[shape.dtype]
@@ -101,16 +108,28 @@ class LatencyMeasurer:
         k, v = torch.randn(2, h, key_len, d, generator=gen, device=self.device).to(dtype)  # (H, N, d) each
         mask = causal_mask(key_len - t, key_len, key_len, self.device) if shape.causal else None
         scaling = d ** -0.5
-        if rank >= d:
-            def run() -> torch.Tensor:
-                return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
-        else:
-            k_factors = Factors.of(k)
-            v_factors = Factors.of(v) if shape.compress_values else None
+        k_factors = Factors.of(k)
+        v_factors = Factors.of(v) if shape.compress_values else None
 
-            def run() -> torch.Tensor:
-                return low_rank_attention(q, k_factors, v, scaling, mask, rank, shape.method, v_factors=v_factors)
-        return time_call(run, self.device, self.warmup, self.repeats)
+        def kernel(rank: int) -> Callable[[], torch.Tensor]:
+            if rank >= d:
+                return lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
+            return lambda: low_rank_attention(q, k_factors, v, scaling, mask, rank, shape.method, v_factors=v_factors)
+
+        runs = [kernel(r) for r in ranks]
+        for run in runs:
+            time_call(run, self.device, self.warmup, 0)
+        samples: list[list[float]] = [[] for _ in runs]
+        for _ in range(self.repeats):
+            for run, bucket in zip(runs, samples):
+                bucket.append(time_call(run, self.device, 0, 1).median)
+        return [_summary(bucket) for bucket in samples]
+
+
+def _summary(samples: list[float]) -> Timing:
+    median = statistics.median(samples)
+    q1, _, q3 = statistics.quantiles(samples, n=4) if len(samples) >= 2 else (median, median, median)
+    return Timing(median, (q3 - q1) / median if median > 0 else 0.0, len(samples))
 
 
 def device_key(device: torch.device) -> dict[str, str | int]:
@@ -159,7 +178,7 @@ class LatencyProfile:
         points = self.grid(key_len)
         for n in points:
             if n not in self.table:
-                self.table[n] = [self.measurer.time(self.shape, r, n).median for r in self.ranks]
+                self.table[n] = [t.median for t in self.measurer.time_ranks(self.shape, self.ranks, n)]
                 self.measured += 1
                 self._save()
         if len(points) == 1:

@@ -6,6 +6,7 @@
     drrl evaluate  (--model RUN | --baseline full|fixed:R|random|energy:TAU|oracle) [--split test]
                    [--episodes N] [--out DIR]
     drrl compare   --algos ppo,a2c --policies mlp,transformer --seeds K --timesteps N [--out DIR]
+    drrl report    DIR   (rebuild a comparison's report from its saved rows)
     drrl inspect   [--document I] [--energy 0.9] [--out DIR]
     drrl profile   [--lengths 512,2048,4096,8192] [--refresh] [--out DIR] [--env-kwargs k=v ...]
 
@@ -156,6 +157,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from experiments.compare import rebuild_report
+
+    print(rebuild_report(Path(args.folder)).read_text())
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from drrl_env.env import RankSelectionEnv
     from experiments.inspect_document import inspect
@@ -239,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="experiments/results/latest")
     env_args(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="rebuild a comparison's report.md from its rows.json and compare.json")
+    p.add_argument("folder")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("profile", help="measure and print the latency table of this device, with FLOP ratios")
     p.add_argument("--lengths", default="512,2048,4096,8192", help="key lengths to profile")

@@ -16,10 +16,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from scipy import stats
 
 import drrl_env  # noqa: F401
 from agents.baselines import make_baseline
-from agents.sb3_agents import load_agent
+from agents.sb3_agents import env_config_dict, load_agent
 from experiments.report import mean_ci, method_table, paired_bootstrap, pareto_plot, per_document, rank_heatmap
 from experiments.rollout import EpisodeSummary, add_model_metrics, evaluate
 from experiments.train import ENV_ID, TrainConfig, train
@@ -73,40 +74,51 @@ def compare(algos: list[str], policies: list[str], seeds: int, timesteps: int, e
     rows = evaluate(env, policies_by_name, documents)
     if env.unwrapped.config.source == "model" and not env.unwrapped.config.per_head:
         rows = add_model_metrics(env, rows)
-    return write_report(rows, method_of, baselines, out, env, len(list(documents)))
+    meta = {"command": " ".join(shlex.quote(a) for a in sys.argv),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+                       f"device {env.unwrapped.config.device}",
+            "env_config": env_config_dict(env), "method_of": method_of, "baselines": baselines,
+            "n_documents": len(documents)}
+    return write_report(rows, meta, out)
 
 
-def write_report(rows: list[EpisodeSummary], method_of: dict[str, str], baselines: list[str], out: Path,
-                 env: gym.Env, n_documents: int) -> Path:
+def write_report(rows: list[EpisodeSummary], meta: dict[str, Any], out: Path) -> Path:
+    """``out/report.md`` (and plots) from evaluation rows and ``meta`` (command, machine, env config,
+    method of each policy, baselines); also saves both as ``rows.json`` and ``compare.json`` so that
+    ``drrl report`` can rebuild the report without re-running anything."""
+    method_of, baselines, config = meta["method_of"], meta["baselines"], meta["env_config"]
     table, means = method_table(rows, method_of)
     agents = [m for m in dict.fromkeys(method_of.values()) if m not in baselines]
     deployable = [b for b in baselines if b not in ("oracle", "random")]
     best_agent = max(agents, key=lambda m: means[m]["reward"])
     best_base = max(deployable, key=lambda m: means[m]["reward"])
     agent_runs = [p for p, m in method_of.items() if m == best_agent]
-    diff, p_value = paired_bootstrap(per_document(rows, agent_runs), per_document(rows, [best_base]))
+    agent_docs, base_docs = per_document(rows, agent_runs), per_document(rows, [best_base])
+    diff, p_value = paired_bootstrap(agent_docs, base_docs)
+    signed_rank_p = stats.wilcoxon(agent_docs, base_docs).pvalue if np.any(agent_docs != base_docs) else 1.0
     oracle = means["oracle"]["reward"]
     gap = oracle - means[best_base]["reward"]
     closed = (means[best_agent]["reward"] - means[best_base]["reward"]) / gap if gap > 0 else float("nan")
     pareto = pareto_plot(means, out / "pareto.png")
     heatmap = rank_heatmap(rows, agent_runs, f"{best_agent}: mean rank per layer and segment", out / "ranks.png")
-    config = env.unwrapped.config
     lines = [
         "# DRRL-v0 comparison", "",
-        f"Command: `{' '.join(shlex.quote(a) for a in sys.argv)}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-        f"device {config.device}  ",
-        f"Environment: source {config.source!r}, method {config.method!r}, cost model {config.cost_model!r}, "
-        f"reward = {config.alpha} fidelity - {config.beta} cost - {config.gamma} perturbation; "
-        f"{n_documents} test documents, each method on the same ones.", "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['machine']}  ",
+        f"Environment: source {config['source']!r}, method {config['method']!r}, cost model "
+        f"{config['cost_model']!r}, reward = {config['alpha']} fidelity - {config['beta']} cost - "
+        f"{config['gamma']} perturbation; {meta['n_documents']} test documents, each method on the same ones.", "",
         "Per method: mean ± 95% Student-t interval over seeds of the per-seed mean over documents "
         "(baselines are deterministic: one run). `oracle` reads the true attention (an upper reference, "
         f"not deployable). Fixed rank and energy threshold were tuned on training documents: {', '.join(deployable[1:])}.",
         "", table, "",
         f"Best agent: **{best_agent}** (mean reward {means[best_agent]['reward']:.3f}); best deployable baseline: "
         f"**{best_base}** ({means[best_base]['reward']:.3f}); oracle {oracle:.3f}.  ",
-        f"Paired bootstrap over documents (agent seeds averaged), agent - baseline reward: {diff:+.3f}, "
-        f"two-sided p = {p_value:.4f}.  ",
+        f"Paired over documents (agent seeds averaged), agent - baseline reward: mean {diff:+.3f}, median "
+        f"{np.median(agent_docs - base_docs):+.3f}; bootstrap two-sided "
+        f"p = {p_value:.4f}; Wilcoxon signed-rank p = {signed_rank_p:.4f}; the agent is ahead on "
+        f"{int((agent_docs > base_docs).sum())} of {len(agent_docs)} documents, behind on "
+        f"{int((agent_docs < base_docs).sum())}.  ",
         f"Fraction of the baseline-to-oracle gap closed by the best agent: {closed:.2f}.", "",
         f"![Pareto plot]({pareto.name})", "", f"![Rank heatmap]({heatmap.name})", "",
     ]
@@ -117,4 +129,14 @@ def write_report(rows: list[EpisodeSummary], method_of: dict[str, str], baseline
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     (out / "rows.json").write_text(json.dumps([r.as_dict() for r in rows], indent=1))
+    (out / "compare.json").write_text(json.dumps(meta, indent=1))
     return report
+
+
+def rebuild_report(out: Path) -> Path:
+    """Rewrite ``out/report.md`` from the ``rows.json`` and ``compare.json`` a comparison saved."""
+    for name in ("rows.json", "compare.json"):
+        if not (out / name).exists():
+            raise ValueError(f"{str(out)!r} holds no {name}; run drrl compare --out {out} first")
+    rows = [EpisodeSummary(**r) for r in json.loads((out / "rows.json").read_text())]
+    return write_report(rows, json.loads((out / "compare.json").read_text()), out)

@@ -87,6 +87,9 @@ def test_compare_writes_a_filled_report_and_plots(tmp_path):
     for png in ("pareto.png", "ranks.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG" and (out / png).stat().st_size > 5000
     assert len(list((out / "runs").iterdir())) == 8
+    (out / "report.md").unlink()
+    rebuilt = drrl("report", out, cwd=tmp_path).stdout
+    assert rebuilt.strip() == (out / "report.md").read_text().strip() and report.split("![")[0] in rebuilt
 
 
 def test_compare_on_the_default_env(tmp_path):
