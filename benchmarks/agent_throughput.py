@@ -10,15 +10,13 @@ Not a test.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import gymnasium as gym
-import torch
 
 import drrl_env  # noqa: F401
 from agents.sb3_agents import ALGORITHMS, POLICIES, make_agent
+from drrl_env.latency import machine_description
 
 
 def main() -> None:
@@ -26,8 +24,7 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int, default=2048)
     parser.add_argument("--source", default="model")
     args = parser.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads); source {args.source!r}, {args.timesteps} steps per run")
+    print(f"machine: {machine_description()}; source {args.source!r}, {args.timesteps} steps per run")
     env = gym.make("DRRL-v0", source=args.source)
     for doc in range(len(env.unwrapped.document_names())):
         env.unwrapped.analysis(doc)  # warm the caches

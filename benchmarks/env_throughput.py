@@ -15,15 +15,13 @@ Not a test: figures depend on the machine.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 
 import numpy as np
-import torch
 
 from drrl_env.env import RankSelectionEnv
+from drrl_env.latency import machine_description
 
 
 def run(env: RankSelectionEnv, documents: list[int], rng: np.random.Generator) -> tuple[int, float]:
@@ -43,8 +41,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=4000)
     parser.add_argument("--sources", default="model,synthetic")
     args = parser.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print(f"machine: {machine_description()}")
     for source in args.sources.split(","):
         rng = np.random.default_rng(0)
         with tempfile.TemporaryDirectory() as cache:

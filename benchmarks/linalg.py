@@ -9,13 +9,11 @@ measured side by side in one run.  Not a test.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 
 import torch
 
 from drrl_env import linalg
-from drrl_env.latency import time_call
+from drrl_env.latency import machine_description, time_call
 from drrl_env.lowrank import causal_mask, full_attention, low_rank_attention
 
 SEGMENT = 128
@@ -94,8 +92,7 @@ def main() -> None:
     parser.add_argument("--head-dim", type=int, default=64)
     args = parser.parse_args()
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    print(f"device: {name}, {os.cpu_count()} CPU cores, torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print(f"device: {machine_description(device)}")
     torch.manual_seed(0)
     streaming_vs_full(device, args.heads, args.head_dim)
     power_vs_exact(device, args.heads, args.head_dim)

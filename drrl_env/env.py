@@ -306,7 +306,7 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
             self._mask = safe_mask(self._bounds.layer_pairs[layer, segment, :, -1], threshold)
 
     def _observation(self) -> dict[str, np.ndarray]:
-        cfg, spec = self.config, self.source.spec
+        spec = self.source.spec
         t = min(self._t, self._n_steps - 1)
         layer, segment = divmod(t, self._n_segments)
         prev_rank = 0.0 if self._prev is None else float(np.mean([self.ranks[i] for i in self._prev])) / spec.head_dim

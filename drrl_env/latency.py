@@ -138,6 +138,13 @@ def device_key(device: torch.device) -> dict[str, str | int]:
     return {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
+def machine_description(device: torch.device | None = None) -> str:
+    """One line naming the hardware a figure was measured on, for benchmark and report headers."""
+    key = device_key(device or torch.device("cpu"))
+    return (f"{key['device']}, {os.cpu_count()} CPU cores, torch {key['torch']} "
+            f"({key['threads']} threads)")
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

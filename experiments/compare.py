@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import platform
 import shlex
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -21,6 +20,7 @@ from scipy import stats
 import drrl_env  # noqa: F401
 from agents.baselines import make_baseline
 from agents.sb3_agents import env_config_dict, load_agent
+from drrl_env.latency import machine_description
 from experiments.report import mean_ci, method_table, paired_bootstrap, pareto_plot, per_document, rank_heatmap
 from experiments.rollout import EpisodeSummary, add_model_metrics, evaluate
 from experiments.train import ENV_ID, TrainConfig, train
@@ -31,7 +31,9 @@ ENERGY_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 def _train_one(args: tuple[TrainConfig, str]) -> str:
     config, logdir = args
     torch.set_num_threads(1 if os.environ.get("DRRL_PARALLEL") else torch.get_num_threads())
-    return str(train(config, logdir))
+    run_dir = str(train(config, logdir))
+    print(f"  trained {run_dir}", flush=True)
+    return run_dir
 
 
 def tune_baselines(env_kwargs: dict[str, Any], documents: int) -> tuple[str, str]:
@@ -54,6 +56,8 @@ def compare(algos: list[str], policies: list[str], seeds: int, timesteps: int, e
     configs = [TrainConfig(algo=a, policy=p, timesteps=timesteps, seed=s, env_kwargs=env_kwargs,
                            pretrain_bc=pretrain_bc, eval_freq=max(timesteps // 4, 1), hyperparams=hyperparams or {})
                for a in algos for p in policies for s in range(seeds)]
+    print(f"training {len(configs)} runs ({', '.join(sorted({f'{c.algo}-{c.policy}' for c in configs}))}; "
+          f"{seeds} seeds, {timesteps} steps each) in {out / 'runs'}", flush=True)
     if jobs > 1:
         os.environ["DRRL_PARALLEL"] = "1"
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -63,6 +67,7 @@ def compare(algos: list[str], policies: list[str], seeds: int, timesteps: int, e
 
     env = gym.make(ENV_ID, **{**env_kwargs, "split": "test"})
     documents = range(min(episodes, len(env.unwrapped.document_names())))
+    print(f"tuning the fixed-rank and energy baselines on {tune_documents} training documents", flush=True)
     best_fixed, best_energy = tune_baselines(env_kwargs, tune_documents)
     baselines = ["full", best_fixed, best_energy, "random", "oracle"]
     policies_by_name: dict[str, Any] = {b: make_baseline(b, env, seed=0) for b in baselines}
@@ -71,12 +76,12 @@ def compare(algos: list[str], policies: list[str], seeds: int, timesteps: int, e
         name = f"{config.algo}-{config.policy}{'-bc' if pretrain_bc else ''}/seed{config.seed}"
         policies_by_name[name] = load_agent(Path(run_dir) / "model.zip", env)
         method_of[name] = name.split("/")[0]
+    print(f"evaluating {len(policies_by_name)} policies on {len(documents)} test documents", flush=True)
     rows = evaluate(env, policies_by_name, documents)
     if env.unwrapped.config.source == "model" and not env.unwrapped.config.per_head:
         rows = add_model_metrics(env, rows)
     meta = {"command": " ".join(shlex.quote(a) for a in sys.argv),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-                       f"device {env.unwrapped.config.device}",
+            "machine": f"{machine_description(env.unwrapped.device)}, device {env.unwrapped.config.device}",
             "env_config": env_config_dict(env), "method_of": method_of, "baselines": baselines,
             "n_documents": len(documents)}
     return write_report(rows, meta, out)

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 
 from drrl_env.cost import AttentionShape, ProfileCostModel, flop_ratios  # noqa: E402
 from drrl_env.env import RankSelectionEnv  # noqa: E402
-from drrl_env.latency import LatencyProfile, device_key  # noqa: E402
+from drrl_env.latency import LatencyProfile, device_key, machine_description  # noqa: E402
 
 
 def env_profile(env: RankSelectionEnv, cache_root: Path | None, refresh: bool) -> tuple[LatencyProfile, AttentionShape]:
@@ -39,8 +39,7 @@ def _with_keys(shape: AttentionShape, key_len: int) -> AttentionShape:
 
 
 def format_table(env: RankSelectionEnv, lengths: list[int], measured: np.ndarray, flops: np.ndarray) -> str:
-    key = device_key(env.device)
-    lines = [f"device {key['device']}, torch {key['torch']}, {key['threads']} threads, dtype {env.config.dtype}; "
+    lines = [f"{machine_description(env.device)}, dtype {env.config.dtype}; "
              f"method {env.config.method}, compress_values={env.config.compress_values}, "
              f"{env.source.spec.n_heads} heads, head_dim {env.source.spec.head_dim}, segment {env.config.segment_len}",
              "latency ratio to exact attention (SDPA), measured / FLOP-predicted:",

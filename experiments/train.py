@@ -169,7 +169,7 @@ def train(config: TrainConfig, logdir: str | Path = "runs", resume: str | Path |
                 "env_config": model.drrl_env_config}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     if config.pretrain_bc and resume is None:
-        _pretrain(model, config, run_dir)
+        _pretrain(model, config)
     evaluator = HeldOutEvalCallback(eval_env, config.eval_freq, config.eval_episodes)
     callbacks = CallbackList([DrrlMetricsCallback(), evaluator, CheckpointCallback(run_dir, config.checkpoint_freq),
                               _HParamsCallback(config)])
@@ -184,7 +184,7 @@ def train(config: TrainConfig, logdir: str | Path = "runs", resume: str | Path |
     return run_dir
 
 
-def _pretrain(model: BaseAlgorithm, config: TrainConfig, run_dir: Path) -> None:
+def _pretrain(model: BaseAlgorithm, config: TrainConfig) -> None:
     """Behaviour cloning of the oracle on ``config.pretrain_bc`` training documents, logged as ``bc/loss``."""
     env = gym.make(ENV_ID, **{**config.env_kwargs, "split": "train"})
     documents = list(range(min(config.pretrain_bc, len(env.unwrapped.document_names()))))
