@@ -81,7 +81,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         config = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
     try:
-        run_dir = train(config, args.logdir, resume=args.resume, progress_bar=args.progress)
+        progress = sys.stderr.isatty() if args.progress is None else args.progress
+        run_dir = train(config, args.logdir, resume=args.resume, progress_bar=progress)
     except KeyboardInterrupt:
         print("interrupted: checkpoint saved; continue with --resume RUN_FOLDER", file=sys.stderr)
         return 130
@@ -219,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-envs", type=int)
     p.add_argument("--eval-freq", type=int)
     p.add_argument("--resume", help="run folder to continue from its checkpoint")
-    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: on when stderr is a terminal)")
     env_args(p)
     p.set_defaults(func=cmd_train)
 
