@@ -65,7 +65,7 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
     | layer_bound    | (R, 2)    | [0, log1p(clip)]| the two bounds above over all heads at one rank           |
     | cost           | (R,)      | [0, 10]         | cost ratio to exact attention (the cost model's), clipped |
     | context        | (6,)      | [0, ...]        | layer, segment, seq_len, prev rank (0 = none; / d),       |
-    |                |           |                 | log1p(epsilon_t), episode progress; all but epsilon in [0,1]|
+    |                |           |                 | log1p(min(epsilon_t, clip)), progress; all but epsilon in [0,1]|
     | action_mask    | (R,) or (H*R,) | {0, 1}     | 1 = safe rank (bound <= epsilon_t); full rank always 1    |
 
     ``band_energy`` and ``change_bound`` are 0 on a layer's first segment (no previous rank).
@@ -312,7 +312,7 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         prev_rank = 0.0 if self._prev is None else float(np.mean([self.ranks[i] for i in self._prev])) / spec.head_dim
         context = np.array([
             layer / max(spec.n_layers - 1, 1), segment / max(self._n_segments - 1, 1),
-            self._analysis.seq_len / spec.max_seq_len, prev_rank, np.log1p(self._epsilon),
+            self._analysis.seq_len / spec.max_seq_len, prev_rank, np.log1p(min(self._epsilon, self.config.bound_clip)),
             self._t / self._n_steps])
         chosen_cost = self._costs[segment]
         return build_observation(self._analysis, self._bounds, layer, segment, self._prev, chosen_cost,

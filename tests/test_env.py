@@ -277,3 +277,9 @@ def test_end_of_episode_term_runs_the_model_with_the_chosen_ranks():
 
 
 TEXTS_FOR_END = ["Low rank attention keeps the top singular directions of queries and keys. " * 8]
+
+
+def test_observations_stay_in_the_space_when_epsilon_exceeds_the_bound_clip():
+    env = RankSelectionEnv(**SYNTHETIC, bound_clip=10.0, epsilon=50.0, epsilon_min=50.0, epsilon_max=50.0)
+    for obs, _, _ in _rollout(env, lambda obs: 0, seed=0):
+        assert env.observation_space.contains(obs)
