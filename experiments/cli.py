@@ -6,7 +6,7 @@
     drrl evaluate  (--model RUN | --baseline full|fixed:R|random|energy:TAU|oracle) [--split test]
                    [--episodes N] [--out DIR]
     drrl compare   --algos ppo,a2c --policies mlp,transformer --seeds K --timesteps N [--out DIR]
-    drrl report    DIR   (rebuild a comparison's report from its saved rows)
+    drrl report    DIR [--model-metrics]   (rebuild a comparison's report from its saved rows)
     drrl inspect   [--document I] [--energy 0.9] [--out DIR]
     drrl profile   [--lengths 512,2048,4096,8192] [--refresh] [--out DIR] [--env-kwargs k=v ...]
 
@@ -161,7 +161,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from experiments.compare import rebuild_report
 
-    print(rebuild_report(Path(args.folder)).read_text())
+    print(rebuild_report(Path(args.folder), model_metrics=args.model_metrics).read_text())
     return 0
 
 
@@ -252,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="rebuild a comparison's report.md from its rows.json and compare.json")
     p.add_argument("folder")
+    p.add_argument("--model-metrics", action="store_true",
+                   help="re-measure end-of-model fidelity, retrieval and attention latency from the saved ranks")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("profile", help="measure and print the latency table of this device, with FLOP ratios")

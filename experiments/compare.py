@@ -30,7 +30,8 @@ ENERGY_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 def _train_one(args: tuple[TrainConfig, str]) -> str:
     config, logdir = args
-    torch.set_num_threads(1 if os.environ.get("DRRL_PARALLEL") else torch.get_num_threads())
+    if os.environ.get("DRRL_PARALLEL"):
+        torch.set_num_threads(1)  # parallel training processes share the cores
     run_dir = str(train(config, logdir))
     print(f"  trained {run_dir}", flush=True)
     return run_dir
@@ -109,6 +110,8 @@ def write_report(rows: list[EpisodeSummary], meta: dict[str, Any], out: Path) ->
     lines = [
         "# DRRL-v0 comparison", "",
         f"Command: `{meta['command']}`  ",
+        *([f"Model-level columns (end_fidelity, retrieval_same, attention_latency_ratio) re-measured by "
+           f"`{meta['remeasured']}`  "] if meta.get("remeasured") else []),
         f"Machine: {meta['machine']}  ",
         f"Environment: source {config['source']!r}, method {config['method']!r}, cost model "
         f"{config['cost_model']!r}, reward = {config['alpha']} fidelity - {config['beta']} cost - "
@@ -138,10 +141,16 @@ def write_report(rows: list[EpisodeSummary], meta: dict[str, Any], out: Path) ->
     return report
 
 
-def rebuild_report(out: Path) -> Path:
-    """Rewrite ``out/report.md`` from the ``rows.json`` and ``compare.json`` a comparison saved."""
+def rebuild_report(out: Path, model_metrics: bool = False) -> Path:
+    """Rewrite ``out/report.md`` from the ``rows.json`` and ``compare.json`` a comparison saved; with
+    ``model_metrics``, first re-measure the model-level columns from the ranks each episode took."""
     for name in ("rows.json", "compare.json"):
         if not (out / name).exists():
             raise ValueError(f"{str(out)!r} holds no {name}; run drrl compare --out {out} first")
     rows = [EpisodeSummary(**r) for r in json.loads((out / "rows.json").read_text())]
-    return write_report(rows, json.loads((out / "compare.json").read_text()), out)
+    meta = json.loads((out / "compare.json").read_text())
+    if model_metrics:
+        config = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["env_config"].items()}
+        rows = add_model_metrics(gym.make(ENV_ID, **config), rows)
+        meta["remeasured"] = f"drrl report {out} --model-metrics"
+    return write_report(rows, meta, out)

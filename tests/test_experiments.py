@@ -98,6 +98,14 @@ def test_compare_on_the_default_env(tmp_path):
          "--tune-documents", 2, "--out", out, cwd=tmp_path)
     report = (out / "report.md").read_text()
     assert "| ppo-mlp | 1 |" in report and "end_fidelity" in report
+    rows = json.loads((out / "rows.json").read_text())
+    for row in rows:
+        row["attention_latency_ratio"] = None
+    (out / "rows.json").write_text(json.dumps(rows))
+    drrl("report", out, "--model-metrics", cwd=tmp_path)
+    remeasured = json.loads((out / "rows.json").read_text())
+    assert all(r["attention_latency_ratio"] > 0 for r in remeasured)
+    assert [r["end_fidelity"] for r in remeasured] == pytest.approx([r["end_fidelity"] for r in rows], abs=1e-5)
 
 
 def test_inspect_writes_plots(tmp_path):

@@ -26,7 +26,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from drrl_env.config import DEFAULT_MODEL
 from drrl_env.corpus import load_corpus
-from drrl_env.linalg import Factors
+from drrl_env.linalg import StreamingFactors
 from drrl_env.lowrank import causal_mask, full_attention, low_rank_attention
 from drrl_env.sources.base import AttentionSource, AttentionTrace, SourceSpec
 
@@ -86,20 +86,33 @@ def _low_rank_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
     heads, d = query.shape[1], query.shape[-1]
     kv_index = torch.arange(heads, device=query.device) // (heads // key.shape[1])
     q = query[0]  # (H, L, d)
-    k, v = key[0].index_select(0, kv_index), value[0].index_select(0, kv_index)  # (H, L, d)
+    k, v = key[0], value[0]  # (H_kv, L, d)
     scale = d ** -0.5 if scaling is None else scaling
     causal = _is_causal(module, attention_mask, query.shape[2], key.shape[2])
+    # K/V factorizations as the env maintains them: once for all keys, or streamed along a causal prefix.
+    key_stream, value_stream = StreamingFactors(), StreamingFactors()
+    if not causal:
+        key_stream.update(k)
+        value_stream.update(v)
+    factors = None
     out = torch.empty_like(q)
     for segment, (start, stop) in enumerate(plan.segments):
-        keys, values = (k[:, :stop], v[:, :stop]) if causal else (k, v)
+        if causal:
+            key_stream.update(k[:, start:stop])
+            value_stream.update(v[:, start:stop])
+            factors = None
+        keys = key_stream.rows.index_select(0, kv_index)  # (H, N, d)
+        values = value_stream.rows.index_select(0, kv_index)
         mask = causal_mask(start, stop, stop, q.device) if causal else None
         rank = int(plan.ranks[layer, segment])
         if rank >= d:
             out[:, start:stop] = full_attention(q[:, start:stop], keys, values, scale, mask)
-        else:
-            out[:, start:stop] = low_rank_attention(
-                q[:, start:stop], Factors.of(keys), values, scale, mask, rank, plan.method,
-                v_factors=Factors.of(values) if plan.compress_values else None)
+            continue
+        if factors is None:
+            factors = (key_stream.factors().select_heads(kv_index),
+                       value_stream.factors().select_heads(kv_index) if plan.compress_values else None)
+        out[:, start:stop] = low_rank_attention(q[:, start:stop], factors[0], values, scale, mask, rank,
+                                                plan.method, v_factors=factors[1])
     plan.seconds += time.perf_counter() - begin
     return out.transpose(0, 1)[None], None  # (1, L, H, d)
 
