@@ -22,7 +22,7 @@ import numpy as np
 
 from drrl_env.analysis import DocumentAnalysis
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: attention outputs from the fused kernel (lowrank.attend)
 
 
 def default_cache_root() -> Path:

@@ -94,8 +94,7 @@ class LiveCostModel(CostModel):
     def cost_ratios(self, shape: AttentionShape) -> np.ndarray:
         kernel = KernelShape(shape.method, shape.compress_values, shape.causal, shape.n_heads, shape.n_kv_heads,
                              shape.head_dim, shape.query_len, self.dtype)
-        seconds = np.array([t.median for t in self.measurer.time_ranks(kernel, shape.ranks, shape.key_len)])
-        return seconds / seconds[-1]
+        return np.array([t.median for t in self.measurer.time_ranks(kernel, shape.ranks, shape.key_len).ratios])
 
 
 def make_cost_model(name: str, device: torch.device, dtype: str = "float32", cache_root: Path | None = None,

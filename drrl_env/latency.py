@@ -3,15 +3,18 @@
 What is timed is exactly the operation the environment computes for one segment
 (``lowrank.low_rank_attention`` with the per-segment query factorization, the key and value
 factors being maintained across segments), on random data of the segment's shape, in the
-configured dtype, on the configured device.  Exact attention (full rank) is timed as PyTorch's
-``scaled_dot_product_attention``, the kernel a model would otherwise run.  Each figure is the
-median of ``repeats`` runs after ``warmup`` runs, the ranks of one key length measured in
-interleaved rounds (a drift of the machine's speed then moves all of them alike); CUDA is timed
-with events after synchronizing, CPU with ``time.perf_counter_ns``.
+configured dtype, on the configured device.  Exact attention (full rank) is
+``lowrank.full_attention``: PyTorch's fused ``scaled_dot_product_attention``, the kernel a model
+would otherwise run, which low rank also calls on its width-r factors.  The ranks of one key
+length are measured in interleaved rounds (each round runs every rank once) after ``warmup`` runs
+each: the latency ratio of a rank to full rank is taken within a round, so that a drift of the
+machine's speed between rounds cancels, and its median over ``repeats`` rounds is reported; so
+is each rank's median time.  CUDA is timed with events after synchronizing, CPU with
+``time.perf_counter_ns``.
 
 Profile table: for one attention shape (method, value compression, causal, heads, K/V heads,
-head dim, query length = ``segment_len``, dtype) and each rank, the median latency at key lengths
-``segment_len * 2^k``; a key length in between is interpolated linearly, and query lengths other
+head dim, query length = ``segment_len``, dtype) and each rank, the median latency ratio and time
+at key lengths ``segment_len * 2^k``; a key length in between is interpolated linearly, and query lengths other
 than ``segment_len`` (a document's last segment) use the same ratios.  Tables are stored as JSON
 under ``<cache>/latency/`` keyed by device name, torch version and thread count, reused by every
 process, and re-measured on request (``refresh``).
@@ -33,7 +36,7 @@ import numpy as np
 import torch
 
 from drrl_env.linalg import Factors
-from drrl_env.lowrank import causal_mask, low_rank_attention
+from drrl_env.lowrank import causal_mask, full_attention, low_rank_attention
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MAX_PROFILE_LEN = 65_536
@@ -92,13 +95,13 @@ class LatencyMeasurer:
 
     @torch.no_grad()
     def time(self, shape: KernelShape, rank: int, key_len: int) -> Timing:
-        return self.time_ranks(shape, (rank,), key_len)[0]
+        return self.time_ranks(shape, (rank,), key_len).seconds[0]
 
     @torch.no_grad()
-    def time_ranks(self, shape: KernelShape, ranks: tuple[int, ...], key_len: int) -> list[Timing]:
+    def time_ranks(self, shape: KernelShape, ranks: tuple[int, ...], key_len: int) -> RankTimings:
         """Timings of every rank at one key length, measured in interleaved rounds (each round runs
-        every rank once), so that a drift of the machine's speed hits all ranks alike and the ratios
-        between them stay stable even when absolute times do not."""
+        every rank once), so that a drift of the machine's speed hits all ranks alike; the ratios
+        to the last rank are taken within each round, then their median."""
         if shape.dtype not in DTYPES:
             raise ValueError(f"dtype={shape.dtype!r} is not supported; choose one of {sorted(DTYPES)}")
         dtype = DTYPES[shape.dtype]
@@ -113,17 +116,24 @@ class LatencyMeasurer:
 
         def kernel(rank: int) -> Callable[[], torch.Tensor]:
             if rank >= d:
-                return lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
+                return lambda: full_attention(q, k, v, scaling, mask)
             return lambda: low_rank_attention(q, k_factors, v, scaling, mask, rank, shape.method, v_factors=v_factors)
 
         runs = [kernel(r) for r in ranks]
         for run in runs:
             time_call(run, self.device, self.warmup, 0)
-        samples: list[list[float]] = [[] for _ in runs]
-        for _ in range(self.repeats):
-            for run, bucket in zip(runs, samples):
-                bucket.append(time_call(run, self.device, 0, 1).median)
-        return [_summary(bucket) for bucket in samples]
+        rounds = np.array([[time_call(run, self.device, 0, 1).median for run in runs]
+                           for _ in range(self.repeats)])  # (repeats, R) seconds
+        return RankTimings([_summary(list(column)) for column in rounds.T],
+                           [_summary(list(column)) for column in (rounds / rounds[:, -1:]).T])
+
+
+@dataclass(frozen=True)
+class RankTimings:
+    """Per rank: ``seconds`` and ``ratios`` (time / the last rank's time in the same round)."""
+
+    seconds: list[Timing]
+    ratios: list[Timing]
 
 
 def _summary(samples: list[float]) -> Timing:
@@ -158,18 +168,21 @@ def _cpu_name() -> str:
 class LatencyProfile:
     """Cached latency table of one :class:`KernelShape` on one device (module docstring)."""
 
+    FORMAT = 2  # stored fields; part of the cache key so that older files are re-measured, not misread
+
     def __init__(self, shape: KernelShape, ranks: tuple[int, ...], measurer: LatencyMeasurer, cache_root: Path | None,
                  refresh: bool = False) -> None:
         self.shape, self.ranks, self.measurer = shape, ranks, measurer
         self.key = {**device_key(measurer.device), **asdict(shape), "ranks": list(ranks),
-                    "warmup": measurer.warmup, "repeats": measurer.repeats}
+                    "warmup": measurer.warmup, "repeats": measurer.repeats, "format": self.FORMAT}
         digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:24]
         self.path = None if cache_root is None else Path(cache_root) / "latency" / f"{digest}.json"
-        self.table: dict[int, list[float]] = {}  # key length -> median seconds per rank
+        # key length -> {"seconds": median seconds per rank, "ratios": median within-round ratio to full rank}
+        self.table: dict[int, dict[str, list[float]]] = {}
         self.measured = 0  # grid points measured by this object (not loaded)
         if self.path is not None and self.path.exists() and not refresh:
             stored = json.loads(self.path.read_text())
-            self.table = {int(n): seconds for n, seconds in stored["table"].items()}
+            self.table = {int(n): entry for n, entry in stored["table"].items()}
 
     def grid(self, key_len: int) -> list[int]:
         """The profiled key lengths around ``key_len``: segment_len * 2^k bracketing it."""
@@ -181,21 +194,26 @@ class LatencyProfile:
         return [low] if low >= key_len else [low, low * 2]
 
     def seconds(self, key_len: int) -> np.ndarray:
-        """(R,) interpolated median seconds per rank at ``key_len`` keys."""
+        """(R,) median seconds per rank at ``key_len`` keys, interpolated linearly in key length."""
+        return self._interpolated("seconds", key_len)
+
+    def ratios(self, key_len: int) -> np.ndarray:
+        """(R,) latency / full-rank latency at ``key_len`` keys (1.0 at full rank), interpolated."""
+        return self._interpolated("ratios", key_len)
+
+    def _interpolated(self, field: str, key_len: int) -> np.ndarray:
         points = self.grid(key_len)
         for n in points:
             if n not in self.table:
-                self.table[n] = [t.median for t in self.measurer.time_ranks(self.shape, self.ranks, n)]
+                timings = self.measurer.time_ranks(self.shape, self.ranks, n)
+                self.table[n] = {"seconds": [t.median for t in timings.seconds],
+                                 "ratios": [t.median for t in timings.ratios]}
                 self.measured += 1
                 self._save()
         if len(points) == 1:
-            return np.asarray(self.table[points[0]])
+            return np.asarray(self.table[points[0]][field])
         (a, b), weight = points, (key_len - points[0]) / (points[1] - points[0])
-        return (1 - weight) * np.asarray(self.table[a]) + weight * np.asarray(self.table[b])
-
-    def ratios(self, key_len: int) -> np.ndarray:
-        seconds = self.seconds(key_len)
-        return seconds / seconds[-1]
+        return (1 - weight) * np.asarray(self.table[a][field]) + weight * np.asarray(self.table[b][field])
 
     def _save(self) -> None:
         if self.path is None:

@@ -3,15 +3,19 @@
 Shapes: queries of one segment (..., T, d); keys and values the segment may attend to
 (..., N, d); ``mask`` (T, N) boolean, True where attention is allowed, or None.
 
-The full-size Q and K are never rebuilt: the score matrix comes from r-dimensional factors,
+The full-size Q and K are never rebuilt: the scores come from r-dimensional query and key factors,
 
-    "svd":        S_r = s (U^Q_r S^Q_r) (V^Q_r^T V^K_r) (U^K_r S^K_r)^T      (T x r)(r x r)(r x N)
+    "svd":        S_r = s (U^Q_r S^Q_r V^Q_r^T V^K_r) (U^K_r S^K_r)^T        (T x r)(r x N)
     "shared_key": S_r = s (Q V^K_r) (U^K_r S^K_r)^T                          (T x r)(r x N)
 
 where X = U^X S^X V^X^T is the SVD and the subscript r keeps the top r triplets.  The output is
 softmax(S_r) V, or with ``compress_values`` softmax(S_r) (U^V_r S^V_r) V^V_r^T: the (T x N) weights
 meet an (N x r) factor, so A V costs 2TNr + 2Trd instead of 2TNd.  ``rank == head_dim`` means
 exact attention.
+
+Exact and low-rank attention both run through PyTorch's fused ``scaled_dot_product_attention``
+(on factors of width r for low rank), the kernel a model runs, so that a measured latency
+compares like with like: the T x N score matrix is never materialized by either.
 """
 
 from __future__ import annotations
@@ -31,39 +35,41 @@ def causal_mask(start: int, stop: int, n_keys: int, device: torch.device | None 
     return torch.arange(n_keys, device=device)[None, :] <= rows
 
 
-def attend(scores: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """softmax(scores) @ values with masked entries excluded.  (..., T, N), (..., N, d) -> (..., T, d)."""
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.softmax(scores, dim=-1) @ values
+def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: torch.Tensor | float,
+           mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(scaling * query keys^T) values, masked entries excluded, by the fused kernel.
 
-
-def attend_low_rank_values(scores: torch.Tensor, v_factors: Factors, rank: int,
-                           mask: torch.Tensor | None) -> torch.Tensor:
-    """softmax(scores) V_r with V_r = left_r @ right_r.  (..., T, N) -> (..., T, d) via (..., T, r)."""
-    v_left, v_right = v_factors.truncate(rank)  # (..., N, r), (..., r, d)
-    return attend(scores, v_left, mask) @ v_right  # (..., T, r) @ (..., r, d)
+    query (..., T, e), keys (..., N, e), values (..., N, f) -> (..., T, f); ``scaling`` a float
+    or a tensor broadcasting against query (e.g. one factor per layer).  Inputs with fewer than
+    four dims get leading dims of one: PyTorch's fused CPU kernels take (batch, heads, T, e) only.
+    """
+    if isinstance(scaling, torch.Tensor):
+        query, scaling = query * scaling.to(query.dtype), 1.0  # per-layer factors: fold into the query
+    lead = query.dim()
+    query, keys, values = (x.reshape((1,) * (4 - x.dim()) + x.shape) for x in (query, keys, values))
+    out = torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scaling)
+    return out.reshape(out.shape[4 - lead:]) if lead < 4 else out
 
 
 def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: torch.Tensor | float,
                    mask: torch.Tensor | None) -> torch.Tensor:
     """Exact attention.  q (..., T, d), k, v (..., N, d) -> (..., T, d)."""
-    return attend(q @ k.transpose(-1, -2) * scaling, v, mask)  # scores (..., T, N)
+    return attend(q, k, v, scaling, mask)
 
 
-def svd_scores(q_factors: Factors, k_factors: Factors, scaling: torch.Tensor | float, rank: int) -> torch.Tensor:
-    """The paper's method: scores from separate rank-r SVDs of Q and K.  Returns (..., T, N)."""
-    q_left, q_right = q_factors.truncate(rank)  # (..., T, r), (..., r, d)
+def low_rank_query_key(q: torch.Tensor, k_factors: Factors, rank: int, method: str,
+                       q_factors: Factors | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Width-r query and key factors whose product is the low-rank score matrix (module docstring).
+
+    q (..., T, d) -> ((..., T, r), (..., N, r)); ``q_factors`` reuses the query SVD (method "svd").
+    """
     k_left, k_right = k_factors.truncate(rank)  # (..., N, r), (..., r, d)
-    core = q_right @ k_right.transpose(-1, -2)  # (..., r, r)
-    return (q_left @ core) @ k_left.transpose(-1, -2) * scaling  # (..., T, r) @ (..., r, N)
-
-
-def shared_key_scores(q: torch.Tensor, k_factors: Factors, scaling: torch.Tensor | float, rank: int) -> torch.Tensor:
-    """Q and K projected on K's top-r right singular vectors.  Returns (..., T, N)."""
-    k_left, k_right = k_factors.truncate(rank)  # (..., N, r), (..., r, d)
-    q_proj = q @ k_right.transpose(-1, -2)  # (..., T, r)
-    return q_proj @ k_left.transpose(-1, -2) * scaling  # (..., T, N)
+    if method == "svd":
+        q_left, q_right = (q_factors or Factors.of(q)).truncate(rank)  # (..., T, r), (..., r, d)
+        return q_left @ (q_right @ k_right.transpose(-1, -2)), k_left  # (..., T, r) @ (..., r, r)
+    if method == "shared_key":
+        return q @ k_right.transpose(-1, -2), k_left  # (..., T, d) @ (..., d, r)
+    raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
 
 
 def low_rank_attention(q: torch.Tensor, k_factors: Factors, values: torch.Tensor, scaling: torch.Tensor | float,
@@ -74,15 +80,11 @@ def low_rank_attention(q: torch.Tensor, k_factors: Factors, values: torch.Tensor
     ``v_factors`` compresses the values to rank r as well; ``q_factors`` reuses a segment's
     query SVD (method "svd") when several ranks are evaluated.
     """
-    if method == "svd":
-        scores = svd_scores(q_factors or Factors.of(q), k_factors, scaling, rank)
-    elif method == "shared_key":
-        scores = shared_key_scores(q, k_factors, scaling, rank)
-    else:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    query, keys = low_rank_query_key(q, k_factors, rank, method, q_factors)
     if v_factors is None:
-        return attend(scores, values, mask)
-    return attend_low_rank_values(scores, v_factors, rank, mask)
+        return attend(query, keys, values, scaling, mask)
+    v_left, v_right = v_factors.truncate(rank)  # (..., N, r), (..., r, d)
+    return attend(query, keys, v_left, scaling, mask) @ v_right  # (..., T, r) @ (..., r, d)
 
 
 def attention_flops(method: str, rank: int, *, query_len: int, key_len: int, head_dim: int,
