@@ -192,6 +192,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tradeoff(args: argparse.Namespace) -> int:
+    from drrl_env.env import RankSelectionEnv
+    from experiments.trade_off import fixed_rank_terms, format_trade_offs
+
+    env = RankSelectionEnv(**{**parse_env_kwargs(args.env_kwargs), "split": args.split, "safety": False})
+    betas = [float(b) for b in _split_list(args.betas)] if args.betas else [env.config.beta]
+    print(format_trade_offs(fixed_rank_terms(env, args.documents), betas))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drrl", description="DR-RL rank selection: rollouts, training, "
                                      "evaluation and comparison on DRRL-v0")
@@ -262,6 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=".", help="folder for speedup.png")
     env_args(p)
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("tradeoff", help="play every fixed rank and tell, per cost weight beta, whether the "
+                       "configuration poses a trade-off (on this device, for measured costs)")
+    p.add_argument("--betas", help="comma-separated cost weights to evaluate (default: the env's beta)")
+    p.add_argument("--documents", type=int, default=12, help="documents to play (the first N of the split)")
+    p.add_argument("--split", default="train", choices=["train", "test", "all"])
+    env_args(p)
+    p.set_defaults(func=cmd_tradeoff)
 
     p = sub.add_parser("inspect", help="plot one document's spectra and minimal ranks")
     p.add_argument("--document", type=int, default=0)

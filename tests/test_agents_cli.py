@@ -11,6 +11,7 @@ from agents.baselines import EnergyThresholdPolicy, make_baseline
 from drrl_env.env import RankSelectionEnv
 from experiments.cli import main, parse_env_kwargs
 from experiments.rollout import evaluate, summary_table
+from experiments.trade_off import fixed_rank_terms, trade_off
 
 from conftest import SYNTHETIC
 
@@ -59,6 +60,26 @@ def test_evaluation_uses_the_same_documents_for_every_policy(env):
     full = [r for r in rows if r.policy == "full"]
     assert all(r.fidelity == pytest.approx(1.0) and r.cost_ratio == pytest.approx(1.0) for r in full)
     assert "| fixed:8 | 2 |" in summary_table(rows)
+
+
+def test_fixed_rank_terms_rebuild_the_env_reward():
+    env = RankSelectionEnv(**SYNTHETIC, safety=False)
+    terms = fixed_rank_terms(env, documents=2)
+    rewards = []
+    for rank_index in range(len(env.ranks)):
+        per_rank = []
+        for doc in range(2):
+            env.reset(options={"document": doc})
+            done = False
+            while not done:
+                _, reward, terminated, truncated, _ = env.step(rank_index)
+                per_rank.append(reward)
+                done = terminated or truncated
+        rewards.append(per_rank)
+    np.testing.assert_allclose(terms.rewards(), rewards, rtol=1e-6, atol=1e-9)
+    assert trade_off(terms, beta=0.0).best_fixed == len(env.ranks) - 1  # nothing to save: full rank
+    with pytest.raises(ValueError, match="needs safety=False"):
+        fixed_rank_terms(RankSelectionEnv(**SYNTHETIC), documents=1)
 
 
 def test_env_kwargs_parsing():

@@ -113,7 +113,16 @@ def test_inspect_writes_plots(tmp_path):
     assert (tmp_path / "spectra.png").stat().st_size > 5000 and (tmp_path / "minimal_ranks.png").stat().st_size > 5000
 
 
+def test_tradeoff_reports_each_beta(tmp_path):
+    out = drrl("tradeoff", "--betas", "0,100", "--documents", 2, "--env-kwargs", *SYNTHETIC_ARGS, cwd=tmp_path).stdout
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("ranks [2, 4, 6, 8, 10, 12, 14, 16]")
+    assert lines[-2].startswith("beta 0: best fixed rank 16") and lines[-2].endswith("no trade-off")
+    assert lines[-1].startswith("beta 100: best fixed rank 2") and lines[-1].endswith("no trade-off")
+
+
 @pytest.mark.parametrize("args,message", [
+    (["tradeoff", "--documents", "0"], "documents=0 must lie in"),
     (["train", "--algo", "sac"], "unknown algo 'sac'"),
     (["train", "--policy", "cnn"], "unknown policy 'cnn'"),
     (["train", "--config", "missing.yaml"], "config file 'missing.yaml' does not exist"),
