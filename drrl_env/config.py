@@ -56,7 +56,9 @@ class EnvConfig:
             ``"one_minus_error"`` (1 - relative Frobenius error, clipped at 0).
         cost_model: ``"flops"`` (analytic, deterministic; the default), ``"profile"`` (latency
             measured once per device and shape, cached on disk, ``latency.py``) or ``"live"``
-            (timed at every segment; noisy).  Measured models make the env nondeterministic.
+            (timed at every segment; noisy).  Measured models make the env nondeterministic,
+            and whether they leave a trade-off depends on the device: ``drrl tradeoff
+            --env-kwargs cost_model=profile ... --betas ...`` tells, for this device.
         target_seq_len: cost (and FLOP ratio) at this deployment length instead of the document's:
             a bidirectional segment's keys become ``target_seq_len``, a causal segment's prefix is
             scaled by ``target_seq_len / L``.  The fidelity still comes from the real document.

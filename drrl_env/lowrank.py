@@ -15,7 +15,9 @@ exact attention.
 
 Exact and low-rank attention both run through PyTorch's fused ``scaled_dot_product_attention``
 (on factors of width r for low rank), the kernel a model runs, so that a measured latency
-compares like with like: the T x N score matrix is never materialized by either.
+compares like with like.  The fused CPU kernel needs queries, keys and values of one width: with
+``compress_values`` (width r throughout) low rank runs fused; without it (values of width d)
+PyTorch falls back to its unfused math path, which materializes the T x N scores.
 """
 
 from __future__ import annotations
