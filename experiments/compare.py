@@ -20,6 +20,7 @@ from scipy import stats
 import drrl_env  # noqa: F401
 from agents.baselines import make_baseline
 from agents.sb3_agents import env_config_dict, load_agent
+from drrl_env.config import make_config
 from drrl_env.latency import machine_description
 from experiments.report import mean_ci, method_table, paired_bootstrap, pareto_plot, per_document, rank_heatmap
 from experiments.rollout import EpisodeSummary, add_model_metrics, evaluate
@@ -30,8 +31,10 @@ ENERGY_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 def _train_one(args: tuple[TrainConfig, str]) -> str:
     config, logdir = args
-    if os.environ.get("DRRL_PARALLEL"):
-        torch.set_num_threads(1)  # parallel training processes share the cores
+    if os.environ.get("DRRL_PARALLEL") and make_config(**config.env_kwargs).cost_model == "flops":
+        # Parallel training processes share the cores.  Not under a measured cost: the latency
+        # profile is keyed by thread count, and the jobs must read the one measured for evaluation.
+        torch.set_num_threads(1)
     run_dir = str(train(config, logdir))
     print(f"  trained {run_dir}", flush=True)
     return run_dir
@@ -60,6 +63,11 @@ def compare(algos: list[str], policies: list[str], seeds: int, timesteps: int, e
     print(f"training {len(configs)} runs ({', '.join(sorted({f'{c.algo}-{c.policy}' for c in configs}))}; "
           f"{seeds} seeds, {timesteps} steps each) in {out / 'runs'}", flush=True)
     if jobs > 1:
+        probe = gym.make(ENV_ID, **env_kwargs).unwrapped
+        if probe.config.cost_model == "live":
+            raise ValueError("cost_model='live' times attention at every step; parallel training jobs would "
+                             "time each other's load: use --jobs 1")
+        probe.measure_cost_profile()  # measured once, alone, before the jobs read it
         os.environ["DRRL_PARALLEL"] = "1"
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             run_dirs = list(pool.map(_train_one, [(c, str(out / "runs")) for c in configs]))

@@ -17,9 +17,8 @@ from drrl_env.latency import LatencyProfile, device_key, machine_description  # 
 
 def env_profile(env: RankSelectionEnv, cache_root: Path | None, refresh: bool) -> tuple[LatencyProfile, AttentionShape]:
     """The latency profile of ``env``'s attention shape (loaded from the cache unless ``refresh``)."""
-    cfg, spec = env.config, env.source.spec
-    shape = AttentionShape(cfg.method, env.ranks, cfg.segment_len, cfg.segment_len, spec.head_dim, spec.n_heads,
-                           spec.n_kv_heads, spec.causal, cfg.compress_values, cfg.segment_len)
+    cfg = env.config
+    shape = env.cost_shape(cfg.segment_len, cfg.segment_len)
     return ProfileCostModel(env.device, cfg.dtype, cache_root, refresh).profile(shape, cfg.segment_len), shape
 
 
@@ -28,14 +27,8 @@ def profile_table(env: RankSelectionEnv, lengths: list[int], cache_root: Path | 
     """Measured latency ratios and FLOP ratios to exact attention, each (lengths, ranks)."""
     profile, shape = env_profile(env, cache_root, refresh)
     measured = np.stack([profile.ratios(n) for n in lengths])
-    flops = np.stack([flop_ratios(_with_keys(shape, n)) for n in lengths])
+    flops = np.stack([flop_ratios(env.cost_shape(shape.query_len, n)) for n in lengths])
     return measured, flops, profile
-
-
-def _with_keys(shape: AttentionShape, key_len: int) -> AttentionShape:
-    from dataclasses import replace
-
-    return replace(shape, key_len=key_len)
 
 
 def format_table(env: RankSelectionEnv, lengths: list[int], measured: np.ndarray, flops: np.ndarray) -> str:

@@ -113,6 +113,13 @@ def test_inspect_writes_plots(tmp_path):
     assert (tmp_path / "spectra.png").stat().st_size > 5000 and (tmp_path / "minimal_ranks.png").stat().st_size > 5000
 
 
+def test_profile_prints_measured_and_flop_ratios_and_plots(tmp_path):
+    out = drrl("profile", "--lengths", "64,128", "--out", tmp_path, "--env-kwargs", *SYNTHETIC_ARGS, cwd=tmp_path).stdout
+    rows = [line.split() for line in out.splitlines() if line.strip().split(" ")[0] in ("64", "128")]
+    assert len(rows) == 2 and all(row[-3:] == ["1.00", "/", "1.00"] for row in rows)  # full rank: 1 / 1
+    assert (tmp_path / "speedup.png").stat().st_size > 5000 and "profile: " in out
+
+
 def test_tradeoff_reports_each_beta(tmp_path):
     out = drrl("tradeoff", "--betas", "0,100", "--documents", 2, "--env-kwargs", *SYNTHETIC_ARGS, cwd=tmp_path).stdout
     lines = out.strip().splitlines()
@@ -123,6 +130,7 @@ def test_tradeoff_reports_each_beta(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["tradeoff", "--documents", "0"], "documents=0 must lie in"),
+    (["compare", "--jobs", "2", "--env-kwargs", "cost_model='live'", *SYNTHETIC_ARGS], "use --jobs 1"),
     (["train", "--algo", "sac"], "unknown algo 'sac'"),
     (["train", "--policy", "cnn"], "unknown policy 'cnn'"),
     (["train", "--config", "missing.yaml"], "config file 'missing.yaml' does not exist"),
