@@ -14,8 +14,8 @@ is each rank's median time.  CUDA is timed with events after synchronizing, CPU 
 
 Profile table: for one attention shape (method, value compression, causal, heads, K/V heads,
 head dim, query length = ``segment_len``, dtype) and each rank, the median latency ratio and time
-at key lengths ``segment_len * 2^k``; a key length in between is interpolated linearly, and query lengths other
-than ``segment_len`` (a document's last segment) use the same ratios.  Tables are stored as JSON
+at key lengths ``segment_len * 2^k``; a key length in between is interpolated linearly, and
+query lengths other than ``segment_len`` (a document's last segment) use the same ratios.  Tables are stored as JSON
 under ``<cache>/latency/`` keyed by device name, torch version and thread count, reused by every
 process, and re-measured on request (``refresh``).
 """

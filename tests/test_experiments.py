@@ -114,7 +114,8 @@ def test_inspect_writes_plots(tmp_path):
 
 
 def test_profile_prints_measured_and_flop_ratios_and_plots(tmp_path):
-    out = drrl("profile", "--lengths", "64,128", "--out", tmp_path, "--env-kwargs", *SYNTHETIC_ARGS, cwd=tmp_path).stdout
+    out = drrl("profile", "--lengths", "64,128", "--out", tmp_path, "--env-kwargs", *SYNTHETIC_ARGS,
+               cwd=tmp_path).stdout
     rows = [line.split() for line in out.splitlines() if line.strip().split(" ")[0] in ("64", "128")]
     assert len(rows) == 2 and all(row[-3:] == ["1.00", "/", "1.00"] for row in rows)  # full rank: 1 / 1
     assert (tmp_path / "speedup.png").stat().st_size > 5000 and "profile: " in out

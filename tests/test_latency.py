@@ -54,7 +54,8 @@ def test_profile_key_changes_with_device_and_threads(tmp_path, monkeypatch):
 def test_profile_interpolates_between_profiled_lengths(tmp_path):
     profile = LatencyProfile(SHAPE, (4, 16), LatencyMeasurer(torch.device("cpu"), warmup=1, repeats=3), tmp_path)
     assert profile.grid(64) == [64] and profile.grid(100) == [64, 128] and profile.grid(1000) == [512, 1024]
-    profile.table = {64: {"seconds": [1.0, 2.0], "ratios": [0.5, 1.0]}, 128: {"seconds": [3.0, 6.0], "ratios": [0.7, 1.0]}}
+    profile.table = {64: {"seconds": [1.0, 2.0], "ratios": [0.5, 1.0]},
+                     128: {"seconds": [3.0, 6.0], "ratios": [0.7, 1.0]}}
     np.testing.assert_allclose(profile.seconds(96), [2.0, 4.0])
     np.testing.assert_allclose(profile.ratios(96), [0.6, 1.0])
     with pytest.raises(ValueError, match="outside the profile's range"):

@@ -8,7 +8,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from drrl_env import linalg
 from drrl_env.linalg import Factors
-from drrl_env.lowrank import attend, attention_flops, causal_mask, full_attention, low_rank_attention, low_rank_query_key
+from drrl_env.lowrank import (attend, attention_flops, causal_mask, full_attention, low_rank_attention,
+                              low_rank_query_key)
 
 
 def _random_qkv(seed, heads, t, n, d, decay=0.7):
