@@ -81,10 +81,6 @@ class ProfileCostModel(CostModel):
     def cost_ratios(self, shape: AttentionShape) -> np.ndarray:
         return self.profile(shape, shape.segment_len).ratios(shape.key_len)
 
-    def measure_up_to(self, shape: AttentionShape, key_len: int) -> None:
-        """Measures now (or loads) the profile of ``shape`` for every key length up to ``key_len``."""
-        self.profile(shape, shape.segment_len).measure_up_to(key_len)
-
 
 class LiveCostModel(CostModel):
     """Times every rank of every segment when asked (1 warm-up, 3 repeats): noisy and slow, never cached."""

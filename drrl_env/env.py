@@ -15,7 +15,7 @@ from gymnasium import spaces
 from drrl_env.analysis import DocumentAnalysis, RelativeBounds, analyse, segment_bounds
 from drrl_env.cache import AnalysisCache, default_cache_root
 from drrl_env.config import EnvConfig, make_config
-from drrl_env.cost import AttentionShape, ProfileCostModel, flop_ratios, make_cost_model
+from drrl_env.cost import AttentionShape, flop_ratios, make_cost_model
 from drrl_env.latency import MAX_PROFILE_LEN
 from drrl_env.observation import build_observation, observation_space
 from drrl_env.reward import fidelity_value, output_error, reward_terms
@@ -285,14 +285,6 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         cfg, spec = self.config, self.source.spec
         return AttentionShape(cfg.method, self.ranks, query_len, key_len, spec.head_dim, spec.n_heads,
                               spec.n_kv_heads, spec.causal, cfg.compress_values, cfg.segment_len)
-
-    def measure_cost_profile(self) -> None:
-        """With ``cost_model="profile"``: measure now every profile point this configuration can
-        need (key lengths up to ``target_seq_len`` or the longest document), so that episodes,
-        and other processes sharing the cache, only read it.  Nothing to do for other models."""
-        if isinstance(self.cost_model, ProfileCostModel):
-            longest = self.config.target_seq_len or self.source.spec.max_seq_len
-            self.cost_model.measure_up_to(self.cost_shape(self.config.segment_len, longest), longest)
 
     def _cost_key_len(self, key_len: int, seq_len: int) -> int:
         """Keys a segment sees at the length whose cost is reported (``target_seq_len``, if set)."""

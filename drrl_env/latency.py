@@ -193,14 +193,6 @@ class LatencyProfile:
             low *= 2
         return [low] if low >= key_len else [low, low * 2]
 
-    def measure_up_to(self, key_len: int) -> None:
-        """Measures now (or loads) every profiled length a key length up to ``key_len`` can need."""
-        n = self.shape.query_len
-        self.ratios(n)
-        while n < key_len:
-            n *= 2
-            self.ratios(n)
-
     def seconds(self, key_len: int) -> np.ndarray:
         """(R,) median seconds per rank at ``key_len`` keys, interpolated linearly in key length."""
         return self._interpolated("seconds", key_len)

@@ -31,10 +31,8 @@ ENERGY_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 def _train_one(args: tuple[TrainConfig, str]) -> str:
     config, logdir = args
-    if os.environ.get("DRRL_PARALLEL") and make_config(**config.env_kwargs).cost_model == "flops":
-        # Parallel training processes share the cores.  Not under a measured cost: the latency
-        # profile is keyed by thread count, and the jobs must read the one measured for evaluation.
-        torch.set_num_threads(1)
+    if os.environ.get("DRRL_PARALLEL"):
+        torch.set_num_threads(1)  # parallel training processes share the cores
     run_dir = str(train(config, logdir))
     print(f"  trained {run_dir}", flush=True)
     return run_dir
@@ -56,6 +54,12 @@ def compare(algos: list[str], policies: list[str], seeds: int, timesteps: int, e
             out: Path, episodes: int, jobs: int = 1, pretrain_bc: int = 0, tune_documents: int = 16,
             hyperparams: dict[str, Any] | None = None) -> Path:
     """Train ``algos x policies x seeds`` runs under ``out/runs`` and write ``out/report.md``; returns its path."""
+    cost_model = make_config(**env_kwargs).cost_model
+    if jobs > 1 and cost_model != "flops":
+        # Profiles are keyed by thread count, so a one-thread job would train on a profile other
+        # than the evaluation's, measured under the other jobs' load.
+        raise ValueError(f"cost_model={cost_model!r} measures latency on this machine: parallel training jobs "
+                         f"would measure under each other's load; use --jobs 1")
     out.mkdir(parents=True, exist_ok=True)
     configs = [TrainConfig(algo=a, policy=p, timesteps=timesteps, seed=s, env_kwargs=env_kwargs,
                            pretrain_bc=pretrain_bc, eval_freq=max(timesteps // 4, 1), hyperparams=hyperparams or {})
@@ -63,11 +67,6 @@ def compare(algos: list[str], policies: list[str], seeds: int, timesteps: int, e
     print(f"training {len(configs)} runs ({', '.join(sorted({f'{c.algo}-{c.policy}' for c in configs}))}; "
           f"{seeds} seeds, {timesteps} steps each) in {out / 'runs'}", flush=True)
     if jobs > 1:
-        probe = gym.make(ENV_ID, **env_kwargs).unwrapped
-        if probe.config.cost_model == "live":
-            raise ValueError("cost_model='live' times attention at every step; parallel training jobs would "
-                             "time each other's load: use --jobs 1")
-        probe.measure_cost_profile()  # measured once, alone, before the jobs read it
         os.environ["DRRL_PARALLEL"] = "1"
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             run_dirs = list(pool.map(_train_one, [(c, str(out / "runs")) for c in configs]))

@@ -131,7 +131,7 @@ def test_tradeoff_reports_each_beta(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["tradeoff", "--documents", "0"], "documents=0 must lie in"),
-    (["compare", "--jobs", "2", "--env-kwargs", "cost_model='live'", *SYNTHETIC_ARGS], "use --jobs 1"),
+    (["compare", "--jobs", "2", "--env-kwargs", "cost_model='profile'"], "use --jobs 1"),
     (["train", "--algo", "sac"], "unknown algo 'sac'"),
     (["train", "--policy", "cnn"], "unknown policy 'cnn'"),
     (["train", "--config", "missing.yaml"], "config file 'missing.yaml' does not exist"),

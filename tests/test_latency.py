@@ -29,16 +29,6 @@ def test_profile_is_cached_on_disk_and_reused(tmp_path):
     assert sum(p.measured for p in refreshed.cost_model.profiles.values()) > 0
 
 
-def test_measuring_the_profile_up_front_leaves_nothing_for_episodes(tmp_path):
-    env = RankSelectionEnv(**SYNTHETIC, cost_model="profile", cache_dir=str(tmp_path))
-    env.measure_cost_profile()
-    (profile,) = env.cost_model.profiles.values()
-    assert sorted(profile.table) == [64, 128, 256]  # segment_len 64, documents of 192 tokens
-    for doc in range(3):
-        env.reset(options={"document": doc})
-    assert profile.measured == 3
-
-
 def test_profile_key_changes_with_device_and_threads(tmp_path, monkeypatch):
     measurer = LatencyMeasurer(torch.device("cpu"))
     base = LatencyProfile(SHAPE, (4, 16), measurer, tmp_path).path
