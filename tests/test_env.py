@@ -215,6 +215,11 @@ def test_cuda_without_a_gpu_is_reported():
         RankSelectionEnv(source="synthetic", device="cuda")
 
 
+def test_malformed_device_name_is_reported():
+    with pytest.raises(ValueError, match="is not a device name"):
+        RankSelectionEnv(source="synthetic", device="cuda:x")
+
+
 def test_actions_outside_the_space_are_rejected():
     env = RankSelectionEnv(**SYNTHETIC)
     env.reset(seed=0)
