@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CUDA path in under 5 minutes on a bare lent GPU machine (torch with CUDA preinstalled, no network).
+# The CUDA path in about 5 minutes (6 at most) on a bare lent GPU machine (torch with CUDA preinstalled, no network).
 # Prepare here: scripts/fetch_gpu_wheels.sh; run there with carry=[".whl"]:  bash scripts/gpu_check.sh
 # Results go to $OUT (the device tool's folder) or ./gpu_results.
 set -uo pipefail
@@ -20,3 +20,7 @@ for dtype in float32 bfloat16; do
       synthetic_heads=8 synthetic_kv_heads=8 synthetic_head_dim=64 dtype=$dtype 2>&1 | tee "$OUT/latency_$dtype.txt"
 done
 timeout 60 python3 benchmarks/linalg.py --device cuda 2>&1 | tee "$OUT/linalg.txt"
+# Does the measured GPU latency leave a trade-off, and for which beta? (answers the default-cost question)
+timeout 90 python3 -m experiments.cli tradeoff --documents 4 --betas 0.5,1,2,3,4 --env-kwargs source=synthetic \
+    device=cuda cost_model=profile target_seq_len=4096 synthetic_heads=8 synthetic_kv_heads=8 synthetic_head_dim=64 \
+    2>&1 | tee "$OUT/tradeoff.txt"
