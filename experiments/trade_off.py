@@ -41,7 +41,8 @@ class FixedRankTerms:
 
 @dataclass(frozen=True)
 class TradeOff:
-    beta: float
+    """What fixed-rank rollouts say about one cost weight."""
+
     mean_reward: np.ndarray  # (R,)
     best_fixed: int  # index into ranks
     one_step_best_counts: np.ndarray  # (R,) steps on which each rank earns the most
@@ -88,7 +89,7 @@ def trade_off(terms: FixedRankTerms, beta: float | None = None) -> TradeOff:
     modes = {int(layer): int(np.bincount(best_step[terms.layers == layer], minlength=len(terms.ranks)).argmax())
              for layer in np.unique(terms.layers)}
     mean = rewards.mean(1)
-    return TradeOff(terms.beta if beta is None else beta, mean, int(mean.argmax()), counts, modes)
+    return TradeOff(mean, int(mean.argmax()), counts, modes)
 
 
 def format_trade_offs(terms: FixedRankTerms, betas: list[float]) -> str:
