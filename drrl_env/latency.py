@@ -119,21 +119,28 @@ class LatencyMeasurer:
                 return lambda: full_attention(q, k, v, scaling, mask)
             return lambda: low_rank_attention(q, k_factors, v, scaling, mask, rank, shape.method, v_factors=v_factors)
 
-        runs = [kernel(r) for r in ranks]
-        for run in runs:
-            time_call(run, self.device, self.warmup, 0)
-        rounds = np.array([[time_call(run, self.device, 0, 1).median for run in runs]
-                           for _ in range(self.repeats)])  # (repeats, R) seconds
-        return RankTimings([_summary(list(column)) for column in rounds.T],
-                           [_summary(list(column)) for column in (rounds / rounds[:, -1:]).T])
+        return time_interleaved([kernel(r) for r in ranks], self.device, self.warmup, self.repeats)
 
 
 @dataclass(frozen=True)
 class RankTimings:
-    """Per rank: ``seconds`` and ``ratios`` (time / the last rank's time in the same round)."""
+    """Per call (rank): ``seconds`` and ``ratios`` (time / the last call's time in the same round)."""
 
     seconds: list[Timing]
     ratios: list[Timing]
+
+
+def time_interleaved(calls: list[Callable[[], object]], device: torch.device, warmup: int,
+                     repeats: int) -> RankTimings:
+    """Times ``calls`` in ``repeats`` interleaved rounds (each round runs every call once) after
+    ``warmup`` runs of each; the ratio of each call to the last one is taken within each round, so
+    that a drift of the machine's speed between rounds cancels."""
+    for call in calls:
+        time_call(call, device, warmup, 0)
+    rounds = np.array([[time_call(call, device, 0, 1).median for call in calls]
+                       for _ in range(repeats)])  # (repeats, calls) seconds
+    return RankTimings([_summary(list(column)) for column in rounds.T],
+                       [_summary(list(column)) for column in (rounds / rounds[:, -1:]).T])
 
 
 def _summary(samples: list[float]) -> Timing:

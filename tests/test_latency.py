@@ -96,13 +96,3 @@ def test_low_precision_kernels_are_timed(dtype):
     timing = LatencyMeasurer(torch.device("cpu"), warmup=1, repeats=3).time(
         KernelShape("shared_key", True, False, 2, 2, 16, 32, dtype), 4, 64)
     assert timing.median > 0 and timing.repeats == 3
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
-def test_cuda_profile_and_env(dtype, tmp_path):
-    env = RankSelectionEnv(**SYNTHETIC, device="cuda", cost_model="profile", dtype=dtype, cache_dir=str(tmp_path))
-    obs, _ = env.reset(seed=0)
-    assert np.isfinite(obs["cost"]).all() and obs["cost"][-1] == 1.0
-    _, reward, _, _, _ = env.step(0)
-    assert np.isfinite(reward)

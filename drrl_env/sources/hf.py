@@ -60,7 +60,8 @@ LOW_RANK = "drrl_low_rank"
 class LowRankPlan:
     """Ranks to apply in a forward pass: ``ranks[layer, segment]`` (head_dim = exact attention).
 
-    ``seconds`` accumulates the wall time spent in attention (all layers), for latency ratios.
+    ``seconds`` accumulates the wall time spent in attention (all layers; on CUDA the device is
+    synchronized before and after each call, so kernels are timed, not their launches).
     """
 
     ranks: np.ndarray
@@ -82,6 +83,7 @@ def _low_rank_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
     if plan is None:
         raise RuntimeError(f"{LOW_RANK} attention called outside HFAttentionSource.forward_with_ranks")
     layer, plan.calls = plan.calls, plan.calls + 1
+    _synchronize(query.device)  # CUDA runs asynchronously: time the kernels, not their launches
     begin = time.perf_counter()
     heads, d = query.shape[1], query.shape[-1]
     kv_index = torch.arange(heads, device=query.device) // (heads // key.shape[1])
@@ -113,8 +115,14 @@ def _low_rank_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
                        value_stream.factors().select_heads(kv_index) if plan.compress_values else None)
         out[:, start:stop] = low_rank_attention(q[:, start:stop], factors[0], values, scale, mask, rank,
                                                 plan.method, v_factors=factors[1])
+    _synchronize(query.device)
     plan.seconds += time.perf_counter() - begin
     return out.transpose(0, 1)[None], None  # (1, L, H, d)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 AttentionInterface.register(LOW_RANK, _low_rank_attention)
