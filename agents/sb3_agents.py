@@ -21,6 +21,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 
 from agents.baselines import OraclePolicy
 from agents.transformer_policy import RankTransformerExtractor
+from drrl_env.config import EnvConfig
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
     "ppo": PPO, "a2c": A2C, "dqn": DQN, "maskable_ppo": MaskablePPO, "recurrent_ppo": RecurrentPPO,
@@ -42,7 +43,7 @@ DEFAULT_HYPERPARAMS: dict[str, dict[str, Any]] = {
 }
 TRANSFORMER_KWARGS = {"width": 64, "n_layers": 2, "n_heads": 4}
 # Config fields that do not change the MDP and may differ between training and evaluation.
-RUNTIME_FIELDS = {"device", "cache_documents", "cache_dir", "split"}
+RUNTIME_FIELDS = frozenset(EnvConfig.runtime_fields())
 
 
 def make_agent(algo: str, env: gym.Env | Any, policy: str = "mlp", seed: int | None = None,

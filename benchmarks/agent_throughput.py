@@ -16,7 +16,7 @@ import gymnasium as gym
 
 import drrl_env  # noqa: F401
 from agents.sb3_agents import ALGORITHMS, POLICIES, make_agent
-from drrl_env.latency import machine_description
+from drrl_env.costs.latency import machine_description
 
 
 def main() -> None:

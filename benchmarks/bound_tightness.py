@@ -30,7 +30,7 @@ def main() -> None:
             ratios = {r: [] for r in env.ranks[:-1]}
             violations = 0
             for doc in range(min(args.documents, len(env.document_names()))):
-                data = env._document(doc)
+                data = env.documents.get(doc)
                 for layer in range(env.source.spec.n_layers):
                     for seg in range(data.analysis.n_segments):
                         for index, rank in enumerate(env.ranks[:-1]):

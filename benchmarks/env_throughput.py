@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from drrl_env.env import RankSelectionEnv
-from drrl_env.latency import machine_description
+from drrl_env.costs.latency import machine_description
 
 
 def run(env: RankSelectionEnv, documents: list[int], rng: np.random.Generator) -> tuple[int, float]:

@@ -16,7 +16,7 @@ kernel launches, a server batches).
   keeps the cache at width r and times the new token's projections, SDPA over the (N, r) cache and
   the back-projection.
 
-Interleaved rounds (``drrl_env.latency.time_interleaved``, 3 warm-ups, 15 rounds; CUDA events on
+Interleaved rounds (``drrl_env.costs.latency.time_interleaved``, 3 warm-ups, 15 rounds; CUDA events on
 CUDA): the median within-round ratio to exact.  Not a test.
 """
 
@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import torch
 
-from drrl_env.latency import DTYPES, machine_description, time_interleaved
+from drrl_env.costs.latency import DTYPES, machine_description, time_interleaved
 
 F = torch.nn.functional
 

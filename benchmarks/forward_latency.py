@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from drrl_env.env import RankSelectionEnv
-from drrl_env.latency import machine_description
+from drrl_env.costs.latency import machine_description
 from experiments.cli import parse_env_kwargs
 
 

@@ -2,7 +2,7 @@
 
     python benchmarks/linalg.py [--device cpu|cuda] [--heads 8] [--head-dim 64]
 
-Prints median times (warm-up 3, repeats 7, ``drrl_env.latency.time_call``) and their ratios,
+Prints median times (warm-up 3, repeats 7, ``drrl_env.costs.latency.time_call``) and their ratios,
 measured side by side in one run.  Not a test.
 """
 
@@ -12,9 +12,10 @@ import argparse
 
 import torch
 
-from drrl_env import linalg
-from drrl_env.latency import machine_description, time_call
-from drrl_env.lowrank import causal_mask, full_attention, low_rank_attention
+from drrl_env.attention import linalg
+from drrl_env.costs.latency import machine_description, time_call
+from drrl_env.attention.kernels import causal_mask, full_attention
+from drrl_env.attention.methods import get_method
 
 SEGMENT = 128
 
@@ -79,8 +80,8 @@ def kernels_vs_full(device: torch.device, heads: int, d: int) -> None:
                     if r == d:
                         cells.append(f"{1.0:<7.2f}")
                         continue
-                    seconds = median_seconds(lambda: low_rank_attention(
-                        q, kf, v, d ** -0.5, mask, r, method, v_factors=vf if compress else None), device)
+                    seconds = median_seconds(lambda: get_method(method).attention(
+                        q, kf, v, d ** -0.5, mask, r, v_factors=vf if compress else None), device)
                     cells.append(f"{seconds / exact:<7.2f}")
                 print(f"  {length:>6} {exact * 1e3:>9.2f} " + " ".join(cells))
 

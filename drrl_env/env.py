@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -12,26 +10,16 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from drrl_env.analysis import DocumentAnalysis, RelativeBounds, analyse, segment_bounds
-from drrl_env.cache import AnalysisCache, default_cache_root
+from drrl_env.analysis import DocumentAnalysis
+from drrl_env.attention.workload import segment_bounds
+from drrl_env.cache import cache_root
 from drrl_env.config import EnvConfig, make_config
-from drrl_env.cost import AttentionShape, flop_ratios, make_cost_model
-from drrl_env.latency import MAX_PROFILE_LEN
-from drrl_env.observation import build_observation, observation_space
-from drrl_env.reward import fidelity_value, output_error, reward_terms
+from drrl_env.costs import make_cost_model
+from drrl_env.documents import DocumentStore
+from drrl_env.observation import build_observation, context_vector, observation_space
+from drrl_env.reward import RewardWeights, fidelity_value, output_error
 from drrl_env.safety import adaptive_epsilon, nearest_safe, safe_mask
-from drrl_env.sources.base import AttentionSource
-from drrl_env.sources.synthetic import SyntheticSource
-
-
-@dataclass(frozen=True)
-class _DocumentData:
-    """A document's analysis with what the env derives from it: bounds, costs and FLOP ratios (S, R)."""
-
-    analysis: DocumentAnalysis
-    bounds: RelativeBounds
-    costs: np.ndarray
-    flops: np.ndarray
+from drrl_env.sources import make_source, resolve_device
 
 
 class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
@@ -42,9 +30,10 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
     synthetic source) and its per-head q, k, v are captured for every layer.  The document is cut
     into segments of ``segment_len`` tokens; each step decides the rank at which one segment's
     attention in one layer is computed, in layer-major order ``(0, 0), (0, 1), ..., (1, 0), ...``.
-    The low-rank attention really is computed from rank-r factors (``lowrank.py``, method
-    ``"svd"``: truncated SVDs of the segment's Q and of K; ``"shared_key"``: Q and K projected on
-    K's top-r right singular vectors) and compared with exact attention.
+    The low-rank attention really is computed from rank-r factors by the configured method
+    (``attention/methods/``; ``"svd"``: truncated SVDs of the segment's Q and of K;
+    ``"shared_key"``: Q and K projected on K's top-r right singular vectors), segment by segment
+    as the workload presents them (``attention/workload.py``), and compared with exact attention.
 
     ## Action Space
     ``Discrete(R)``: index into the rank grid ``ranks`` (default ``head_dim/8, ..., head_dim``), one
@@ -71,7 +60,7 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
     ``band_energy`` and ``change_bound`` are 0 on a layer's first segment (no previous rank).
 
     ## Rewards
-    ``alpha * fidelity - beta * cost - gamma * perturbation`` (``reward.py``); the signed terms are
+    ``alpha * fidelity - beta * cost - gamma * perturbation`` (``reward.RewardWeights``); the signed terms are
     in ``info["reward_terms"]`` and sum to the reward.  With ``end_weight > 0`` the last step also
     earns ``end_weight * end_fidelity``: the cosine between the model's mean-pooled output with the
     episode's ranks applied in every layer and with exact attention (``info["end_fidelity"]``).
@@ -91,12 +80,35 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
     are masked (``action_masks()``, ``info["action_mask"]``); an unsafe action is replaced by the
     smallest safe rank above it and ``info["action_replaced"]`` says so.
 
+    ## Info
+    ``reset`` gives ``document`` (name), ``n_steps`` and ``action_mask``.  ``step`` gives:
+
+    | key                | meaning (units)                                                          |
+    |--------------------|--------------------------------------------------------------------------|
+    | document           | the episode's document name                                              |
+    | layer, segment     | the step's (layer, segment), 0-based                                      |
+    | rank               | rank taken after safety (an int; a list of H with ``per_head``)           |
+    | requested_rank     | rank the action asked for (same form)                                    |
+    | action_replaced    | True when safety replaced an unsafe action                                |
+    | epsilon            | the safety threshold of this step (relative output norm)                  |
+    | fidelity           | cosine of low-rank vs exact attention output, all heads (in [-1, 1])      |
+    | relative_error     | ||O_r - O||_F / ||O||_F                                                   |
+    | reward_fidelity    | the fidelity the reward uses (``fidelity_metric``)                        |
+    | cost_ratio         | the cost model's cost / exact attention's (the reward's cost)             |
+    | flop_ratio         | FLOPs / exact attention's FLOPs                                          |
+    | perturbation_bound | bound on the relative output change from the layer's previous rank        |
+    | output_bound       | bound on the relative output change from full rank                        |
+    | reward_terms       | ``{"fidelity", "cost", "perturbation"[, "end_fidelity"]}``, signed, sum = reward |
+    | action_mask        | the next step's mask                                                      |
+    | end_fidelity       | last step with ``end_weight > 0``: cosine of pooled outputs (above)       |
+
     ## Arguments
     Every field of :class:`drrl_env.config.EnvConfig` is a keyword argument, e.g.
     ``gym.make("DRRL-v0", source="synthetic", segment_len=64, beta=0.5)``.
 
     ## Version History
-    * v0: initial release.
+    * v0: initial release.  (Unreleased package: the id stays v0 while behaviour is pinned by
+      ``tests/test_reproduction.py``; ``info["reward_fidelity"]`` was added.)
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -108,32 +120,28 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         self.config: EnvConfig = make_config(**kwargs)
         cfg = self.config
         self.device = resolve_device(cfg.device)
-        self.source: AttentionSource = build_source(cfg, self.device)
+        self.source = make_source(cfg, self.device)
         spec = self.source.spec
         self.ranks: tuple[int, ...] = cfg.rank_grid(spec.head_dim)
-        cache_root = None if cfg.cache_dir is None else (
-            default_cache_root() if cfg.cache_dir == "auto" else Path(cfg.cache_dir))
-        longest = cfg.target_seq_len or spec.max_seq_len
-        if cfg.cost_model != "flops" and longest > MAX_PROFILE_LEN:
-            raise ValueError(f"cost_model={cfg.cost_model!r} measures key lengths up to {MAX_PROFILE_LEN}; "
-                             f"this configuration needs {longest}; use cost_model='flops' or a shorter target_seq_len")
-        self.cost_model = make_cost_model(cfg.cost_model, self.device, cfg.dtype, cache_root, cfg.profile_refresh)
+        self.cost_model = make_cost_model(cfg.cost_model, self.device, cfg.dtype, cache_root(cfg.cache_dir),
+                                          cfg.profile_refresh)
+        longest, limit = cfg.target_seq_len or spec.max_seq_len, self.cost_model.max_key_len
+        if limit is not None and longest > limit:
+            raise ValueError(f"cost_model={cfg.cost_model!r} measures key lengths up to {limit}; this configuration "
+                             f"needs {longest}; use cost_model='flops' or a shorter target_seq_len")
+        if cfg.end_weight > 0 and (cfg.source != "model" or cfg.per_head):
+            raise ValueError("end_weight > 0 needs source='model' and per_head=False: the end-of-episode term "
+                             "runs the model with one rank per layer and segment")
         n_ranks, n_heads = len(self.ranks), spec.n_heads
         self.action_space = spaces.MultiDiscrete([n_ranks] * n_heads) if cfg.per_head else spaces.Discrete(n_ranks)
         mask_shape = (n_heads * n_ranks,) if cfg.per_head else (n_ranks,)
         self.observation_space = observation_space(n_heads, spec.head_dim, n_ranks, cfg.bound_clip, mask_shape)
         self.max_steps = spec.n_layers * len(segment_bounds(spec.max_seq_len, cfg.segment_len))
-        self._analyses: dict[int, _DocumentData] = {}
-        self._full_embeddings: dict[int, torch.Tensor] = {}
-        if cfg.end_weight > 0 and (cfg.source != "model" or cfg.per_head):
-            raise ValueError("end_weight > 0 needs source='model' and per_head=False: the end-of-episode term "
-                             "runs the model with one rank per layer and segment")
-        self._disk_cache = None if cache_root is None else AnalysisCache(cache_root, {
-            "segment_len": cfg.segment_len, "ranks": self.ranks, "method": cfg.method,
-            "compress_values": cfg.compress_values})
+        self.weights = RewardWeights(cfg.alpha, cfg.beta, cfg.gamma)
+        self.documents = DocumentStore(cfg, self.source, self.ranks, self.cost_model)
+        self._exact_outputs: dict[int, torch.Tensor] = {}
         self._doc: int | None = None
 
-    # ------------------------------------------------------------------ episode
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         if self.spec is not None and not self.cost_model.deterministic and not self.spec.nondeterministic:
@@ -145,13 +153,10 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         elif not isinstance(index, (int, np.integer)) or not 0 <= index < n_docs:
             raise ValueError(f"options['document']={index!r} must be an integer in 0..{n_docs - 1}")
         self._doc = int(index)
-        self._doc_data = self._document(self._doc)
-        self._analysis, self._bounds, self._costs = self._doc_data.analysis, self._doc_data.bounds, self._doc_data.costs
-        self._n_segments = self._analysis.n_segments
+        self._data = self.documents.get(self._doc)
+        self._n_segments = self._data.analysis.n_segments
         self._n_steps = self.source.spec.n_layers * self._n_segments
-        self._t = 0
-        self._prev: np.ndarray | None = None
-        self._spent = 0.0
+        self._t, self._prev, self._spent = 0, None, 0.0
         self._episode_ranks = np.full((self.source.spec.n_layers, self._n_segments), float(self.source.spec.head_dim))
         self._update_step_state()
         return self._observation(), {"document": self.source.document_names[self._doc],
@@ -182,53 +187,25 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         return self._observation(), reward, terminated, False, info
 
     def _outcome(self, requested: np.ndarray) -> tuple[float, dict[str, Any], np.ndarray]:
-        """Reward, step info and the rank indices taken (H,) after safety, for ``requested`` (H,)
-        now; changes no state."""
-        cfg = self.config
+        """Reward, step info and the rank indices taken (H,) after safety, for ``requested`` (H,); changes no state."""
+        cfg, data = self.config, self._data
         layer, segment = divmod(self._t, self._n_segments)
-        chosen = requested
-        if cfg.safety:
-            chosen = nearest_safe(requested, self._mask.reshape(len(requested), -1) if cfg.per_head else self._mask)
-        error = output_error(self._analysis, layer, segment, chosen)
-        cost = float(self._costs[segment, chosen].mean())
-        full = np.full_like(chosen, len(self.ranks) - 1)
-        perturbation = 0.0 if self._prev is None else self._bounds.layer_change(layer, segment, self._prev, chosen)
-        terms = reward_terms(cfg.alpha, cfg.beta, cfg.gamma, fidelity_value(error, cfg.fidelity_metric), cost,
-                             perturbation)
+        chosen = nearest_safe(requested, self._mask.reshape(len(requested), -1) if cfg.per_head else self._mask) \
+            if cfg.safety else requested
+        error = output_error(data.analysis, layer, segment, chosen)
+        fidelity, cost = fidelity_value(error, cfg.fidelity_metric), float(data.costs[segment, chosen].mean())
+        perturbation = 0.0 if self._prev is None else data.bounds.layer_change(layer, segment, self._prev, chosen)
+        terms = self.weights.terms(fidelity, cost, perturbation)
         return float(sum(terms.values())), {
-            "document": self.source.document_names[self._doc],
-            "layer": layer, "segment": segment,
+            "document": self.source.document_names[self._doc], "layer": layer, "segment": segment,
             "rank": self._ranks_of(chosen), "requested_rank": self._ranks_of(requested),
-            "action_replaced": bool((chosen != requested).any()),
-            "epsilon": self._epsilon,
-            "fidelity": error.cosine, "relative_error": error.relative_error,
-            "cost_ratio": cost, "flop_ratio": float(self._doc_data.flops[segment, chosen].mean()),
+            "action_replaced": bool((chosen != requested).any()), "epsilon": self._epsilon,
+            "fidelity": error.cosine, "relative_error": error.relative_error, "reward_fidelity": fidelity,
+            "cost_ratio": cost, "flop_ratio": float(data.flops[segment, chosen].mean()),
             "perturbation_bound": perturbation,
-            "output_bound": self._bounds.layer_change(layer, segment, chosen, full),
+            "output_bound": data.bounds.layer_change(layer, segment, chosen, np.full_like(chosen, len(self.ranks) - 1)),
             "reward_terms": terms,
         }, chosen
-
-    def pooled_output(self, index: int, ranks: np.ndarray | None = None) -> tuple[torch.Tensor, float]:
-        """The model's mean-pooled output (hidden,) on document ``index`` with ``ranks``
-        (n_layers, n_segments) applied in every attention call (None = exact attention, computed
-        by the same segment-wise code), and the seconds spent in attention."""
-        from drrl_env.sources.hf import HFAttentionSource, LowRankPlan
-
-        if not isinstance(self.source, HFAttentionSource):
-            raise ValueError("pooled_output needs source='model'")
-        analysis = self.analysis(index)
-        if ranks is None:
-            ranks = np.full((self.source.spec.n_layers, analysis.n_segments), self.source.spec.head_dim)
-        plan = LowRankPlan(ranks, analysis.segments, self.config.method, self.config.compress_values)
-        return self.source.forward_with_ranks(index, plan), plan.seconds
-
-    def end_fidelity(self, index: int, ranks: np.ndarray) -> float:
-        """Cosine between the model's mean-pooled output (the sentence embedding for MiniLM) with
-        ``ranks`` (n_layers, n_segments) applied and with exact attention, on document ``index``."""
-        if index not in self._full_embeddings:
-            self._full_embeddings[index] = self.pooled_output(index)[0]
-        low = self.pooled_output(index, ranks)[0]
-        return float(torch.nn.functional.cosine_similarity(low, self._full_embeddings[index], dim=0))
 
     def candidate_rewards(self) -> np.ndarray:
         """(R,) the reward each rank (all heads alike) would earn at the current step, safety applied.
@@ -252,46 +229,24 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         return (f"{self.source.document_names[self._doc]} step {self._t}/{self._n_steps} "
                 f"layer {layer} segment {segment} epsilon {self._epsilon:.3g} safe ranks {safe}")
 
-    # ------------------------------------------------------------------ helpers
     def document_names(self) -> list[str]:
         return self.source.document_names
 
     def analysis(self, index: int) -> DocumentAnalysis:
         """The cached analysis of document ``index`` (computed on first use)."""
-        return self._document(index).analysis
+        return self.documents.get(index).analysis
 
-    def _document(self, index: int) -> _DocumentData:
-        if index in self._analyses:
-            return self._analyses[index]
-        cfg, spec = self.config, self.source.spec
-        key = self.source.document_key(index)
-        analysis = self._disk_cache.get(key) if self._disk_cache else None
-        if analysis is None:
-            analysis = analyse(self.source.trace(index), spec, cfg.segment_len, self.ranks, cfg.method,
-                               cfg.compress_values)
-            if self._disk_cache:
-                self._disk_cache.put(key, analysis)
-        shapes = [self.cost_shape(b - a, self._cost_key_len(int(n), analysis.seq_len))
-                  for (a, b), n in zip(analysis.segments, analysis.key_lens)]
-        entry = _DocumentData(analysis, RelativeBounds.of(analysis, cfg.bound_clip),
-                              costs=np.stack([self.cost_model.cost_ratios(s) for s in shapes]),
-                              flops=np.stack([flop_ratios(s) for s in shapes]))
-        if cfg.cache_documents:
-            self._analyses[index] = entry
-        return entry
+    def pooled_output(self, index: int, ranks: np.ndarray | None = None) -> tuple[torch.Tensor, float]:
+        """See :meth:`DocumentStore.pooled_output` (``source="model"`` only)."""
+        return self.documents.pooled_output(index, ranks)
 
-    def cost_shape(self, query_len: int, key_len: int) -> AttentionShape:
-        """The attention problem whose cost a segment of ``query_len`` queries and ``key_len`` keys reports."""
-        cfg, spec = self.config, self.source.spec
-        return AttentionShape(cfg.method, self.ranks, query_len, key_len, spec.head_dim, spec.n_heads,
-                              spec.n_kv_heads, spec.causal, cfg.compress_values, cfg.segment_len)
-
-    def _cost_key_len(self, key_len: int, seq_len: int) -> int:
-        """Keys a segment sees at the length whose cost is reported (``target_seq_len``, if set)."""
-        target = self.config.target_seq_len
-        if target is None:
-            return key_len
-        return target if not self.source.spec.causal else max(1, round(key_len * target / seq_len))
+    def end_fidelity(self, index: int, ranks: np.ndarray) -> float:
+        """Cosine between the model's mean-pooled output (the sentence embedding for MiniLM) with
+        ``ranks`` (n_layers, n_segments) applied and with exact attention, on document ``index``."""
+        if index not in self._exact_outputs:
+            self._exact_outputs[index] = self.pooled_output(index)[0]
+        low = self.pooled_output(index, ranks)[0]
+        return float(torch.nn.functional.cosine_similarity(low, self._exact_outputs[index], dim=0))
 
     def _ranks_of(self, index: np.ndarray) -> int | list[int]:
         ranks = [self.ranks[i] for i in index]
@@ -299,54 +254,19 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
 
     def _update_step_state(self) -> None:
         """Threshold and mask for the step about to be taken."""
-        cfg = self.config
+        cfg, bounds = self.config, self._data.bounds
         layer, segment = divmod(self._t, self._n_segments)
         self._epsilon = adaptive_epsilon(cfg.epsilon, cfg.epsilon_min, cfg.epsilon_max, self._n_steps,
                                          self._t, self._spent)
         threshold = self._epsilon if cfg.safety else np.inf
-        if cfg.per_head:
-            self._mask = safe_mask(self._bounds.head_pairs[layer, segment, :, :, -1], threshold).reshape(-1)
-        else:
-            self._mask = safe_mask(self._bounds.layer_pairs[layer, segment, :, -1], threshold)
+        pairs = bounds.head_pairs[layer, segment, :, :, -1] if cfg.per_head else bounds.layer_pairs[layer, segment, :, -1]
+        self._mask = safe_mask(pairs, threshold).reshape(-1)
 
     def _observation(self) -> dict[str, np.ndarray]:
-        spec = self.source.spec
-        t = min(self._t, self._n_steps - 1)
-        layer, segment = divmod(t, self._n_segments)
+        spec, analysis = self.source.spec, self._data.analysis
+        layer, segment = divmod(min(self._t, self._n_steps - 1), self._n_segments)
         prev_rank = 0.0 if self._prev is None else float(np.mean([self.ranks[i] for i in self._prev])) / spec.head_dim
-        context = np.array([
-            layer / max(spec.n_layers - 1, 1), segment / max(self._n_segments - 1, 1),
-            self._analysis.seq_len / spec.max_seq_len, prev_rank, np.log1p(min(self._epsilon, self.config.bound_clip)),
-            self._t / self._n_steps])
-        chosen_cost = self._costs[segment]
-        return build_observation(self._analysis, self._bounds, layer, segment, self._prev, chosen_cost,
+        context = context_vector(layer, spec.n_layers, segment, self._n_segments, analysis.seq_len, spec.max_seq_len,
+                                 prev_rank, self._epsilon, self.config.bound_clip, self._t / self._n_steps)
+        return build_observation(analysis, self._data.bounds, layer, segment, self._prev, self._data.costs[segment],
                                  context, self._mask)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"device={name!r} is not a device name; use 'cpu', 'cuda', 'cuda:N' or 'auto'") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} was asked for but CUDA is not available; use 'cpu' or 'auto'")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device={name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                         f"numbered from 0")
-    return device
-
-
-def build_source(cfg: EnvConfig, device: torch.device) -> AttentionSource:
-    if cfg.source == "synthetic":
-        return SyntheticSource(n_layers=cfg.synthetic_layers, n_heads=cfg.synthetic_heads,
-                               n_kv_heads=cfg.synthetic_kv_heads, head_dim=cfg.synthetic_head_dim,
-                               seq_len=cfg.max_seq_len or cfg.synthetic_seq_len, decay=cfg.synthetic_decay,
-                               head_variety=cfg.synthetic_head_variety, causal=cfg.synthetic_causal,
-                               n_documents=cfg.synthetic_documents, seed=cfg.synthetic_seed,
-                               split=cfg.split, device=device)
-    from drrl_env.sources.hf import HFAttentionSource
-
-    return HFAttentionSource(cfg.model, tokenizer=cfg.tokenizer, corpus=cfg.corpus, split=cfg.split,
-                             max_seq_len=cfg.max_seq_len, min_doc_tokens=cfg.min_doc_tokens, device=device)

@@ -63,3 +63,11 @@ def build_observation(analysis: DocumentAnalysis, bounds: RelativeBounds, layer:
         "context": context.astype(np.float32),
         "action_mask": mask.astype(np.int8),
     }
+
+
+def context_vector(layer: int, n_layers: int, segment: int, n_segments: int, seq_len: int, max_seq_len: int,
+                   prev_rank: float, epsilon: float, bound_clip: float, progress: float) -> np.ndarray:
+    """(6,) ``CONTEXT_FIELDS``: layer and segment in [0, 1], seq_len / max_seq_len, the layer's
+    previous rank / head_dim (0 = none), log1p(min(epsilon, bound_clip)), progress in [0, 1]."""
+    return np.array([layer / max(n_layers - 1, 1), segment / max(n_segments - 1, 1), seq_len / max_seq_len,
+                     prev_rank, np.log1p(min(epsilon, bound_clip)), progress])

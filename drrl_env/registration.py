@@ -9,6 +9,7 @@ from gymnasium.envs.registration import WrapperSpec, register
 from gymnasium.wrappers import TimeLimit
 
 from drrl_env.config import EnvConfig, default_max_episode_steps
+from drrl_env.costs import cost_model_class
 
 
 class EpisodeLengthCheck(gym.Wrapper, gym.utils.RecordConstructorArgs):
@@ -46,6 +47,6 @@ def register_envs() -> None:
         id="DRRL-v0",
         entry_point="drrl_env.env:RankSelectionEnv",
         max_episode_steps=default_max_episode_steps(),
-        nondeterministic=EnvConfig().cost_model != "flops",
+        nondeterministic=not cost_model_class(EnvConfig().cost_model).deterministic,
         additional_wrappers=(WrapperSpec("EpisodeLengthCheck", "drrl_env.registration:EpisodeLengthCheck", {}),),
     )

@@ -12,12 +12,14 @@ perturbation  bound on the relative output change from the layer's previous rank
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from drrl_env.analysis import DocumentAnalysis
 
 TINY = 1e-30
+F = TypeVar("F", float, np.ndarray)
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,18 @@ def fidelity_value(error: OutputError, metric: str) -> float:
     return max(0.0, 1.0 - error.relative_error)
 
 
-def reward_terms(alpha: float, beta: float, gamma: float, fidelity: float, cost: float,
-                 perturbation: float) -> dict[str, float]:
-    """Signed contributions that sum to the reward."""
-    return {"fidelity": alpha * fidelity, "cost": -beta * cost, "perturbation": -gamma * perturbation}
+@dataclass(frozen=True)
+class RewardWeights:
+    """The reward's weights; the one definition used by the env and by ``drrl tradeoff``."""
+
+    alpha: float
+    beta: float
+    gamma: float
+
+    def terms(self, fidelity: F, cost: F, perturbation: F) -> dict[str, F]:
+        """Signed contributions that sum to the reward (floats, or arrays of many steps)."""
+        return {"fidelity": self.alpha * fidelity, "cost": -self.beta * cost, "perturbation": -self.gamma * perturbation}
+
+    def total(self, fidelity: F, cost: F, perturbation: F) -> F:
+        """``alpha * fidelity - beta * cost - gamma * perturbation``."""
+        return sum(self.terms(fidelity, cost, perturbation).values())

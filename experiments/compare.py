@@ -21,7 +21,8 @@ import drrl_env  # noqa: F401
 from agents.baselines import make_baseline
 from agents.sb3_agents import env_config_dict, load_agent
 from drrl_env.config import make_config
-from drrl_env.latency import machine_description
+from drrl_env.costs import cost_model_class
+from drrl_env.costs.latency import machine_description
 from experiments.report import mean_ci, method_table, paired_bootstrap, pareto_plot, per_document, rank_heatmap
 from experiments.rollout import EpisodeSummary, add_model_metrics, evaluate
 from experiments.train import ENV_ID, TrainConfig, train
@@ -55,7 +56,7 @@ def compare(algos: list[str], policies: list[str], seeds: int, timesteps: int, e
             hyperparams: dict[str, Any] | None = None) -> Path:
     """Train ``algos x policies x seeds`` runs under ``out/runs`` and write ``out/report.md``; returns its path."""
     cost_model = make_config(**env_kwargs).cost_model
-    if jobs > 1 and cost_model != "flops":
+    if jobs > 1 and cost_model_class(cost_model).measures_device:
         # Profiles are keyed by thread count, so a one-thread job would train on a profile other
         # than the evaluation's, measured under the other jobs' load.
         raise ValueError(f"cost_model={cost_model!r} measures latency on this machine: parallel training jobs "

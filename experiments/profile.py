@@ -10,16 +10,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from drrl_env.cost import AttentionShape, ProfileCostModel, flop_ratios  # noqa: E402
+from drrl_env.costs import AttentionShape  # noqa: E402
+from drrl_env.costs.flops import flop_ratios  # noqa: E402
+from drrl_env.costs.latency import LatencyProfile, device_key, machine_description  # noqa: E402
+from drrl_env.costs.measured import ProfileCostModel  # noqa: E402
 from drrl_env.env import RankSelectionEnv  # noqa: E402
-from drrl_env.latency import LatencyProfile, device_key, machine_description  # noqa: E402
 
 
 def env_profile(env: RankSelectionEnv, cache_root: Path | None, refresh: bool) -> tuple[LatencyProfile, AttentionShape]:
     """The latency profile of ``env``'s attention shape (loaded from the cache unless ``refresh``)."""
     cfg = env.config
-    shape = env.cost_shape(cfg.segment_len, cfg.segment_len)
-    return ProfileCostModel(env.device, cfg.dtype, cache_root, refresh).profile(shape, cfg.segment_len), shape
+    shape = env.documents.cost_shape(cfg.segment_len, cfg.segment_len)
+    return ProfileCostModel(env.device, cfg.dtype, cache_root, refresh).profile(shape), shape
 
 
 def profile_table(env: RankSelectionEnv, lengths: list[int], cache_root: Path | None,
@@ -27,7 +29,7 @@ def profile_table(env: RankSelectionEnv, lengths: list[int], cache_root: Path | 
     """Measured latency ratios and FLOP ratios to exact attention, each (lengths, ranks)."""
     profile, shape = env_profile(env, cache_root, refresh)
     measured = np.stack([profile.ratios(n) for n in lengths])
-    flops = np.stack([flop_ratios(env.cost_shape(shape.query_len, n)) for n in lengths])
+    flops = np.stack([flop_ratios(env.documents.cost_shape(shape.query_len, n)) for n in lengths])
     return measured, flops, profile
 
 

@@ -15,28 +15,30 @@ the device's: run it on the machine that will train.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from drrl_env.env import RankSelectionEnv
+from drrl_env.reward import RewardWeights
 
 
 @dataclass(frozen=True)
 class FixedRankTerms:
-    """Fixed-rank rollouts: signed fidelity and perturbation terms and the cost ratio, each
-    (R, steps); ``layers`` (steps,); ``beta`` the env's cost weight."""
+    """Fixed-rank rollouts: the reward's fidelity, cost ratio and perturbation bound of every step,
+    each (R, steps); ``layers`` (steps,); ``weights`` the env's reward weights."""
 
     ranks: tuple[int, ...]
     fidelity: np.ndarray
     cost: np.ndarray
     perturbation: np.ndarray
     layers: np.ndarray
-    beta: float
+    weights: RewardWeights
 
     def rewards(self, beta: float | None = None) -> np.ndarray:
         """(R, steps) rewards with cost weight ``beta`` (the env's when None)."""
-        return self.fidelity - (self.beta if beta is None else beta) * self.cost + self.perturbation
+        weights = self.weights if beta is None else replace(self.weights, beta=beta)
+        return weights.total(self.fidelity, self.cost, self.perturbation)
 
 
 @dataclass(frozen=True)
@@ -60,11 +62,11 @@ def fixed_rank_terms(env: RankSelectionEnv, documents: int) -> FixedRankTerms:
         raise ValueError("fixed_rank_terms needs safety=False: the mask would replace the fixed ranks")
     if not 1 <= documents <= len(env.document_names()):
         raise ValueError(f"documents={documents} must lie in 1..{len(env.document_names())}")
-    fields = {"fidelity": "fidelity", "cost_ratio": "cost", "perturbation": "perturbation"}  # info key -> field
-    terms: dict[str, list[list[float]]] = {name: [] for name in fields.values()}
+    fields = ("reward_fidelity", "cost_ratio", "perturbation_bound")  # the reward's inputs, as info gives them
+    terms: dict[str, list[list[float]]] = {name: [] for name in fields}
     layers: list[int] = []
     for rank_index in range(len(env.ranks)):
-        per_rank: dict[str, list[float]] = {name: [] for name in terms}
+        per_rank: dict[str, list[float]] = {name: [] for name in fields}
         layers = []
         for doc in range(documents):
             env.reset(options={"document": doc})
@@ -72,14 +74,12 @@ def fixed_rank_terms(env: RankSelectionEnv, documents: int) -> FixedRankTerms:
             while not done:
                 _, _, terminated, truncated, info = env.step(rank_index)
                 done = terminated or truncated
-                signed = {**info["reward_terms"], "cost_ratio": info["cost_ratio"]}
-                for key, name in fields.items():
-                    per_rank[name].append(signed[key])
+                for name in fields:
+                    per_rank[name].append(info[name])
                 layers.append(info["layer"])
-        for name in terms:
+        for name in fields:
             terms[name].append(per_rank[name])
-    return FixedRankTerms(env.ranks, *(np.asarray(terms[name]) for name in ("fidelity", "cost", "perturbation")),
-                          np.asarray(layers), env.config.beta)
+    return FixedRankTerms(env.ranks, *(np.asarray(terms[name]) for name in fields), np.asarray(layers), env.weights)
 
 
 def trade_off(terms: FixedRankTerms, beta: float | None = None) -> TradeOff:
@@ -96,7 +96,7 @@ def format_trade_offs(terms: FixedRankTerms, betas: list[float]) -> str:
     """One line per beta: best fixed rank, one-step-best rank counts, per-layer modes, verdict."""
     ranks = terms.ranks
     lines = [f"ranks {list(ranks)}; {terms.fidelity.shape[1]} steps per rank",
-             f"mean fidelity term (alpha * fidelity): {np.round(terms.fidelity.mean(1), 3).tolist()}",
+             f"mean fidelity term (alpha * fidelity): {np.round(terms.weights.alpha * terms.fidelity.mean(1), 3).tolist()}",
              f"mean cost ratio to exact attention:    {np.round(terms.cost.mean(1), 3).tolist()}"]
     for beta in betas:
         result = trade_off(terms, beta)

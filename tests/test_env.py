@@ -14,10 +14,12 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import drrl_env  # noqa: F401
 from drrl_env import analysis as analysis_module
 from drrl_env.analysis import RelativeBounds, analyse
+from drrl_env.attention.methods import get_method
+from drrl_env.attention.workload import Prefill
 from drrl_env.env import RankSelectionEnv
 from drrl_env.observation import build_observation
 from drrl_env.reward import output_error
-from drrl_env.sources.base import AttentionTrace, SourceSpec
+from drrl_env.sources.base import AttentionTrace
 from experiments.trade_off import fixed_rank_terms, trade_off
 
 from conftest import SYNTHETIC
@@ -58,7 +60,7 @@ def test_default_env_runs_an_episode_on_real_text(default_env):
     env = default_env.unwrapped
     assert env.source.spec.n_layers == 6 and env.ranks == (4, 8, 12, 16, 20, 24, 28, 32)
     steps = _rollout(default_env, lambda obs: 1, seed=3)
-    n_segments = env._doc_data.analysis.n_segments
+    n_segments = env._data.analysis.n_segments
     assert len(steps) == 6 * n_segments <= default_env.spec.max_episode_steps
     assert [s[2]["layer"] for s in steps] == sorted(s[2]["layer"] for s in steps)  # layer-major
     for obs, reward, info in steps:
@@ -88,7 +90,7 @@ def test_documents_are_analysed_once_and_cached_in_memory_and_on_disk(monkeypatc
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr("drrl_env.env.analyse", counting)
+    monkeypatch.setattr("drrl_env.documents.analyse", counting)
     env = RankSelectionEnv(**SYNTHETIC, cache_dir=str(tmp_path))
     first = [_rollout(env, lambda obs: 0, options={"document": 1}) for _ in range(3)]
     assert len(calls) == 1
@@ -231,13 +233,12 @@ def test_actions_outside_the_space_are_rejected():
 
 
 def test_degenerate_attention_gives_finite_observations_and_rewards():
-    spec = SourceSpec(n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8, max_seq_len=32, causal=False)
     zeros = torch.zeros(1, 2, 32, 8)
     for queries, keys in [(zeros, torch.randn(1, 1, 32, 8)), (torch.randn(1, 2, 32, 8), zeros[:, :1]),
                           (torch.ones(1, 2, 32, 8), torch.ones(1, 1, 32, 8))]:
         trace = AttentionTrace(queries, keys, torch.randn(1, 1, 32, 8), torch.tensor([0.35]), False)
         ranks = (2, 4, 8)
-        result = analyse(trace, spec, 16, ranks, "svd", compress_values=True)
+        result = analyse(trace, Prefill(16), ranks, get_method("svd"), compress_values=True)
         bounds = RelativeBounds.of(result, clip=1000.0)
         for seg in range(result.n_segments):
             obs = build_observation(result, bounds, 0, seg, np.array([0, 1]), np.ones(3), np.zeros(6), np.ones(3))

@@ -1,17 +1,21 @@
 """Measured cost models: the cached per-device profile, live timing, and their errors."""
 
+from dataclasses import replace
+
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
-import drrl_env.latency as latency
+import drrl_env.costs.latency as latency
 from drrl_env.env import RankSelectionEnv
-from drrl_env.latency import KernelShape, LatencyMeasurer, LatencyProfile
+from drrl_env.costs import AttentionShape
+from drrl_env.costs.latency import LatencyMeasurer, LatencyProfile
 
 from conftest import SYNTHETIC
 
-SHAPE = KernelShape("svd", True, True, 4, 2, 16, 64, "float32")
+SHAPE = AttentionShape("svd", (4, 16), query_len=64, key_len=64, head_dim=16, n_heads=4, n_kv_heads=2, causal=True,
+                       compress_values=True, segment_len=64)
 
 
 def test_profile_is_cached_on_disk_and_reused(tmp_path):
@@ -31,18 +35,18 @@ def test_profile_is_cached_on_disk_and_reused(tmp_path):
 
 def test_profile_key_changes_with_device_and_threads(tmp_path, monkeypatch):
     measurer = LatencyMeasurer(torch.device("cpu"))
-    base = LatencyProfile(SHAPE, (4, 16), measurer, tmp_path).path
+    base = LatencyProfile(SHAPE, "float32", measurer, tmp_path).path
     monkeypatch.setattr(torch, "get_num_threads", lambda: 97)
-    assert LatencyProfile(SHAPE, (4, 16), measurer, tmp_path).path != base
+    assert LatencyProfile(SHAPE, "float32", measurer, tmp_path).path != base
     monkeypatch.undo()
     monkeypatch.setattr(latency, "_cpu_name", lambda: "another processor")
-    assert LatencyProfile(SHAPE, (4, 16), measurer, tmp_path).path != base
+    assert LatencyProfile(SHAPE, "float32", measurer, tmp_path).path != base
     monkeypatch.undo()
-    assert LatencyProfile(SHAPE, (4, 16), measurer, tmp_path).path == base
+    assert LatencyProfile(SHAPE, "float32", measurer, tmp_path).path == base
 
 
 def test_profile_interpolates_between_profiled_lengths(tmp_path):
-    profile = LatencyProfile(SHAPE, (4, 16), LatencyMeasurer(torch.device("cpu"), warmup=1, repeats=3), tmp_path)
+    profile = LatencyProfile(SHAPE, "float32", LatencyMeasurer(torch.device("cpu"), warmup=1, repeats=3), tmp_path)
     assert profile.grid(64) == [64] and profile.grid(100) == [64, 128] and profile.grid(1000) == [512, 1024]
     profile.table = {64: {"seconds": [1.0, 2.0], "ratios": [0.5, 1.0]},
                      128: {"seconds": [3.0, 6.0], "ratios": [0.7, 1.0]}}
@@ -65,8 +69,8 @@ def test_flop_model_is_deterministic_and_measured_models_mark_the_spec():
 def test_exact_attention_latency_grows_with_sequence_length():
     """64x the keys: a coarse property of the measurer, not a speed assertion."""
     measurer = LatencyMeasurer(torch.device("cpu"), warmup=2, repeats=7)
-    short = measurer.time(SHAPE, 16, 128).median
-    long = measurer.time(SHAPE, 16, 8192).median
+    short = measurer.time_ranks(replace(SHAPE, ranks=(16,), key_len=128), "float32").seconds[0].median
+    long = measurer.time_ranks(replace(SHAPE, ranks=(16,), key_len=8192), "float32").seconds[0].median
     assert long > 2 * short
 
 
@@ -93,6 +97,7 @@ def test_bad_latency_options(kwargs, message):
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_low_precision_kernels_are_timed(dtype):
-    timing = LatencyMeasurer(torch.device("cpu"), warmup=1, repeats=3).time(
-        KernelShape("shared_key", True, False, 2, 2, 16, 32, dtype), 4, 64)
+    shape = AttentionShape("shared_key", (4, 16), query_len=32, key_len=64, head_dim=16, n_heads=2, n_kv_heads=2,
+                           causal=False, compress_values=True, segment_len=32)
+    timing = LatencyMeasurer(torch.device("cpu"), warmup=1, repeats=3).time_ranks(shape, dtype).seconds[0]
     assert timing.median > 0 and timing.repeats == 3

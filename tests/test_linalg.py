@@ -6,10 +6,11 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from drrl_env import linalg
-from drrl_env.linalg import Factors
-from drrl_env.lowrank import (attend, attention_flops, causal_mask, full_attention, low_rank_attention,
-                              low_rank_query_key)
+from drrl_env.attention import linalg
+from drrl_env.attention.linalg import Factors
+from drrl_env.attention.kernels import attend, causal_mask, full_attention
+from drrl_env.attention.methods import get_method
+from drrl_env.costs.flops import attention_flops
 
 
 def _random_qkv(seed, heads, t, n, d, decay=0.7):
@@ -28,7 +29,7 @@ def _truncate(x, r):
 
 
 def _low_rank_scores(q, qf, kf, s, r, method):
-    query, keys = low_rank_query_key(q, kf, r, method, qf)  # (..., T, r), (..., N, r)
+    query, keys = get_method(method).query_key(q, kf, r, qf)  # (..., T, r), (..., N, r)
     return query @ keys.transpose(-1, -2) * s
 
 
@@ -72,7 +73,7 @@ def test_matmul_flops_come_from_rank_r_factors(method, compress):
     q, k, v = _random_qkv(2, heads, t, n, d)
     qf, kf, vf = Factors.of(q), Factors.of(k), Factors.of(v)
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        low_rank_attention(q, kf, v, 1.0, None, r, method, v_factors=vf if compress else None, q_factors=qf)
+        get_method(method).attention(q, kf, v, 1.0, None, r, v_factors=vf if compress else None, q_factors=qf)
     scores = (2 * t * r * r + 2 * r * r * d + 2 * t * n * r) if method == "svd" else (2 * t * d * r + 2 * t * n * r)
     values = 2 * t * n * r + 2 * t * r * d if compress else 2 * t * n * d
     assert counter.get_total_flops() == heads * (scores + values)
@@ -108,7 +109,7 @@ def test_score_change_identity_is_exact(method, seed):
     q, k, _ = _random_qkv(seed, 2, 20 + seed * 7, 64, 16, decay=0.3 + 0.3 * seed)
     qf, kf = Factors.of(q), Factors.of(k)
     ranks = torch.tensor([2, 4, 9, 16])
-    kept = linalg.kept_score_energy(linalg.score_energy(qf.sv, qf.right, kf.sv, kf.right), ranks, method)
+    kept = get_method(method).kept_score_energy(linalg.score_energy(qf.sv, qf.right, kf.sv, kf.right), ranks)
     predicted = linalg.band_norm(kept)  # (2, R, R), ||S_a - S_b||_F / s
     scores = {r: _low_rank_scores(q, qf, kf, 1.0, r, method).double() for r in ranks.tolist()}
     for a, ra in enumerate(ranks.tolist()):
@@ -132,12 +133,12 @@ def test_output_bound_holds_on_a_sweep_of_shapes(method, compress):
         s = d ** -0.5
         qf, kf, vf = Factors.of(q), Factors.of(k), Factors.of(v)
         ranks = torch.tensor(sorted({1, d // 4, d // 2, d}))
-        kept = linalg.kept_score_energy(linalg.score_energy(qf.sv, qf.right, kf.sv, kf.right), ranks, method)
+        kept = get_method(method).kept_score_energy(linalg.score_energy(qf.sv, qf.right, kf.sv, kf.right), ranks)
         bound = linalg.output_bound_pairs(kept, torch.tensor(s), linalg.centered_spectral_norm(v))
         if compress:
             bound = bound + linalg.value_change_bound(vf.sv, ranks, t)
         outputs = [full_attention(q, k, v, s, mask) if r == d else
-                   low_rank_attention(q, kf, v, s, mask, r, method, v_factors=vf if compress else None)
+                   get_method(method).attention(q, kf, v, s, mask, r, v_factors=vf if compress else None)
                    for r in ranks.tolist()]
         for a in range(len(ranks)):
             for b in range(len(ranks)):
@@ -160,7 +161,7 @@ def test_zero_and_rank_deficient_inputs_stay_finite():
     zeros = torch.zeros(2, 16, 8)
     factors = Factors.of(zeros)
     assert torch.isfinite(factors.left).all() and (factors.sv == 0).all()
-    out = low_rank_attention(zeros, factors, zeros, 0.5, None, 3, "svd", v_factors=factors)
+    out = get_method("svd").attention(zeros, factors, zeros, 0.5, None, 3, v_factors=factors)
     assert torch.isfinite(out).all()
     rank_one = torch.ones(2, 16, 8)
     assert torch.isfinite(Factors.of(rank_one).left).all()
@@ -229,7 +230,7 @@ def test_output_bound_holds_on_real_minilm_attention(default_env):
     env = default_env.unwrapped
     heads = env.source.spec.n_heads
     for doc in range(3):
-        data = env._document(doc)
+        data = env.documents.get(doc)
         for layer in range(env.source.spec.n_layers):
             for seg in range(data.analysis.n_segments):
                 for index in range(len(env.ranks)):

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from drrl_env.corpus import load_corpus
-from drrl_env.lowrank import causal_mask, full_attention
+from drrl_env.sources.corpus import load_corpus
+from drrl_env.attention.kernels import causal_mask, full_attention
 from drrl_env.sources.hf import HFAttentionSource
 from drrl_env.sources.synthetic import SyntheticSource
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -68,3 +69,8 @@ class AttentionSource(ABC):
     @abstractmethod
     def trace(self, index: int) -> AttentionTrace:
         """Full-rank q, k, v of document ``index`` (deterministic for a given index)."""
+
+    def pooled_output(self, index: int, plan: Any) -> tuple[torch.Tensor, float]:
+        """The model's mean-pooled output of document ``index`` with a rank plan applied, and the
+        seconds spent in attention (model sources only)."""
+        raise ValueError(f"{type(self).__name__} runs no model: pooled outputs need source='model'")

@@ -16,7 +16,7 @@ S = s sum_ij sigma^Q_i sigma^K_j M_ij u^Q_i (u^K_j)^T is a sum of Frobenius-orth
     method "shared_key" (S_r = s Q K_r^T):        ||S_r||_F^2 = s^2 sum_{all i, j <= r} W_ij
 
 and, the kept index sets being nested, ||S_r - S_{r'}||_F = s sqrt(|B(r) - B(r')|) with B(r) the
-sum above (:func:`kept_score_energy`).  This is an identity, not a bound, at O(d^2) per head.
+sum above (``LowRankMethod.kept_score_energy``).  This is an identity, not a bound, at O(d^2) per head.
 
 Output change (bound, the paper's Eq. 9 ||dO|| <= ||dA|| ||V||): row-wise softmax has Jacobian
 diag(p) - p p^T, whose spectral norm is at most 1/2 (x^T J x is the variance of x under p, at most
@@ -210,20 +210,10 @@ def score_energy(sv_q: torch.Tensor, right_q: torch.Tensor, sv_k: torch.Tensor,
     return torch.nn.functional.pad(w, (0, d - w.shape[-1], 0, d - w.shape[-2]))
 
 
-def kept_score_energy(w: torch.Tensor, ranks: torch.Tensor, method: str) -> torch.Tensor:
-    """B(r) = ||S_r||_F^2 / s^2 for every rank (module docstring).  w (..., d, d) -> (..., R)."""
-    if method == "svd":
-        box = w.cumsum(-1).cumsum(-2)  # box[i, j] = sum of w[:i+1, :j+1]
-        return box[..., ranks - 1, ranks - 1]
-    if method == "shared_key":
-        return w.sum(-2).cumsum(-1)[..., ranks - 1]
-    raise ValueError(f"unknown method {method!r}; choose 'svd' or 'shared_key'")
-
-
 def output_bound_pairs(kept: torch.Tensor, scaling: torch.Tensor, v_norm: torch.Tensor) -> torch.Tensor:
     """Bound on ||O_a - O_b||_F for every pair of candidate ranks.
 
-    kept: (..., R) from :func:`kept_score_energy`; scaling and v_norm (= ||V - 1 mu^T||_2)
+    kept: (..., R) from ``LowRankMethod.kept_score_energy``; scaling and v_norm (= ||V - 1 mu^T||_2)
     broadcastable to (...).  Returns (..., R, R): 1/2 s sqrt(|B_a - B_b|) ||V - 1 mu^T||_2.
     """
     score_change = band_norm(kept)  # (..., R, R), ||S_a - S_b||_F / s

@@ -1,23 +1,22 @@
-"""Measured attention latency: one measurer, a cached per-device profile, live timing.
+"""Measured attention latency: one measurer, a cached per-device profile, and the timing helpers.
 
-What is timed is exactly the operation the environment computes for one segment
-(``lowrank.low_rank_attention`` with the per-segment query factorization, the key and value
-factors being maintained across segments), on random data of the segment's shape, in the
-configured dtype, on the configured device.  Exact attention (full rank) is
-``lowrank.full_attention``: PyTorch's fused ``scaled_dot_product_attention``, the kernel a model
-would otherwise run, which low rank also calls on its width-r factors.  The ranks of one key
-length are measured in interleaved rounds (each round runs every rank once) after ``warmup`` runs
-each: the latency ratio of a rank to full rank is taken within a round, so that a drift of the
-machine's speed between rounds cancels, and its median over ``repeats`` rounds is reported; so
-is each rank's median time.  CUDA is timed with events after synchronizing, CPU with
-``time.perf_counter_ns``.
+What is timed is exactly what the environment computes for one segment: ``SegmentView.attention``
+of the prefill workload (``attention/workload.py``, the same code as the reward and the model
+forward), on random data of the segment's shape, in the configured dtype, on the configured
+device.  Full rank is exact attention, PyTorch's fused ``scaled_dot_product_attention``, which low
+rank also calls on its width-r factors.  The key and value factors are built before the timed
+region (their upkeep is not timed).  The ranks of one key length are measured in interleaved
+rounds (each round runs every rank once) after ``warmup`` runs each: the latency ratio of a rank to
+full rank is taken within a round, so that a drift of the machine's speed between rounds cancels,
+and its median over ``repeats`` rounds is reported; so is each rank's median time.  CUDA is timed
+with events after synchronizing, CPU with ``time.perf_counter_ns``.
 
 Profile table: for one attention shape (method, value compression, causal, heads, K/V heads,
-head dim, query length = ``segment_len``, dtype) and each rank, the median latency ratio and time
-at key lengths ``segment_len * 2^k``; a key length in between is interpolated linearly, and
-query lengths other than ``segment_len`` (a document's last segment) use the same ratios.  Tables are stored as JSON
-under ``<cache>/latency/`` keyed by device name, torch version and thread count, reused by every
-process, and re-measured on request (``refresh``).
+head dim, query length = ``segment_len``, ranks) and dtype, the median latency ratio and time of
+each rank at key lengths ``segment_len * 2^k``; a key length in between is interpolated linearly,
+and query lengths other than ``segment_len`` (a document's last segment) use the same ratios.
+Tables are stored as JSON under ``<cache>/latency/`` keyed by device name, torch version and thread
+count, reused by every process, and re-measured on request (``refresh``).
 """
 
 from __future__ import annotations
@@ -29,14 +28,16 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from drrl_env.linalg import Factors
-from drrl_env.lowrank import causal_mask, full_attention, low_rank_attention
+from drrl_env.attention.methods import get_method
+from drrl_env.attention.workload import Prefill
+from drrl_env.costs.base import AttentionShape
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MAX_PROFILE_LEN = 65_536
@@ -73,20 +74,6 @@ def time_call(fn: Callable[[], object], device: torch.device, warmup: int, repea
     return _summary(samples) if samples else Timing(0.0, 0.0, 0)
 
 
-@dataclass(frozen=True)
-class KernelShape:
-    """The attention of one segment: what the latency depends on (besides rank and key length)."""
-
-    method: str
-    compress_values: bool
-    causal: bool
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    query_len: int
-    dtype: str
-
-
 class LatencyMeasurer:
     """Times one segment's attention at a rank and key length (module docstring)."""
 
@@ -94,32 +81,21 @@ class LatencyMeasurer:
         self.device, self.warmup, self.repeats = device, warmup, repeats
 
     @torch.no_grad()
-    def time(self, shape: KernelShape, rank: int, key_len: int) -> Timing:
-        return self.time_ranks(shape, (rank,), key_len).seconds[0]
-
-    @torch.no_grad()
-    def time_ranks(self, shape: KernelShape, ranks: tuple[int, ...], key_len: int) -> RankTimings:
-        """Timings of every rank at one key length, measured in interleaved rounds (each round runs
-        every rank once), so that a drift of the machine's speed hits all ranks alike; the ratios
-        to the last rank are taken within each round, then their median."""
-        if shape.dtype not in DTYPES:
-            raise ValueError(f"dtype={shape.dtype!r} is not supported; choose one of {sorted(DTYPES)}")
-        dtype = DTYPES[shape.dtype]
+    def time_ranks(self, shape: AttentionShape, dtype: str) -> RankTimings:
+        """Timings of every rank of ``shape`` (``query_len`` queries, the last of ``key_len`` keys),
+        measured in interleaved rounds (:func:`time_interleaved`)."""
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype={dtype!r} is not supported; choose one of {sorted(DTYPES)}")
         gen = torch.Generator(device=self.device).manual_seed(0)
-        h, t, d = shape.n_heads, shape.query_len, shape.head_dim
-        q = torch.randn(h, t, d, generator=gen, device=self.device).to(dtype)  # (H, T, d)
-        k, v = torch.randn(2, h, key_len, d, generator=gen, device=self.device).to(dtype)  # (H, N, d) each
-        mask = causal_mask(key_len - t, key_len, key_len, self.device) if shape.causal else None
-        scaling = d ** -0.5
-        k_factors = Factors.of(k)
-        v_factors = Factors.of(v) if shape.compress_values else None
-
-        def kernel(rank: int) -> Callable[[], torch.Tensor]:
-            if rank >= d:
-                return lambda: full_attention(q, k, v, scaling, mask)
-            return lambda: low_rank_attention(q, k_factors, v, scaling, mask, rank, shape.method, v_factors=v_factors)
-
-        return time_interleaved([kernel(r) for r in ranks], self.device, self.warmup, self.repeats)
+        h, t, n, d = shape.n_heads, shape.query_len, shape.key_len, shape.head_dim
+        q = torch.randn(h, t, d, generator=gen, device=self.device).to(DTYPES[dtype])  # (H, T, d)
+        k, v = torch.randn(2, shape.n_kv_heads, n, d, generator=gen, device=self.device).to(DTYPES[dtype])  # (H_kv, N, d)
+        view = next(Prefill(shape.segment_len).views(q, k, v, shape.causal, segments=[(n - t, n)]))
+        method, scaling = get_method(shape.method), d ** -0.5
+        side = view.side  # keys, values and their factors are built outside the timed region
+        _ = side.keys, side.values, side.key_factors, side.value_factors if shape.compress_values else None
+        calls = [partial(view.attention, rank, method, scaling, shape.compress_values) for rank in shape.ranks]
+        return time_interleaved(calls, self.device, self.warmup, self.repeats)
 
 
 @dataclass(frozen=True)
@@ -173,14 +149,16 @@ def _cpu_name() -> str:
 
 
 class LatencyProfile:
-    """Cached latency table of one :class:`KernelShape` on one device (module docstring)."""
+    """Cached latency table of one kind of segment (an :class:`AttentionShape` whose queries are
+    ``segment_len`` long) in one dtype on one device (module docstring)."""
 
-    FORMAT = 2  # stored fields; part of the cache key so that older files are re-measured, not misread
+    FORMAT = 3  # stored fields and key; part of the cache key so that older files are re-measured, not misread
 
-    def __init__(self, shape: KernelShape, ranks: tuple[int, ...], measurer: LatencyMeasurer, cache_root: Path | None,
+    def __init__(self, shape: AttentionShape, dtype: str, measurer: LatencyMeasurer, cache_root: Path | None,
                  refresh: bool = False) -> None:
-        self.shape, self.ranks, self.measurer = shape, ranks, measurer
-        self.key = {**device_key(measurer.device), **asdict(shape), "ranks": list(ranks),
+        self.shape, self.dtype, self.measurer = shape, dtype, measurer
+        kind = {k: v for k, v in asdict(shape).items() if k not in ("key_len", "segment_len")}
+        self.key = {**device_key(measurer.device), **kind, "ranks": list(shape.ranks), "dtype": dtype,
                     "warmup": measurer.warmup, "repeats": measurer.repeats, "format": self.FORMAT}
         digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:24]
         self.path = None if cache_root is None else Path(cache_root) / "latency" / f"{digest}.json"
@@ -212,7 +190,7 @@ class LatencyProfile:
         points = self.grid(key_len)
         for n in points:
             if n not in self.table:
-                timings = self.measurer.time_ranks(self.shape, self.ranks, n)
+                timings = self.measurer.time_ranks(replace(self.shape, key_len=n), self.dtype)
                 self.table[n] = {"seconds": [t.median for t in timings.seconds],
                                  "ratios": [t.median for t in timings.ratios]}
                 self.measured += 1

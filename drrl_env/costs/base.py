@@ -1,0 +1,87 @@
+"""Cost models: the cost of a segment's attention at each candidate rank, relative to exact attention.
+
+Every model answers ``cost_ratios(shape) -> (R,)`` for an :class:`AttentionShape` and declares what
+it is, so that callers ask instead of comparing names:
+
+    deterministic    the same shape always gets the same answer (else the env is nondeterministic);
+    measures_device  the answer is timed on the env's device (runs must not share the device);
+    max_key_len      the longest key length it can answer for (None: any).
+
+The environment puts the vector in the observation and the chosen rank's entry in the reward.
+Adding a cost model: subclass :class:`CostModel` in a new file of this package, decorate it with
+:func:`register_cost_model`, and import that file in ``costs/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """One segment's attention problem (all heads) at every candidate rank.
+
+    ``query_len`` queries over ``key_len`` keys; ``segment_len`` is the configured length
+    (``query_len`` differs for a document's last segment).
+    """
+
+    method: str
+    ranks: tuple[int, ...]
+    query_len: int
+    key_len: int
+    head_dim: int
+    n_heads: int
+    n_kv_heads: int
+    causal: bool
+    compress_values: bool
+    segment_len: int
+
+
+class CostModel(ABC):
+    """Cost ratios to exact attention for an :class:`AttentionShape` (module docstring)."""
+
+    name: ClassVar[str]
+    deterministic: ClassVar[bool]
+    measures_device: ClassVar[bool]
+    max_key_len: ClassVar[int | None] = None
+
+    def __init__(self, device: torch.device, dtype: str = "float32", cache_root: Path | None = None,
+                 refresh: bool = False) -> None:
+        self.device, self.dtype, self.cache_root, self.refresh = device, dtype, cache_root, refresh
+
+    @abstractmethod
+    def cost_ratios(self, shape: AttentionShape) -> np.ndarray:
+        """(R,) float: cost at each rank / cost of exact attention (1.0 at full rank)."""
+
+
+_REGISTRY: dict[str, type[CostModel]] = {}
+
+
+def register_cost_model(cls: type[CostModel]) -> type[CostModel]:
+    """Class decorator: makes ``cls`` available as ``cost_model=cls.name``."""
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"cost model name {cls.name!r} is already registered by {_REGISTRY[cls.name].__qualname__}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def cost_model_names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def cost_model_class(name: str) -> type[CostModel]:
+    """The class registered as ``name`` (its capabilities are class attributes)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"cost_model={name!r} is not allowed; choose one of {list(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def make_cost_model(name: str, device: torch.device, dtype: str = "float32", cache_root: Path | None = None,
+                    refresh: bool = False) -> CostModel:
+    return cost_model_class(name)(device, dtype, cache_root, refresh)

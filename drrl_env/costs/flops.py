@@ -1,0 +1,61 @@
+"""The analytic cost: FLOPs of a segment's attention at each rank, relative to exact attention."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from drrl_env.attention.methods import get_method
+from drrl_env.attention.methods.svd import EIGH_FLOPS_PER_D3
+from drrl_env.costs.base import AttentionShape, CostModel, register_cost_model
+
+SOFTMAX_FLOPS = 5  # max, subtract, exp, sum, divide per score
+
+
+def attention_flops(method: str, rank: int, *, query_len: int, key_len: int, head_dim: int,
+                    n_heads: int, n_kv_heads: int, compress_values: bool, causal: bool) -> int:
+    """Floating-point operations to compute one segment's attention output at ``rank``.
+
+    Exact attention (rank == head_dim): per head 2TNd (scores) + 5TN (softmax) + 2TNd (A V).
+    Low rank, per query head: the method's query-side work and score product
+    (``LowRankMethod.query_side_flops``), softmax, and A V (2TNd; with ``compress_values``
+    2TNr + 2Trd).  Per key/value head, the key factorization (and the values' when compressed):
+    causal, it is updated as the segment's T keys arrive (Gram update 2Td^2, eigendecomposition
+    9d^3, re-projecting the N keys 2Ndr); non-causal, it is computed once for all N keys
+    (2Nd^2 + 9d^3 + 2Ndr) and the segment is charged its share T/N.
+    """
+    t, n, d, r = query_len, key_len, head_dim, rank
+    low_rank = get_method(method)
+    if not 1 <= r <= d:
+        raise ValueError(f"rank {r} must lie in 1..{d}")
+    if r == d:
+        return n_heads * (4 * t * n * d + SOFTMAX_FLOPS * t * n)
+    eig = EIGH_FLOPS_PER_D3 * d ** 3
+    per_q_head = low_rank.query_side_flops(r, t, n, d)
+    per_q_head += SOFTMAX_FLOPS * t * n + (2 * t * n * r + 2 * t * r * d if compress_values else 2 * t * n * d)
+    if causal:
+        factorization = 2 * t * d * d + eig + 2 * n * d * r
+    else:
+        factorization = (2 * n * d * d + eig + 2 * n * d * r) * t / n
+    per_kv_head = factorization * (2 if compress_values else 1)
+    return round(n_heads * per_q_head + n_kv_heads * per_kv_head)
+
+
+def flop_ratios(shape: AttentionShape) -> np.ndarray:
+    """(R,) FLOPs at each rank / FLOPs of exact attention."""
+    flops = [attention_flops(shape.method, r, query_len=shape.query_len, key_len=shape.key_len,
+                             head_dim=shape.head_dim, n_heads=shape.n_heads, n_kv_heads=shape.n_kv_heads,
+                             compress_values=shape.compress_values, causal=shape.causal)
+             for r in shape.ranks]
+    return np.asarray(flops, dtype=np.float64) / flops[-1]
+
+
+@register_cost_model
+class FlopCostModel(CostModel):
+    """Analytic FLOP ratio (:func:`attention_flops`): deterministic, any key length, no device."""
+
+    name = "flops"
+    deterministic = True
+    measures_device = False
+
+    def cost_ratios(self, shape: AttentionShape) -> np.ndarray:
+        return flop_ratios(shape)

@@ -1,0 +1,85 @@
+"""What the MDP needs of one document: its analysis (cached in memory and on disk), its bounds,
+and the cost and FLOP ratio of every rank at every segment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from drrl_env.analysis import DocumentAnalysis, RelativeBounds, analyse
+from drrl_env.attention.methods import get_method
+from drrl_env.attention.workload import Prefill
+from drrl_env.cache import AnalysisCache, cache_root
+from drrl_env.config import EnvConfig
+from drrl_env.costs import AttentionShape, CostModel
+from drrl_env.costs.flops import flop_ratios
+from drrl_env.sources.base import AttentionSource
+from drrl_env.sources.hf_attention import LowRankPlan
+
+
+@dataclass(frozen=True)
+class DocumentData:
+    """A document's analysis with what the env derives from it: bounds, costs and FLOP ratios (S, R)."""
+
+    analysis: DocumentAnalysis
+    bounds: RelativeBounds
+    costs: np.ndarray
+    flops: np.ndarray
+
+
+class DocumentStore:
+    """Analyses the documents of ``source`` under ``config`` on first use and keeps them."""
+
+    def __init__(self, config: EnvConfig, source: AttentionSource, ranks: tuple[int, ...], cost_model: CostModel) -> None:
+        self.config, self.source, self.ranks, self.cost_model = config, source, ranks, cost_model
+        self.workload = Prefill(config.segment_len)
+        self.method = get_method(config.method)
+        root = cache_root(config.cache_dir)
+        options = {name: getattr(config, name) for name in EnvConfig.analysis_fields()}
+        self._disk = None if root is None else AnalysisCache(root, {**options, "ranks": ranks})
+        self._memory: dict[int, DocumentData] = {}
+
+    def get(self, index: int) -> DocumentData:
+        if index in self._memory:
+            return self._memory[index]
+        cfg = self.config
+        key = self.source.document_key(index)
+        analysis = self._disk.get(key) if self._disk else None
+        if analysis is None:
+            analysis = analyse(self.source.trace(index), self.workload, self.ranks, self.method, cfg.compress_values)
+            if self._disk:
+                self._disk.put(key, analysis)
+        shapes = [self.cost_shape(b - a, self._cost_key_len(int(n), analysis.seq_len))
+                  for (a, b), n in zip(analysis.segments, analysis.key_lens)]
+        entry = DocumentData(analysis, RelativeBounds.of(analysis, cfg.bound_clip),
+                             costs=np.stack([self.cost_model.cost_ratios(s) for s in shapes]),
+                             flops=np.stack([flop_ratios(s) for s in shapes]))
+        if cfg.cache_documents:
+            self._memory[index] = entry
+        return entry
+
+    def cost_shape(self, query_len: int, key_len: int) -> AttentionShape:
+        """The attention problem whose cost a segment of ``query_len`` queries and ``key_len`` keys reports."""
+        cfg, spec = self.config, self.source.spec
+        return AttentionShape(cfg.method, self.ranks, query_len, key_len, spec.head_dim, spec.n_heads,
+                              spec.n_kv_heads, spec.causal, cfg.compress_values, cfg.segment_len)
+
+    def _cost_key_len(self, key_len: int, seq_len: int) -> int:
+        """Keys a segment sees at the length whose cost is reported (``target_seq_len``, if set)."""
+        target = self.config.target_seq_len
+        if target is None:
+            return key_len
+        return target if not self.source.spec.causal else max(1, round(key_len * target / seq_len))
+
+    def pooled_output(self, index: int, ranks: np.ndarray | None = None) -> tuple[torch.Tensor, float]:
+        """The model's mean-pooled output (hidden,) of document ``index`` with ``ranks`` (n_layers,
+        n_segments) applied in every attention call (None = exact attention, through the same
+        segment-wise code), and the seconds spent in attention."""
+        analysis = self.get(index).analysis
+        spec = self.source.spec
+        if ranks is None:
+            ranks = np.full((spec.n_layers, analysis.n_segments), spec.head_dim)
+        plan = LowRankPlan(ranks, analysis.segments, self.workload, self.method, self.config.compress_values)
+        return self.source.pooled_output(index, plan)
