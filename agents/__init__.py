@@ -1,4 +1,6 @@
-"""Agents for DRRL-v0: non-learned baselines (and, later, SB3 agents and the Transformer policy)."""
+"""Agents for DRRL-v0, all with SB3's ``predict()``: non-learned baselines (``baselines.py``), the
+Stable-Baselines3 / sb3-contrib agents (``sb3_agents.py``) and the Transformer features extractor
+(``transformer_policy.py``)."""
 
 from agents.baselines import (BASELINES, EnergyThresholdPolicy, FixedRankPolicy, FullRankPolicy, OraclePolicy,
                               RandomPolicy, make_baseline)

@@ -21,7 +21,7 @@ import torch
 from drrl_env.attention import linalg
 from drrl_env.attention.linalg import Factors
 from drrl_env.attention.methods.base import LowRankMethod
-from drrl_env.attention.workload import Prefill, segment_bounds
+from drrl_env.attention.workload import Prefill
 from drrl_env.sources.base import AttentionTrace
 
 
@@ -128,7 +128,8 @@ def analyse(trace: AttentionTrace, workload: Prefill, ranks: tuple[int, ...], me
         kept = method.kept_score_energy(linalg.score_energy(q_factors.sv, q_factors.right, keys.sv, keys.right),
                                         rank_index)  # (Ly, H, R) or None
         if kept is None:  # no score-change identity: bounds unknown (infinite, shown clipped)
-            pair_bound = torch.full((*exact.shape[:2], len(ranks), len(ranks)), torch.inf, dtype=torch.float64)
+            pair_bound = torch.full((*exact.shape[:2], len(ranks), len(ranks)), torch.inf, dtype=torch.float64,
+                                    device=exact.device)
             pair_bound.diagonal(dim1=-2, dim2=-1).zero_()  # (Ly, H, R, R)
         else:
             pair_bound = linalg.output_bound_pairs(kept, scaling[..., 0, 0], view.side.value_norm)  # (Ly, H, R, R)

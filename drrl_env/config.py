@@ -43,7 +43,7 @@ class EnvConfig:
         tokenizer: tokenizer folder or id when it differs from ``model``; ``None`` = same.
         corpus: ``None`` (Python's own ``pydoc_data.topics`` documentation), a text file,
             a folder of ``*.txt`` files, or a list of strings (one document each).
-        split: ``"train"``, ``"test"`` or ``"all"`` documents of the corpus (see ``corpus.py``).
+        split: ``"train"``, ``"test"`` or ``"all"`` documents of the corpus (see ``sources/corpus.py``).
         max_seq_len: tokens kept per document; ``None`` = the model's position limit.
         min_doc_tokens: documents with fewer tokens are left out of the corpus.
         synthetic_*: shape and spectrum of the synthetic source (see ``sources/synthetic.py``).
@@ -65,7 +65,7 @@ class EnvConfig:
             ``"one_minus_error"`` (1 - relative Frobenius error, clipped at 0).
         cost_model: a registered cost model (``drrl_env/costs/``): ``"flops"`` (analytic,
             deterministic; the default), ``"profile"`` (latency
-            measured once per device and shape, cached on disk, ``latency.py``) or ``"live"``
+            measured once per device and shape, cached on disk, ``costs/latency.py``) or ``"live"``
             (timed at every segment; noisy).  Measured models make the env nondeterministic,
             and whether they leave a trade-off depends on the device: ``drrl tradeoff
             --env-kwargs cost_model=profile ... --betas ...`` tells, for this device.
@@ -170,6 +170,9 @@ class EnvConfig:
             raise ValueError(
                 f"need epsilon_min <= epsilon <= epsilon_max, got {self.epsilon_min}, "
                 f"{self.epsilon}, {self.epsilon_max}")
+        if self.end_weight > 0 and (self.source != "model" or self.per_head):
+            raise ValueError("end_weight > 0 needs source='model' and per_head=False: the end-of-episode term "
+                             "runs the model with one rank per layer and segment")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
 

@@ -40,6 +40,7 @@ class DocumentStore:
         options = {name: getattr(config, name) for name in EnvConfig.analysis_fields()}
         self._disk = None if root is None else AnalysisCache(root, {**options, "ranks": ranks})
         self._memory: dict[int, DocumentData] = {}
+        self._exact_outputs: dict[int, torch.Tensor] = {}
 
     def get(self, index: int) -> DocumentData:
         if index in self._memory:
@@ -83,3 +84,11 @@ class DocumentStore:
             ranks = np.full((spec.n_layers, analysis.n_segments), spec.head_dim)
         plan = LowRankPlan(ranks, analysis.segments, self.workload, self.method, self.config.compress_values)
         return self.source.pooled_output(index, plan)
+
+    def end_fidelity(self, index: int, ranks: np.ndarray) -> float:
+        """Cosine between the model's mean-pooled output (the sentence embedding for MiniLM) with
+        ``ranks`` (n_layers, n_segments) applied and with exact attention, on document ``index``."""
+        if index not in self._exact_outputs:
+            self._exact_outputs[index] = self.pooled_output(index)[0]
+        low = self.pooled_output(index, ranks)[0]
+        return float(torch.nn.functional.cosine_similarity(low, self._exact_outputs[index], dim=0))

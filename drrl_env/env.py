@@ -129,9 +129,6 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         if limit is not None and longest > limit:
             raise ValueError(f"cost_model={cfg.cost_model!r} measures key lengths up to {limit}; this configuration "
                              f"needs {longest}; use cost_model='flops' or a shorter target_seq_len")
-        if cfg.end_weight > 0 and (cfg.source != "model" or cfg.per_head):
-            raise ValueError("end_weight > 0 needs source='model' and per_head=False: the end-of-episode term "
-                             "runs the model with one rank per layer and segment")
         n_ranks, n_heads = len(self.ranks), spec.n_heads
         self.action_space = spaces.MultiDiscrete([n_ranks] * n_heads) if cfg.per_head else spaces.Discrete(n_ranks)
         mask_shape = (n_heads * n_ranks,) if cfg.per_head else (n_ranks,)
@@ -139,7 +136,6 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         self.max_steps = spec.n_layers * len(segment_bounds(spec.max_seq_len, cfg.segment_len))
         self.weights = RewardWeights(cfg.alpha, cfg.beta, cfg.gamma)
         self.documents = DocumentStore(cfg, self.source, self.ranks, self.cost_model)
-        self._exact_outputs: dict[int, torch.Tensor] = {}
         self._doc: int | None = None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -178,7 +174,7 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         self._t += 1
         terminated = self._t == self._n_steps
         if terminated and self.config.end_weight > 0:
-            info["end_fidelity"] = self.end_fidelity(self._doc, self._episode_ranks)
+            info["end_fidelity"] = self.documents.end_fidelity(self._doc, self._episode_ranks)
             info["reward_terms"]["end_fidelity"] = self.config.end_weight * info["end_fidelity"]
             reward += info["reward_terms"]["end_fidelity"]
         if not terminated:
@@ -239,14 +235,6 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
     def pooled_output(self, index: int, ranks: np.ndarray | None = None) -> tuple[torch.Tensor, float]:
         """See :meth:`DocumentStore.pooled_output` (``source="model"`` only)."""
         return self.documents.pooled_output(index, ranks)
-
-    def end_fidelity(self, index: int, ranks: np.ndarray) -> float:
-        """Cosine between the model's mean-pooled output (the sentence embedding for MiniLM) with
-        ``ranks`` (n_layers, n_segments) applied and with exact attention, on document ``index``."""
-        if index not in self._exact_outputs:
-            self._exact_outputs[index] = self.pooled_output(index)[0]
-        low = self.pooled_output(index, ranks)[0]
-        return float(torch.nn.functional.cosine_similarity(low, self._exact_outputs[index], dim=0))
 
     def _ranks_of(self, index: np.ndarray) -> int | list[int]:
         ranks = [self.ranks[i] for i in index]

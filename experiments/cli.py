@@ -9,6 +9,7 @@
     drrl report    DIR [--model-metrics]   (rebuild a comparison's report from its saved rows)
     drrl inspect   [--document I] [--energy 0.9] [--out DIR]
     drrl profile   [--lengths 512,2048,4096,8192] [--refresh] [--out DIR] [--env-kwargs k=v ...]
+    drrl tradeoff  [--betas 1,2,3] [--documents 12] [--split train] [--env-kwargs k=v ...]
 
 Bad input exits with status 2 and a one-line message on stderr, never a traceback.
 """
@@ -213,22 +214,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rollout", help="run baseline policies and print their reward terms")
     p.add_argument("--policies", default=DEFAULT_POLICIES, help="full, fixed:R, random, energy:TAU, oracle")
     p.add_argument("--episodes", type=int, default=4, help="documents to run (the first N of the split)")
-    p.add_argument("--split", default="test", choices=["train", "test", "all"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="test", choices=["train", "test", "all"], help="documents to run on")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
     p.add_argument("--json", help="also write the per-episode rows to this file")
     env_args(p)
     p.set_defaults(func=cmd_rollout)
 
     p = sub.add_parser("train", help="train one agent (TensorBoard events in its run folder)")
-    p.add_argument("--algo")
-    p.add_argument("--policy")
-    p.add_argument("--timesteps", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--algo", help="ppo, a2c, dqn, maskable_ppo or recurrent_ppo")
+    p.add_argument("--policy", help="mlp (SB3's MultiInputPolicy) or transformer (agents/transformer_policy.py)")
+    p.add_argument("--timesteps", type=int, help="environment steps to train for")
+    p.add_argument("--seed", type=int, help="seed of the agent and the env")
     p.add_argument("--config", help="YAML file with train settings (experiments/configs/*.yaml)")
-    p.add_argument("--logdir", default="runs")
+    p.add_argument("--logdir", default="runs", help="folder that receives the run folder (TensorBoard events, model)")
     p.add_argument("--pretrain-bc", type=int, help="behaviour-clone the oracle on N training documents first")
-    p.add_argument("--n-envs", type=int)
-    p.add_argument("--eval-freq", type=int)
+    p.add_argument("--n-envs", type=int, help="environments stepped together per update (SB3 DummyVecEnv)")
+    p.add_argument("--eval-freq", type=int, help="steps between evaluations on the test split (eval/ tags)")
     p.add_argument("--resume", help="run folder to continue from its checkpoint")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: on when stderr is a terminal)")
@@ -239,29 +240,32 @@ def build_parser() -> argparse.ArgumentParser:
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--model", help="run folder or saved agent zip")
     who.add_argument("--baseline", help="full, fixed:R, random, energy:TAU or oracle")
-    p.add_argument("--split", default="test", choices=["train", "test", "all"])
-    p.add_argument("--episodes", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="test", choices=["train", "test", "all"], help="documents to evaluate on")
+    p.add_argument("--episodes", type=int, default=8, help="documents to evaluate (the first N of the split)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
     p.add_argument("--out", help="folder for episodes.json and episodes.csv")
     env_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="train a grid of agents and write a comparison report")
-    p.add_argument("--algos", default="ppo,a2c,dqn,maskable_ppo")
-    p.add_argument("--policies", default="mlp,transformer")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--timesteps", type=int, default=20_000)
+    p.add_argument("--algos", default="ppo,a2c,dqn,maskable_ppo",
+                   help="comma-separated algorithms: ppo, a2c, dqn, maskable_ppo, recurrent_ppo")
+    p.add_argument("--policies", default="mlp,transformer", help="comma-separated policies: mlp, transformer")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per (algo, policy): runs use seeds 0..N-1")
+    p.add_argument("--timesteps", type=int, default=20_000, help="environment steps per training run")
     p.add_argument("--episodes", type=int, default=16, help="test documents to evaluate on")
     p.add_argument("--jobs", type=int, default=1, help="training processes in parallel")
-    p.add_argument("--pretrain-bc", type=int, default=0)
+    p.add_argument("--pretrain-bc", type=int, default=0,
+                   help="behaviour-clone the oracle on N training documents before RL (0 = no pre-training)")
     p.add_argument("--tune-documents", type=int, default=16,
                    help="training documents on which the fixed rank and energy threshold are tuned")
-    p.add_argument("--out", default="experiments/results/latest")
+    p.add_argument("--out", default="experiments/results/latest",
+                   help="folder for runs/, rows.json, compare.json, report.md and plots")
     env_args(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="rebuild a comparison's report.md from its rows.json and compare.json")
-    p.add_argument("folder")
+    p.add_argument("folder", help="a drrl compare output folder (with rows.json and compare.json)")
     p.add_argument("--model-metrics", action="store_true",
                    help="re-measure end-of-model fidelity, retrieval and attention latency from the saved ranks")
     p.set_defaults(func=cmd_report)
@@ -277,15 +281,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "configuration poses a trade-off (on this device, for measured costs)")
     p.add_argument("--betas", help="comma-separated cost weights to evaluate (default: the env's beta)")
     p.add_argument("--documents", type=int, default=12, help="documents to play (the first N of the split)")
-    p.add_argument("--split", default="train", choices=["train", "test", "all"])
+    p.add_argument("--split", default="train", choices=["train", "test", "all"], help="documents to play")
     env_args(p)
     p.set_defaults(func=cmd_tradeoff)
 
     p = sub.add_parser("inspect", help="plot one document's spectra and minimal ranks")
-    p.add_argument("--document", type=int, default=0)
-    p.add_argument("--split", default="test", choices=["train", "test", "all"])
-    p.add_argument("--energy", type=float, default=0.9)
-    p.add_argument("--out", default="inspect")
+    p.add_argument("--document", type=int, default=0, help="document index in the split")
+    p.add_argument("--split", default="test", choices=["train", "test", "all"], help="the document's split")
+    p.add_argument("--energy", type=float, default=0.9,
+                   help="energy fraction whose minimal rank is plotted per layer and segment")
+    p.add_argument("--out", default="inspect", help="folder for the plots")
     env_args(p)
     p.set_defaults(func=cmd_inspect)
     return parser

@@ -91,7 +91,7 @@ def add_model_metrics(env: gym.Env, rows: list[EpisodeSummary]) -> list[EpisodeS
                              (cosine of pooled outputs, against exact outputs of the others) is the
                              same as with exact attention, else 0;
     attention_latency_ratio  wall time of all attention calls with the ranks / with exact attention,
-                             both through the same segment-wise code (``sources/hf.py``).
+                             both through the same segment-wise code (``attention/workload.py``).
     """
     base = env.unwrapped
     documents = sorted({r.document_index for r in rows})

@@ -104,3 +104,14 @@ def test_rollout_command_reports_bad_input_in_one_line():
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["drrl rollout: error: unknown baseline 'greedy'; choose one of "
                                                   "['full', 'fixed:R', 'random', 'energy:TAU', 'oracle']"]
+
+
+def test_every_cli_flag_has_help():
+    import argparse
+
+    from experiments.cli import build_parser
+
+    subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    bare = [(name, a.option_strings or a.dest) for name, sub in subcommands.items() for a in sub._actions
+            if not isinstance(a, argparse._HelpAction) and not a.help]
+    assert bare == []

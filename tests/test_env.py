@@ -275,3 +275,18 @@ def test_observations_stay_in_the_space_when_epsilon_exceeds_the_bound_clip():
     env = RankSelectionEnv(**SYNTHETIC, bound_clip=10.0, epsilon=50.0, epsilon_min=50.0, epsilon_max=50.0)
     for obs, _, _ in _rollout(env, lambda obs: 0, seed=0):
         assert env.observation_space.contains(obs)
+
+
+def _documented_info_keys() -> set[str]:
+    """The keys listed in the env docstring's ## Info table."""
+    section = RankSelectionEnv.__doc__.split("## Info")[1].split("## Arguments")[0]
+    rows = [line.strip() for line in section.splitlines() if line.strip().startswith("| ")][1:]  # skip the header
+    return {key.strip() for row in rows for key in row.split("|")[1].split(",")}
+
+
+def test_step_info_holds_exactly_the_documented_keys():
+    env = RankSelectionEnv(**SYNTHETIC, end_weight=0.0)
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(0)
+    assert set(info) == _documented_info_keys() - {"end_fidelity"}  # end_fidelity: last step with end_weight > 0
+    assert set(info["reward_terms"]) == {"fidelity", "cost", "perturbation"}

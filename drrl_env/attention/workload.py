@@ -4,7 +4,7 @@ A workload cuts a sequence into segments and yields, per segment, a :class:`Segm
 segment's queries, the keys and values it may attend to (expanded from K/V heads to query heads
 under grouped-query attention), the mask, and the key and value factorizations, computed on first
 use.  ``SegmentView.attention(rank, ...)`` is the one place where a segment's attention is computed
-at a rank: ``analysis.py`` (the reward's fidelity and bounds), ``sources/hf_forward.py`` (the
+at a rank: ``analysis.py`` (the reward's fidelity and bounds), ``sources/hf_attention.py`` (the
 low-rank model forward: end-of-episode fidelity and measured attention latency) and
 ``costs/latency.py`` (the latency profile) all go through it, so what is rewarded is what is run
 and what is timed.

@@ -22,6 +22,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from drrl_env.registry import Registry
+
 
 @dataclass(frozen=True)
 class AttentionShape:
@@ -60,26 +62,11 @@ class CostModel(ABC):
         """(R,) float: cost at each rank / cost of exact attention (1.0 at full rank)."""
 
 
-_REGISTRY: dict[str, type[CostModel]] = {}
-
-
-def register_cost_model(cls: type[CostModel]) -> type[CostModel]:
-    """Class decorator: makes ``cls`` available as ``cost_model=cls.name``."""
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"cost model name {cls.name!r} is already registered by {_REGISTRY[cls.name].__qualname__}")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def cost_model_names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
-
-
-def cost_model_class(name: str) -> type[CostModel]:
-    """The class registered as ``name`` (its capabilities are class attributes)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"cost_model={name!r} is not allowed; choose one of {list(_REGISTRY)}")
-    return _REGISTRY[name]
+_COST_MODELS: Registry[type[CostModel]] = Registry(
+    CostModel, "cost_model", "or register a CostModel subclass with drrl_env.costs.register_cost_model")
+register_cost_model = _COST_MODELS.register
+cost_model_names = _COST_MODELS.names
+cost_model_class = _COST_MODELS.get  # the class: its capabilities are class attributes
 
 
 def make_cost_model(name: str, device: torch.device, dtype: str = "float32", cache_root: Path | None = None,

@@ -12,19 +12,30 @@ from drrl_env.costs.base import AttentionShape, CostModel, register_cost_model
 from drrl_env.costs.latency import MAX_PROFILE_LEN, LatencyMeasurer, LatencyProfile
 
 
-@register_cost_model
-class ProfileCostModel(CostModel):
-    """Latency ratios from a per-device profile cached on disk.  Platform-dependent."""
+class MeasuredCostModel(CostModel):
+    """Timed on the env's device: nondeterministic, exclusive use of the device, key lengths up to
+    ``MAX_PROFILE_LEN``.  Subclasses set their measurer's warm-ups and repeats."""
 
-    name = "profile"
     deterministic = False
     measures_device = True
     max_key_len = MAX_PROFILE_LEN
+    warmup, repeats = 5, 31
 
     def __init__(self, device: torch.device, dtype: str = "float32", cache_root: Path | None = None,
                  refresh: bool = False) -> None:
         super().__init__(device, dtype, cache_root, refresh)
-        self.measurer = LatencyMeasurer(device)
+        self.measurer = LatencyMeasurer(device, warmup=self.warmup, repeats=self.repeats)
+
+
+@register_cost_model
+class ProfileCostModel(MeasuredCostModel):
+    """Latency ratios from a per-device profile cached on disk.  Platform-dependent."""
+
+    name = "profile"
+
+    def __init__(self, device: torch.device, dtype: str = "float32", cache_root: Path | None = None,
+                 refresh: bool = False) -> None:
+        super().__init__(device, dtype, cache_root, refresh)
         self.profiles: dict[AttentionShape, LatencyProfile] = {}
 
     def profile(self, shape: AttentionShape) -> LatencyProfile:
@@ -39,18 +50,11 @@ class ProfileCostModel(CostModel):
 
 
 @register_cost_model
-class LiveCostModel(CostModel):
+class LiveCostModel(MeasuredCostModel):
     """Times every rank of every segment when asked (1 warm-up, 3 repeats): noisy and slow, never cached."""
 
     name = "live"
-    deterministic = False
-    measures_device = True
-    max_key_len = MAX_PROFILE_LEN
-
-    def __init__(self, device: torch.device, dtype: str = "float32", cache_root: Path | None = None,
-                 refresh: bool = False) -> None:
-        super().__init__(device, dtype, cache_root, refresh)
-        self.measurer = LatencyMeasurer(device, warmup=1, repeats=3)
+    warmup, repeats = 1, 3
 
     def cost_ratios(self, shape: AttentionShape) -> np.ndarray:
         return np.array([t.median for t in self.measurer.time_ranks(shape, self.dtype).ratios])

@@ -25,6 +25,7 @@ import torch
 
 from drrl_env.attention.kernels import attend
 from drrl_env.attention.linalg import Factors
+from drrl_env.registry import Registry
 
 
 class LowRankMethod(ABC):
@@ -64,26 +65,12 @@ class LowRankMethod(ABC):
         return attend(query, keys, v_left, scaling, mask) @ v_right  # (..., T, r) @ (..., r, d)
 
 
-_REGISTRY: dict[str, type[LowRankMethod]] = {}
-
-
-def register_method(cls: type[LowRankMethod]) -> type[LowRankMethod]:
-    """Class decorator: makes ``cls`` available as ``method=cls.name``."""
-    if not (isinstance(cls, type) and issubclass(cls, LowRankMethod)) or not isinstance(getattr(cls, "name", None), str):
-        raise TypeError(f"{cls!r} must be a LowRankMethod subclass with a string `name`")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"method name {cls.name!r} is already registered by {_REGISTRY[cls.name].__qualname__}")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def method_names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+_METHODS: Registry[type[LowRankMethod]] = Registry(
+    LowRankMethod, "method", "or register a LowRankMethod subclass with drrl_env.attention.register_method")
+register_method = _METHODS.register
+method_names = _METHODS.names
 
 
 def get_method(name: str) -> LowRankMethod:
     """An instance of the method registered as ``name``."""
-    if name not in _REGISTRY:
-        raise ValueError(f"method={name!r} is not allowed; choose one of {list(_REGISTRY)} "
-                         "(or register a LowRankMethod subclass with drrl_env.attention.register_method)")
-    return _REGISTRY[name]()
+    return _METHODS.get(name)()

@@ -1,0 +1,34 @@
+"""A name -> class registry: the extension points (low-rank methods, cost models) are filled through it."""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+T = TypeVar("T", bound=type)
+
+
+class Registry(Generic[T]):
+    """Classes derived from ``base`` by their ``name`` attribute; ``option`` names the env option."""
+
+    def __init__(self, base: type, option: str, how_to_add: str) -> None:
+        self.base, self.option, self.how_to_add = base, option, how_to_add
+        self._classes: dict[str, T] = {}
+
+    def register(self, cls: T) -> T:
+        """Class decorator: makes ``cls`` available as ``<option>=cls.name``."""
+        if not (isinstance(cls, type) and issubclass(cls, self.base)) or not isinstance(getattr(cls, "name", None), str):
+            raise TypeError(f"{cls!r} must be a {self.base.__name__} subclass with a string `name`")
+        if self._classes.get(cls.name, cls) is not cls:
+            raise ValueError(f"{self.option} name {cls.name!r} is already registered by "
+                             f"{self._classes[cls.name].__qualname__}")
+        self._classes[cls.name] = cls
+        return cls
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._classes)
+
+    def get(self, name: str) -> T:
+        if name not in self._classes:
+            raise ValueError(f"{self.option}={name!r} is not allowed; choose one of {list(self._classes)} "
+                             f"({self.how_to_add})")
+        return self._classes[name]

@@ -1,0 +1,87 @@
+"""Extension points: a new low-rank method or cost model is one class and one registration."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import drrl_env  # noqa: F401
+from drrl_env.attention import LowRankMethod, get_method, register_method
+from drrl_env.attention.linalg import Factors
+from drrl_env.costs import CostModel, register_cost_model
+from drrl_env.costs.flops import attention_flops
+
+from conftest import SYNTHETIC
+
+
+@register_method
+class LeadingCoordinates(LowRankMethod):
+    """Toy method: scores from the first r coordinates of the queries and of the (rebuilt) keys."""
+
+    name = "test_leading_coordinates"
+
+    def query_key(self, q: torch.Tensor, k_factors: Factors, rank: int,
+                  q_factors: Factors | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        keys = k_factors.left @ k_factors.right  # (..., N, d)
+        return q[..., :rank], keys[..., :rank]
+
+    def kept_score_energy(self, w: torch.Tensor, ranks: torch.Tensor) -> None:
+        return None  # no score-change identity: bounds unknown
+
+    def query_side_flops(self, rank: int, query_len: int, key_len: int, head_dim: int) -> int:
+        return 2 * query_len * key_len * rank
+
+
+@register_cost_model
+class ConstantCost(CostModel):
+    """Toy cost model: every rank below full costs half of exact attention; only short keys."""
+
+    name = "test_constant"
+    deterministic = True
+    measures_device = False
+    max_key_len = 256
+
+    def cost_ratios(self, shape):
+        return np.where(np.asarray(shape.ranks) < shape.head_dim, 0.5, 1.0)
+
+
+def test_a_registered_method_runs_an_episode():
+    env = gym.make("DRRL-v0", **SYNTHETIC, method="test_leading_coordinates", safety=False)
+    obs, _ = env.reset(seed=0)
+    total, done, fidelities = 0.0, False, []
+    while not done:
+        obs, reward, terminated, truncated, info = env.step(0)
+        total += reward
+        fidelities.append(info["fidelity"])
+        done = terminated or truncated
+        assert env.observation_space.contains(obs)
+    assert np.isfinite(total) and max(fidelities) < 1.0  # rank 2 of 16 coordinates is not exact
+    assert obs["output_bound"].max() == pytest.approx(np.log1p(1000.0))  # unknown bound shown clipped
+    flops = attention_flops("test_leading_coordinates", 2, query_len=64, key_len=128, head_dim=16, n_heads=4,
+                            n_kv_heads=2, compress_values=True, causal=True)
+    assert flops > 0
+    assert isinstance(get_method("test_leading_coordinates"), LeadingCoordinates)
+
+
+def test_unknown_bounds_leave_only_full_rank_safe():
+    env = gym.make("DRRL-v0", **SYNTHETIC, method="test_leading_coordinates")
+    _, info = env.reset(seed=0)
+    assert info["action_mask"].tolist() == [0] * (len(env.unwrapped.ranks) - 1) + [1]
+
+
+def test_a_registered_cost_model_is_asked_for_its_capabilities():
+    env = gym.make("DRRL-v0", **SYNTHETIC, cost_model="test_constant")
+    obs, _ = env.reset(seed=0)
+    assert obs["cost"].tolist() == [0.5] * (len(env.unwrapped.ranks) - 1) + [1.0]
+    assert not env.spec.nondeterministic
+    with pytest.raises(ValueError, match="measures key lengths up to 256"):
+        gym.make("DRRL-v0", **{**SYNTHETIC, "synthetic_seq_len": 512}, cost_model="test_constant")
+
+
+def test_names_are_checked_against_the_registries():
+    with pytest.raises(ValueError, match="method='nope' is not allowed.*'svd'"):
+        gym.make("DRRL-v0", **SYNTHETIC, method="nope")
+    with pytest.raises(ValueError, match="cost_model='nope' is not allowed.*'flops'"):
+        gym.make("DRRL-v0", **SYNTHETIC, cost_model="nope")
+    with pytest.raises(ValueError, match="already registered"):
+        register_method(type("Clash", (LeadingCoordinates,), {"name": "svd"}))
