@@ -44,6 +44,8 @@ DEFAULT_HYPERPARAMS: dict[str, dict[str, Any]] = {
 TRANSFORMER_KWARGS = {"width": 64, "n_layers": 2, "n_heads": 4}
 # Config fields that do not change the MDP and may differ between training and evaluation.
 RUNTIME_FIELDS = frozenset(EnvConfig.runtime_fields())
+# Config fields that choose the documents: evaluation on other data is allowed and reported.
+DATA_FIELDS = frozenset(EnvConfig.data_fields())
 
 
 def make_agent(algo: str, env: gym.Env | Any, policy: str = "mlp", seed: int | None = None,
@@ -80,28 +82,44 @@ def save_agent(model: BaseAlgorithm, path: str | Path) -> Path:
     return Path(path).with_suffix(".zip")
 
 
-def load_agent(path: str | Path, env: gym.Env | None = None) -> BaseAlgorithm:
-    """Load a model saved by :func:`save_agent`; with ``env``, refuse a mismatching env config."""
+def read_saved_agent(path: str | Path) -> dict[str, Any]:
+    """The data of a zip saved by :func:`save_agent` (``drrl_algo``, ``drrl_env_config``, ...), or a
+    ValueError that names the file when it is missing, damaged or not drrl's."""
     path = Path(path)
-    if not path.exists() and not path.with_suffix(".zip").exists():
-        raise FileNotFoundError(f"no saved agent at {path}")
+    if not path.is_file() and path.with_suffix(".zip").is_file():
+        path = path.with_suffix(".zip")
+    if not path.is_file():
+        raise ValueError(f"no saved agent at {str(path)!r}")
     from stable_baselines3.common.save_util import load_from_zip_file
 
-    data, _, _ = load_from_zip_file(path)
-    algo = data.get("drrl_algo")
-    if algo not in ALGORITHMS:
-        raise ValueError(f"{path} was not saved by drrl's save_agent (no drrl_algo)")
+    try:
+        data, _, _ = load_from_zip_file(path)
+    except Exception as err:  # a damaged zip fails inside SB3 with zipfile, pickle or attribute errors
+        raise ValueError(f"{str(path)!r} is not a readable saved agent ({type(err).__name__}: {err})") from err
+    if not isinstance(data, dict) or data.get("drrl_algo") not in ALGORITHMS:
+        raise ValueError(f"{str(path)!r} was not saved by drrl's save_agent (no drrl_algo)")
+    return data
+
+
+def load_agent(path: str | Path, env: gym.Env | None = None) -> BaseAlgorithm:
+    """Load a model saved by :func:`save_agent`; with ``env``, refuse an env config that changes the MDP
+    (:func:`check_env_config`)."""
+    data = read_saved_agent(path)
     if env is not None:
         check_env_config(data.get("drrl_env_config", {}), env_config_dict(env))
-    return ALGORITHMS[algo].load(path, env=env, device="cpu")
+    return ALGORITHMS[data["drrl_algo"]].load(path, env=env, device="cpu")
 
 
-def check_env_config(saved: dict[str, Any], current: dict[str, Any]) -> None:
+def check_env_config(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Refuses a config that differs from the trained one in a field that shapes the spaces or the MDP;
+    returns the data fields (``EnvConfig.data_fields``) that differ, for the caller to report."""
     differing = sorted(k for k in set(saved) | set(current)
                        if k not in RUNTIME_FIELDS and saved.get(k) != current.get(k))
-    if differing:
-        details = ", ".join(f"{k}: trained {saved.get(k)!r}, now {current.get(k)!r}" for k in differing)
+    meaning = [k for k in differing if k not in DATA_FIELDS]
+    if meaning:
+        details = ", ".join(f"{k}: trained {saved.get(k)!r}, now {current.get(k)!r}" for k in meaning)
         raise ValueError(f"the agent was trained on another env config ({details})")
+    return [f"{k} (trained {saved.get(k)!r}, now {current.get(k)!r})" for k in differing]
 
 
 def oracle_dataset(env: gym.Env, documents: list[int]) -> tuple[dict[str, np.ndarray], np.ndarray]:

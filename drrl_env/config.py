@@ -13,11 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from drrl_env.attention.methods import method_names
 from drrl_env.costs import cost_model_names
 
 ANALYSIS = {"analysis": True}  # the field shapes a document's analysis: it keys the on-disk cache
 RUNTIME = {"runtime": True}  # where and how the env runs, not what it is: a trained agent ignores it
+DATA = {"data": True}  # which documents: a trained agent may be evaluated on other data (the difference is reported)
 
 SOURCES = ("model", "synthetic")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -33,7 +36,8 @@ class EnvConfig:
 
     Field metadata says what a field is: ``ANALYSIS`` fields shape a document's analysis and key
     the on-disk cache (:meth:`analysis_fields`); ``RUNTIME`` fields say where and how the env runs
-    and are ignored when a saved agent's config is compared (:meth:`runtime_fields`).
+    and are ignored when a saved agent's config is compared (:meth:`runtime_fields`); ``DATA``
+    fields choose the documents, and an agent may be evaluated on other data (:meth:`data_fields`).
 
     Attention source
         source: ``"model"`` (a Hugging Face model run on a text corpus) or ``"synthetic"``.
@@ -94,21 +98,21 @@ class EnvConfig:
     source: str = "model"
     model: str = DEFAULT_MODEL
     tokenizer: str | None = None
-    corpus: str | tuple[str, ...] | None = None
+    corpus: str | tuple[str, ...] | None = field(default=None, metadata=DATA)
     split: str = field(default="train", metadata=RUNTIME)
-    max_seq_len: int | None = None
-    min_doc_tokens: int = 64
+    max_seq_len: int | None = field(default=None, metadata=DATA)
+    min_doc_tokens: int = field(default=64, metadata=DATA)
 
     synthetic_layers: int = 4
     synthetic_heads: int = 8
     synthetic_kv_heads: int = 8
     synthetic_head_dim: int = 64
-    synthetic_seq_len: int = 512
-    synthetic_decay: float = 1.0
-    synthetic_head_variety: float = 0.5
+    synthetic_seq_len: int = field(default=512, metadata=DATA)
+    synthetic_decay: float = field(default=1.0, metadata=DATA)
+    synthetic_head_variety: float = field(default=0.5, metadata=DATA)
     synthetic_causal: bool = True
-    synthetic_documents: int = 40
-    synthetic_seed: int = 0
+    synthetic_documents: int = field(default=40, metadata=DATA)
+    synthetic_seed: int = field(default=0, metadata=DATA)
 
     segment_len: int = field(default=128, metadata=ANALYSIS)
     ranks: tuple[int, ...] | None = field(default=None, metadata=ANALYSIS)
@@ -150,7 +154,7 @@ class EnvConfig:
         if isinstance(self.corpus, list):
             object.__setattr__(self, "corpus", tuple(self.corpus))
         if self.ranks is not None:
-            object.__setattr__(self, "ranks", tuple(int(r) for r in self.ranks))
+            object.__setattr__(self, "ranks", coerce_option("ranks", self.ranks))
         for name in ("segment_len", "min_doc_tokens", "synthetic_layers", "synthetic_heads",
                      "synthetic_kv_heads", "synthetic_head_dim", "synthetic_seq_len",
                      "synthetic_documents"):
@@ -166,6 +170,9 @@ class EnvConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.bound_clip == 0:
+            raise ValueError("bound_clip must be > 0: bounds are clipped to [0, bound_clip], and 0 leaves nothing "
+                             "to observe")
         if not self.epsilon_min <= self.epsilon <= self.epsilon_max:
             raise ValueError(
                 f"need epsilon_min <= epsilon <= epsilon_max, got {self.epsilon_min}, "
@@ -202,6 +209,11 @@ class EnvConfig:
         return tuple(f.name for f in dataclasses.fields(EnvConfig) if f.metadata.get("analysis"))
 
     @staticmethod
+    def data_fields() -> tuple[str, ...]:
+        """Fields that choose the documents (corpus, lengths, synthetic draws), not the MDP's spaces or meaning."""
+        return tuple(f.name for f in dataclasses.fields(EnvConfig) if f.metadata.get("data"))
+
+    @staticmethod
     def runtime_fields() -> tuple[str, ...]:
         """Fields that say where and how the env runs, not what it is (a saved agent's config ignores them)."""
         return tuple(f.name for f in dataclasses.fields(EnvConfig) if f.metadata.get("runtime"))
@@ -211,12 +223,98 @@ class EnvConfig:
 
 
 def make_config(base: EnvConfig | None = None, **overrides: Any) -> EnvConfig:
-    """``base`` (default: the defaults) with ``overrides`` applied; unknown names are rejected."""
+    """``base`` (default: the defaults) with ``overrides`` applied, each converted by :func:`coerce_option`;
+    unknown names are rejected."""
     allowed = {f.name for f in dataclasses.fields(EnvConfig)}
     unknown = sorted(set(overrides) - allowed)
     if unknown:
         raise TypeError(f"unknown DRRL-v0 option(s) {unknown}; allowed: {sorted(allowed)}")
-    return dataclasses.replace(base or EnvConfig(), **overrides)
+    return dataclasses.replace(base or EnvConfig(), **{k: coerce_option(k, v) for k, v in overrides.items()})
+
+
+_NONE_WORDS = ("none", "null", "")
+_TRUE_WORDS, _FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def coerce_option(name: str, value: Any) -> Any:
+    """``value`` as field ``name`` of :class:`EnvConfig` holds it, from Python values or from text
+    (``--env-kwargs``, YAML): the one conversion behind ``gym.make``, ``--env-kwargs`` and ``--config``.
+
+    ``"false"`` becomes False (never a true string), ``"8,16,64"`` the tuple (8, 16, 64), ``"none"``
+    None where a field allows it; a value of the wrong type (``ranks=(8.7, 64)``, ``device=1``) is a
+    ``ValueError`` that names the field and what it takes.
+    """
+    kinds = _FIELD_KINDS.get(name)
+    if kinds is None:
+        raise TypeError(f"unknown DRRL-v0 option {name!r}; allowed: {sorted(_FIELD_KINDS)}")
+    if "None" in kinds and (value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS)):
+        return None
+    for kind in (k for k in kinds if k != "None"):
+        try:
+            return _CONVERTERS[kind](value)
+        except (TypeError, ValueError):
+            continue
+    allowed = " or ".join(_DESCRIPTIONS[k] for k in kinds)
+    raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS + _FALSE_WORDS:
+        return value.strip().lower() in _TRUE_WORDS
+    raise ValueError(value)
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, str):
+        value = value.strip()
+        return int(value) if value.lstrip("+-").isdigit() else _to_int(float(value))
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(value)
+    if not float(value).is_integer():
+        raise ValueError(value)
+    return int(value)
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (str, int, float, np.integer, np.floating)):
+        raise TypeError(value)
+    return float(value)
+
+
+def _to_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(value)
+    return value
+
+
+def _sequence(value: Any) -> list[Any]:
+    if isinstance(value, str):
+        text = value.strip().strip("()[]")
+        return [part.strip().strip("'\"") for part in text.split(",") if part.strip()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise TypeError(value)
+
+
+def _to_int_tuple(value: Any) -> tuple[int, ...]:
+    return tuple(_to_int(v) for v in _sequence(value))
+
+
+def _to_str_tuple(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise TypeError(value)  # a single string is a path, not a list
+    return tuple(_to_str(v) for v in _sequence(value))
+
+
+_CONVERTERS = {"bool": _to_bool, "int": _to_int, "float": _to_float, "str": _to_str,
+               "tuple[int, ...]": _to_int_tuple, "tuple[str, ...]": _to_str_tuple}
+_DESCRIPTIONS = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string",
+                 "tuple[int, ...]": "a list of integers (e.g. 8,16,64)", "tuple[str, ...]": "a list of strings",
+                 "None": "none"}
+# field -> the kinds its annotation allows, in the order tried (e.g. "str | tuple[str, ...] | None")
+_FIELD_KINDS = {f.name: tuple(k.strip() for k in str(f.type).split(" | ")) for f in dataclasses.fields(EnvConfig)}
 
 
 def _one_of(name: str, value: Any, allowed: Sequence[str]) -> None:

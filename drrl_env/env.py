@@ -146,7 +146,7 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         index = (options or {}).get("document")
         if index is None:
             index = int(self.np_random.integers(n_docs))
-        elif not isinstance(index, (int, np.integer)) or not 0 <= index < n_docs:
+        elif isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < n_docs:
             raise ValueError(f"options['document']={index!r} must be an integer in 0..{n_docs - 1}")
         self._doc = int(index)
         self._data = self.documents.get(self._doc)
@@ -163,9 +163,11 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
             raise RuntimeError("call reset() before step()")
         if self._t >= self._n_steps:
             raise RuntimeError("the episode has ended; call reset()")
-        if not self.action_space.contains(np.asarray(action, dtype=np.int64) if self.config.per_head else action):
-            raise ValueError(f"action {action!r} is not in the action space {self.action_space}")
-        requested = np.broadcast_to(np.asarray(action, dtype=np.int64), (self.source.spec.n_heads,)).copy()  # (H,)
+        given = np.asarray(action)
+        if given.dtype.kind not in "iu" or not self.action_space.contains(given.astype(np.int64) if self.config.per_head
+                                                                          else action):
+            raise ValueError(f"action {action!r} is not in the action space {self.action_space} (integers only)")
+        requested = np.broadcast_to(given.astype(np.int64), (self.source.spec.n_heads,)).copy()  # (H,)
         reward, info, chosen = self._outcome(requested)
         segment = info["segment"]
         self._spent += info["output_bound"]

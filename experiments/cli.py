@@ -17,7 +17,6 @@ Bad input exits with status 2 and a one-line message on stderr, never a tracebac
 from __future__ import annotations
 
 import argparse
-import ast
 import csv
 import json
 import sys
@@ -28,16 +27,23 @@ DEFAULT_POLICIES = "random,fixed:8,fixed:16,full,energy:0.9,oracle"
 
 
 def parse_env_kwargs(pairs: list[str]) -> dict[str, Any]:
-    """``["beta=0.5", "source=synthetic"]`` -> ``{"beta": 0.5, "source": "synthetic"}``."""
+    """``["beta=0.5", "safety=false"]`` -> ``{"beta": 0.5, "safety": False}``: each value converted to
+    its option's type by ``drrl_env.config.coerce_option`` (the same conversion as ``gym.make``'s).
+    ``max_episode_steps`` passes through to ``gym.make``."""
+    from drrl_env.config import coerce_option
+
     kwargs: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"--env-kwargs entry {pair!r} is not of the form key=value")
-        try:
-            kwargs[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            kwargs[key] = value
+        if key == "max_episode_steps":
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"--env-kwargs {pair!r}: max_episode_steps must be a positive integer")
+            kwargs[key] = int(value)
+        else:
+            quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
+            kwargs[key] = coerce_option(key, value[1:-1] if quoted else value)  # source='synthetic' as Python writes it
     return kwargs
 
 
@@ -93,11 +99,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _config_of_run(run: Path, overrides: dict[str, Any]):
     """The run's saved train settings (its resolved env config dropped), with ``overrides`` on top."""
-    import yaml
+    from experiments.train import TrainConfig, read_yaml_mapping
 
-    from experiments.train import TrainConfig
-
-    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved = read_yaml_mapping(run / "config.yaml", "run config")
+    if not saved:
+        raise ValueError(f"run config {str(run / 'config.yaml')!r} is empty; the run cannot be resumed")
     saved.pop("env_config", None)
     return TrainConfig.from_dict({**saved, **{k: v for k, v in overrides.items() if v is not None}})
 
@@ -107,20 +113,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     import drrl_env  # noqa: F401
     from agents.baselines import make_baseline
-    from agents.sb3_agents import RUNTIME_FIELDS, load_agent
+    from agents.sb3_agents import RUNTIME_FIELDS, check_env_config, env_config_dict, load_agent, read_saved_agent
     from experiments.rollout import add_model_metrics, evaluate, summary_table
 
     env_kwargs = parse_env_kwargs(args.env_kwargs)
     if args.model:
         path = Path(args.model)
         path = path / "model.zip" if path.is_dir() else path
-        if not path.exists():
-            raise ValueError(f"--model {args.model!r}: no run folder with model.zip or saved agent there")
-        from stable_baselines3.common.save_util import load_from_zip_file
-
-        saved = load_from_zip_file(path)[0].get("drrl_env_config", {})
+        saved = read_saved_agent(path).get("drrl_env_config", {})
         trained = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k not in RUNTIME_FIELDS}
         env = gym.make("DRRL-v0", **{**trained, **env_kwargs, "split": args.split})
+        differing = check_env_config(saved, env_config_dict(env))
+        if differing:
+            print(f"evaluating on other data than the agent was trained on: {', '.join(differing)}", file=sys.stderr)
         name, policy = path.parent.name or path.stem, load_agent(path, env)
     else:
         env = gym.make("DRRL-v0", **{**env_kwargs, "split": args.split})
@@ -296,12 +301,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Smallest value of each integer flag (by its argparse dest), checked before any work starts.
+MINIMUMS = {"episodes": 1, "seeds": 1, "timesteps": 1, "seed": 0, "documents": 1, "jobs": 1, "pretrain_bc": 0,
+            "tune_documents": 1, "n_envs": 1, "eval_freq": 1, "document": 0}
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    for name, low in MINIMUMS.items():
+        value = getattr(args, name, None)
+        if value is not None and value < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # keep stderr for our own one-line errors
     try:
+        check_counts(args)
         return args.func(args)
     except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__

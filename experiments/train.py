@@ -53,17 +53,18 @@ class TrainConfig:
             raise ValueError(f"unknown algo {self.algo!r}; choose one of {sorted(ALGORITHMS)}")
         if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; choose one of {list(POLICIES)}")
-        for name in ("timesteps", "n_envs", "eval_episodes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, low in (("timesteps", 1), ("n_envs", 1), ("eval_episodes", 1), ("eval_freq", 1),
+                          ("checkpoint_freq", 1), ("bc_epochs", 1), ("seed", 0), ("pretrain_bc", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not isinstance(self.env_kwargs, dict) or not isinstance(self.hyperparams, dict):
+            raise ValueError("env_kwargs and hyperparams must be mappings (key: value)")
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         """A YAML file's settings, then ``overrides`` (those not None) on top; unknown keys are errors."""
-        path = Path(path)
-        if not path.exists():
-            raise ValueError(f"config file {str(path)!r} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml_mapping(path, "config file")
         return cls.from_dict({**data, **{k: v for k, v in overrides.items() if v is not None}})
 
     @classmethod
@@ -76,6 +77,22 @@ class TrainConfig:
 
     def run_name(self) -> str:
         return f"{ENV_ID}__{self.algo}-{self.policy}__{self.seed}__{int(time.time())}"
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """The mapping in YAML file ``path`` (empty file: {}), or a ValueError naming the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what} {str(path)!r} is not a file" if path.exists() else f"{what} {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ValueError(f"{what} {str(path)!r} is not valid YAML: {str(err).splitlines()[0]}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {str(path)!r} must hold a mapping of settings, got a {type(data).__name__}")
+    return data
 
 
 class DrrlMetricsCallback(BaseCallback):

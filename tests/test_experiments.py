@@ -130,13 +130,13 @@ def test_tradeoff_reports_each_beta(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["tradeoff", "--documents", "0"], "documents=0 must lie in"),
+    (["tradeoff", "--documents", "0"], "--documents must be >= 1, got 0"),
     (["compare", "--jobs", "2", "--env-kwargs", "cost_model='profile'"], "use --jobs 1"),
     (["train", "--algo", "sac"], "unknown algo 'sac'"),
     (["train", "--policy", "cnn"], "unknown policy 'cnn'"),
     (["train", "--config", "missing.yaml"], "config file 'missing.yaml' does not exist"),
     (["evaluate", "--baseline", "greedy"], "unknown baseline 'greedy'"),
-    (["evaluate", "--model", "no-such-run"], "no run folder"),
+    (["evaluate", "--model", "no-such-run"], "no saved agent at"),
     (["compare", "--algos", "sac"], "unknown algo 'sac'"),
     (["rollout", "--env-kwargs", "colour=1"], "unknown DRRL-v0 option"),
     (["train", "--resume", "no-such-run"], "is not a run folder"),

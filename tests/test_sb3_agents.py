@@ -85,7 +85,7 @@ def test_save_load_predict_gives_the_same_actions(env, tmp_path):
         obs, *_ = env.step(a)
     with pytest.raises(ValueError, match="trained on another env config \\(beta: trained 0.55, now 0.9\\)"):
         load_agent(path, RankSelectionEnv(**SYNTHETIC, beta=0.9))
-    with pytest.raises(FileNotFoundError, match="no saved agent"):
+    with pytest.raises(ValueError, match="no saved agent"):
         load_agent(tmp_path / "missing.zip", env)
 
 
