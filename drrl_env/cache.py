@@ -1,11 +1,17 @@
 """On-disk cache of document analyses, shared by all processes of a user.
 
 An analysis depends on the source (model weights and tokenizer, or the synthetic generator's
-parameters), the document's tokens and the options that shape the analysis (segment length,
-rank grid, method, value compression).  All of these, with the package's cache format version,
-go into a SHA-256 key; the entry is an ``.npz`` file written atomically (temporary file, then
-rename), so a crash leaves no half-written entry.  Location: ``cache_dir`` option, or
-``$DRRL_CACHE_DIR``, or ``$XDG_CACHE_HOME/drrl``, or ``~/.cache/drrl``.
+parameters), the document's tokens, the options that shape the analysis (``EnvConfig``'s
+``ANALYSIS`` fields), the code that computes it and the torch version.  All of these, with the
+cache format, go into a SHA-256 key.  An entry is an ``.npz`` file with a SHA-256 checksum of its
+arrays, written atomically (temporary file, then rename), so a crash leaves no half-written entry
+and concurrent writers of one entry leave one whole file.
+
+Self-healing: an entry that cannot be read or fails its checksum (truncated, emptied, bit flips)
+is reported in one warning naming the file and recomputed, and the new entry replaces it.  A cache
+folder that cannot be written (permissions, deleted mid-run) is reported once, and the run goes on
+without the disk cache.  Location: ``cache_dir`` option, or ``$DRRL_CACHE_DIR``, or
+``$XDG_CACHE_HOME/drrl``, or ``~/.cache/drrl``.
 """
 
 from __future__ import annotations
@@ -15,14 +21,19 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from drrl_env.analysis import DocumentAnalysis
 
-FORMAT_VERSION = 2  # 2: attention outputs from the fused kernel (attention.kernels.attend)
+FORMAT_VERSION = 3  # 3: checksummed entries, key covers the code and torch
+CHECKSUM = "_checksum"
+PACKAGE = Path(__file__).parent
+CODE = ("analysis.py", "attention")  # what computes an entry (files, or folders of *.py)
 
 
 def cache_root(option: str | None) -> Path | None:
@@ -39,38 +50,76 @@ def default_cache_root() -> Path:
     return Path(base) / "drrl"
 
 
+def code_version() -> str:
+    """SHA-256 of the source files that compute an analysis (a code change re-keys the cache)."""
+    digest = hashlib.sha256()
+    for name in CODE:
+        path = PACKAGE / name
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.relative_to(PACKAGE).as_posix().encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
+
+
+def checksum(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over the arrays' names, dtypes, shapes and bytes."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode() + array.tobytes())
+    return digest.hexdigest()
+
+
 class AnalysisCache:
-    """``get(document_key)`` / ``put(document_key, analysis)`` under one set of options."""
+    """``get(document_key)`` / ``put(document_key, analysis)`` under one set of options (module docstring)."""
 
     def __init__(self, root: Path, options: dict[str, Any]) -> None:
         self.folder = Path(root) / "analysis"
-        self.options = json.dumps({"format": FORMAT_VERSION, **options}, sort_keys=True, default=str)
+        self.options = json.dumps({"format": FORMAT_VERSION, "code": code_version(), "torch": torch.__version__,
+                                   **options}, sort_keys=True, default=str)
+        self.writable = True
 
     def path(self, document_key: str) -> Path:
         digest = hashlib.sha256(f"{self.options}\n{document_key}".encode()).hexdigest()
         return self.folder / f"{digest}.npz"
 
     def get(self, document_key: str) -> DocumentAnalysis | None:
+        """The cached analysis, or None when there is none or it is damaged (then warned about)."""
         path = self.path(document_key)
-        if not path.exists():
+        try:
+            if not path.is_file():
+                return None
+        except OSError:  # an unreadable folder is a miss; put() reports a folder it cannot write
             return None
         try:
-            with np.load(path) as data:
-                fields = {f.name: data[f.name] for f in dataclasses.fields(DocumentAnalysis)}
-        except (OSError, KeyError, ValueError):
-            return None  # unreadable or from another layout: recompute and overwrite
-        fields["segments"] = [tuple(int(x) for x in pair) for pair in fields["segments"]]
-        return DocumentAnalysis(**fields)
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {f.name: data[f.name] for f in dataclasses.fields(DocumentAnalysis)}
+                stored = str(data[CHECKSUM])
+            if stored != checksum(arrays):
+                raise ValueError("checksum mismatch")
+            arrays["segments"] = [tuple(int(x) for x in pair) for pair in arrays["segments"]]
+            return DocumentAnalysis(**arrays)
+        except Exception as err:  # zipfile, zlib, EOF, key and value errors alike: any damage means recompute
+            warnings.warn(f"drrl: damaged analysis cache entry {path} ({type(err).__name__}: {err}); "
+                          "recomputing and replacing it", RuntimeWarning, stacklevel=2)
+            return None
 
     def put(self, document_key: str, analysis: DocumentAnalysis) -> None:
+        """Writes the entry atomically; a folder that cannot be written turns the disk cache off (one warning)."""
+        if not self.writable:
+            return
         path = self.path(document_key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f.name: np.asarray(getattr(analysis, f.name)) for f in dataclasses.fields(DocumentAnalysis)}
-        handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        tmp = None
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
             with os.fdopen(handle, "wb") as f:
-                np.savez(f, **arrays)
+                np.savez(f, **arrays, **{CHECKSUM: np.array(checksum(arrays))})
             os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        except OSError as err:
+            self.writable = False
+            warnings.warn(f"drrl: cannot write the analysis cache in {self.folder} ({type(err).__name__}: {err}); "
+                          "continuing without the disk cache", RuntimeWarning, stacklevel=2)
+        finally:
+            if tmp is not None and Path(tmp).exists():
+                Path(tmp).unlink(missing_ok=True)

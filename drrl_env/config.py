@@ -93,6 +93,9 @@ class EnvConfig:
         cache_documents: keep each document's analysis in memory after its first episode.
         cache_dir: folder of the on-disk analysis cache shared across processes (``cache.py``);
             ``"auto"`` = ``$DRRL_CACHE_DIR`` or ``~/.cache/drrl``; ``None`` = no disk cache.
+        threads: torch CPU threads of this process (``torch.set_num_threads``); ``None`` leaves
+            torch's choice (one per core).  On a machine busy with other jobs, 1 avoids
+            oversubscribing the cores.  Measured latency profiles are keyed by the thread count.
     """
 
     source: str = "model"
@@ -139,6 +142,7 @@ class EnvConfig:
     device: str = field(default="cpu", metadata=RUNTIME)
     cache_documents: bool = field(default=True, metadata=RUNTIME)
     cache_dir: str | None = field(default="auto", metadata=RUNTIME)
+    threads: int | None = field(default=None, metadata=RUNTIME)
 
     def __post_init__(self) -> None:
         _one_of("source", self.source, SOURCES)
@@ -159,8 +163,9 @@ class EnvConfig:
                      "synthetic_kv_heads", "synthetic_head_dim", "synthetic_seq_len",
                      "synthetic_documents"):
             _positive_int(name, getattr(self, name))
-        if self.max_seq_len is not None:
-            _positive_int("max_seq_len", self.max_seq_len)
+        for name in ("max_seq_len", "threads"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
         if self.synthetic_heads % self.synthetic_kv_heads:
             raise ValueError(
                 f"synthetic_heads={self.synthetic_heads} must be a multiple of "
@@ -196,7 +201,7 @@ class EnvConfig:
             raise ValueError(
                 f"ranks {grid} must end at the head dimension {head_dim} (full rank, always safe); "
                 f"every rank must lie in 1..{head_dim}")
-        if self.segment_len < grid[-2 if len(grid) > 1 else -1]:
+        if len(grid) > 1 and self.segment_len < grid[-2]:
             raise ValueError(
                 f"segment_len={self.segment_len} is shorter than rank {grid[-2]}: a segment of "
                 f"{self.segment_len} queries has at most {self.segment_len} singular values; use "

@@ -15,6 +15,7 @@ from drrl_env.cache import AnalysisCache, cache_root
 from drrl_env.config import EnvConfig
 from drrl_env.costs import AttentionShape, CostModel
 from drrl_env.costs.flops import flop_ratios
+from drrl_env.costs.latency import Timing, summarize
 from drrl_env.sources.base import AttentionSource
 from drrl_env.sources.hf_attention import LowRankPlan
 
@@ -38,7 +39,7 @@ class DocumentStore:
         self.method = get_method(config.method)
         root = cache_root(config.cache_dir)
         options = {name: getattr(config, name) for name in EnvConfig.analysis_fields()}
-        self._disk = None if root is None else AnalysisCache(root, {**options, "ranks": ranks})
+        self.disk = None if root is None else AnalysisCache(root, {**options, "ranks": ranks})
         self._memory: dict[int, DocumentData] = {}
         self._exact_outputs: dict[int, torch.Tensor] = {}
 
@@ -47,11 +48,11 @@ class DocumentStore:
             return self._memory[index]
         cfg = self.config
         key = self.source.document_key(index)
-        analysis = self._disk.get(key) if self._disk else None
+        analysis = self.disk.get(key) if self.disk else None
         if analysis is None:
             analysis = analyse(self.source.trace(index), self.workload, self.ranks, self.method, cfg.compress_values)
-            if self._disk:
-                self._disk.put(key, analysis)
+            if self.disk:
+                self.disk.put(key, analysis)
         shapes = [self.cost_shape(b - a, self._cost_key_len(int(n), analysis.seq_len))
                   for (a, b), n in zip(analysis.segments, analysis.key_lens)]
         entry = DocumentData(analysis, RelativeBounds.of(analysis, cfg.bound_clip),
@@ -92,3 +93,11 @@ class DocumentStore:
             self._exact_outputs[index] = self.pooled_output(index)[0]
         low = self.pooled_output(index, ranks)[0]
         return float(torch.nn.functional.cosine_similarity(low, self._exact_outputs[index], dim=0))
+
+    def attention_latency(self, index: int, ranks: np.ndarray, rounds: int = 5) -> Timing:
+        """Attention time of the model forward with ``ranks`` / with exact attention, on document ``index``:
+        one warm-up of each, then ``rounds`` rounds that run both, the ratio taken within each round;
+        the median ratio with its spread (IQR / median) and the number of rounds."""
+        self.pooled_output(index), self.pooled_output(index, ranks)  # warm-up
+        ratios = [self.pooled_output(index, ranks)[1] / self.pooled_output(index)[1] for _ in range(rounds)]
+        return summarize(ratios)

@@ -19,7 +19,7 @@ from drrl_env.documents import DocumentStore
 from drrl_env.observation import build_observation, context_vector, observation_space
 from drrl_env.reward import RewardWeights, fidelity_value, output_error
 from drrl_env.safety import adaptive_epsilon, nearest_safe, safe_mask
-from drrl_env.sources import make_source, resolve_device
+from drrl_env.sources import make_source, runtime_device
 
 
 class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
@@ -119,7 +119,7 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         self.render_mode = render_mode
         self.config: EnvConfig = make_config(**kwargs)
         cfg = self.config
-        self.device = resolve_device(cfg.device)
+        self.device = runtime_device(cfg)
         self.source = make_source(cfg, self.device)
         spec = self.source.spec
         self.ranks: tuple[int, ...] = cfg.rank_grid(spec.head_dim)

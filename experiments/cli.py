@@ -10,6 +10,7 @@
     drrl inspect   [--document I] [--energy 0.9] [--out DIR]
     drrl profile   [--lengths 512,2048,4096,8192] [--refresh] [--out DIR] [--env-kwargs k=v ...]
     drrl tradeoff  [--betas 1,2,3] [--documents 12] [--split train] [--env-kwargs k=v ...]
+    drrl precompute [--split train] [--documents N] [--env-kwargs k=v ...]   (fill the analysis cache)
 
 Bad input exits with status 2 and a one-line message on stderr, never a traceback.
 """
@@ -72,7 +73,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from experiments.train import TrainConfig, train
+    from experiments.train import TrainConfig, TrainingInterrupted, train
 
     overrides = {"algo": args.algo, "policy": args.policy, "timesteps": args.timesteps, "seed": args.seed,
                  "n_envs": args.n_envs, "pretrain_bc": args.pretrain_bc, "eval_freq": args.eval_freq}
@@ -90,8 +91,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         progress = sys.stderr.isatty() if args.progress is None else args.progress
         run_dir = train(config, args.logdir, resume=args.resume, progress_bar=progress)
-    except KeyboardInterrupt:
-        print("interrupted: checkpoint saved; continue with --resume RUN_FOLDER", file=sys.stderr)
+    except TrainingInterrupted as stop:
+        print(f"interrupted: checkpoint saved; continue with --resume {stop.run_dir}" if stop.run_dir else
+              "interrupted before training began: nothing was saved", file=sys.stderr)
         return 130
     print(run_dir)
     return 0
@@ -208,6 +210,16 @@ def cmd_tradeoff(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_precompute(args: argparse.Namespace) -> int:
+    from drrl_env.env import RankSelectionEnv
+    from experiments.precompute import precompute
+
+    env = RankSelectionEnv(**{**parse_env_kwargs(args.env_kwargs), "split": args.split, "cache_documents": False})
+    count = precompute(env, args.documents, report=lambda line: print(line, flush=True))
+    print(f"{count} documents of the {args.split} split analysed into {env.documents.disk.folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drrl", description="DR-RL rank selection: rollouts, training, "
                                      "evaluation and comparison on DRRL-v0")
@@ -289,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", choices=["train", "test", "all"], help="documents to play")
     env_args(p)
     p.set_defaults(func=cmd_tradeoff)
+
+    p = sub.add_parser("precompute", help="fill the on-disk analysis cache of a split ahead of a run")
+    p.add_argument("--split", default="train", choices=["train", "test", "all"], help="documents to analyse")
+    p.add_argument("--documents", type=int, help="the first N documents of the split (default: all)")
+    env_args(p)
+    p.set_defaults(func=cmd_precompute)
 
     p = sub.add_parser("inspect", help="plot one document's spectra and minimal ranks")
     p.add_argument("--document", type=int, default=0, help="document index in the split")

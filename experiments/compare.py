@@ -3,10 +3,12 @@ and write a Markdown report with the paper-style table, a paired test, a Pareto 
 
 from __future__ import annotations
 
+import glob
 import json
 import multiprocessing
 import os
 import shlex
+import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -22,21 +24,48 @@ from agents.baselines import make_baseline
 from agents.sb3_agents import env_config_dict, load_agent
 from drrl_env.config import make_config
 from drrl_env.costs import cost_model_class
-from drrl_env.costs.latency import machine_description
+from drrl_env.costs.latency import LatencyProfile, machine_description
 from experiments.report import mean_ci, method_table, paired_bootstrap, pareto_plot, per_document, rank_heatmap
 from experiments.rollout import EpisodeSummary, add_model_metrics, evaluate
-from experiments.train import ENV_ID, TrainConfig, train
+from experiments.train import ENV_ID, TrainConfig, read_yaml_mapping, resolved_settings, train
 
 ENERGY_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
 def _train_one(args: tuple[TrainConfig, str]) -> str:
+    """Trains one run of the grid, or picks up its earlier attempt in ``logdir``: a finished run is
+    reused, an interrupted one resumed from its checkpoint, one without a checkpoint removed and redone."""
     config, logdir = args
     if os.environ.get("DRRL_PARALLEL"):
         torch.set_num_threads(1)  # parallel training processes share the cores
-    run_dir = str(train(config, logdir))
-    print(f"  trained {run_dir}", flush=True)
+    earlier = _earlier_runs(config, Path(logdir))
+    finished = [run for run in earlier if (run / "model.zip").exists()]
+    if finished:
+        print(f"  reused {finished[-1]} (finished earlier)", flush=True)
+        return str(finished[-1])
+    resumable = [run for run in earlier if (run / "checkpoint.zip").exists()]
+    for run in earlier:
+        if run not in resumable[-1:]:
+            shutil.rmtree(run)  # a run killed before its first checkpoint: nothing to keep
+    run_dir = str(train(config, logdir, resume=resumable[-1] if resumable else None))
+    print(f"  {'resumed' if resumable else 'trained'} {run_dir}", flush=True)
     return run_dir
+
+
+def _earlier_runs(config: TrainConfig, logdir: Path) -> list[Path]:
+    """Run folders in ``logdir`` made for the same train settings, oldest first."""
+    prefix = config.run_name().rsplit("__", 1)[0] + "__"
+    wanted = resolved_settings(config)
+    runs = []
+    for run in sorted(logdir.glob(f"{glob.escape(prefix)}*")):
+        try:
+            saved = read_yaml_mapping(run / "config.yaml", "run config")
+        except ValueError:
+            saved = {}  # killed before it wrote its config: same name prefix, so the same run
+        saved.pop("env_config", None)
+        if not saved or saved == wanted:
+            runs.append(run)
+    return runs
 
 
 def tune_baselines(env_kwargs: dict[str, Any], documents: int) -> tuple[str, str]:
@@ -54,17 +83,22 @@ def tune_baselines(env_kwargs: dict[str, Any], documents: int) -> tuple[str, str
 def compare(algos: list[str], policies: list[str], seeds: int, timesteps: int, env_kwargs: dict[str, Any],
             out: Path, episodes: int, jobs: int = 1, pretrain_bc: int = 0, tune_documents: int = 16,
             hyperparams: dict[str, Any] | None = None) -> Path:
-    """Train ``algos x policies x seeds`` runs under ``out/runs`` and write ``out/report.md``; returns its path."""
+    """Train ``algos x policies x seeds`` runs under ``out/runs`` and write ``out/report.md``; returns its path.
+
+    Rerunning the same command after an interruption resumes the grid: finished runs are reused,
+    interrupted ones continue from their checkpoints (``_train_one``)."""
     cost_model = make_config(**env_kwargs).cost_model
     if jobs > 1 and cost_model_class(cost_model).measures_device:
         # Profiles are keyed by thread count, so a one-thread job would train on a profile other
         # than the evaluation's, measured under the other jobs' load.
         raise ValueError(f"cost_model={cost_model!r} measures latency on this machine: parallel training jobs "
                          f"would measure under each other's load; use --jobs 1")
-    out.mkdir(parents=True, exist_ok=True)
     configs = [TrainConfig(algo=a, policy=p, timesteps=timesteps, seed=s, env_kwargs=env_kwargs,
                            pretrain_bc=pretrain_bc, eval_freq=max(timesteps // 4, 1), hyperparams=hyperparams or {})
                for a in algos for p in policies for s in range(seeds)]
+    if not configs:
+        raise ValueError("nothing to train: give at least one algo, one policy and --seeds >= 1")
+    out.mkdir(parents=True, exist_ok=True)
     print(f"training {len(configs)} runs ({', '.join(sorted({f'{c.algo}-{c.policy}' for c in configs}))}; "
           f"{seeds} seeds, {timesteps} steps each) in {out / 'runs'}", flush=True)
     if jobs > 1:
@@ -138,6 +172,11 @@ def write_report(rows: list[EpisodeSummary], meta: dict[str, Any], out: Path) ->
         f"Fraction of the baseline-to-oracle gap closed by the best agent: {closed:.2f}.", "",
         f"![Pareto plot]({pareto.name})", "", f"![Rank heatmap]({heatmap.name})", "",
     ]
+    noisy = [r for r in rows if (r.attention_latency_spread or 0.0) > LatencyProfile.MAX_SPREAD]
+    if noisy:
+        lines += [f"**Unreliable latency:** {len(noisy)} of {len(rows)} rows have attention-latency ratios that "
+                  f"spread more than {LatencyProfile.MAX_SPREAD:.0%} (IQR / median) over their rounds: the machine "
+                  "was busy; re-measure them with `drrl report DIR --model-metrics` on an idle machine.", ""]
     seeds = {m: mean_ci([np.mean([r.reward for r in rows if r.policy == p]) for p, mm in method_of.items() if mm == m])
              for m in agents}
     lines += ["Per-seed spread of the agents' mean episode reward (mean ± 95% CI):", ""]

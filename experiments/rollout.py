@@ -10,8 +10,11 @@ import numpy as np
 import torch
 from sb3_contrib import MaskablePPO
 
+from drrl_env.costs.latency import Timing
+
 SUMMARY_COLUMNS = ("reward", "fidelity", "relative_error", "cost_ratio", "flop_ratio", "mean_rank",
-                   "replaced_fraction", "end_fidelity", "retrieval_same", "attention_latency_ratio")
+                   "replaced_fraction", "end_fidelity", "retrieval_same", "attention_latency_ratio",
+                   "attention_latency_spread")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class EpisodeSummary:
     end_fidelity: float | None = None
     retrieval_same: float | None = None
     attention_latency_ratio: float | None = None
+    attention_latency_spread: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -82,32 +86,42 @@ def evaluate(env: gym.Env, policies: dict[str, object], documents: Iterable[int]
     return [run_episode(env, policy, name, doc) for name, policy in policies.items() for doc in documents]
 
 
-def add_model_metrics(env: gym.Env, rows: list[EpisodeSummary]) -> list[EpisodeSummary]:
+def add_model_metrics(env: gym.Env, rows: list[EpisodeSummary], latency_rounds: int = 3) -> list[EpisodeSummary]:
     """Model-level figures for a model source (rows of layer-level policies):
 
-    end_fidelity             cosine of the mean-pooled model output (MiniLM: the sentence embedding)
-                             with the episode's ranks vs exact attention;
-    retrieval_same           1 if the document's nearest neighbour among the evaluated documents
-                             (cosine of pooled outputs, against exact outputs of the others) is the
-                             same as with exact attention, else 0;
-    attention_latency_ratio  wall time of all attention calls with the ranks / with exact attention,
-                             both through the same segment-wise code (``attention/workload.py``).
+    end_fidelity              cosine of the mean-pooled model output (MiniLM: the sentence embedding)
+                              with the episode's ranks vs exact attention;
+    retrieval_same            1 if the document's nearest neighbour among the evaluated documents
+                              (cosine of pooled outputs, against exact outputs of the others) is the
+                              same as with exact attention, else 0;
+    attention_latency_ratio   wall time of all attention calls with the ranks / with exact attention,
+                              both through the same segment-wise code (``attention/workload.py``):
+                              the median over ``latency_rounds`` interleaved rounds
+                              (``DocumentStore.attention_latency``), measured once per (document, plan)
+                              so that identical plans report the same figure;
+    attention_latency_spread  its interquartile range / median over the rounds (large = a busy machine).
     """
     base = env.unwrapped
     documents = sorted({r.document_index for r in rows})
-    exact = {doc: base.pooled_output(doc) for doc in documents}
-    exact_matrix = torch.nn.functional.normalize(torch.stack([exact[d][0] for d in documents]), dim=-1)
+    exact = {doc: base.pooled_output(doc)[0] for doc in documents}
+    exact_matrix = torch.nn.functional.normalize(torch.stack([exact[d] for d in documents]), dim=-1)
+    latency: dict[tuple[int, bytes], Timing] = {}
     out = []
     for row in rows:
-        low, seconds = base.pooled_output(row.document_index, np.asarray(row.ranks, dtype=np.int64))
+        ranks = np.asarray(row.ranks, dtype=np.int64)
+        low = base.pooled_output(row.document_index, ranks)[0]
+        plan = (row.document_index, ranks.tobytes())
+        if plan not in latency:
+            latency[plan] = base.documents.attention_latency(row.document_index, ranks, latency_rounds)
         i = documents.index(row.document_index)
         similarities = exact_matrix @ torch.nn.functional.normalize(low, dim=0)  # (docs,)
         exact_similarities = exact_matrix @ exact_matrix[i]
         similarities[i] = exact_similarities[i] = -2.0  # the document itself is not a neighbour
         same = float(similarities.argmax() == exact_similarities.argmax()) if len(documents) > 1 else 1.0
-        out.append(replace(row, end_fidelity=float(torch.nn.functional.cosine_similarity(low, exact[row.document_index][0],
+        out.append(replace(row, end_fidelity=float(torch.nn.functional.cosine_similarity(low, exact[row.document_index],
                                                                                          dim=0)),
-                           retrieval_same=same, attention_latency_ratio=seconds / exact[row.document_index][1]))
+                           retrieval_same=same, attention_latency_ratio=latency[plan].median,
+                           attention_latency_spread=latency[plan].spread))
     return out
 
 

@@ -9,6 +9,7 @@ held-out documents, ``bc/loss`` for behaviour cloning, and the HParams tab.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import time
 from collections import defaultdict
@@ -165,40 +166,100 @@ class CheckpointCallback(BaseCallback):
         return True
 
 
+class TrainingInterrupted(Exception):
+    """Ctrl-C during :func:`train`: ``run_dir`` holds the checkpoint to resume from, or is None when
+    the interrupt came before anything was saved."""
+
+    def __init__(self, run_dir: Path | None) -> None:
+        super().__init__(f"interrupted; checkpoint in {run_dir}" if run_dir else "interrupted before training began")
+        self.run_dir = run_dir
+
+
+def resolved_settings(config: TrainConfig) -> dict[str, Any]:
+    """The train settings a run folder's ``config.yaml`` records (hyperparameters resolved), as YAML reads them back."""
+    settings = {**dataclasses.asdict(config), "hyperparams": {**DEFAULT_HYPERPARAMS[config.algo], **config.hyperparams}}
+    return yaml.safe_load(yaml.safe_dump(settings))
+
+
 def train(config: TrainConfig, logdir: str | Path = "runs", resume: str | Path | None = None,
           progress_bar: bool = False) -> Path:
-    """Train one agent; returns its run folder (holding ``model.zip``, ``config.yaml``, events)."""
-    env_kwargs = {**config.env_kwargs, "split": "train", "render_mode": None}  # SB3 would ask for rgb_array
-    vec_env = make_vec_env(ENV_ID, n_envs=config.n_envs, seed=config.seed, env_kwargs=env_kwargs)
-    eval_env = gym.make(ENV_ID, **{**config.env_kwargs, "split": "test"})
-    if resume is not None:
-        run_dir = Path(resume)
-        checkpoint = next((p for p in (run_dir / "checkpoint.zip", run_dir / "model.zip") if p.exists()), None)
-        if checkpoint is None:
-            raise ValueError(f"run folder {str(run_dir)!r} has no checkpoint.zip or model.zip to resume from")
-        model = load_agent(checkpoint, vec_env)
-    else:
-        run_dir = Path(logdir) / config.run_name()
-        run_dir.mkdir(parents=True, exist_ok=False)
-        model = make_agent(config.algo, vec_env, config.policy, seed=config.seed, **config.hyperparams)
-    model.set_logger(configure(str(run_dir), ["tensorboard", "csv"]))
-    resolved = {**dataclasses.asdict(config), "hyperparams": {**DEFAULT_HYPERPARAMS[config.algo], **config.hyperparams},
-                "env_config": model.drrl_env_config}
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    if config.pretrain_bc and resume is None:
-        _pretrain(model, config)
-    evaluator = HeldOutEvalCallback(eval_env, config.eval_freq, config.eval_episodes)
-    callbacks = CallbackList([DrrlMetricsCallback(), evaluator, CheckpointCallback(run_dir, config.checkpoint_freq),
-                              _HParamsCallback(config)])
-    remaining = max(config.timesteps - model.num_timesteps, 0)
+    """Train one agent; returns its run folder (holding ``model.zip``, ``config.yaml``, events).
+
+    ``resume``: a run folder to continue from its checkpoint; its ``progress.csv`` keeps the rows
+    written before.  Ctrl-C saves a checkpoint and raises :class:`TrainingInterrupted`.
+    """
+    run_dir, model, logger = None, None, None
     try:
+        env_kwargs = {**config.env_kwargs, "split": "train", "render_mode": None}  # SB3 would ask for rgb_array
+        vec_env = make_vec_env(ENV_ID, n_envs=config.n_envs, seed=config.seed, env_kwargs=env_kwargs)
+        eval_env = gym.make(ENV_ID, **{**config.env_kwargs, "split": "test"})
+        if resume is not None:
+            checkpoint = next((p for p in (Path(resume) / "checkpoint.zip", Path(resume) / "model.zip") if p.exists()),
+                              None)
+            if checkpoint is None:
+                raise ValueError(f"run folder {str(resume)!r} has no checkpoint.zip or model.zip to resume from")
+            model, run_dir = load_agent(checkpoint, vec_env), Path(resume)
+            _set_progress_aside(run_dir)
+        else:
+            model = make_agent(config.algo, vec_env, config.policy, seed=config.seed, **config.hyperparams)
+            run_dir = Path(logdir) / config.run_name()
+            run_dir.mkdir(parents=True, exist_ok=False)
+        logger = configure(str(run_dir), ["tensorboard", "csv"])
+        model.set_logger(logger)
+        resolved = {**resolved_settings(config), "env_config": model.drrl_env_config}
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        if config.pretrain_bc and resume is None:
+            _pretrain(model, config)
+        evaluator = HeldOutEvalCallback(eval_env, config.eval_freq, config.eval_episodes)
+        callbacks = CallbackList([DrrlMetricsCallback(), evaluator, CheckpointCallback(run_dir, config.checkpoint_freq),
+                                  _HParamsCallback(config)])
+        remaining = max(config.timesteps - model.num_timesteps, 0)
         model.learn(remaining, callback=callbacks, reset_num_timesteps=resume is None, progress_bar=progress_bar)
+        evaluator.evaluate()
+        save_agent(model, run_dir / "model")
     except KeyboardInterrupt:
+        if model is None or run_dir is None or not run_dir.exists():
+            raise TrainingInterrupted(None) from None
         save_agent(model, run_dir / "checkpoint")
-        raise
-    evaluator.evaluate()
-    save_agent(model, run_dir / "model")
+        raise TrainingInterrupted(run_dir) from None
+    finally:
+        if logger is not None:
+            logger.close()
+        if run_dir is not None and run_dir.exists():
+            _merge_progress(run_dir)
     return run_dir
+
+
+PROGRESS, EARLIER_PROGRESS = "progress.csv", "progress.before-resume.csv"
+
+
+def _set_progress_aside(run_dir: Path) -> None:
+    """Before resuming: SB3's CSV logger truncates progress.csv, so its rows move aside (merged back later)."""
+    _merge_progress(run_dir)  # a resume that died before merging left rows aside already
+    if (run_dir / PROGRESS).exists():
+        (run_dir / PROGRESS).replace(run_dir / EARLIER_PROGRESS)
+
+
+def _merge_progress(run_dir: Path) -> None:
+    """progress.csv = the rows set aside before a resume, then the new ones (columns united)."""
+    earlier = run_dir / EARLIER_PROGRESS
+    if not earlier.exists():
+        return
+    rows: list[dict[str, str]] = []
+    columns: dict[str, None] = {}
+    for path in (earlier, run_dir / PROGRESS):
+        if path.exists():
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                columns.update(dict.fromkeys(reader.fieldnames or []))
+                rows.extend(reader)
+    tmp = run_dir / (PROGRESS + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(run_dir / PROGRESS)
+    earlier.unlink()
 
 
 def _pretrain(model: BaseAlgorithm, config: TrainConfig) -> None:

@@ -5,8 +5,20 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+def drrl(*args, cwd, check=True) -> subprocess.CompletedProcess:
+    """Runs the ``drrl`` command in a subprocess (as a user would), in folder ``cwd``."""
+    result = subprocess.run([sys.executable, "-m", "experiments.cli", *map(str, args)], cwd=cwd,
+                            capture_output=True, text=True, timeout=900)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
 
 SYNTHETIC = {"source": "synthetic", "synthetic_layers": 2, "synthetic_heads": 4, "synthetic_kv_heads": 2,
              "synthetic_head_dim": 16, "synthetic_seq_len": 192, "segment_len": 64, "synthetic_documents": 10}

@@ -105,7 +105,8 @@ def test_documents_are_analysed_once_and_cached_in_memory_and_on_disk(monkeypatc
     assert len(calls) == 2  # other options, other entry
     for entry in (tmp_path / "analysis").glob("*.npz"):
         entry.write_bytes(b"corrupt")
-    _rollout(RankSelectionEnv(**SYNTHETIC, cache_dir=str(tmp_path)), lambda obs: 0, options={"document": 1})
+    with pytest.warns(RuntimeWarning, match="damaged analysis cache entry"):
+        _rollout(RankSelectionEnv(**SYNTHETIC, cache_dir=str(tmp_path)), lambda obs: 0, options={"document": 1})
     assert len(calls) == 3  # an unreadable entry is recomputed, not trusted
 
 

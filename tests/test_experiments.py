@@ -1,25 +1,15 @@
 """The drrl command line end to end, as subprocesses: files written, TensorBoard tags, reports, errors."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from conftest import SYNTHETIC
+from conftest import SYNTHETIC, drrl
 
 SYNTHETIC_ARGS = [f"{k}={v!r}" for k, v in SYNTHETIC.items()]
-
-
-def drrl(*args, cwd, check=True):
-    result = subprocess.run([sys.executable, "-m", "experiments.cli", *map(str, args)], cwd=cwd,
-                            capture_output=True, text=True, timeout=900)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,10 @@ head dim, query length = ``segment_len``, ranks) and dtype, the median latency r
 each rank at key lengths ``segment_len * 2^k``; a key length in between is interpolated linearly,
 and query lengths other than ``segment_len`` (a document's last segment) use the same ratios.
 Tables are stored as JSON under ``<cache>/latency/`` keyed by device name, torch version and thread
-count, reused by every process, and re-measured on request (``refresh``).
+count, reused by every process, and re-measured on request (``refresh``) or when the file is
+damaged (one warning naming it).  Each grid point keeps its ratios' spread (IQR / median) and the
+number of rounds; a point that spreads more than ``MAX_SPREAD`` is re-measured, up to
+``ATTEMPTS`` times, and flagged ``unreliable`` if it never settles (a busy machine).
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ import os
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,7 +76,7 @@ def time_call(fn: Callable[[], object], device: torch.device, warmup: int, repea
             begin = time.perf_counter_ns()
             fn()
             samples.append((time.perf_counter_ns() - begin) / 1e9)
-    return _summary(samples) if samples else Timing(0.0, 0.0, 0)
+    return summarize(samples) if samples else Timing(0.0, 0.0, 0)
 
 
 class LatencyMeasurer:
@@ -115,11 +120,12 @@ def time_interleaved(calls: list[Callable[[], object]], device: torch.device, wa
         time_call(call, device, warmup, 0)
     rounds = np.array([[time_call(call, device, 0, 1).median for call in calls]
                        for _ in range(repeats)])  # (repeats, calls) seconds
-    return RankTimings([_summary(list(column)) for column in rounds.T],
-                       [_summary(list(column)) for column in (rounds / rounds[:, -1:]).T])
+    return RankTimings([summarize(list(column)) for column in rounds.T],
+                       [summarize(list(column)) for column in (rounds / rounds[:, -1:]).T])
 
 
-def _summary(samples: list[float]) -> Timing:
+def summarize(samples: list[float]) -> Timing:
+    """Median, spread (IQR / median) and count of ``samples``."""
     median = statistics.median(samples)
     q1, _, q3 = statistics.quantiles(samples, n=4) if len(samples) >= 2 else (median, median, median)
     return Timing(median, (q3 - q1) / median if median > 0 else 0.0, len(samples))
@@ -152,7 +158,9 @@ class LatencyProfile:
     """Cached latency table of one kind of segment (an :class:`AttentionShape` whose queries are
     ``segment_len`` long) in one dtype on one device (module docstring)."""
 
-    FORMAT = 3  # stored fields and key; part of the cache key so that older files are re-measured, not misread
+    FORMAT = 4  # stored fields and key; part of the cache key so that older files are re-measured, not misread
+    MAX_SPREAD = 0.25  # a grid point whose ratios spread more (IQR / median) is re-measured ...
+    ATTEMPTS = 3  # ... up to this many times in all; the least spread one is kept, flagged if still above
 
     def __init__(self, shape: AttentionShape, dtype: str, measurer: LatencyMeasurer, cache_root: Path | None,
                  refresh: bool = False) -> None:
@@ -162,12 +170,28 @@ class LatencyProfile:
                     "warmup": measurer.warmup, "repeats": measurer.repeats, "format": self.FORMAT}
         digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:24]
         self.path = None if cache_root is None else Path(cache_root) / "latency" / f"{digest}.json"
-        # key length -> {"seconds": median seconds per rank, "ratios": median within-round ratio to full rank}
-        self.table: dict[int, dict[str, list[float]]] = {}
+        # key length -> {"seconds": median seconds per rank, "ratios": median within-round ratio to full rank,
+        #                "ratio_spreads": their IQR / median, "rounds": rounds measured, "unreliable": bool}
+        self.table: dict[int, dict[str, Any]] = {}
         self.measured = 0  # grid points measured by this object (not loaded)
-        if self.path is not None and self.path.exists() and not refresh:
+        if self.path is not None and not refresh:
+            self.table = self._load()
+
+    def _load(self) -> dict[int, dict[str, Any]]:
+        """The stored table, or {} (re-measured) when the file is missing or damaged (one warning naming it)."""
+        try:
+            if not self.path.is_file():
+                return {}
             stored = json.loads(self.path.read_text())
-            self.table = {int(n): entry for n, entry in stored["table"].items()}
+            table = {int(n): entry for n, entry in stored["table"].items()}
+            for entry in table.values():
+                if not all(len(entry[field]) == len(self.shape.ranks) for field in ("seconds", "ratios", "ratio_spreads")):
+                    raise ValueError("a row does not match the rank grid")
+            return table
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            warnings.warn(f"drrl: damaged latency profile {self.path} ({type(err).__name__}: {err}); re-measuring it",
+                          RuntimeWarning, stacklevel=3)
+            return {}
 
     def grid(self, key_len: int) -> list[int]:
         """The profiled key lengths around ``key_len``: segment_len * 2^k bracketing it."""
@@ -190,9 +214,7 @@ class LatencyProfile:
         points = self.grid(key_len)
         for n in points:
             if n not in self.table:
-                timings = self.measurer.time_ranks(replace(self.shape, key_len=n), self.dtype)
-                self.table[n] = {"seconds": [t.median for t in timings.seconds],
-                                 "ratios": [t.median for t in timings.ratios]}
+                self.table[n] = self._measure(n)
                 self.measured += 1
                 self._save()
         if len(points) == 1:
@@ -200,11 +222,44 @@ class LatencyProfile:
         (a, b), weight = points, (key_len - points[0]) / (points[1] - points[0])
         return (1 - weight) * np.asarray(self.table[a][field]) + weight * np.asarray(self.table[b][field])
 
+    def _measure(self, key_len: int) -> dict[str, Any]:
+        """One grid point, re-measured while its ratios spread more than ``MAX_SPREAD`` (module docstring)."""
+        best = None
+        for _ in range(self.ATTEMPTS):
+            timings = self.measurer.time_ranks(replace(self.shape, key_len=key_len), self.dtype)
+            spread = max(t.spread for t in timings.ratios)
+            if best is None or spread < best[0]:
+                best = (spread, timings)
+            if spread <= self.MAX_SPREAD:
+                break
+        spread, timings = best
+        if spread > self.MAX_SPREAD:
+            warnings.warn(f"drrl: latency ratios at {key_len} keys spread {spread:.0%} (IQR / median) after "
+                          f"{self.ATTEMPTS} attempts; the machine is busy, and the profile marks them unreliable",
+                          RuntimeWarning, stacklevel=4)
+        return {"seconds": [float(t.median) for t in timings.seconds], "ratios": [float(t.median) for t in timings.ratios],
+                "ratio_spreads": [float(t.spread) for t in timings.ratios], "rounds": int(timings.ratios[0].repeats),
+                "unreliable": bool(spread > self.MAX_SPREAD)}
+
+    @property
+    def unreliable(self) -> list[int]:
+        """Key lengths whose ratios stayed noisier than ``MAX_SPREAD``."""
+        return sorted(n for n, entry in self.table.items() if entry.get("unreliable"))
+
     def _save(self) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
-        with os.fdopen(handle, "w") as f:
-            json.dump({"key": self.key, "table": self.table}, f, indent=1)
-        os.replace(tmp, self.path)
+        tmp = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
+            with os.fdopen(handle, "w") as f:
+                json.dump({"key": self.key, "table": self.table}, f, indent=1)
+            os.replace(tmp, self.path)
+        except OSError as err:
+            self.path = None  # keep measuring in memory
+            warnings.warn(f"drrl: cannot write the latency profile ({type(err).__name__}: {err}); "
+                          "continuing without saving it", RuntimeWarning, stacklevel=4)
+        finally:
+            if tmp is not None and Path(tmp).exists():
+                Path(tmp).unlink(missing_ok=True)

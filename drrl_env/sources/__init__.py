@@ -13,7 +13,15 @@ from drrl_env.config import EnvConfig
 from drrl_env.sources.base import AttentionSource, AttentionTrace, SourceSpec
 from drrl_env.sources.synthetic import SyntheticSource
 
-__all__ = ["AttentionSource", "AttentionTrace", "SourceSpec", "SyntheticSource", "make_source", "resolve_device"]
+__all__ = ["AttentionSource", "AttentionTrace", "SourceSpec", "SyntheticSource", "make_source", "resolve_device",
+           "runtime_device"]
+
+
+def runtime_device(cfg: EnvConfig) -> torch.device:
+    """The torch device of the config's ``device`` option, after applying its ``threads`` option."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    return resolve_device(cfg.device)
 
 
 def resolve_device(name: str) -> torch.device:

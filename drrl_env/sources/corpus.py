@@ -58,7 +58,7 @@ def load_corpus(corpus: str | Sequence[str] | None, split: str = "all") -> list[
             raise ValueError(
                 f"corpus {corpus!r} is neither a file nor a folder; pass a text file, a folder of "
                 "*.txt files, a list of strings, or None for the built-in pydoc corpus")
-        documents = [d for f in files for d in _cut(f.name, f.read_text(encoding="utf-8"))]
+        documents = [d for f in files for d in _cut(f.name, _read_text(f))]
         origin = corpus
     else:
         documents = [Document(f"doc-{i}", f"doc-{i}", text) for i, text in enumerate(corpus)
@@ -76,6 +76,14 @@ def load_corpus(corpus: str | Sequence[str] | None, split: str = "all") -> list[
             f"corpus {origin} has no {split!r} documents ({len(documents)} in all); a document is "
             f"a test document when crc32(name) % {TEST_MODULUS} == 0; use split='all'")
     return chosen
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"corpus file {str(path)!r} is not UTF-8 text (byte {err.start}: {err.reason}); "
+                         "convert it to UTF-8 or leave it out") from err
 
 
 def _cut(group: str, text: str) -> list[Document]:

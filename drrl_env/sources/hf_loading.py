@@ -35,9 +35,10 @@ def load_model(model: str, tokenizer: str | None) -> tuple[torch.nn.Module, Any]
         tok = AutoTokenizer.from_pretrained(tok_path, local_files_only=tok_local)
         net = AutoModel.from_pretrained(path, local_files_only=local_only, attn_implementation=ATTENTION,
                                         dtype=torch.float32)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # transformers and safetensors raise many types for missing or damaged files
         where = "local folder" if local_only else "hub id (not a local folder)"
-        raise ValueError(f"cannot load model {model!r} as a {where}: {err}") from err
+        message = str(err).splitlines()[0] if str(err) else ""
+        raise ValueError(f"cannot load model {model!r} as a {where} ({type(err).__name__}: {message})") from err
     return net, tok
 
 
