@@ -5,7 +5,7 @@
 
 Runs the env's model on one document with every layer and segment at one rank (the plan that a
 ``fixed:R`` policy produces), through the same segment-wise code as the reward's end-of-episode
-term and ``drrl evaluate``'s ``attention_latency_ratio`` (``RankSelectionEnv.pooled_output``).
+term and ``drrl evaluate``'s ``attention_latency_ratio`` (``RankSelectionEnv.model_outputs``).
 One warm-up pass per plan, then ``--rounds`` rounds that each run every plan once; the ratio to
 exact attention is taken within each round.  Prints, per plan, the median attention seconds of
 all layers, the median ratio and its spread (interquartile range / median).  Needs
@@ -46,8 +46,8 @@ def main() -> None:
     ranks = [int(r) for r in args.ranks.split(",")] + [spec.head_dim]
     plans = {r: np.full((spec.n_layers, segments), r) for r in ranks}
     for plan in plans.values():  # warm-up
-        env.pooled_output(args.document, plan)
-    rounds = np.array([[env.pooled_output(args.document, plan)[1] for plan in plans.values()]
+        env.model_outputs(args.document, plan)
+    rounds = np.array([[env.model_outputs(args.document, plan).attention_seconds for plan in plans.values()]
                        for _ in range(args.rounds)])  # (rounds, plans) seconds
     ratios = rounds / rounds[:, -1:]
     seq_len = env.analysis(args.document).seq_len

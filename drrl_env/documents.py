@@ -16,7 +16,7 @@ from drrl_env.config import EnvConfig
 from drrl_env.costs import AttentionShape, CostModel
 from drrl_env.costs.flops import flop_ratios
 from drrl_env.costs.latency import Timing, summarize
-from drrl_env.sources.base import AttentionSource
+from drrl_env.sources.base import AttentionSource, ModelOutputs
 from drrl_env.sources.hf_attention import LowRankPlan
 
 
@@ -41,7 +41,7 @@ class DocumentStore:
         options = {name: getattr(config, name) for name in EnvConfig.analysis_fields()}
         self.disk = None if root is None else AnalysisCache(root, {**options, "ranks": ranks})
         self._memory: dict[int, DocumentData] = {}
-        self._exact_outputs: dict[int, torch.Tensor] = {}
+        self._exact_outputs: dict[int, ModelOutputs] = {}
 
     def get(self, index: int) -> DocumentData:
         if index in self._memory:
@@ -75,29 +75,38 @@ class DocumentStore:
             return key_len
         return target if not self.source.spec.causal else max(1, round(key_len * target / seq_len))
 
-    def pooled_output(self, index: int, ranks: np.ndarray | None = None) -> tuple[torch.Tensor, float]:
-        """The model's mean-pooled output (hidden,) of document ``index`` with ``ranks`` (n_layers,
-        n_segments) applied in every attention call (None = exact attention, through the same
-        segment-wise code), and the seconds spent in attention."""
+    def model_outputs(self, index: int, ranks: np.ndarray | None = None) -> ModelOutputs:
+        """The model's outputs on document ``index`` with ``ranks`` (n_layers, n_segments) applied in
+        every attention call (None = exact attention, through the same segment-wise code)."""
         analysis = self.get(index).analysis
         spec = self.source.spec
         if ranks is None:
             ranks = np.full((spec.n_layers, analysis.n_segments), spec.head_dim)
         plan = LowRankPlan(ranks, analysis.segments, self.workload, self.method, self.config.compress_values)
-        return self.source.pooled_output(index, plan)
+        return self.source.model_outputs(index, plan)
 
-    def end_fidelity(self, index: int, ranks: np.ndarray) -> float:
-        """Cosine between the model's mean-pooled output (the sentence embedding for MiniLM) with
-        ``ranks`` (n_layers, n_segments) applied and with exact attention, on document ``index``."""
+    def exact_outputs(self, index: int) -> ModelOutputs:
+        """:meth:`model_outputs` with exact attention, computed once per document."""
         if index not in self._exact_outputs:
-            self._exact_outputs[index] = self.pooled_output(index)[0]
-        low = self.pooled_output(index, ranks)[0]
-        return float(torch.nn.functional.cosine_similarity(low, self._exact_outputs[index], dim=0))
+            self._exact_outputs[index] = self.model_outputs(index)
+        return self._exact_outputs[index]
+
+    def end_info(self, index: int, ranks: np.ndarray) -> dict[str, float]:
+        """The last step's model-level info for ``ranks`` on document ``index``: ``end_fidelity`` =
+        exact / low-rank perplexity for a causal language model (1 = unchanged; lower = worse), with
+        ``end_perplexity`` and ``exact_perplexity``; else the cosine of the mean-pooled outputs (the
+        sentence embedding for MiniLM)."""
+        exact, low = self.exact_outputs(index), self.model_outputs(index, ranks)
+        if low.perplexity is not None:
+            return {"end_fidelity": exact.perplexity / low.perplexity, "end_perplexity": low.perplexity,
+                    "exact_perplexity": exact.perplexity}
+        return {"end_fidelity": float(torch.nn.functional.cosine_similarity(low.pooled, exact.pooled, dim=0))}
 
     def attention_latency(self, index: int, ranks: np.ndarray, rounds: int = 5) -> Timing:
         """Attention time of the model forward with ``ranks`` / with exact attention, on document ``index``:
         one warm-up of each, then ``rounds`` rounds that run both, the ratio taken within each round;
         the median ratio with its spread (IQR / median) and the number of rounds."""
-        self.pooled_output(index), self.pooled_output(index, ranks)  # warm-up
-        ratios = [self.pooled_output(index, ranks)[1] / self.pooled_output(index)[1] for _ in range(rounds)]
+        self.model_outputs(index), self.model_outputs(index, ranks)  # warm-up
+        ratios = [self.model_outputs(index, ranks).attention_seconds / self.model_outputs(index).attention_seconds
+                  for _ in range(rounds)]
         return summarize(ratios)

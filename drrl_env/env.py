@@ -7,7 +7,6 @@ from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
-import torch
 from gymnasium import spaces
 
 from drrl_env.analysis import DocumentAnalysis
@@ -20,6 +19,7 @@ from drrl_env.observation import build_observation, context_vector, observation_
 from drrl_env.reward import RewardWeights, fidelity_value, output_error
 from drrl_env.safety import adaptive_epsilon, nearest_safe, safe_mask
 from drrl_env.sources import make_source, runtime_device
+from drrl_env.sources.base import ModelOutputs
 
 
 class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
@@ -62,8 +62,9 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
     ## Rewards
     ``alpha * fidelity - beta * cost - gamma * perturbation`` (``reward.RewardWeights``); the signed terms are
     in ``info["reward_terms"]`` and sum to the reward.  With ``end_weight > 0`` the last step also
-    earns ``end_weight * end_fidelity``: the cosine between the model's mean-pooled output with the
-    episode's ranks applied in every layer and with exact attention (``info["end_fidelity"]``).
+    earns ``end_weight * end_fidelity``, with the episode's ranks applied in every layer of the model:
+    for a causal language model exact perplexity / perplexity (1 = unchanged), for an encoder the
+    cosine between its mean-pooled outputs with those ranks and with exact attention.
 
     ## Starting State
     A document drawn uniformly from the split with ``self.np_random`` (or
@@ -100,7 +101,9 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
     | output_bound       | bound on the relative output change from full rank                        |
     | reward_terms       | ``{"fidelity", "cost", "perturbation"[, "end_fidelity"]}``, signed, sum = reward |
     | action_mask        | the next step's mask                                                      |
-    | end_fidelity       | last step with ``end_weight > 0``: cosine of pooled outputs (above)       |
+    | end_fidelity       | last step with ``end_weight > 0``: the model-level fidelity (above)       |
+    | end_perplexity     | with it, for a causal LM: perplexity with the episode's ranks             |
+    | exact_perplexity   | with it, for a causal LM: perplexity with exact attention                 |
 
     ## Arguments
     Every field of :class:`drrl_env.config.EnvConfig` is a keyword argument, e.g.
@@ -176,7 +179,7 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         self._t += 1
         terminated = self._t == self._n_steps
         if terminated and self.config.end_weight > 0:
-            info["end_fidelity"] = self.documents.end_fidelity(self._doc, self._episode_ranks)
+            info.update(self.documents.end_info(self._doc, self._episode_ranks))
             info["reward_terms"]["end_fidelity"] = self.config.end_weight * info["end_fidelity"]
             reward += info["reward_terms"]["end_fidelity"]
         if not terminated:
@@ -206,10 +209,8 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         }, chosen
 
     def candidate_rewards(self) -> np.ndarray:
-        """(R,) the reward each rank (all heads alike) would earn at the current step, safety applied.
-
-        Looks at the true attention: for oracle baselines and analysis, not for deployable agents.
-        """
+        """(R,) each rank's reward (all heads alike) at this step, safety applied: reads the true
+        attention, for oracles and analysis, not for deployable agents."""
         if self._doc is None or self._t >= self._n_steps:
             raise RuntimeError("candidate_rewards() needs a running episode; call reset()")
         heads = self.source.spec.n_heads
@@ -234,9 +235,9 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         """The cached analysis of document ``index`` (computed on first use)."""
         return self.documents.get(index).analysis
 
-    def pooled_output(self, index: int, ranks: np.ndarray | None = None) -> tuple[torch.Tensor, float]:
-        """See :meth:`DocumentStore.pooled_output` (``source="model"`` only)."""
-        return self.documents.pooled_output(index, ranks)
+    def model_outputs(self, index: int, ranks: np.ndarray | None = None) -> ModelOutputs:
+        """See :meth:`DocumentStore.model_outputs` (``source="model"`` only)."""
+        return self.documents.model_outputs(index, ranks)
 
     def _ranks_of(self, index: np.ndarray) -> int | list[int]:
         ranks = [self.ranks[i] for i in index]

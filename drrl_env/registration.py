@@ -1,4 +1,4 @@
-"""Registration of ``DRRL-v0`` and the check that keeps ``max_episode_steps`` honest."""
+"""Registration of ``DRRL-v0`` and ``DRRL-LM-v0``, and the check that keeps ``max_episode_steps`` honest."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from gymnasium.envs.registration import WrapperSpec, register
 from gymnasium.wrappers import TimeLimit
 
 from drrl_env.config import EnvConfig, default_max_episode_steps
+from drrl_env.attention.workload import segment_bounds
 from drrl_env.costs import cost_model_class
 
 
@@ -30,7 +31,7 @@ class EpisodeLengthCheck(gym.Wrapper, gym.utils.RecordConstructorArgs):
         if limit is not None and limit < needed:
             raise ValueError(
                 f"this configuration has episodes of up to {needed} steps but max_episode_steps={limit}; "
-                f"pass gym.make('DRRL-v0', max_episode_steps={needed}, ...)")
+                f"pass gym.make({self.spec.id if self.spec else 'DRRL-v0'!r}, max_episode_steps={needed}, ...)")
         return self.env.reset(**kwargs)
 
 
@@ -42,11 +43,29 @@ def _time_limit(env: gym.Env) -> int | None:
     return None
 
 
+# DRRL-LM-v0: SmolLM2-135M (30 layers, 9 query / 3 K/V heads of width 64, causal, RoPE) on the
+# standard library's documentation, 4096 tokens.  Segments of 512 tokens give 8 decisions per layer,
+# 240 per episode: fine enough for ranks to follow the text, coarse enough that a 4096-token
+# document's analysis (every rank of every segment of 30 layers) stays near a minute on 2 cores.
+LM_KWARGS = {"model": "smollm2-135m", "corpus": "stdlib-docs", "max_seq_len": 4096, "min_doc_tokens": 1024,
+             "segment_len": 512}
+SMOLLM2_LAYERS = 30
+
+
 def register_envs() -> None:
+    wrappers = (WrapperSpec("EpisodeLengthCheck", "drrl_env.registration:EpisodeLengthCheck", {}),)
     register(
         id="DRRL-v0",
         entry_point="drrl_env.env:RankSelectionEnv",
         max_episode_steps=default_max_episode_steps(),
         nondeterministic=not cost_model_class(EnvConfig().cost_model).deterministic,
-        additional_wrappers=(WrapperSpec("EpisodeLengthCheck", "drrl_env.registration:EpisodeLengthCheck", {}),),
+        additional_wrappers=wrappers,
+    )
+    register(
+        id="DRRL-LM-v0",
+        entry_point="drrl_env.env:RankSelectionEnv",
+        kwargs=LM_KWARGS,
+        max_episode_steps=SMOLLM2_LAYERS * len(segment_bounds(LM_KWARGS["max_seq_len"], LM_KWARGS["segment_len"])),
+        nondeterministic=not cost_model_class(EnvConfig().cost_model).deterministic,
+        additional_wrappers=wrappers,
     )

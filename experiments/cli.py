@@ -48,6 +48,16 @@ def parse_env_kwargs(pairs: list[str]) -> dict[str, Any]:
     return kwargs
 
 
+def env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The registered ``--env-id``'s keyword arguments with ``--env-kwargs`` on top (for commands that
+    build ``RankSelectionEnv`` directly rather than through ``gym.make``)."""
+    import gymnasium as gym
+
+    import drrl_env  # noqa: F401
+
+    return {**gym.spec(args.env_id).kwargs, **parse_env_kwargs(args.env_kwargs)}
+
+
 def _split_list(text: str) -> list[str]:
     return [item for item in text.split(",") if item]
 
@@ -59,12 +69,12 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     from agents.baselines import make_baseline
     from experiments.rollout import evaluate, summary_table
 
-    env = gym.make("DRRL-v0", **{**parse_env_kwargs(args.env_kwargs), "split": args.split})
+    env = gym.make(args.env_id, **{**parse_env_kwargs(args.env_kwargs), "split": args.split})
     policies = {name: make_baseline(name, env, seed=args.seed) for name in _split_list(args.policies)}
     documents = range(min(args.episodes, len(env.unwrapped.document_names())))
     rows = evaluate(env, policies, documents)
     config = env.unwrapped.config
-    print(f"DRRL-v0 on {len(documents)} {args.split} documents; reward = {config.alpha} * fidelity "
+    print(f"{args.env_id} on {len(documents)} {args.split} documents; reward = {config.alpha} * fidelity "
           f"- {config.beta} * cost - {config.gamma} * perturbation; cost model {config.cost_model!r}")
     print(summary_table(rows))
     if args.json:
@@ -75,7 +85,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from experiments.train import TrainConfig, TrainingInterrupted, train
 
-    overrides = {"algo": args.algo, "policy": args.policy, "timesteps": args.timesteps, "seed": args.seed,
+    overrides = {"env_id": args.env_id, "algo": args.algo, "policy": args.policy, "timesteps": args.timesteps, "seed": args.seed,
                  "n_envs": args.n_envs, "pretrain_bc": args.pretrain_bc, "eval_freq": args.eval_freq}
     if args.env_kwargs:
         overrides["env_kwargs"] = parse_env_kwargs(args.env_kwargs)
@@ -116,21 +126,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import drrl_env  # noqa: F401
     from agents.baselines import make_baseline
     from agents.sb3_agents import RUNTIME_FIELDS, check_env_config, env_config_dict, load_agent, read_saved_agent
+    from experiments.train import read_yaml_mapping
     from experiments.rollout import add_model_metrics, evaluate, summary_table
 
     env_kwargs = parse_env_kwargs(args.env_kwargs)
     if args.model:
         path = Path(args.model)
+        run_config = path / "config.yaml"
         path = path / "model.zip" if path.is_dir() else path
         saved = read_saved_agent(path).get("drrl_env_config", {})
+        if args.env_id is None:
+            args.env_id = read_yaml_mapping(run_config, "run config").get("env_id", "DRRL-v0") \
+                if run_config.is_file() else "DRRL-v0"
         trained = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k not in RUNTIME_FIELDS}
-        env = gym.make("DRRL-v0", **{**trained, **env_kwargs, "split": args.split})
+        env = gym.make(args.env_id, **{**trained, **env_kwargs, "split": args.split})
         differing = check_env_config(saved, env_config_dict(env))
         if differing:
             print(f"evaluating on other data than the agent was trained on: {', '.join(differing)}", file=sys.stderr)
         name, policy = path.parent.name or path.stem, load_agent(path, env)
     else:
-        env = gym.make("DRRL-v0", **{**env_kwargs, "split": args.split})
+        args.env_id = args.env_id or "DRRL-v0"
+        env = gym.make(args.env_id, **{**env_kwargs, "split": args.split})
         name, policy = args.baseline, make_baseline(args.baseline, env, seed=args.seed)
     documents = range(min(args.episodes, len(env.unwrapped.document_names())))
     rows = evaluate(env, {name: policy}, documents)
@@ -161,7 +177,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose from {list(POLICIES)}")
     report = compare(algos, policies, args.seeds, args.timesteps, parse_env_kwargs(args.env_kwargs), Path(args.out),
-                     args.episodes, jobs=args.jobs, pretrain_bc=args.pretrain_bc, tune_documents=args.tune_documents)
+                     args.episodes, jobs=args.jobs, pretrain_bc=args.pretrain_bc, tune_documents=args.tune_documents,
+                     env_id=args.env_id)
     print(report.read_text())
     return 0
 
@@ -177,7 +194,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from drrl_env.env import RankSelectionEnv
     from experiments.inspect_document import inspect
 
-    env = RankSelectionEnv(**{**parse_env_kwargs(args.env_kwargs), "split": args.split})
+    env = RankSelectionEnv(**{**env_kwargs(args), "split": args.split})
     if not 0 <= args.document < len(env.document_names()):
         raise ValueError(f"--document {args.document} must lie in 0..{len(env.document_names()) - 1}")
     for path in inspect(env, args.document, args.energy, Path(args.out)):
@@ -190,7 +207,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from drrl_env.env import RankSelectionEnv
     from experiments.profile import format_table, plot_speedups, profile_table
 
-    env = RankSelectionEnv(**parse_env_kwargs(args.env_kwargs))
+    env = RankSelectionEnv(**env_kwargs(args))
     lengths = [int(n) for n in _split_list(args.lengths)]
     measured, flops, profile = profile_table(env, lengths, default_cache_root(), args.refresh)
     print(format_table(env, lengths, measured, flops))
@@ -204,7 +221,7 @@ def cmd_tradeoff(args: argparse.Namespace) -> int:
     from drrl_env.env import RankSelectionEnv
     from experiments.trade_off import fixed_rank_terms, format_trade_offs
 
-    env = RankSelectionEnv(**{**parse_env_kwargs(args.env_kwargs), "split": args.split, "safety": False})
+    env = RankSelectionEnv(**{**env_kwargs(args), "split": args.split, "safety": False})
     betas = [float(b) for b in _split_list(args.betas)] if args.betas else [env.config.beta]
     print(format_trade_offs(fixed_rank_terms(env, args.documents), betas))
     return 0
@@ -214,7 +231,7 @@ def cmd_precompute(args: argparse.Namespace) -> int:
     from drrl_env.env import RankSelectionEnv
     from experiments.precompute import precompute
 
-    env = RankSelectionEnv(**{**parse_env_kwargs(args.env_kwargs), "split": args.split, "cache_documents": False})
+    env = RankSelectionEnv(**{**env_kwargs(args), "split": args.split, "cache_documents": False})
     count = precompute(env, args.documents, report=lambda line: print(line, flush=True))
     print(f"{count} documents of the {args.split} split analysed into {env.documents.disk.folder}")
     return 0
@@ -226,7 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def env_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="DRRL-v0 options")
+        p.add_argument("--env-id", choices=["DRRL-v0", "DRRL-LM-v0"],
+                       help="the registered environment: DRRL-v0 (MiniLM, pydoc text; the default) or DRRL-LM-v0 "
+                            "(SmolLM2-135M, 4096 tokens of standard-library documentation; needs the [llm] extra); "
+                            "train and evaluate --model default to the run's own")
+        p.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
+                       help="environment options (EnvConfig fields) on top of the env id's")
 
     p = sub.add_parser("rollout", help="run baseline policies and print their reward terms")
     p.add_argument("--policies", default=DEFAULT_POLICIES, help="full, fixed:R, random, energy:TAU, oracle")
@@ -338,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # keep stderr for our own one-line errors
     try:
         check_counts(args)
+        if getattr(args, "env_id", "") is None and args.command not in ("train", "evaluate"):
+            args.env_id = "DRRL-v0"
         return args.func(args)
     except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -27,7 +27,7 @@ from drrl_env.costs import cost_model_class
 from drrl_env.costs.latency import LatencyProfile, machine_description
 from experiments.report import mean_ci, method_table, paired_bootstrap, pareto_plot, per_document, rank_heatmap
 from experiments.rollout import EpisodeSummary, add_model_metrics, evaluate
-from experiments.train import ENV_ID, TrainConfig, read_yaml_mapping, resolved_settings, train
+from experiments.train import TrainConfig, read_yaml_mapping, resolved_settings, train
 
 ENERGY_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
@@ -68,9 +68,9 @@ def _earlier_runs(config: TrainConfig, logdir: Path) -> list[Path]:
     return runs
 
 
-def tune_baselines(env_kwargs: dict[str, Any], documents: int) -> tuple[str, str]:
+def tune_baselines(env_id: str, env_kwargs: dict[str, Any], documents: int) -> tuple[str, str]:
     """The best fixed rank and energy threshold by mean reward on the first ``documents`` training documents."""
-    env = gym.make(ENV_ID, **{**env_kwargs, "split": "train"})
+    env = gym.make(env_id, **{**env_kwargs, "split": "train"})
     docs = range(min(documents, len(env.unwrapped.document_names())))
     candidates = [f"fixed:{r}" for r in env.unwrapped.ranks] + [f"energy:{t}" for t in ENERGY_LEVELS]
     rows = evaluate(env, {c: make_baseline(c, env) for c in candidates}, docs)
@@ -82,7 +82,7 @@ def tune_baselines(env_kwargs: dict[str, Any], documents: int) -> tuple[str, str
 
 def compare(algos: list[str], policies: list[str], seeds: int, timesteps: int, env_kwargs: dict[str, Any],
             out: Path, episodes: int, jobs: int = 1, pretrain_bc: int = 0, tune_documents: int = 16,
-            hyperparams: dict[str, Any] | None = None) -> Path:
+            hyperparams: dict[str, Any] | None = None, env_id: str = "DRRL-v0") -> Path:
     """Train ``algos x policies x seeds`` runs under ``out/runs`` and write ``out/report.md``; returns its path.
 
     Rerunning the same command after an interruption resumes the grid: finished runs are reused,
@@ -93,7 +93,7 @@ def compare(algos: list[str], policies: list[str], seeds: int, timesteps: int, e
         # than the evaluation's, measured under the other jobs' load.
         raise ValueError(f"cost_model={cost_model!r} measures latency on this machine: parallel training jobs "
                          f"would measure under each other's load; use --jobs 1")
-    configs = [TrainConfig(algo=a, policy=p, timesteps=timesteps, seed=s, env_kwargs=env_kwargs,
+    configs = [TrainConfig(env_id=env_id, algo=a, policy=p, timesteps=timesteps, seed=s, env_kwargs=env_kwargs,
                            pretrain_bc=pretrain_bc, eval_freq=max(timesteps // 4, 1), hyperparams=hyperparams or {})
                for a in algos for p in policies for s in range(seeds)]
     if not configs:
@@ -108,10 +108,10 @@ def compare(algos: list[str], policies: list[str], seeds: int, timesteps: int, e
     else:
         run_dirs = [_train_one((c, str(out / "runs"))) for c in configs]
 
-    env = gym.make(ENV_ID, **{**env_kwargs, "split": "test"})
+    env = gym.make(env_id, **{**env_kwargs, "split": "test"})
     documents = range(min(episodes, len(env.unwrapped.document_names())))
     print(f"tuning the fixed-rank and energy baselines on {tune_documents} training documents", flush=True)
-    best_fixed, best_energy = tune_baselines(env_kwargs, tune_documents)
+    best_fixed, best_energy = tune_baselines(env_id, env_kwargs, tune_documents)
     baselines = ["full", best_fixed, best_energy, "random", "oracle"]
     policies_by_name: dict[str, Any] = {b: make_baseline(b, env, seed=0) for b in baselines}
     method_of = {b: b for b in baselines}
@@ -125,7 +125,7 @@ def compare(algos: list[str], policies: list[str], seeds: int, timesteps: int, e
         rows = add_model_metrics(env, rows)
     meta = {"command": " ".join(shlex.quote(a) for a in sys.argv),
             "machine": f"{machine_description(env.unwrapped.device)}, device {env.unwrapped.config.device}",
-            "env_config": env_config_dict(env), "method_of": method_of, "baselines": baselines,
+            "env_id": env_id, "env_config": env_config_dict(env), "method_of": method_of, "baselines": baselines,
             "n_documents": len(documents)}
     return write_report(rows, meta, out)
 
@@ -150,7 +150,7 @@ def write_report(rows: list[EpisodeSummary], meta: dict[str, Any], out: Path) ->
     pareto = pareto_plot(means, out / "pareto.png")
     heatmap = rank_heatmap(rows, agent_runs, f"{best_agent}: mean rank per layer and segment", out / "ranks.png")
     lines = [
-        "# DRRL-v0 comparison", "",
+        f"# {meta.get('env_id', 'DRRL-v0')} comparison", "",
         f"Command: `{meta['command']}`  ",
         *([f"Model-level columns (end_fidelity, retrieval_same, attention_latency_ratio) re-measured by "
            f"`{meta['remeasured']}`  "] if meta.get("remeasured") else []),
@@ -198,6 +198,6 @@ def rebuild_report(out: Path, model_metrics: bool = False) -> Path:
     meta = json.loads((out / "compare.json").read_text())
     if model_metrics:
         config = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["env_config"].items()}
-        rows = add_model_metrics(gym.make(ENV_ID, **config), rows)
+        rows = add_model_metrics(gym.make(meta.get("env_id", "DRRL-v0"), **config), rows)
         meta["remeasured"] = f"drrl report {out} --model-metrics"
     return write_report(rows, meta, out)

@@ -13,7 +13,7 @@ from sb3_contrib import MaskablePPO
 from drrl_env.costs.latency import Timing
 
 SUMMARY_COLUMNS = ("reward", "fidelity", "relative_error", "cost_ratio", "flop_ratio", "mean_rank",
-                   "replaced_fraction", "end_fidelity", "retrieval_same", "attention_latency_ratio",
+                   "replaced_fraction", "end_fidelity", "end_ppl_ratio", "retrieval_same", "attention_latency_ratio",
                    "attention_latency_spread")
 
 
@@ -38,6 +38,7 @@ class EpisodeSummary:
     replaced_fraction: float
     ranks: list[list[float]] = field(repr=False)
     end_fidelity: float | None = None
+    end_ppl_ratio: float | None = None
     retrieval_same: float | None = None
     attention_latency_ratio: float | None = None
     attention_latency_spread: float | None = None
@@ -91,6 +92,8 @@ def add_model_metrics(env: gym.Env, rows: list[EpisodeSummary], latency_rounds: 
 
     end_fidelity              cosine of the mean-pooled model output (MiniLM: the sentence embedding)
                               with the episode's ranks vs exact attention;
+    end_ppl_ratio             causal language models: perplexity with the episode's ranks / exact
+                              perplexity (1 = unchanged, higher = worse);
     retrieval_same            1 if the document's nearest neighbour among the evaluated documents
                               (cosine of pooled outputs, against exact outputs of the others) is the
                               same as with exact attention, else 0;
@@ -103,13 +106,14 @@ def add_model_metrics(env: gym.Env, rows: list[EpisodeSummary], latency_rounds: 
     """
     base = env.unwrapped
     documents = sorted({r.document_index for r in rows})
-    exact = {doc: base.pooled_output(doc)[0] for doc in documents}
-    exact_matrix = torch.nn.functional.normalize(torch.stack([exact[d] for d in documents]), dim=-1)
+    exact = {doc: base.documents.exact_outputs(doc) for doc in documents}
+    exact_matrix = torch.nn.functional.normalize(torch.stack([exact[d].pooled for d in documents]), dim=-1)
     latency: dict[tuple[int, bytes], Timing] = {}
     out = []
     for row in rows:
         ranks = np.asarray(row.ranks, dtype=np.int64)
-        low = base.pooled_output(row.document_index, ranks)[0]
+        outputs = base.model_outputs(row.document_index, ranks)
+        low = outputs.pooled
         plan = (row.document_index, ranks.tobytes())
         if plan not in latency:
             latency[plan] = base.documents.attention_latency(row.document_index, ranks, latency_rounds)
@@ -118,8 +122,10 @@ def add_model_metrics(env: gym.Env, rows: list[EpisodeSummary], latency_rounds: 
         exact_similarities = exact_matrix @ exact_matrix[i]
         similarities[i] = exact_similarities[i] = -2.0  # the document itself is not a neighbour
         same = float(similarities.argmax() == exact_similarities.argmax()) if len(documents) > 1 else 1.0
-        out.append(replace(row, end_fidelity=float(torch.nn.functional.cosine_similarity(low, exact[row.document_index],
-                                                                                         dim=0)),
+        exact_ppl = exact[row.document_index].perplexity
+        out.append(replace(row, end_fidelity=float(torch.nn.functional.cosine_similarity(
+                               low, exact[row.document_index].pooled, dim=0)),
+                           end_ppl_ratio=None if exact_ppl is None else outputs.perplexity / exact_ppl,
                            retrieval_same=same, attention_latency_ratio=latency[plan].median,
                            attention_latency_spread=latency[plan].spread))
     return out

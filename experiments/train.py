@@ -1,6 +1,6 @@
 """Training runs: one folder per (algo, policy, seed) with the model, the resolved config and TensorBoard events.
 
-Run folders are named ``DRRL-v0__{algo}-{policy}__{seed}__{unix time}`` under a shared log root,
+Run folders are named ``{env_id}__{algo}-{policy}__{seed}__{unix time}`` under a shared log root,
 so ``tensorboard --logdir runs/`` overlays algorithms.  Tags: SB3's own (``rollout/``,
 ``train/``, ``time/``), ``drrl/`` per rollout (fidelity, cost and FLOP ratios, mean rank, rank
 per layer, replaced-action and masked-rank fractions, perturbation, reward terms), ``eval/`` on
@@ -29,13 +29,14 @@ from agents.sb3_agents import (ALGORITHMS, DEFAULT_HYPERPARAMS, POLICIES, behavi
                                oracle_dataset, save_agent)
 from experiments.rollout import evaluate
 
-ENV_ID = "DRRL-v0"
+ENV_IDS = ("DRRL-v0", "DRRL-LM-v0")
 
 
 @dataclasses.dataclass
 class TrainConfig:
     """What ``drrl train`` runs; also what a ``--config`` YAML file may set."""
 
+    env_id: str = "DRRL-v0"
     algo: str = "ppo"
     policy: str = "mlp"
     timesteps: int = 20_000
@@ -50,6 +51,8 @@ class TrainConfig:
     checkpoint_freq: int = 10_000
 
     def __post_init__(self) -> None:
+        if self.env_id not in ENV_IDS:
+            raise ValueError(f"unknown env_id {self.env_id!r}; choose one of {list(ENV_IDS)}")
         if self.algo not in ALGORITHMS:
             raise ValueError(f"unknown algo {self.algo!r}; choose one of {sorted(ALGORITHMS)}")
         if self.policy not in POLICIES:
@@ -77,7 +80,7 @@ class TrainConfig:
         return cls(**data)
 
     def run_name(self) -> str:
-        return f"{ENV_ID}__{self.algo}-{self.policy}__{self.seed}__{int(time.time())}"
+        return f"{self.env_id}__{self.algo}-{self.policy}__{self.seed}__{int(time.time())}"
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
@@ -191,8 +194,8 @@ def train(config: TrainConfig, logdir: str | Path = "runs", resume: str | Path |
     run_dir, model, logger = None, None, None
     try:
         env_kwargs = {**config.env_kwargs, "split": "train", "render_mode": None}  # SB3 would ask for rgb_array
-        vec_env = make_vec_env(ENV_ID, n_envs=config.n_envs, seed=config.seed, env_kwargs=env_kwargs)
-        eval_env = gym.make(ENV_ID, **{**config.env_kwargs, "split": "test"})
+        vec_env = make_vec_env(config.env_id, n_envs=config.n_envs, seed=config.seed, env_kwargs=env_kwargs)
+        eval_env = gym.make(config.env_id, **{**config.env_kwargs, "split": "test"})
         if resume is not None:
             checkpoint = next((p for p in (Path(resume) / "checkpoint.zip", Path(resume) / "model.zip") if p.exists()),
                               None)
@@ -264,7 +267,7 @@ def _merge_progress(run_dir: Path) -> None:
 
 def _pretrain(model: BaseAlgorithm, config: TrainConfig) -> None:
     """Behaviour cloning of the oracle on ``config.pretrain_bc`` training documents, logged as ``bc/loss``."""
-    env = gym.make(ENV_ID, **{**config.env_kwargs, "split": "train"})
+    env = gym.make(config.env_id, **{**config.env_kwargs, "split": "train"})
     documents = list(range(min(config.pretrain_bc, len(env.unwrapped.document_names()))))
     observations, actions = oracle_dataset(env, documents)
     for epoch, loss in enumerate(behaviour_cloning(model, observations, actions, epochs=config.bc_epochs,

@@ -74,3 +74,14 @@ def default_env():
 def _private_analysis_cache(tmp_path_factory):
     """Each test session gets its own on-disk analysis cache (nothing leaks between runs)."""
     os.environ["DRRL_CACHE_DIR"] = str(tmp_path_factory.mktemp("drrl-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_llama(tmp_path_factory, minilm_tokenizer) -> str:
+    """A randomly initialized 2-layer LlamaForCausalLM (grouped-query attention, RoPE): perplexity is defined."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=64,
+                         intermediate_size=128, vocab_size=len(minilm_tokenizer), max_position_embeddings=512)
+    return _save_tiny(tmp_path_factory, "causal-llama", LlamaForCausalLM(config), minilm_tokenizer)

@@ -39,12 +39,14 @@ def test_cuda_low_rank_forward(tiny_llama):
     changes the output, and the attention time is measured on the device."""
     env = RankSelectionEnv(model=tiny_llama, corpus=["Low rank attention on a GPU. " * 20], split="all",
                            segment_len=32, min_doc_tokens=16, device="cuda", cache_dir=None)
-    exact, seconds = env.pooled_output(0)
+    outputs = env.model_outputs(0)
+    exact, seconds = outputs.pooled, outputs.attention_seconds
     ids = env.source.token_ids(0)[None].cuda()
     with torch.no_grad():
         reference = env.source.model(input_ids=ids, use_cache=False).last_hidden_state[0].mean(0)
     assert exact.is_cuda and seconds > 0
     torch.testing.assert_close(exact, reference, atol=1e-4, rtol=1e-4)
     ranks = np.full((env.source.spec.n_layers, env.analysis(0).n_segments), env.ranks[0])
-    low, low_seconds = env.pooled_output(0, ranks)
+    outputs = env.model_outputs(0, ranks)
+    low, low_seconds = outputs.pooled, outputs.attention_seconds
     assert low_seconds > 0 and not torch.allclose(low, exact, atol=1e-4)

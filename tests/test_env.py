@@ -289,5 +289,6 @@ def test_step_info_holds_exactly_the_documented_keys():
     env = RankSelectionEnv(**SYNTHETIC, end_weight=0.0)
     env.reset(seed=0)
     _, _, _, _, info = env.step(0)
-    assert set(info) == _documented_info_keys() - {"end_fidelity"}  # end_fidelity: last step with end_weight > 0
+    last_step_only = {"end_fidelity", "end_perplexity", "exact_perplexity"}  # with end_weight > 0
+    assert set(info) == _documented_info_keys() - last_step_only
     assert set(info["reward_terms"]) == {"fidelity", "cost", "perturbation"}

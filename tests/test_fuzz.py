@@ -32,7 +32,7 @@ def _random_config(rng: np.random.Generator) -> dict:
 
 def test_random_configurations_and_play_keep_every_promise():
     rng = np.random.default_rng(2026)
-    keys = _documented_info_keys() - {"end_fidelity"}
+    keys = _documented_info_keys() - {"end_fidelity", "end_perplexity", "exact_perplexity"}
     steps = configs = 0
     while steps < STEPS:
         env = RankSelectionEnv(**_random_config(rng))

@@ -27,6 +27,17 @@ class SourceSpec:
 
 
 @dataclass(frozen=True)
+class ModelOutputs:
+    """One forward pass of a model with a rank plan: the mean-pooled last hidden state (hidden,),
+    the next-token perplexity of the document (causal language models; None otherwise) and the
+    seconds spent in attention."""
+
+    pooled: torch.Tensor
+    perplexity: float | None
+    attention_seconds: float
+
+
+@dataclass(frozen=True)
 class AttentionTrace:
     """The full-rank attention inputs of one document, every layer.
 
@@ -70,7 +81,6 @@ class AttentionSource(ABC):
     def trace(self, index: int) -> AttentionTrace:
         """Full-rank q, k, v of document ``index`` (deterministic for a given index)."""
 
-    def pooled_output(self, index: int, plan: Any) -> tuple[torch.Tensor, float]:
-        """The model's mean-pooled output of document ``index`` with a rank plan applied, and the
-        seconds spent in attention (model sources only)."""
-        raise ValueError(f"{type(self).__name__} runs no model: pooled outputs need source='model'")
+    def model_outputs(self, index: int, plan: Any) -> ModelOutputs:
+        """The model's outputs on document ``index`` with a rank plan applied (model sources only)."""
+        raise ValueError(f"{type(self).__name__} runs no model: model-level outputs need source='model'")

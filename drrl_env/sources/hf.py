@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from drrl_env.sources.base import AttentionSource, AttentionTrace, SourceSpec
+from drrl_env.sources.base import AttentionSource, AttentionTrace, ModelOutputs, SourceSpec
 from drrl_env.sources.corpus import load_corpus
 from drrl_env.sources.hf_attention import LowRankPlan
 from drrl_env.sources.hf_loading import load_model, model_fingerprint, position_limit
@@ -33,6 +33,7 @@ class HFAttentionSource(AttentionSource):
                  device: torch.device) -> None:
         self.device = device
         self.model, self.tokenizer = load_model(model, tokenizer)
+        self.causal_lm = type(self.model).__name__.endswith("ForCausalLM")
         self._fingerprint = model_fingerprint(model, self.model)
         self.model.to(device).eval()
         limit = position_limit(self.model.config)
@@ -90,14 +91,19 @@ class HFAttentionSource(AttentionSource):
         )
 
     @torch.no_grad()
-    def pooled_output(self, index: int, plan: LowRankPlan) -> tuple[torch.Tensor, float]:
-        """Mean-pooled last hidden state (hidden,) of document ``index`` with ``plan``'s ranks applied
-        to every attention call, and the seconds spent in attention.  For all-MiniLM-L6-v2 this is
-        the sentence embedding before normalization."""
-        hidden = self.model(input_ids=self._token_ids[index][None].to(self.device), use_cache=False, drrl_plan=plan)
+    def model_outputs(self, index: int, plan: LowRankPlan) -> ModelOutputs:
+        """The model on document ``index`` with ``plan``'s ranks applied to every attention call: the
+        mean-pooled last hidden state (for all-MiniLM-L6-v2 the sentence embedding before
+        normalization), and for causal language models the perplexity exp(mean next-token NLL)."""
+        ids = self._token_ids[index][None].to(self.device)
+        if self.causal_lm:
+            out = self.model(input_ids=ids, labels=ids, use_cache=False, output_hidden_states=True, drrl_plan=plan)
+            hidden, perplexity = out.hidden_states[-1], float(torch.exp(out.loss))
+        else:
+            hidden, perplexity = self.model(input_ids=ids, use_cache=False, drrl_plan=plan).last_hidden_state, None
         if plan.calls != self.spec.n_layers:
             raise RuntimeError(f"expected {self.spec.n_layers} attention calls, saw {plan.calls}")
-        return hidden.last_hidden_state[0].mean(0), plan.seconds
+        return ModelOutputs(hidden[0].mean(0), perplexity, plan.seconds)
 
     @torch.no_grad()
     def _capture(self, token_ids: torch.Tensor) -> list[dict[str, Any]]:
