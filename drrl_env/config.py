@@ -94,8 +94,9 @@ class EnvConfig:
         cache_dir: folder of the on-disk analysis cache shared across processes (``cache.py``);
             ``"auto"`` = ``$DRRL_CACHE_DIR`` or ``~/.cache/drrl``; ``None`` = no disk cache.
         threads: torch CPU threads of this process (``torch.set_num_threads``); ``None`` leaves
-            torch's choice (one per core).  On a machine busy with other jobs, 1 avoids
-            oversubscribing the cores.  Measured latency profiles are keyed by the thread count.
+            torch's choice (one per core); ``0`` = the cores that other work leaves idle (cores minus
+            the 1-minute load average, at least 1), so that a busy machine is not oversubscribed.
+            Measured latency profiles are keyed by the thread count.
     """
 
     source: str = "model"
@@ -163,9 +164,12 @@ class EnvConfig:
                      "synthetic_kv_heads", "synthetic_head_dim", "synthetic_seq_len",
                      "synthetic_documents"):
             _positive_int(name, getattr(self, name))
-        for name in ("max_seq_len", "threads"):
-            if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
+        if self.max_seq_len is not None:
+            _positive_int("max_seq_len", self.max_seq_len)
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 0):
+            raise ValueError(f"threads must be an integer >= 0 (0 = the cores left idle by other work) or None, "
+                             f"got {self.threads!r}")
         if self.synthetic_heads % self.synthetic_kv_heads:
             raise ValueError(
                 f"synthetic_heads={self.synthetic_heads} must be a multiple of "

@@ -33,7 +33,8 @@ class DocumentData:
 class DocumentStore:
     """Analyses the documents of ``source`` under ``config`` on first use and keeps them."""
 
-    def __init__(self, config: EnvConfig, source: AttentionSource, ranks: tuple[int, ...], cost_model: CostModel) -> None:
+    def __init__(self, config: EnvConfig, source: AttentionSource, ranks: tuple[int, ...],
+                 cost_model: CostModel) -> None:
         self.config, self.source, self.ranks, self.cost_model = config, source, ranks, cost_model
         self.workload = Prefill(config.segment_len)
         self.method = get_method(config.method)

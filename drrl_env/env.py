@@ -12,7 +12,7 @@ from gymnasium import spaces
 from drrl_env.analysis import DocumentAnalysis
 from drrl_env.attention.workload import segment_bounds
 from drrl_env.cache import cache_root
-from drrl_env.config import EnvConfig, make_config
+from drrl_env.config import make_config
 from drrl_env.costs import make_cost_model
 from drrl_env.documents import DocumentStore
 from drrl_env.observation import build_observation, context_vector, observation_space
@@ -120,8 +120,7 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode={render_mode!r} is not supported; use None or 'ansi'")
         self.render_mode = render_mode
-        self.config: EnvConfig = make_config(**kwargs)
-        cfg = self.config
+        self.config = cfg = make_config(**kwargs)
         self.device = runtime_device(cfg)
         self.source = make_source(cfg, self.device)
         spec = self.source.spec
@@ -162,18 +161,16 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
                                      "n_steps": self._n_steps, "action_mask": self._mask.copy()}
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], SupportsFloat, bool, bool, dict[str, Any]]:
-        if self._doc is None:
-            raise RuntimeError("call reset() before step()")
-        if self._t >= self._n_steps:
-            raise RuntimeError("the episode has ended; call reset()")
+        if self._doc is None or self._t >= self._n_steps:
+            raise RuntimeError("call reset() before step()" if self._doc is None else
+                               "the episode has ended; call reset()")
         given = np.asarray(action)
         if given.dtype.kind not in "iu" or not self.action_space.contains(given.astype(np.int64) if self.config.per_head
                                                                           else action):
             raise ValueError(f"action {action!r} is not in the action space {self.action_space} (integers only)")
         requested = np.broadcast_to(given.astype(np.int64), (self.source.spec.n_heads,)).copy()  # (H,)
         reward, info, chosen = self._outcome(requested)
-        segment = info["segment"]
-        self._spent += info["output_bound"]
+        segment, self._spent = info["segment"], self._spent + info["output_bound"]
         self._episode_ranks[info["layer"], segment] = np.mean(info["rank"])
         self._prev = chosen if segment + 1 < self._n_segments else None
         self._t += 1
@@ -250,7 +247,7 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         self._epsilon = adaptive_epsilon(cfg.epsilon, cfg.epsilon_min, cfg.epsilon_max, self._n_steps,
                                          self._t, self._spent)
         threshold = self._epsilon if cfg.safety else np.inf
-        pairs = bounds.head_pairs[layer, segment, :, :, -1] if cfg.per_head else bounds.layer_pairs[layer, segment, :, -1]
+        pairs = bounds.head_pairs[layer, segment, ..., -1] if cfg.per_head else bounds.layer_pairs[layer, segment, :, -1]
         self._mask = safe_mask(pairs, threshold).reshape(-1)
 
     def _observation(self) -> dict[str, np.ndarray]:

@@ -16,7 +16,8 @@ class Registry(Generic[T]):
 
     def register(self, cls: T) -> T:
         """Class decorator: makes ``cls`` available as ``<option>=cls.name``."""
-        if not (isinstance(cls, type) and issubclass(cls, self.base)) or not isinstance(getattr(cls, "name", None), str):
+        named = isinstance(getattr(cls, "name", None), str)
+        if not (isinstance(cls, type) and issubclass(cls, self.base)) or not named:
             raise TypeError(f"{cls!r} must be a {self.base.__name__} subclass with a string `name`")
         if self._classes.get(cls.name, cls) is not cls:
             raise ValueError(f"{self.option} name {cls.name!r} is already registered by "

@@ -152,7 +152,8 @@ def write_report(rows: list[EpisodeSummary], meta: dict[str, Any], out: Path) ->
     lines = [
         f"# {meta.get('env_id', 'DRRL-v0')} comparison", "",
         f"Command: `{meta['command']}`  ",
-        *([f"Model-level columns (end_fidelity, retrieval_same, attention_latency_ratio) re-measured by "
+        *([f"Model-level columns (end_fidelity, end_ppl_ratio, retrieval_same, attention_latency_ratio) "
+           f"re-measured by "
            f"`{meta['remeasured']}`  "] if meta.get("remeasured") else []),
         f"Machine: {meta['machine']}  ",
         f"Environment: source {config['source']!r}, method {config['method']!r}, cost model "

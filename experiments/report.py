@@ -13,7 +13,7 @@ from scipy import stats  # noqa: E402
 
 from experiments.rollout import EpisodeSummary  # noqa: E402
 
-TABLE_COLUMNS = ("reward", "fidelity", "cost_ratio", "flop_ratio", "mean_rank", "end_fidelity",
+TABLE_COLUMNS = ("reward", "fidelity", "cost_ratio", "flop_ratio", "mean_rank", "end_fidelity", "end_ppl_ratio",
                  "retrieval_same", "attention_latency_ratio")
 
 

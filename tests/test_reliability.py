@@ -274,10 +274,17 @@ def test_precompute_fills_the_cache_that_a_later_env_reads(tmp_path, monkeypatch
     assert calls == []
 
 
-def test_threads_option_sets_torch_threads():
+def test_threads_option_sets_torch_threads_and_zero_leaves_busy_cores_alone(monkeypatch):
     before = torch.get_num_threads()
     try:
         RankSelectionEnv(**SYNTHETIC, threads=1, cache_dir=None)
         assert torch.get_num_threads() == 1
+        monkeypatch.setattr("os.cpu_count", lambda: 4)
+        monkeypatch.setattr("os.getloadavg", lambda: (2.9, 0.0, 0.0))  # three cores busy elsewhere
+        RankSelectionEnv(**SYNTHETIC, threads=0, cache_dir=None)
+        assert torch.get_num_threads() == 1
+        monkeypatch.setattr("os.getloadavg", lambda: (0.2, 0.0, 0.0))
+        RankSelectionEnv(**SYNTHETIC, threads=0, cache_dir=None)
+        assert torch.get_num_threads() == 4
     finally:
         torch.set_num_threads(before)

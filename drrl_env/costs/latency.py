@@ -94,7 +94,8 @@ class LatencyMeasurer:
         gen = torch.Generator(device=self.device).manual_seed(0)
         h, t, n, d = shape.n_heads, shape.query_len, shape.key_len, shape.head_dim
         q = torch.randn(h, t, d, generator=gen, device=self.device).to(DTYPES[dtype])  # (H, T, d)
-        k, v = torch.randn(2, shape.n_kv_heads, n, d, generator=gen, device=self.device).to(DTYPES[dtype])  # (H_kv, N, d)
+        k, v = torch.randn(2, shape.n_kv_heads, n, d, generator=gen,
+                           device=self.device).to(DTYPES[dtype])  # (H_kv, N, d) each
         view = next(Prefill(shape.segment_len).views(q, k, v, shape.causal, segments=[(n - t, n)]))
         method, scaling = get_method(shape.method), d ** -0.5
         side = view.side  # keys, values and their factors are built outside the timed region
@@ -185,7 +186,8 @@ class LatencyProfile:
             stored = json.loads(self.path.read_text())
             table = {int(n): entry for n, entry in stored["table"].items()}
             for entry in table.values():
-                if not all(len(entry[field]) == len(self.shape.ranks) for field in ("seconds", "ratios", "ratio_spreads")):
+                fields = ("seconds", "ratios", "ratio_spreads")
+                if not all(len(entry[field]) == len(self.shape.ranks) for field in fields):
                     raise ValueError("a row does not match the rank grid")
             return table
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from drrl_env.config import EnvConfig
@@ -20,8 +22,13 @@ __all__ = ["AttentionSource", "AttentionTrace", "SourceSpec", "SyntheticSource",
 def runtime_device(cfg: EnvConfig) -> torch.device:
     """The torch device of the config's ``device`` option, after applying its ``threads`` option."""
     if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+        torch.set_num_threads(cfg.threads or idle_cores())
     return resolve_device(cfg.device)
+
+
+def idle_cores() -> int:
+    """Cores that other work leaves idle: the core count minus the 1-minute load average, at least 1."""
+    return max(1, round((os.cpu_count() or 1) - os.getloadavg()[0]))
 
 
 def resolve_device(name: str) -> torch.device:
