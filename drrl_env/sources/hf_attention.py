@@ -53,17 +53,16 @@ def _drrl_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
                     attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                     drrl_records: list[dict[str, Any]] | None = None, drrl_plan: LowRankPlan | None = None,
                     **kwargs: Any):
-    causal = is_causal(module, attention_mask, query.shape[2], key.shape[2])
     if drrl_plan is not None:
         return _low_rank(drrl_plan, query, key, value, query.shape[-1] ** -0.5 if scaling is None else scaling,
-                         causal), None
+                         is_causal(module, attention_mask, query.shape[2], key.shape[2])), None
     if drrl_records is not None:
         drrl_records.append({
             "query": query[0].detach(),  # (H, L, d)
             "key": key[0].detach(),  # (H_kv, L, d)
             "value": value[0].detach(),  # (H_kv, L, d)
             "scaling": query.shape[-1] ** -0.5 if scaling is None else float(scaling),
-            "causal": causal,
+            "causal": is_causal(module, attention_mask, query.shape[2], key.shape[2]),
         })
     return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                   **kwargs)
