@@ -99,7 +99,7 @@ def add_model_metrics(env: gym.Env, rows: list[EpisodeSummary], latency_rounds: 
                               same as with exact attention, else 0;
     attention_latency_ratio   wall time of all attention calls with the ranks / with exact attention,
                               both through the same segment-wise code (``attention/workload.py``):
-                              the median over ``latency_rounds`` interleaved rounds
+                              the median over ``latency_rounds`` interleaved rounds (more while noisy)
                               (``DocumentStore.attention_latency``), measured once per (document, plan)
                               so that identical plans report the same figure;
     attention_latency_spread  its interquartile range / median over the rounds (large = a busy machine).

@@ -49,15 +49,29 @@ def tiny_gpt2(tmp_path_factory, minilm_tokenizer) -> str:
     return _save_tiny(tmp_path_factory, "gpt2", GPT2Model(config), minilm_tokenizer)
 
 
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory, minilm_tokenizer) -> str:
-    """A randomly initialized 2-layer Llama with grouped-query attention (4 query, 2 K/V heads) and rotary embeddings."""
-    from transformers import LlamaConfig, LlamaModel
+def _tiny_llama(tmp_path_factory, tokenizer, name: str, causal_lm: bool, **sizes) -> str:
+    """A randomly initialized 2-layer Llama (4 query heads over 2 K/V heads, RoPE), saved with ``tokenizer``."""
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 
     torch.manual_seed(0)
-    config = LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=128,
-                         intermediate_size=256, vocab_size=len(minilm_tokenizer), max_position_embeddings=256)
-    return _save_tiny(tmp_path_factory, "llama", LlamaModel(config), minilm_tokenizer)
+    config = LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         vocab_size=len(tokenizer), **sizes)
+    model = (LlamaForCausalLM if causal_lm else LlamaModel)(config)
+    return _save_tiny(tmp_path_factory, name, model, tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, minilm_tokenizer) -> str:
+    """A Llama base model with grouped-query attention and rotary embeddings (no language-model head)."""
+    return _tiny_llama(tmp_path_factory, minilm_tokenizer, "llama", False, hidden_size=128, intermediate_size=256,
+                       max_position_embeddings=256)
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_llama(tmp_path_factory, minilm_tokenizer) -> str:
+    """A LlamaForCausalLM: perplexity is defined."""
+    return _tiny_llama(tmp_path_factory, minilm_tokenizer, "causal-llama", True, hidden_size=64,
+                       intermediate_size=128, max_position_embeddings=512)
 
 
 @pytest.fixture(scope="session")
@@ -75,13 +89,3 @@ def _private_analysis_cache(tmp_path_factory):
     """Each test session gets its own on-disk analysis cache (nothing leaks between runs)."""
     os.environ["DRRL_CACHE_DIR"] = str(tmp_path_factory.mktemp("drrl-cache"))
 
-
-@pytest.fixture(scope="session")
-def tiny_causal_llama(tmp_path_factory, minilm_tokenizer) -> str:
-    """A randomly initialized 2-layer LlamaForCausalLM (grouped-query attention, RoPE): perplexity is defined."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=64,
-                         intermediate_size=128, vocab_size=len(minilm_tokenizer), max_position_embeddings=512)
-    return _save_tiny(tmp_path_factory, "causal-llama", LlamaForCausalLM(config), minilm_tokenizer)

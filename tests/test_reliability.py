@@ -111,7 +111,7 @@ def test_the_same_plan_measures_alike_in_one_process(tiny_llama):
     ranks = np.full((env.source.spec.n_layers, env.analysis(0).n_segments), env.ranks[1])
     first = env.documents.attention_latency(0, ranks, rounds=7)
     second = env.documents.attention_latency(0, ranks, rounds=7)
-    assert first.repeats == second.repeats == 7
+    assert first.repeats in (7, 14, 21) and second.repeats in (7, 14, 21)  # more rounds while noisy
     assert abs(first.median / second.median - 1) < 0.10
 
 
