@@ -16,13 +16,12 @@ joined), for long-context shapes.  Not a test.
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import numpy as np
 import torch
 
 from drrl_env.env import RankSelectionEnv
-from drrl_env.costs.latency import machine_description
+from drrl_env.costs.latency import machine_description, summarize
 from experiments.cli import parse_env_kwargs
 
 
@@ -57,9 +56,8 @@ def main() -> None:
           f"{cfg.method}, compress_values={cfg.compress_values}; {args.rounds} rounds after one warm-up")
     print(f"{'rank':>5} {'attention ms':>13} {'ratio to exact':>15} {'spread':>7}")
     for column, rank in enumerate(ranks):
-        q1, _, q3 = statistics.quantiles(ratios[:, column], n=4) if args.rounds >= 2 else (0, 0, 0)
-        median = float(np.median(ratios[:, column]))
-        print(f"{rank:>5} {np.median(rounds[:, column]) * 1e3:>13.1f} {median:>15.3f} {(q3 - q1) / median:>7.1%}")
+        ratio = summarize(list(ratios[:, column]))
+        print(f"{rank:>5} {np.median(rounds[:, column]) * 1e3:>13.1f} {ratio.median:>15.3f} {ratio.spread:>7.1%}")
     if env.device.type == "cuda":
         print(f"peak CUDA memory {torch.cuda.max_memory_allocated(env.device) / 2 ** 30:.2f} GiB")
 

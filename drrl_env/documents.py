@@ -93,15 +93,8 @@ class DocumentStore:
         return self._exact_outputs[index]
 
     def end_info(self, index: int, ranks: np.ndarray) -> dict[str, float]:
-        """The last step's model-level info for ``ranks`` on document ``index``: ``end_fidelity`` =
-        exact / low-rank perplexity for a causal language model (1 = unchanged; lower = worse), with
-        ``end_perplexity`` and ``exact_perplexity``; else the cosine of the mean-pooled outputs (the
-        sentence embedding for MiniLM)."""
-        exact, low = self.exact_outputs(index), self.model_outputs(index, ranks)
-        if low.perplexity is not None:
-            return {"end_fidelity": exact.perplexity / low.perplexity, "end_perplexity": low.perplexity,
-                    "exact_perplexity": exact.perplexity}
-        return {"end_fidelity": float(torch.nn.functional.cosine_similarity(low.pooled, exact.pooled, dim=0))}
+        """The last step's model-level info for ``ranks`` on document ``index`` (:func:`model_level`)."""
+        return model_level(self.exact_outputs(index), self.model_outputs(index, ranks))
 
     def attention_latency(self, index: int, ranks: np.ndarray, rounds: int = 5, attempts: int = 3) -> Timing:
         """Attention time of the model forward with ``ranks`` / with exact attention, on document ``index``:
@@ -117,3 +110,14 @@ class DocumentStore:
             if timing.spread <= LatencyProfile.MAX_SPREAD:
                 break
         return timing
+
+
+def model_level(exact: ModelOutputs, low: ModelOutputs) -> dict[str, float]:
+    """How close the low-rank model's outputs are to the exact model's: ``end_fidelity`` = exact /
+    low-rank perplexity for a causal language model (1 = unchanged; lower = worse), with
+    ``end_perplexity`` and ``exact_perplexity``; else the cosine of the mean-pooled outputs (the
+    sentence embedding for MiniLM)."""
+    if low.perplexity is not None:
+        return {"end_fidelity": exact.perplexity / low.perplexity, "end_perplexity": low.perplexity,
+                "exact_perplexity": exact.perplexity}
+    return {"end_fidelity": float(torch.nn.functional.cosine_similarity(low.pooled, exact.pooled, dim=0))}

@@ -50,6 +50,7 @@ def _time_limit(env: gym.Env) -> int | None:
 LM_KWARGS = {"model": "smollm2-135m", "corpus": "stdlib-docs", "max_seq_len": 4096, "min_doc_tokens": 1024,
              "segment_len": 512}
 SMOLLM2_LAYERS = 30
+ENV_IDS = ("DRRL-v0", "DRRL-LM-v0")  # what register_envs registers
 
 
 def register_envs() -> None:

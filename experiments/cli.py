@@ -238,12 +238,14 @@ def cmd_precompute(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from drrl_env.registration import ENV_IDS
+
     parser = argparse.ArgumentParser(prog="drrl", description="DR-RL rank selection: rollouts, training, "
                                      "evaluation and comparison on DRRL-v0")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def env_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--env-id", choices=["DRRL-v0", "DRRL-LM-v0"],
+        p.add_argument("--env-id", choices=ENV_IDS,
                        help="the registered environment: DRRL-v0 (MiniLM, pydoc text; the default) or DRRL-LM-v0 "
                             "(SmolLM2-135M, 4096 tokens of standard-library documentation; needs the [llm] extra); "
                             "train and evaluate --model default to the run's own")

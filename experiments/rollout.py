@@ -11,6 +11,8 @@ import torch
 from sb3_contrib import MaskablePPO
 
 from drrl_env.costs.latency import Timing
+from drrl_env.documents import model_level
+from drrl_env.sources.base import ModelOutputs
 
 SUMMARY_COLUMNS = ("reward", "fidelity", "relative_error", "cost_ratio", "flop_ratio", "mean_rank",
                    "replaced_fraction", "end_fidelity", "end_ppl_ratio", "retrieval_same", "attention_latency_ratio",
@@ -90,8 +92,10 @@ def evaluate(env: gym.Env, policies: dict[str, object], documents: Iterable[int]
 def add_model_metrics(env: gym.Env, rows: list[EpisodeSummary], latency_rounds: int = 3) -> list[EpisodeSummary]:
     """Model-level figures for a model source (rows of layer-level policies):
 
-    end_fidelity              cosine of the mean-pooled model output (MiniLM: the sentence embedding)
-                              with the episode's ranks vs exact attention;
+    end_fidelity              the env's end-of-episode fidelity (``documents.model_level``): exact /
+                              low-rank perplexity for a causal LM, else the cosine of the mean-pooled
+                              model output (MiniLM: the sentence embedding) with the episode's ranks
+                              vs exact attention;
     end_ppl_ratio             causal language models: perplexity with the episode's ranks / exact
                               perplexity (1 = unchanged, higher = worse);
     retrieval_same            1 if the document's nearest neighbour among the evaluated documents
@@ -108,26 +112,26 @@ def add_model_metrics(env: gym.Env, rows: list[EpisodeSummary], latency_rounds: 
     documents = sorted({r.document_index for r in rows})
     exact = {doc: base.documents.exact_outputs(doc) for doc in documents}
     exact_matrix = torch.nn.functional.normalize(torch.stack([exact[d].pooled for d in documents]), dim=-1)
-    latency: dict[tuple[int, bytes], Timing] = {}
+    measured: dict[tuple[int, bytes], tuple[ModelOutputs, Timing]] = {}  # (document, plan) -> its figures
     out = []
     for row in rows:
         ranks = np.asarray(row.ranks, dtype=np.int64)
-        outputs = base.model_outputs(row.document_index, ranks)
-        low = outputs.pooled
         plan = (row.document_index, ranks.tobytes())
-        if plan not in latency:
-            latency[plan] = base.documents.attention_latency(row.document_index, ranks, latency_rounds)
+        if plan not in measured:
+            measured[plan] = (base.model_outputs(row.document_index, ranks),
+                              base.documents.attention_latency(row.document_index, ranks, latency_rounds))
+        outputs, latency = measured[plan]
+        end = model_level(exact[row.document_index], outputs)
         i = documents.index(row.document_index)
-        similarities = exact_matrix @ torch.nn.functional.normalize(low, dim=0)  # (docs,)
+        similarities = exact_matrix @ torch.nn.functional.normalize(outputs.pooled, dim=0)  # (docs,)
         exact_similarities = exact_matrix @ exact_matrix[i]
         similarities[i] = exact_similarities[i] = -2.0  # the document itself is not a neighbour
         same = float(similarities.argmax() == exact_similarities.argmax()) if len(documents) > 1 else 1.0
-        exact_ppl = exact[row.document_index].perplexity
-        out.append(replace(row, end_fidelity=float(torch.nn.functional.cosine_similarity(
-                               low, exact[row.document_index].pooled, dim=0)),
-                           end_ppl_ratio=None if exact_ppl is None else outputs.perplexity / exact_ppl,
-                           retrieval_same=same, attention_latency_ratio=latency[plan].median,
-                           attention_latency_spread=latency[plan].spread))
+        out.append(replace(row, end_fidelity=end["end_fidelity"],
+                           end_ppl_ratio=end["end_perplexity"] / end["exact_perplexity"] if "end_perplexity" in end
+                           else None,
+                           retrieval_same=same, attention_latency_ratio=latency.median,
+                           attention_latency_spread=latency.spread))
     return out
 
 

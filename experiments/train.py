@@ -24,12 +24,12 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import HParam, configure
 
-import drrl_env  # noqa: F401  (registers DRRL-v0)
+import drrl_env  # noqa: F401  (registers DRRL-v0 and DRRL-LM-v0)
 from agents.sb3_agents import (ALGORITHMS, DEFAULT_HYPERPARAMS, POLICIES, behaviour_cloning, load_agent, make_agent,
                                oracle_dataset, save_agent)
+from drrl_env.registration import ENV_IDS
 from experiments.rollout import evaluate
 
-ENV_IDS = ("DRRL-v0", "DRRL-LM-v0")
 
 
 @dataclasses.dataclass

@@ -78,3 +78,17 @@ def test_the_real_smollm2_gguf_loads_and_runs():
     assert 1 < exact < 1000
     full = env.model_outputs(0, np.full((30, env.analysis(0).n_segments), 64)).perplexity
     assert full == pytest.approx(exact, rel=1e-5)
+
+
+def test_evaluation_rows_of_an_lm_report_the_perplexity_ratio(tiny_causal_llama):
+    from agents.baselines import make_baseline
+    from experiments.rollout import add_model_metrics, evaluate
+
+    env = gym.make("DRRL-LM-v0", model=tiny_causal_llama, corpus=LONG_TEXT, split="all", min_doc_tokens=16,
+                   max_seq_len=256, segment_len=32, cache_dir=None)
+    rows = add_model_metrics(env, evaluate(env, {p: make_baseline(p, env) for p in ("full", "fixed:4")}, [0]),
+                             latency_rounds=2)
+    full, low = rows
+    assert full.end_ppl_ratio == pytest.approx(1.0, rel=1e-6) and full.end_fidelity == pytest.approx(1.0, rel=1e-6)
+    assert low.end_ppl_ratio != pytest.approx(1.0, rel=1e-6)
+    assert low.end_fidelity == pytest.approx(1 / low.end_ppl_ratio)  # the env's end term: exact / low perplexity
