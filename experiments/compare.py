@@ -58,10 +58,13 @@ def _earlier_runs(config: TrainConfig, logdir: Path) -> list[Path]:
     wanted = resolved_settings(config)
     runs = []
     for run in sorted(logdir.glob(f"{glob.escape(prefix)}*")):
+        if not (run / "config.yaml").exists():
+            runs.append(run)  # killed before it wrote its config: same name prefix, so the same run
+            continue
         try:
             saved = read_yaml_mapping(run / "config.yaml", "run config")
         except ValueError:
-            saved = {}  # killed before it wrote its config: same name prefix, so the same run
+            continue  # a damaged config may belong to other settings: leave that folder alone
         saved.pop("env_config", None)
         if not saved or saved == wanted:
             runs.append(run)
