@@ -2,7 +2,7 @@
 
 An analysis depends on the source (model weights and tokenizer, or the synthetic generator's
 parameters), the document's tokens, the options that shape the analysis (``EnvConfig``'s
-``ANALYSIS`` fields), the code that computes it and the torch version.  All of these, with the
+``ANALYSIS`` fields), the code that computes it and the torch and transformers versions.  All of these, with the
 cache format, go into a SHA-256 key.  An entry is an ``.npz`` file with a SHA-256 checksum of its
 arrays, written atomically (temporary file, then rename), so a crash leaves no half-written entry
 and concurrent writers of one entry leave one whole file.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
 import os
 import tempfile
@@ -60,6 +61,13 @@ def code_version() -> str:
     return digest.hexdigest()
 
 
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def checksum(arrays: dict[str, np.ndarray]) -> str:
     """SHA-256 over the arrays' names, dtypes, shapes and bytes."""
     digest = hashlib.sha256()
@@ -75,7 +83,7 @@ class AnalysisCache:
     def __init__(self, root: Path, options: dict[str, Any]) -> None:
         self.folder = Path(root) / "analysis"
         self.options = json.dumps({"format": FORMAT_VERSION, "code": code_version(), "torch": torch.__version__,
-                                   **options}, sort_keys=True, default=str)
+                                   "transformers": _version("transformers"), **options}, sort_keys=True, default=str)
         self.writable = True
 
     def path(self, document_key: str) -> Path:

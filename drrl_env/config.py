@@ -24,7 +24,7 @@ DATA = {"data": True}  # which documents: a trained agent may be evaluated on ot
 
 SOURCES = ("model", "synthetic")
 DTYPES = ("float32", "float16", "bfloat16")
-SPLITS = ("train", "test", "all")
+SPLITS = ("train", "validation", "test", "all")  # by topic or file: sources.base.split_of
 FIDELITY_METRICS = ("cosine", "one_minus_error")
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -47,7 +47,9 @@ class EnvConfig:
         tokenizer: tokenizer folder or id when it differs from ``model``; ``None`` = same.
         corpus: ``None`` (Python's own ``pydoc_data.topics`` documentation), a text file,
             a folder of ``*.txt`` files, or a list of strings (one document each).
-        split: ``"train"``, ``"test"`` or ``"all"`` documents of the corpus (see ``sources/corpus.py``).
+        split: ``"train"``, ``"validation"``, ``"test"`` or ``"all"`` documents of the corpus, split
+            by topic or file (``sources/corpus.py``); agents train on train, are selected on
+            validation and are compared on test.
         max_seq_len: tokens kept per document; ``None`` = the model's position limit.
         min_doc_tokens: documents with fewer tokens are left out of the corpus.
         synthetic_*: shape and spectrum of the synthetic source (see ``sources/synthetic.py``).

@@ -24,6 +24,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from drrl_env.config import SPLITS
+from drrl_env.attention.methods import method_names
+from experiments.backends import backend_names
+
 DEFAULT_POLICIES = "random,fixed:8,fixed:16,full,energy:0.9,oracle"
 
 
@@ -86,7 +90,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from experiments.train import TrainConfig, TrainingInterrupted, train
 
     overrides = {"env_id": args.env_id, "algo": args.algo, "policy": args.policy, "timesteps": args.timesteps, "seed": args.seed,
-                 "n_envs": args.n_envs, "pretrain_bc": args.pretrain_bc, "eval_freq": args.eval_freq}
+                 "n_envs": args.n_envs, "vec_env": args.vec_env, "pretrain_bc": args.pretrain_bc,
+                 "eval_freq": args.eval_freq}
     if args.env_kwargs:
         overrides["env_kwargs"] = parse_env_kwargs(args.env_kwargs)
     if args.resume:
@@ -178,8 +183,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise ValueError(f"unknown policy {policy!r}; choose from {list(POLICIES)}")
     report = compare(algos, policies, args.seeds, args.timesteps, parse_env_kwargs(args.env_kwargs), Path(args.out),
                      args.episodes, jobs=args.jobs, pretrain_bc=args.pretrain_bc, tune_documents=args.tune_documents,
-                     env_id=args.env_id)
+                     env_id=args.env_id, backend=args.backend, address=args.address, cpus_per_run=args.cpus_per_run,
+                     gpus_per_run=args.gpus_per_run)
     print(report.read_text())
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from experiments.train import TrainConfig
+    from experiments.tune import tune
+
+    base = TrainConfig(env_id=args.env_id, algo=args.algo, policy=args.policy, timesteps=args.timesteps, seed=args.seed,
+                       env_kwargs=parse_env_kwargs(args.env_kwargs))
+    zoo = tune(base, args.trials, Path(args.out), backend=args.backend, address=args.address,
+               eval_episodes=args.eval_episodes)
+    print((zoo.parent / "study.md").read_text())
+    print(f"best hyperparameters: {zoo}  (train with: drrl train --config {zoo})")
     return 0
 
 
@@ -207,13 +226,15 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from drrl_env.env import RankSelectionEnv
     from experiments.profile import format_table, plot_speedups, profile_table
 
-    env = RankSelectionEnv(**env_kwargs(args))
+    env = RankSelectionEnv(**{**env_kwargs(args), "method": "svd"})  # the shapes only: no calibration needed
     lengths = [int(n) for n in _split_list(args.lengths)]
-    measured, flops, profile = profile_table(env, lengths, default_cache_root(), args.refresh)
-    print(format_table(env, lengths, measured, flops))
+    tables = profile_table(env, _split_list(args.methods), lengths, default_cache_root(), args.refresh)
+    print(format_table(env, lengths, tables))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"profile: {profile.path}\nplot: {plot_speedups(env, lengths, measured, flops, out / 'speedup.png')}")
+    for method, (_, _, profile) in tables.items():
+        print(f"profile of {method}: {profile.path}")
+    print(f"plot: {plot_speedups(env, lengths, tables, out / 'speedup.png')}")
     return 0
 
 
@@ -228,12 +249,12 @@ def cmd_tradeoff(args: argparse.Namespace) -> int:
 
 
 def cmd_precompute(args: argparse.Namespace) -> int:
-    from drrl_env.env import RankSelectionEnv
     from experiments.precompute import precompute
 
-    env = RankSelectionEnv(**{**env_kwargs(args), "split": args.split, "cache_documents": False})
-    count = precompute(env, args.documents, report=lambda line: print(line, flush=True))
-    print(f"{count} documents of the {args.split} split analysed into {env.documents.disk.folder}")
+    kwargs = {**parse_env_kwargs(args.env_kwargs), "split": args.split}
+    count = precompute(args.env_id, kwargs, args.documents, backend=args.backend, jobs=args.jobs,
+                       address=args.address, report=lambda line: print(line, flush=True))
+    print(f"{count} documents of the {args.split} split of {args.env_id} are in the analysis cache")
     return 0
 
 
@@ -243,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drrl", description="DR-RL rank selection: rollouts, training, "
                                      "evaluation and comparison on DRRL-v0")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def backend_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--backend", default="local", choices=backend_names(),
+                       help="where the work runs: local (this machine) or ray (a Ray cluster; pip install -e '.[ray]')")
+        p.add_argument("--address", help="address of a running Ray cluster (default: start Ray on this machine)")
 
     def env_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--env-id", choices=ENV_IDS,
@@ -255,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rollout", help="run baseline policies and print their reward terms")
     p.add_argument("--policies", default=DEFAULT_POLICIES, help="full, fixed:R, random, energy:TAU, oracle")
     p.add_argument("--episodes", type=int, default=4, help="documents to run (the first N of the split)")
-    p.add_argument("--split", default="test", choices=["train", "test", "all"], help="documents to run on")
+    p.add_argument("--split", default="test", choices=SPLITS, help="documents to run on")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
     p.add_argument("--json", help="also write the per-episode rows to this file")
     env_args(p)
@@ -266,10 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", help="mlp (SB3's MultiInputPolicy) or transformer (agents/transformer_policy.py)")
     p.add_argument("--timesteps", type=int, help="environment steps to train for")
     p.add_argument("--seed", type=int, help="seed of the agent and the env")
-    p.add_argument("--config", help="YAML file with train settings (experiments/configs/*.yaml)")
+    p.add_argument("--config", help="YAML file with train settings (experiments/configs/*.yaml), or an RL-Zoo "
+                                    "hyperparameter file such as the ppo.yml that drrl tune writes")
     p.add_argument("--logdir", default="runs", help="folder that receives the run folder (TensorBoard events, model)")
     p.add_argument("--pretrain-bc", type=int, help="behaviour-clone the oracle on N training documents first")
-    p.add_argument("--n-envs", type=int, help="environments stepped together per update (SB3 DummyVecEnv)")
+    p.add_argument("--n-envs", type=int, help="environments stepped together per update")
+    p.add_argument("--vec-env", choices=("dummy", "subproc"),
+                   help="how the --n-envs environments step: dummy (in this process, SB3 DummyVecEnv; the default) "
+                        "or subproc (a process each, SB3 SubprocVecEnv)")
     p.add_argument("--eval-freq", type=int, help="steps between evaluations on the test split (eval/ tags)")
     p.add_argument("--resume", help="run folder to continue from its checkpoint")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -281,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--model", help="run folder or saved agent zip")
     who.add_argument("--baseline", help="full, fixed:R, random, energy:TAU or oracle")
-    p.add_argument("--split", default="test", choices=["train", "test", "all"], help="documents to evaluate on")
+    p.add_argument("--split", default="test", choices=SPLITS, help="documents to evaluate on")
     p.add_argument("--episodes", type=int, default=8, help="documents to evaluate (the first N of the split)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
     p.add_argument("--out", help="folder for episodes.json and episodes.csv")
@@ -295,7 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="training seeds per (algo, policy): runs use seeds 0..N-1")
     p.add_argument("--timesteps", type=int, default=20_000, help="environment steps per training run")
     p.add_argument("--episodes", type=int, default=16, help="test documents to evaluate on")
-    p.add_argument("--jobs", type=int, default=1, help="training processes in parallel")
+    p.add_argument("--jobs", type=int, default=1, help="training processes in parallel (local backend)")
+    backend_args(p)
+    p.add_argument("--cpus-per-run", type=float, default=1.0,
+                   help="CPUs each training run declares on Ray (a measured cost model takes a whole node)")
+    p.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each training run declares on Ray")
     p.add_argument("--pretrain-bc", type=int, default=0,
                    help="behaviour-clone the oracle on N training documents before RL (0 = no pre-training)")
     p.add_argument("--tune-documents", type=int, default=16,
@@ -305,6 +339,19 @@ def build_parser() -> argparse.ArgumentParser:
     env_args(p)
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser("tune", help="search an agent's hyperparameters with Optuna (TPE, median pruning), scored on "
+                                    "the validation split; writes an RL-Zoo <algo>.yml")
+    p.add_argument("--algo", default="ppo", help="ppo, a2c, dqn, maskable_ppo or recurrent_ppo")
+    p.add_argument("--policy", default="mlp", help="mlp or transformer")
+    p.add_argument("--trials", type=int, default=20, help="hyperparameter sets to try")
+    p.add_argument("--timesteps", type=int, default=20_000, help="environment steps per trial")
+    p.add_argument("--seed", type=int, default=0, help="seed of every trial's agent and env, and of the sampler")
+    p.add_argument("--eval-episodes", type=int, default=4, help="validation documents each evaluation plays")
+    p.add_argument("--out", default="experiments/results/tune", help="folder for <algo>.yml, study.md and trials/")
+    backend_args(p)
+    env_args(p)
+    p.set_defaults(func=cmd_tune)
+
     p = sub.add_parser("report", help="rebuild a comparison's report.md from its rows.json and compare.json")
     p.add_argument("folder", help="a drrl compare output folder (with rows.json and compare.json)")
     p.add_argument("--model-metrics", action="store_true",
@@ -313,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("profile", help="measure and print the latency table of this device, with FLOP ratios")
     p.add_argument("--lengths", default="512,2048,4096,8192", help="key lengths to profile")
+    p.add_argument("--methods", default=",".join(method_names()),
+                   help="comma-separated low-rank methods to profile (default: every registered one)")
     p.add_argument("--refresh", action="store_true", help="re-measure instead of reusing the cached profile")
     p.add_argument("--out", default=".", help="folder for speedup.png")
     env_args(p)
@@ -322,19 +371,21 @@ def build_parser() -> argparse.ArgumentParser:
                        "configuration poses a trade-off (on this device, for measured costs)")
     p.add_argument("--betas", help="comma-separated cost weights to evaluate (default: the env's beta)")
     p.add_argument("--documents", type=int, default=12, help="documents to play (the first N of the split)")
-    p.add_argument("--split", default="train", choices=["train", "test", "all"], help="documents to play")
+    p.add_argument("--split", default="train", choices=SPLITS, help="documents to play")
     env_args(p)
     p.set_defaults(func=cmd_tradeoff)
 
     p = sub.add_parser("precompute", help="fill the on-disk analysis cache of a split ahead of a run")
-    p.add_argument("--split", default="train", choices=["train", "test", "all"], help="documents to analyse")
+    p.add_argument("--split", default="train", choices=SPLITS, help="documents to analyse")
     p.add_argument("--documents", type=int, help="the first N documents of the split (default: all)")
+    p.add_argument("--jobs", type=int, default=1, help="analysis processes in parallel (local backend)")
+    backend_args(p)
     env_args(p)
     p.set_defaults(func=cmd_precompute)
 
     p = sub.add_parser("inspect", help="plot one document's spectra and minimal ranks")
     p.add_argument("--document", type=int, default=0, help="document index in the split")
-    p.add_argument("--split", default="test", choices=["train", "test", "all"], help="the document's split")
+    p.add_argument("--split", default="test", choices=SPLITS, help="the document's split")
     p.add_argument("--energy", type=float, default=0.9,
                    help="energy fraction whose minimal rank is plotted per layer and segment")
     p.add_argument("--out", default="inspect", help="folder for the plots")
@@ -345,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Smallest value of each integer flag (by its argparse dest), checked before any work starts.
 MINIMUMS = {"episodes": 1, "seeds": 1, "timesteps": 1, "seed": 0, "documents": 1, "jobs": 1, "pretrain_bc": 0,
+            "trials": 1, "eval_episodes": 1,
             "tune_documents": 1, "n_envs": 1, "eval_freq": 1, "document": 0}
 
 

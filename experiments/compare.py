@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import glob
 import json
-import multiprocessing
 import os
 import shlex
 import shutil
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from agents.sb3_agents import env_config_dict, load_agent
 from drrl_env.config import make_config
 from drrl_env.costs import cost_model_class
 from drrl_env.costs.latency import LatencyProfile, machine_description
+from experiments.backends import PARALLEL_ENV, Resources, make_backend
 from experiments.report import mean_ci, method_table, paired_bootstrap, pareto_plot, per_document, rank_heatmap
 from experiments.rollout import EpisodeSummary, add_model_metrics, evaluate
 from experiments.train import TrainConfig, read_yaml_mapping, resolved_settings, train
@@ -36,7 +35,7 @@ def _train_one(args: tuple[TrainConfig, str]) -> str:
     """Trains one run of the grid, or picks up its earlier attempt in ``logdir``: a finished run is
     reused, an interrupted one resumed from its checkpoint, one without a checkpoint removed and redone."""
     config, logdir = args
-    if os.environ.get("DRRL_PARALLEL"):
+    if os.environ.get(PARALLEL_ENV):
         torch.set_num_threads(1)  # parallel training processes share the cores
     earlier = _earlier_runs(config, Path(logdir))
     finished = [run for run in earlier if (run / "model.zip").exists()]
@@ -85,31 +84,31 @@ def tune_baselines(env_id: str, env_kwargs: dict[str, Any], documents: int) -> t
 
 def compare(algos: list[str], policies: list[str], seeds: int, timesteps: int, env_kwargs: dict[str, Any],
             out: Path, episodes: int, jobs: int = 1, pretrain_bc: int = 0, tune_documents: int = 16,
-            hyperparams: dict[str, Any] | None = None, env_id: str = "DRRL-v0") -> Path:
+            hyperparams: dict[str, Any] | None = None, env_id: str = "DRRL-v0", backend: str = "local",
+            address: str | None = None, cpus_per_run: float = 1.0, gpus_per_run: float = 0.0) -> Path:
     """Train ``algos x policies x seeds`` runs under ``out/runs`` and write ``out/report.md``; returns its path.
+
+    The runs go to ``backend`` (``experiments/backends.py``): ``local`` with ``jobs`` processes, or
+    ``ray`` (at ``address``, or started here), each run a task with ``cpus_per_run`` CPUs and
+    ``gpus_per_run`` GPUs, or a node to itself under a measured cost model.  Evaluation and the
+    report happen here, so the output folder is the same whatever the backend.
 
     Rerunning the same command after an interruption resumes the grid: finished runs are reused,
     interrupted ones continue from their checkpoints (``_train_one``)."""
-    cost_model = make_config(**env_kwargs).cost_model
-    if jobs > 1 and cost_model_class(cost_model).measures_device:
-        # Profiles are keyed by thread count, so a one-thread job would train on a profile other
-        # than the evaluation's, measured under the other jobs' load.
-        raise ValueError(f"cost_model={cost_model!r} measures latency on this machine: parallel training jobs "
-                         f"would measure under each other's load; use --jobs 1")
+    config = make_config(**env_kwargs)
+    resources = Resources(cpus=cpus_per_run, gpus=gpus_per_run,
+                          exclusive=cost_model_class(config.cost_model).measures_device)
     configs = [TrainConfig(env_id=env_id, algo=a, policy=p, timesteps=timesteps, seed=s, env_kwargs=env_kwargs,
                            pretrain_bc=pretrain_bc, eval_freq=max(timesteps // 4, 1), hyperparams=hyperparams or {})
                for a in algos for p in policies for s in range(seeds)]
     if not configs:
         raise ValueError("nothing to train: give at least one algo, one policy and --seeds >= 1")
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"training {len(configs)} runs ({', '.join(sorted({f'{c.algo}-{c.policy}' for c in configs}))}; "
-          f"{seeds} seeds, {timesteps} steps each) in {out / 'runs'}", flush=True)
-    if jobs > 1:
-        os.environ["DRRL_PARALLEL"] = "1"
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            run_dirs = list(pool.map(_train_one, [(c, str(out / "runs")) for c in configs]))
-    else:
-        run_dirs = [_train_one((c, str(out / "runs"))) for c in configs]
+    with make_backend(backend, jobs=jobs, address=address) as runner:
+        runner.check(resources)
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"training {len(configs)} runs ({', '.join(sorted({f'{c.algo}-{c.policy}' for c in configs}))}; "
+              f"{seeds} seeds, {timesteps} steps each) in {out / 'runs'} on the {backend} backend", flush=True)
+        run_dirs = runner.map(_train_one, [(c, str((out / "runs").resolve())) for c in configs], resources)
 
     env = gym.make(env_id, **{**env_kwargs, "split": "test"})
     documents = range(min(episodes, len(env.unwrapped.document_names())))

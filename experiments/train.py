@@ -4,7 +4,8 @@ Run folders are named ``{env_id}__{algo}-{policy}__{seed}__{unix time}`` under a
 so ``tensorboard --logdir runs/`` overlays algorithms.  Tags: SB3's own (``rollout/``,
 ``train/``, ``time/``), ``drrl/`` per rollout (fidelity, cost and FLOP ratios, mean rank, rank
 per layer, replaced-action and masked-rank fractions, perturbation, reward terms), ``eval/`` on
-held-out documents, ``bc/loss`` for behaviour cloning, and the HParams tab.
+the validation documents (never the test split: that one is for the final comparison),
+``bc/loss`` for behaviour cloning, and the HParams tab.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import csv
 import dataclasses
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +25,15 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import HParam, configure
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 import drrl_env  # noqa: F401  (registers DRRL-v0 and DRRL-LM-v0)
-from agents.sb3_agents import (ALGORITHMS, DEFAULT_HYPERPARAMS, POLICIES, behaviour_cloning, load_agent, make_agent,
-                               oracle_dataset, save_agent)
+from agents.sb3_agents import (ALGORITHMS, DEFAULT_HYPERPARAMS, POLICIES, TRANSFORMER_KWARGS, behaviour_cloning,
+                               load_agent, make_agent, oracle_dataset, save_agent)
 from drrl_env.registration import ENV_IDS
 from experiments.rollout import evaluate
 
-
+VEC_ENVS = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}  # --vec-env: SB3's vectorized env classes
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -44,6 +47,7 @@ class TrainConfig:
     env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     hyperparams: dict[str, Any] = dataclasses.field(default_factory=dict)
     n_envs: int = 1
+    vec_env: str = "dummy"  # how the n_envs step: "dummy" (in this process) or "subproc" (one process each)
     pretrain_bc: int = 0  # training documents labelled by the oracle for behaviour cloning (0 = none)
     bc_epochs: int = 20
     eval_freq: int = 5_000
@@ -62,13 +66,20 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.vec_env not in VEC_ENVS:
+            raise ValueError(f"unknown vec_env {self.vec_env!r}; choose one of {list(VEC_ENVS)}")
         if not isinstance(self.env_kwargs, dict) or not isinstance(self.hyperparams, dict):
             raise ValueError("env_kwargs and hyperparams must be mappings (key: value)")
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        """A YAML file's settings, then ``overrides`` (those not None) on top; unknown keys are errors."""
+        """A YAML file's settings, then ``overrides`` (those not None) on top; unknown keys are errors.
+
+        The file holds :class:`TrainConfig`'s fields, or is an RL-Zoo hyperparameter file
+        (``{env_id: {n_timesteps, policy, ...}}``, :func:`from_zoo`)."""
         data = read_yaml_mapping(path, "config file")
+        if len(data) == 1 and next(iter(data)) in ENV_IDS:
+            data = from_zoo(data, algo=overrides.get("algo") or Path(path).stem, path=path)
         return cls.from_dict({**data, **{k: v for k, v in overrides.items() if v is not None}})
 
     @classmethod
@@ -81,6 +92,47 @@ class TrainConfig:
 
     def run_name(self) -> str:
         return f"{self.env_id}__{self.algo}-{self.policy}__{self.seed}__{int(time.time())}"
+
+
+ZOO_KEYS = {"n_timesteps": "timesteps", "n_envs": "n_envs", "env_kwargs": "env_kwargs"}  # RL Zoo key -> TrainConfig field
+TRANSFORMER_ZOO_KWARGS = (  # RL Zoo evaluates policy_kwargs strings; this one imports the extractor itself
+    "dict(features_extractor_class=__import__('agents.transformer_policy', fromlist=['_']).RankTransformerExtractor, "
+    f"features_extractor_kwargs={TRANSFORMER_KWARGS!r})")
+
+
+def to_zoo(config: TrainConfig) -> dict[str, Any]:
+    """``config`` as an RL-Zoo hyperparameter file's mapping ``{env_id: {...}}`` (the file is named
+    ``{algo}.yml``): ``n_timesteps``, ``policy``, ``n_envs``, the algorithm's hyperparameters, the
+    Transformer extractor as a ``policy_kwargs`` string, and ``env_kwargs`` when there are any."""
+    entry: dict[str, Any] = {"n_timesteps": config.timesteps, "n_envs": config.n_envs,
+                             "policy": "MultiInputLstmPolicy" if config.algo == "recurrent_ppo" else "MultiInputPolicy",
+                             **config.hyperparams}
+    if config.policy == "transformer":
+        entry["policy_kwargs"] = TRANSFORMER_ZOO_KWARGS
+    if config.env_kwargs:
+        entry["env_kwargs"] = dict(config.env_kwargs)
+    return {config.env_id: entry}
+
+
+def from_zoo(data: dict[str, Any], algo: str, path: str | Path) -> dict[str, Any]:
+    """TrainConfig fields from an RL-Zoo mapping (:func:`to_zoo`); ``algo`` comes from ``--algo`` or the file name."""
+    env_id, entry = next(iter(data.items()))
+    if not isinstance(entry, dict) or "n_timesteps" not in entry:
+        raise ValueError(f"RL-Zoo file {str(path)!r}: {env_id} must map to hyperparameters with n_timesteps")
+    if algo not in ALGORITHMS:
+        raise ValueError(f"RL-Zoo file {str(path)!r} does not say its algorithm: name it <algo>.yml "
+                         f"({', '.join(sorted(ALGORITHMS))}) or pass --algo")
+    entry = dict(entry)
+    policy_kwargs = entry.pop("policy_kwargs", None)
+    if policy_kwargs not in (None, TRANSFORMER_ZOO_KWARGS):
+        raise ValueError(f"RL-Zoo file {str(path)!r}: policy_kwargs {policy_kwargs!r} is not one drrl builds; "
+                         "leave it out (mlp policy) or use the Transformer's as drrl tune writes it")
+    entry.pop("policy", None)
+    fields = {field: entry.pop(key) for key, field in ZOO_KEYS.items() if key in entry}
+    if isinstance(fields["timesteps"], float) and fields["timesteps"].is_integer():
+        fields["timesteps"] = int(fields["timesteps"])  # the zoo writes 1e5 as !!float
+    return {"env_id": env_id, "algo": algo, "policy": "mlp" if policy_kwargs is None else "transformer",
+            **fields, "hyperparams": entry}
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
@@ -130,12 +182,16 @@ class DrrlMetricsCallback(BaseCallback):
         self._values.clear()
 
 
-class HeldOutEvalCallback(BaseCallback):
-    """Every ``eval_freq`` steps: deterministic episodes on the first test documents, logged as ``eval/``."""
+EvalListener = Callable[[int, dict[str, float]], None]  # (timesteps, eval means); may raise to stop training
 
-    def __init__(self, eval_env: gym.Env, eval_freq: int, episodes: int) -> None:
+
+class HeldOutEvalCallback(BaseCallback):
+    """Every ``eval_freq`` steps: deterministic episodes on the first validation documents, logged as
+    ``eval/`` and passed to ``listener`` (a tuner's pruning hook)."""
+
+    def __init__(self, eval_env: gym.Env, eval_freq: int, episodes: int, listener: EvalListener | None = None) -> None:
         super().__init__()
-        self.eval_env, self.eval_freq, self.episodes = eval_env, eval_freq, episodes
+        self.eval_env, self.eval_freq, self.episodes, self.listener = eval_env, eval_freq, episodes, listener
         self._next = eval_freq
 
     def _on_step(self) -> bool:
@@ -152,6 +208,8 @@ class HeldOutEvalCallback(BaseCallback):
         for key, value in summary.items():
             self.logger.record(f"eval/{key}", value)
         self.logger.dump(self.num_timesteps)
+        if self.listener is not None:
+            self.listener(self.num_timesteps, summary)
         return summary
 
 
@@ -185,17 +243,20 @@ def resolved_settings(config: TrainConfig) -> dict[str, Any]:
 
 
 def train(config: TrainConfig, logdir: str | Path = "runs", resume: str | Path | None = None,
-          progress_bar: bool = False) -> Path:
+          progress_bar: bool = False, on_eval: EvalListener | None = None) -> Path:
     """Train one agent; returns its run folder (holding ``model.zip``, ``config.yaml``, events).
 
     ``resume``: a run folder to continue from its checkpoint; its ``progress.csv`` keeps the rows
     written before.  Ctrl-C saves a checkpoint and raises :class:`TrainingInterrupted`.
+    ``on_eval(timesteps, means)`` is called after every evaluation on the validation documents,
+    the last one after training; an exception it raises ends training (the run folder stays).
     """
     run_dir, model, logger = None, None, None
     try:
         env_kwargs = {**config.env_kwargs, "split": "train", "render_mode": None}  # SB3 would ask for rgb_array
-        vec_env = make_vec_env(config.env_id, n_envs=config.n_envs, seed=config.seed, env_kwargs=env_kwargs)
-        eval_env = gym.make(config.env_id, **{**config.env_kwargs, "split": "test"})
+        vec_env = make_vec_env(config.env_id, n_envs=config.n_envs, seed=config.seed, env_kwargs=env_kwargs,
+                               vec_env_cls=VEC_ENVS[config.vec_env])
+        eval_env = gym.make(config.env_id, **{**config.env_kwargs, "split": "validation"})
         if resume is not None:
             checkpoint = next((p for p in (Path(resume) / "checkpoint.zip", Path(resume) / "model.zip") if p.exists()),
                               None)
@@ -213,7 +274,7 @@ def train(config: TrainConfig, logdir: str | Path = "runs", resume: str | Path |
         (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         if config.pretrain_bc and resume is None:
             _pretrain(model, config)
-        evaluator = HeldOutEvalCallback(eval_env, config.eval_freq, config.eval_episodes)
+        evaluator = HeldOutEvalCallback(eval_env, config.eval_freq, config.eval_episodes, on_eval)
         callbacks = CallbackList([DrrlMetricsCallback(), evaluator, CheckpointCallback(run_dir, config.checkpoint_freq),
                                   _HParamsCallback(config)])
         remaining = max(config.timesteps - model.num_timesteps, 0)
@@ -228,6 +289,8 @@ def train(config: TrainConfig, logdir: str | Path = "runs", resume: str | Path |
     finally:
         if logger is not None:
             logger.close()
+        if model is not None:
+            model.get_env().close()  # subprocess envs end with their training
         if run_dir is not None and run_dir.exists():
             _merge_progress(run_dir)
     return run_dir

@@ -267,10 +267,11 @@ def test_a_non_utf8_corpus_file_is_named(tmp_path):
 def test_precompute_fills_the_cache_that_a_later_env_reads(tmp_path, monkeypatch):
     from experiments.precompute import precompute
 
-    assert precompute(RankSelectionEnv(**SYNTHETIC, split="train", cache_dir=str(tmp_path))) == 8
+    kwargs = {**SYNTHETIC, "split": "train", "cache_dir": str(tmp_path)}
+    assert precompute("DRRL-v0", kwargs, jobs=2) == 6  # draws 2, 3, 4, 7, 8, 9: two chunks, two processes
     calls = []
     monkeypatch.setattr("drrl_env.documents.analyse", lambda *args, **kwargs: calls.append(1))
-    _episodes(RankSelectionEnv(**SYNTHETIC, split="train", cache_dir=str(tmp_path)), n=8)
+    _episodes(RankSelectionEnv(**kwargs), n=6)
     assert calls == []
 
 

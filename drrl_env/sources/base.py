@@ -8,6 +8,13 @@ from typing import Any
 
 import torch
 
+SPLIT_MODULUS = 5  # items hash to buckets 0..4: 0 = test, 1 = validation, 2-4 = train (20/20/60)
+
+
+def split_of(bucket: int) -> str:
+    """The split of an item (a topic, a file, a synthetic draw) whose hash or index is ``bucket``."""
+    return {0: "test", 1: "validation"}.get(bucket % SPLIT_MODULUS, "train")
+
 
 @dataclass(frozen=True)
 class SourceSpec:

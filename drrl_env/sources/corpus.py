@@ -1,4 +1,4 @@
-"""Text corpora: documents with a fixed train/test split.
+"""Text corpora: documents with a fixed train/validation/test split.
 
 The default corpus is real English text shipped with every CPython: the documentation topics of
 ``pydoc_data.topics`` (79 topics in CPython 3.11, ~465k characters).  Each topic is cut at blank
@@ -10,9 +10,10 @@ The long-context corpus ``"stdlib-docs"`` is the documentation of ~100 standard-
 truncates at ``max_seq_len``), split by module, with every paragraph of 80 characters or more that a
 training document also holds removed from the test documents.
 
-Split rule (by topic, so no topic's text is in both splits): a topic is a test topic when
-``zlib.crc32(topic_name) % 5 == 0`` (about 20 % of topics).  User corpora are split the same way
-by document name (file name, or ``doc-<index>`` for a list of strings).
+Split rule (by topic, so no topic's text is in two splits): a topic is a test topic when
+``zlib.crc32(topic_name) % 5 == 0``, a validation topic when it is 1 (about 20 % of topics each),
+else a training topic (``base.split_of``).  User corpora are split the same way by file name (or
+``doc-<index>`` for a list of strings).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from drrl_env.sources.base import split_of
+
 DOC_CHARS = 2000
-TEST_MODULUS = 5
 
 
 @dataclass(frozen=True)
@@ -38,11 +40,11 @@ class Document:
 
     @property
     def split(self) -> str:
-        return "test" if zlib.crc32(self.group.encode()) % TEST_MODULUS == 0 else "train"
+        return split_of(zlib.crc32(self.group.encode()))
 
 
 def load_corpus(corpus: str | Sequence[str] | None, split: str = "all") -> list[Document]:
-    """Documents of ``corpus`` in ``split`` ("train", "test" or "all"), in a fixed order.
+    """Documents of ``corpus`` in ``split`` ("train", "validation", "test" or "all"), in a fixed order.
 
     ``corpus``: ``None`` for the pydoc topics; ``"stdlib-docs"`` for the long-context corpus (one
     document per standard-library module, its rendered documentation; test documents lose every
@@ -86,7 +88,7 @@ def load_corpus(corpus: str | Sequence[str] | None, split: str = "all") -> list[
     if not chosen:
         raise ValueError(
             f"corpus {origin} has no {split!r} documents ({len(documents)} in all); a document is "
-            f"a test document when crc32(name) % {TEST_MODULUS} == 0; use split='all'")
+            f"a test document when crc32(group) % 5 == 0, a validation one when it is 1; use split='all'")
     return chosen
 
 

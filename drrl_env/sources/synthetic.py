@@ -20,10 +20,9 @@ import math
 
 import torch
 
-from drrl_env.sources.base import AttentionSource, AttentionTrace, SourceSpec
+from drrl_env.sources.base import AttentionSource, AttentionTrace, SourceSpec, split_of
 
 BLOCK = 64
-TEST_MODULUS = 5
 GENERATOR_VERSION = 1  # bump when the generator's output changes (invalidates cached analyses)
 
 
@@ -37,11 +36,10 @@ class SyntheticSource(AttentionSource):
         self.head_variety = head_variety
         self.seed = seed
         self.device = device or torch.device("cpu")
-        self._ids = [i for i in range(n_documents)
-                     if split == "all" or (i % TEST_MODULUS == 0) == (split == "test")]
+        self._ids = [i for i in range(n_documents) if split in ("all", split_of(i))]
         if not self._ids:
             raise ValueError(f"synthetic_documents={n_documents} leaves no {split!r} document "
-                             f"(every {TEST_MODULUS}th one is a test document)")
+                             f"(draw i is a test document when i % 5 == 0, a validation one when i % 5 == 1)")
 
     @property
     def document_names(self) -> list[str]:
