@@ -4,6 +4,8 @@ Tune on Ray), and vectorized environments.  Ray starts locally here (no cluster,
 import json
 import multiprocessing
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -47,9 +49,27 @@ def test_a_measured_cost_gets_a_whole_node_on_ray_and_is_refused_by_parallel_loc
     LocalBackend(jobs=1).check(Resources(exclusive=True))
 
 
-# Vectorized envs come before the module's Ray starts: forking a process that runs Ray threads can hang.
+ASYNC_ONE_LINER = f"""
+import gymnasium as gym, numpy as np, drrl_env
+envs = gym.make_vec("DRRL-v0", num_envs=2, vectorization_mode="async", **{SYNTHETIC!r}, cache_dir=None)
+envs.reset(seed=0)
+print(envs.step(np.zeros(2, dtype=np.int64))[1].shape)
+envs.close()
+"""
+
+
+def test_async_vector_env_in_a_fresh_process(tmp_path):
+    """The README's one-liner, default context (fork on Linux), as a user's script runs it."""
+    result = subprocess.run([sys.executable, "-c", ASYNC_ONE_LINER], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip() == "(2,)", result.stderr[-2000:]
+
+
 def test_async_vector_env_steps_every_copy():
-    envs = gym.make_vec("DRRL-v0", num_envs=2, vectorization_mode="async", **SYNTHETIC, cache_dir=None)
+    """In a process that has run torch work already, workers must not be forked (OpenMP's thread pool
+    does not survive a fork): spawn them."""
+    envs = gym.make_vec("DRRL-v0", num_envs=2, vectorization_mode="async", vector_kwargs={"context": "spawn"},
+                        **SYNTHETIC, cache_dir=None)
     try:
         observations, _ = envs.reset(seed=0)
         assert observations["action_mask"].shape[0] == 2
