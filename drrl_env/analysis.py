@@ -114,28 +114,28 @@ def analyse(trace: AttentionTrace, workload: Prefill, ranks: tuple[int, ...], me
     scaling = trace.scaling.to(trace.queries.device)[:, None, None, None]  # (Ly, 1, 1, 1)
     rank_index = torch.tensor(ranks)
     per_segment = []
-    for view in workload.views(trace.queries, trace.keys, trace.values, trace.causal):
-        exact = view.attention(d, method, scaling, compress_values)  # (Ly, H, T, d)
+    for view in workload.views(trace.queries, trace.keys, trace.values, trace.causal, method):
+        exact = view.attention(d, scaling, compress_values)  # (Ly, H, T, d)
         q_factors = Factors.of(view.queries)  # the spectra; reused by methods that factor the queries
         stats = []
         for rank in ranks:
-            approx = exact if rank == d else view.attention(rank, method, scaling, compress_values, q_factors)
+            approx = exact if rank == d else view.attention(rank, scaling, compress_values, q_factors)
             stats.append(torch.stack([(approx * exact).sum((-1, -2)), approx.square().sum((-1, -2)),
                                       (approx - exact).square().sum((-1, -2))]))  # (3, Ly, H)
-        keys = view.side.key_factors
+        keys, heads = view.side.key_factors, view.queries.shape[-3]
         sv_q = _pad(q_factors.sv, d)  # (Ly, H, d)
-        sv_k = _pad(keys.sv, d)  # (Ly, H, d)
-        kept = method.kept_score_energy(linalg.score_energy(q_factors.sv, q_factors.right, keys.sv, keys.right),
-                                        rank_index)  # (Ly, H, R) or None
-        if kept is None:  # no score-change identity: bounds unknown (infinite, shown clipped)
+        sv_k = _pad(linalg.expand_heads(keys.sv, heads, -2), d)  # (Ly, H, d)
+        change_sq = method.score_change_sq(q_factors, keys, rank_index)  # (Ly, H, R, R) or None
+        if change_sq is None:  # no score-change identity: bounds unknown (infinite, shown clipped)
             pair_bound = torch.full((*exact.shape[:2], len(ranks), len(ranks)), torch.inf, dtype=torch.float64,
                                     device=exact.device)
             pair_bound.diagonal(dim1=-2, dim2=-1).zero_()  # (Ly, H, R, R)
         else:
-            pair_bound = linalg.output_bound_pairs(kept, scaling[..., 0, 0], view.side.value_norm)  # (Ly, H, R, R)
+            value_norm = linalg.expand_heads(view.side.value_norm, heads, -1)  # (Ly, H)
+            pair_bound = linalg.output_bound_pairs(change_sq, scaling[..., 0, 0], value_norm)  # (Ly, H, R, R)
             if compress_values:
-                pair_bound = pair_bound + linalg.value_change_bound(_pad(view.side.value_factors.sv, d), rank_index,
-                                                                    view.stop - view.start)
+                pair_bound = pair_bound + linalg.expand_heads(
+                    method.value_change(view.side.value_factors, rank_index, view.stop - view.start), heads)
         per_segment.append({
             "segment": (view.start, view.stop),
             "key_len": view.side.key_len,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from drrl_env.attention.methods import method_names
+from drrl_env.attention.workload import WORKLOADS
 from drrl_env.costs import cost_model_names
 
 ANALYSIS = {"analysis": True}  # the field shapes a document's analysis: it keys the on-disk cache
@@ -60,8 +61,19 @@ class EnvConfig:
             ``None`` = head_dim/8, 2*head_dim/8, ..., head_dim.
         per_head: one rank per head (``MultiDiscrete``) instead of one per layer (``Discrete``).
         method: a registered low-rank method (``drrl_env/attention/methods/``): ``"svd"``
-            (truncated SVD of the segment's Q and of K, scores from the factors) or
-            ``"shared_key"`` (Q and K projected on the top-r right singular vectors of K).
+            (truncated SVD of the segment's Q and of K, scores from the factors),
+            ``"shared_key"`` (Q and K projected on the top-r right singular vectors of K) or
+            ``"calibrated"`` (Q, K and V projected on fixed per-layer bases fitted on training
+            documents; nothing decomposed per segment).
+        calibration_documents: training documents the ``calibrated`` bases are fitted on
+            (``drrl_env/calibration.py``; cached per model and corpus).
+        workload: ``"prefill"`` (the whole document at once, segment by segment) or ``"decode"``
+            (causal models: an exact prompt, then teacher-forced decoding one token at a time
+            over a KV cache in the method's basis; one decision per layer and window of
+            ``segment_len`` positions; cost = per-token attention over the cache;
+            ``attention/workload.py``).
+        decode_prompt: with ``workload="decode"``, the fraction of each document that is the
+            prompt (rounded down to whole segments, at least one).
         compress_values: compute A V through V's rank-r factors too (2TNr instead of 2TNd);
             without it, A V stays full size and caps the saving near one half.
 
@@ -124,6 +136,9 @@ class EnvConfig:
     ranks: tuple[int, ...] | None = field(default=None, metadata=ANALYSIS)
     per_head: bool = False
     method: str = field(default="svd", metadata=ANALYSIS)
+    calibration_documents: int = field(default=8, metadata=ANALYSIS)
+    workload: str = field(default="prefill", metadata=ANALYSIS)
+    decode_prompt: float = field(default=0.5, metadata=ANALYSIS)
     compress_values: bool = field(default=True, metadata=ANALYSIS)
 
     alpha: float = 1.0
@@ -152,6 +167,9 @@ class EnvConfig:
         _one_of("method", self.method, method_names())
         _one_of("cost_model", self.cost_model, cost_model_names())
         _one_of("split", self.split, SPLITS)
+        _one_of("workload", self.workload, WORKLOADS)
+        if not isinstance(self.decode_prompt, (int, float)) or not 0 < self.decode_prompt < 1:
+            raise ValueError(f"decode_prompt must be a fraction in (0, 1), got {self.decode_prompt!r}")
         _one_of("fidelity_metric", self.fidelity_metric, FIDELITY_METRICS)
         _one_of("dtype", self.dtype, DTYPES)
         if self.target_seq_len is not None:
@@ -162,7 +180,7 @@ class EnvConfig:
             object.__setattr__(self, "corpus", tuple(self.corpus))
         if self.ranks is not None:
             object.__setattr__(self, "ranks", coerce_option("ranks", self.ranks))
-        for name in ("segment_len", "min_doc_tokens", "synthetic_layers", "synthetic_heads",
+        for name in ("segment_len", "min_doc_tokens", "calibration_documents", "synthetic_layers", "synthetic_heads",
                      "synthetic_kv_heads", "synthetic_head_dim", "synthetic_seq_len",
                      "synthetic_documents"):
             _positive_int(name, getattr(self, name))

@@ -10,12 +10,14 @@ import torch
 
 from drrl_env.analysis import DocumentAnalysis, RelativeBounds, analyse
 from drrl_env.attention.methods import get_method
-from drrl_env.attention.workload import Prefill
+from drrl_env.attention.workload import make_workload
 from drrl_env.cache import AnalysisCache, cache_root
+from drrl_env.calibration import calibrate
 from drrl_env.config import EnvConfig
 from drrl_env.costs import AttentionShape, CostModel
 from drrl_env.costs.flops import flop_ratios
 from drrl_env.costs.latency import LatencyProfile, Timing, summarize
+from drrl_env.sources import make_source
 from drrl_env.sources.base import AttentionSource, ModelOutputs
 from drrl_env.sources.hf_attention import LowRankPlan
 
@@ -36,10 +38,15 @@ class DocumentStore:
     def __init__(self, config: EnvConfig, source: AttentionSource, ranks: tuple[int, ...],
                  cost_model: CostModel) -> None:
         self.config, self.source, self.ranks, self.cost_model = config, source, ranks, cost_model
-        self.workload = Prefill(config.segment_len)
+        self.workload = make_workload(config.workload, config.segment_len, config.decode_prompt)
         self.method = get_method(config.method)
         root = cache_root(config.cache_dir)
+        if self.method.needs_calibration:
+            training = source if config.split == "train" else make_source(config.replace(split="train"), source.device)
+            calibrate(self.method, training, config.calibration_documents, root, source.device)
         options = {name: getattr(config, name) for name in EnvConfig.analysis_fields()}
+        if self.method.state_key():
+            options["method_state"] = self.method.state_key()
         self.disk = None if root is None else AnalysisCache(root, {**options, "ranks": ranks})
         self._memory: dict[int, DocumentData] = {}
         self._exact_outputs: dict[int, ModelOutputs] = {}
@@ -54,8 +61,8 @@ class DocumentStore:
             analysis = analyse(self.source.trace(index), self.workload, self.ranks, self.method, cfg.compress_values)
             if self.disk:
                 self.disk.put(key, analysis)
-        shapes = [self.cost_shape(b - a, self._cost_key_len(int(n), analysis.seq_len))
-                  for (a, b), n in zip(analysis.segments, analysis.key_lens)]
+        problems = [self.workload.cost_problem(a, b, int(n)) for (a, b), n in zip(analysis.segments, analysis.key_lens)]
+        shapes = [self.cost_shape(t, self._cost_key_len(n, analysis.seq_len)) for t, n in problems]
         entry = DocumentData(analysis, RelativeBounds.of(analysis, cfg.bound_clip),
                              costs=np.stack([self.cost_model.cost_ratios(s) for s in shapes]),
                              flops=np.stack([flop_ratios(s) for s in shapes]))
@@ -83,7 +90,9 @@ class DocumentStore:
         spec = self.source.spec
         if ranks is None:
             ranks = np.full((spec.n_layers, analysis.n_segments), spec.head_dim)
-        plan = LowRankPlan(ranks, analysis.segments, self.workload, self.method, self.config.compress_values)
+        segments, ranks = self.workload.forward_plan(analysis.segments, np.asarray(ranks), spec.head_dim)
+        plan = LowRankPlan(ranks, segments, self.workload, self.method, self.config.compress_values,
+                           scored_from=self.workload.scored_from(analysis.segments))
         return self.source.model_outputs(index, plan)
 
     def exact_outputs(self, index: int) -> ModelOutputs:

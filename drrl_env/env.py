@@ -10,7 +10,6 @@ import numpy as np
 from gymnasium import spaces
 
 from drrl_env.analysis import DocumentAnalysis
-from drrl_env.attention.workload import segment_bounds
 from drrl_env.cache import cache_root
 from drrl_env.config import make_config
 from drrl_env.costs import make_cost_model
@@ -32,8 +31,10 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
     attention in one layer is computed, in layer-major order ``(0, 0), (0, 1), ..., (1, 0), ...``.
     The low-rank attention really is computed from rank-r factors by the configured method
     (``attention/methods/``; ``"svd"``: truncated SVDs of the segment's Q and of K;
-    ``"shared_key"``: Q and K projected on K's top-r right singular vectors), segment by segment
-    as the workload presents them (``attention/workload.py``), and compared with exact attention.
+    ``"shared_key"``: Q and K projected on K's top-r right singular vectors; ``"calibrated"``: Q, K
+    and V projected on fixed per-layer bases fitted on training documents, nothing decomposed per
+    segment), segment by segment as the workload presents them (``attention/workload.py``), and
+    compared with exact attention.
 
     ## Action Space
     ``Discrete(R)``: index into the rank grid ``ranks`` (default ``head_dim/8, ..., head_dim``), one
@@ -111,7 +112,9 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
 
     ## Version History
     * v0: initial release.  (Unreleased package: the id stays v0 while behaviour is pinned by
-      ``tests/test_reproduction.py``; ``info["reward_fidelity"]`` was added.)
+      ``tests/test_reproduction.py``; ``info["reward_fidelity"]`` was added; the ``calibrated``
+      method and the ``calibration_documents`` option were added; corpora gained a validation
+      split; measured costs now include the factors' upkeep.)
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -135,9 +138,12 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         self.action_space = spaces.MultiDiscrete([n_ranks] * n_heads) if cfg.per_head else spaces.Discrete(n_ranks)
         mask_shape = (n_heads * n_ranks,) if cfg.per_head else (n_ranks,)
         self.observation_space = observation_space(n_heads, spec.head_dim, n_ranks, cfg.bound_clip, mask_shape)
-        self.max_steps = spec.n_layers * len(segment_bounds(spec.max_seq_len, cfg.segment_len))
-        self.weights = RewardWeights(cfg.alpha, cfg.beta, cfg.gamma)
+        if cfg.workload == "decode" and not spec.causal:
+            raise ValueError(f"workload='decode' needs a causal model; {cfg.model!r} attends both ways "
+                             "(use workload='prefill')")
         self.documents = DocumentStore(cfg, self.source, self.ranks, self.cost_model)
+        self.max_steps = spec.n_layers * len(self.documents.workload.segments(spec.max_seq_len))
+        self.weights = RewardWeights(cfg.alpha, cfg.beta, cfg.gamma)
         self._doc: int | None = None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):

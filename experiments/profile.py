@@ -1,7 +1,10 @@
-"""``drrl profile``: the measured latency table of the env's attention on this device, next to FLOPs."""
+"""``drrl profile``: the measured latency table of the env's attention on this device, next to FLOPs,
+for each low-rank method and the env's workload (prefill: ``segment_len`` queries over a key
+prefix; decode: one token over the cache)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import matplotlib
@@ -17,46 +20,58 @@ from drrl_env.costs.measured import ProfileCostModel  # noqa: E402
 from drrl_env.env import RankSelectionEnv  # noqa: E402
 
 
-def env_profile(env: RankSelectionEnv, cache_root: Path | None, refresh: bool) -> tuple[LatencyProfile, AttentionShape]:
-    """The latency profile of ``env``'s attention shape (loaded from the cache unless ``refresh``)."""
+def method_shape(env: RankSelectionEnv, method: str, key_len: int | None = None) -> AttentionShape:
+    """The shape of the env's attention call over ``key_len`` keys under ``method``: a segment of
+    ``segment_len`` queries (prefill) or one token (decode)."""
     cfg = env.config
-    shape = env.documents.cost_shape(cfg.segment_len, cfg.segment_len)
-    return ProfileCostModel(env.device, cfg.dtype, cache_root, refresh).profile(shape), shape
+    queries, _ = env.documents.workload.cost_problem(0, cfg.segment_len, cfg.segment_len)
+    return dataclasses.replace(env.documents.cost_shape(queries, key_len or cfg.segment_len), method=method)
 
 
-def profile_table(env: RankSelectionEnv, lengths: list[int], cache_root: Path | None,
-                  refresh: bool) -> tuple[np.ndarray, np.ndarray, LatencyProfile]:
-    """Measured latency ratios and FLOP ratios to exact attention, each (lengths, ranks)."""
-    profile, shape = env_profile(env, cache_root, refresh)
-    measured = np.stack([profile.ratios(n) for n in lengths])
-    flops = np.stack([flop_ratios(env.documents.cost_shape(shape.query_len, n)) for n in lengths])
-    return measured, flops, profile
+def profile_table(env: RankSelectionEnv, methods: list[str], lengths: list[int], cache_root: Path | None,
+                  refresh: bool) -> dict[str, tuple[np.ndarray, np.ndarray, LatencyProfile]]:
+    """Per method: measured latency ratios and FLOP ratios to exact attention, each (lengths, ranks),
+    and the profile they were read from (measured on first use, then cached)."""
+    model = ProfileCostModel(env.device, env.config.dtype, cache_root, refresh)
+    tables = {}
+    for method in methods:
+        profile = model.profile(method_shape(env, method))
+        measured = np.stack([profile.ratios(n) for n in lengths])
+        flops = np.stack([flop_ratios(method_shape(env, method, n)) for n in lengths])
+        tables[method] = (measured, flops, profile)
+    return tables
 
 
-def format_table(env: RankSelectionEnv, lengths: list[int], measured: np.ndarray, flops: np.ndarray) -> str:
-    lines = [f"{machine_description(env.device)}, dtype {env.config.dtype}; "
-             f"method {env.config.method}, compress_values={env.config.compress_values}, "
-             f"{env.source.spec.n_heads} heads, head_dim {env.source.spec.head_dim}, segment {env.config.segment_len}",
-             "latency ratio to exact attention (SDPA), measured / FLOP-predicted:",
-             f"{'keys':>6} " + " ".join(f"{'r=' + str(r):>12}" for r in env.ranks)]
-    for n, m, f in zip(lengths, measured, flops):
-        lines.append(f"{n:>6} " + " ".join(f"{a:5.2f} / {b:4.2f}" for a, b in zip(m, f)))
+def format_table(env: RankSelectionEnv, lengths: list[int],
+                 tables: dict[str, tuple[np.ndarray, np.ndarray, LatencyProfile]]) -> str:
+    spec = env.source.spec
+    queries = method_shape(env, env.config.method).query_len
+    lines = [f"{machine_description(env.device)}, dtype {env.config.dtype}; workload {env.config.workload} "
+             f"({queries} queries per call), {spec.n_heads} heads over {spec.n_kv_heads} K/V heads, head_dim "
+             f"{spec.head_dim}, causal={spec.causal}, compress_values={env.config.compress_values}",
+             "latency ratio to exact attention (SDPA), measured (factor upkeep included) / FLOP-predicted:"]
+    for method, (measured, flops, _) in tables.items():
+        lines += [f"method {method}", f"{'keys':>6} " + " ".join(f"{'r=' + str(r):>12}" for r in env.ranks)]
+        for n, m, f in zip(lengths, measured, flops):
+            lines.append(f"{n:>6} " + " ".join(f"{a:5.2f} / {b:4.2f}" for a, b in zip(m, f)))
     return "\n".join(lines)
 
 
-def plot_speedups(env: RankSelectionEnv, lengths: list[int], measured: np.ndarray, flops: np.ndarray,
-                  path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for n, m, f in zip(lengths, measured, flops):
-        line, = ax.plot(env.ranks, 1 / m, marker="o", label=f"measured, {n} keys")
-        ax.plot(env.ranks, 1 / f, linestyle="--", color=line.get_color(), label=f"FLOPs, {n} keys")
-    ax.axhline(1.0, color="grey", linewidth=0.8)
-    ax.set_xlabel("rank")
-    ax.set_ylabel("speed-up over exact attention")
-    ax.set_yscale("log")
-    ax.set_title(f"{device_key(env.device)['device']}: measured vs FLOP-predicted", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+def plot_speedups(env: RankSelectionEnv, lengths: list[int],
+                  tables: dict[str, tuple[np.ndarray, np.ndarray, LatencyProfile]], path: Path) -> Path:
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.5 * len(tables), 4.2), sharey=True, squeeze=False)
+    for ax, (method, (measured, flops, _)) in zip(axes[0], tables.items()):
+        for n, m, f in zip(lengths, measured, flops):
+            line, = ax.plot(env.ranks, 1 / m, marker="o", label=f"measured, {n} keys")
+            ax.plot(env.ranks, 1 / f, linestyle="--", color=line.get_color(), label=f"FLOPs, {n} keys")
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.set_xlabel("rank")
+        ax.set_yscale("log")
+        ax.set_title(method, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("speed-up over exact attention")
+    axes[0][-1].legend(fontsize=6)
+    fig.suptitle(f"{device_key(env.device)['device']}: measured vs FLOP-predicted", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -5,9 +5,13 @@ documents of the env's split; each step's fidelity and perturbation terms and it
 recorded.  Because the reward is ``alpha * fidelity - beta * cost - gamma * perturbation``, one
 set of rollouts answers for a whole sweep of ``beta``:
 
-- the best fixed rank (highest mean reward): a trade-off needs it strictly inside the grid;
-- the one-step-best rank of every step and how often each rank is it: a trade-off worth an
-  agent needs more than one of them, varying across layers and segments.
+- the best fixed rank (highest mean reward) and the one-step oracle's headroom over it: the mean
+  over steps of the best rank's reward, (oracle - best fixed) / |best fixed|;
+- the one-step-best rank of every step and how often each rank is it.
+
+A configuration poses a trade-off when at least ``MIN_BEST_RANKS`` ranks are each the one-step best
+on at least ``MIN_SHARE`` of the steps and the oracle's headroom is at least ``MIN_HEADROOM``:
+then no fixed rank is close to optimal, and an agent that reads the step has something to win.
 
 Under ``cost_model="profile"`` the costs are this device's measured latencies, so the answer is
 the device's: run it on the machine that will train.
@@ -21,6 +25,10 @@ import numpy as np
 
 from drrl_env.env import RankSelectionEnv
 from drrl_env.reward import RewardWeights
+
+MIN_BEST_RANKS = 3  # ranks that must each be the one-step best somewhere ...
+MIN_SHARE = 0.01  # ... on at least this share of the steps (a rank best on a handful of steps is noise)
+MIN_HEADROOM = 0.05  # one-step oracle over the best fixed rank, relative
 
 
 @dataclass(frozen=True)
@@ -47,13 +55,21 @@ class TradeOff:
 
     mean_reward: np.ndarray  # (R,)
     best_fixed: int  # index into ranks
+    oracle_reward: float  # mean over steps of the best rank's reward
     one_step_best_counts: np.ndarray  # (R,) steps on which each rank earns the most
     layer_modes: dict[int, int]  # layer -> its most frequent one-step-best rank index
 
     @property
+    def headroom(self) -> float:
+        """(oracle - best fixed) / |best fixed| mean reward."""
+        best = self.mean_reward[self.best_fixed]
+        return float((self.oracle_reward - best) / max(abs(best), 1e-12))
+
+    @property
     def poses_trade_off(self) -> bool:
-        """Best fixed rank strictly inside the grid, and the one-step-best rank varies with the layer."""
-        return 0 < self.best_fixed < len(self.mean_reward) - 1 and len(set(self.layer_modes.values())) >= 2
+        """At least MIN_BEST_RANKS ranks are the one-step best on MIN_SHARE of the steps, and the headroom is MIN_HEADROOM."""
+        shares = self.one_step_best_counts / self.one_step_best_counts.sum()
+        return int((shares >= MIN_SHARE).sum()) >= MIN_BEST_RANKS and self.headroom >= MIN_HEADROOM
 
 
 def fixed_rank_terms(env: RankSelectionEnv, documents: int) -> FixedRankTerms:
@@ -89,7 +105,7 @@ def trade_off(terms: FixedRankTerms, beta: float | None = None) -> TradeOff:
     modes = {int(layer): int(np.bincount(best_step[terms.layers == layer], minlength=len(terms.ranks)).argmax())
              for layer in np.unique(terms.layers)}
     mean = rewards.mean(1)
-    return TradeOff(mean, int(mean.argmax()), counts, modes)
+    return TradeOff(mean, int(mean.argmax()), float(rewards.max(0).mean()), counts, modes)
 
 
 def format_trade_offs(terms: FixedRankTerms, betas: list[float]) -> str:
@@ -101,7 +117,7 @@ def format_trade_offs(terms: FixedRankTerms, betas: list[float]) -> str:
     for beta in betas:
         result = trade_off(terms, beta)
         modes = sorted({ranks[i] for i in result.layer_modes.values()})
-        lines.append(f"beta {beta:g}: best fixed rank {ranks[result.best_fixed]}, one-step-best counts "
-                     f"{result.one_step_best_counts.tolist()}, per-layer modes {modes} -> "
-                     f"{'trade-off' if result.poses_trade_off else 'no trade-off'}")
+        lines.append(f"beta {beta:g}: best fixed rank {ranks[result.best_fixed]}, oracle headroom "
+                     f"{result.headroom:+.1%}, one-step-best counts {result.one_step_best_counts.tolist()}, "
+                     f"per-layer modes {modes} -> {'trade-off' if result.poses_trade_off else 'no trade-off'}")
     return "\n".join(lines)

@@ -124,11 +124,12 @@ def test_fidelity_rises_with_rank(source, default_env):
 
 
 def test_default_weights_pose_a_real_trade_off():
-    """Best fixed rank strictly inside the grid; the one-step-best rank varies across layers and segments."""
+    """Three ranks or more are the one-step best somewhere, the oracle is 5% or more above the best
+    fixed rank, and the best fixed rank lies strictly inside the grid."""
     terms = fixed_rank_terms(RankSelectionEnv(safety=False), documents=12)
     result = trade_off(terms)
-    assert result.poses_trade_off, (result.mean_reward, result.layer_modes)
-    assert (result.one_step_best_counts > 0).sum() >= 3, result.one_step_best_counts
+    assert result.poses_trade_off, (result.mean_reward, result.headroom, result.one_step_best_counts)
+    assert 0 < result.best_fixed < len(terms.ranks) - 1
 
 
 def test_safety_mask_keeps_full_rank_and_replaces_unsafe_actions():

@@ -107,8 +107,10 @@ def test_profile_prints_measured_and_flop_ratios_and_plots(tmp_path):
     out = drrl("profile", "--lengths", "64,128", "--out", tmp_path, "--env-kwargs", *SYNTHETIC_ARGS,
                cwd=tmp_path).stdout
     rows = [line.split() for line in out.splitlines() if line.strip().split(" ")[0] in ("64", "128")]
-    assert len(rows) == 2 and all(row[-3:] == ["1.00", "/", "1.00"] for row in rows)  # full rank: 1 / 1
-    assert (tmp_path / "speedup.png").stat().st_size > 5000 and "profile: " in out
+    assert len(rows) == 6 and all(row[-3:] == ["1.00", "/", "1.00"] for row in rows)  # 3 methods; full rank 1 / 1
+    for method in ("svd", "shared_key", "calibrated"):
+        assert f"method {method}" in out and f"profile of {method}: " in out
+    assert (tmp_path / "speedup.png").stat().st_size > 5000
 
 
 def test_tradeoff_reports_each_beta(tmp_path):

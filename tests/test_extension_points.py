@@ -25,9 +25,6 @@ class LeadingCoordinates(LowRankMethod):
         keys = k_factors.left @ k_factors.right  # (..., N, d)
         return q[..., :rank], keys[..., :rank]
 
-    def kept_score_energy(self, w: torch.Tensor, ranks: torch.Tensor) -> None:
-        return None  # no score-change identity: bounds unknown
-
     def query_side_flops(self, rank: int, query_len: int, key_len: int, head_dim: int) -> int:
         return 2 * query_len * key_len * rank
 

@@ -29,8 +29,25 @@ def _truncate(x, r):
 
 
 def _low_rank_scores(q, qf, kf, s, r, method):
-    query, keys = get_method(method).query_key(q, kf, r, qf)  # (..., T, r), (..., N, r)
+    query, keys = _method(method, q.shape[0], q.shape[-1]).query_key(q, kf, r, qf)  # (..., T, r), (..., N, r)
     return query @ keys.transpose(-1, -2) * s
+
+
+def _method(name, heads, d):
+    """The method; ``calibrated`` with bases that are not the data's SVD."""
+    method = get_method(name)
+    if name == "calibrated":
+        bases = torch.linalg.qr(torch.randn(2, 1, heads, d, d, generator=torch.Generator().manual_seed(11)))[0]
+        method.set_bases(bases[0], bases[1])  # random orthonormal bases, (1, heads, d, d) each
+    return method
+
+
+def _method_factors(method, k, v):
+    """The key and value factors ``method`` uses for rows k, v (heads, n, d)."""
+    streams = [linalg.StreamingFactors(), linalg.StreamingFactors()]
+    streams[0].update(k)
+    streams[1].update(v)
+    return method.factorize(streams[0], "keys", 0), method.factorize(streams[1], "values", 0)
 
 
 def _lapack_factors(x):
@@ -103,14 +120,14 @@ def test_tail_and_band_energies_are_exact():
             assert torch.allclose(band[:, a, b], direct, rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("method", ["svd", "shared_key"])
+@pytest.mark.parametrize("method", ["svd", "shared_key", "calibrated"])
 @pytest.mark.parametrize("seed", range(4))
 def test_score_change_identity_is_exact(method, seed):
-    q, k, _ = _random_qkv(seed, 2, 20 + seed * 7, 64, 16, decay=0.3 + 0.3 * seed)
-    qf, kf = Factors.of(q), Factors.of(k)
+    q, k, v = _random_qkv(seed, 2, 20 + seed * 7, 64, 16, decay=0.3 + 0.3 * seed)
+    low_rank = _method(method, 2, 16)
+    qf, (kf, _) = Factors.of(q), _method_factors(low_rank, k, v)
     ranks = torch.tensor([2, 4, 9, 16])
-    kept = get_method(method).kept_score_energy(linalg.score_energy(qf.sv, qf.right, kf.sv, kf.right), ranks)
-    predicted = linalg.band_norm(kept)  # (2, R, R), ||S_a - S_b||_F / s
+    predicted = low_rank.score_change_sq(qf, kf, ranks).sqrt()  # (2, R, R), ||S_a - S_b||_F / s
     scores = {r: _low_rank_scores(q, qf, kf, 1.0, r, method).double() for r in ranks.tolist()}
     for a, ra in enumerate(ranks.tolist()):
         for b, rb in enumerate(ranks.tolist()):
@@ -119,7 +136,7 @@ def test_score_change_identity_is_exact(method, seed):
 
 
 @pytest.mark.parametrize("compress", [False, True])
-@pytest.mark.parametrize("method", ["svd", "shared_key"])
+@pytest.mark.parametrize("method", ["svd", "shared_key", "calibrated"])
 def test_output_bound_holds_on_a_sweep_of_shapes(method, compress):
     """Seeded sweep: every pair of ranks, causal and not; measured ||O_a - O_b||_F <= bound."""
     ratios = []
@@ -131,14 +148,15 @@ def test_output_bound_holds_on_a_sweep_of_shapes(method, compress):
         causal = bool(seed % 2)
         mask = causal_mask(n - t, n, n) if causal else None
         s = d ** -0.5
-        qf, kf, vf = Factors.of(q), Factors.of(k), Factors.of(v)
+        low_rank = _method(method, 2, d)
+        qf, (kf, vf) = Factors.of(q), _method_factors(low_rank, k, v)
         ranks = torch.tensor(sorted({1, d // 4, d // 2, d}))
-        kept = get_method(method).kept_score_energy(linalg.score_energy(qf.sv, qf.right, kf.sv, kf.right), ranks)
-        bound = linalg.output_bound_pairs(kept, torch.tensor(s), linalg.centered_spectral_norm(v))
+        bound = linalg.output_bound_pairs(low_rank.score_change_sq(qf, kf, ranks), torch.tensor(s),
+                                          linalg.centered_spectral_norm(v))
         if compress:
-            bound = bound + linalg.value_change_bound(vf.sv, ranks, t)
+            bound = bound + low_rank.value_change(vf, ranks, t)
         outputs = [full_attention(q, k, v, s, mask) if r == d else
-                   get_method(method).attention(q, kf, v, s, mask, r, v_factors=vf if compress else None)
+                   low_rank.attention(q, kf, v, s, mask, r, v_factors=vf if compress else None)
                    for r in ranks.tolist()]
         for a in range(len(ranks)):
             for b in range(len(ranks)):

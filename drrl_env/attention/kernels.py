@@ -28,12 +28,15 @@ def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scalin
     query (..., T, e), keys (..., N, e), values (..., N, f) -> (..., T, f); ``scaling`` a float
     or a tensor broadcasting against query (e.g. one factor per layer).  Inputs with fewer than
     four dims get leading dims of one: PyTorch's fused CPU kernels take (batch, heads, T, e) only.
+    Keys and values may have fewer heads than the query (grouped-query attention: query head h
+    reads K/V head h // group), which the kernel reads in place (``enable_gqa``) instead of copying.
     """
     if isinstance(scaling, torch.Tensor):
         query, scaling = query * scaling.to(query.dtype), 1.0  # per-layer factors: fold into the query
     lead = query.dim()
     query, keys, values = (x.reshape((1,) * (4 - x.dim()) + x.shape) for x in (query, keys, values))
-    out = torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scaling)
+    out = torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scaling,
+                                                           enable_gqa=keys.shape[1] != query.shape[1])
     return out.reshape(out.shape[4 - lead:]) if lead < 4 else out
 
 

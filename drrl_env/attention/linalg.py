@@ -78,15 +78,17 @@ class Factors:
         sv = evals.flip(-1).clamp_min(0).sqrt()
         return cls((x.double() @ evecs).to(x.dtype), evecs.transpose(-1, -2).to(x.dtype), sv.to(x.dtype))
 
-    def select_heads(self, index: torch.Tensor) -> Factors:
-        """The factors of heads ``index`` (the dim just before the matrix dims), e.g. to expand
-        K/V heads to query heads under grouped-query attention."""
-        return Factors(self.left.index_select(-3, index), self.right.index_select(-3, index),
-                       self.sv.index_select(-2, index))
-
     def truncate(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(left_r (..., n, r), right_r (..., r, d)); left_r @ right_r is the best rank-r approximation."""
         return self.left[..., :rank], self.right[..., :rank, :]
+
+
+def expand_heads(x: torch.Tensor, n_heads: int, dim: int = -3) -> torch.Tensor:
+    """``x`` with its K/V-head dim ``dim`` repeated up to ``n_heads`` query heads (grouped-query
+    attention: query head h reads K/V head h // (n_heads / n_kv_heads)).  For small per-head
+    matrices (bases, spectra, bounds); keys and values themselves stay per K/V head (``kernels.attend``)."""
+    group = n_heads // x.shape[dim]
+    return x if group == 1 else x.repeat_interleave(group, dim=dim)
 
 
 def randomized_factors(x: torch.Tensor, rank: int, oversample: int = 8, power_iters: int = 2,
@@ -108,36 +110,103 @@ def randomized_factors(x: torch.Tensor, rank: int, oversample: int = 8, power_it
     return Factors(left, vh[..., :rank, :], sv[..., :rank])
 
 
+class RowBuffer:
+    """Rows (..., n, d) appended block by block into storage that doubles when full, so that an
+    append copies the block only (amortized O(T d)), as a preallocated KV cache does; ``rows`` is
+    a view of the first n.  Copies made with :meth:`view` share the storage: rows past a copy's n
+    may be written by another copy, never rows before it."""
+
+    def __init__(self) -> None:
+        self._storage: torch.Tensor | None = None
+        self.n = 0
+
+    @property
+    def rows(self) -> torch.Tensor | None:
+        return None if self._storage is None else self._storage[..., :self.n, :]
+
+    def view(self) -> RowBuffer:
+        copy = RowBuffer()
+        copy._storage, copy.n = self._storage, self.n
+        return copy
+
+    def append(self, block: torch.Tensor) -> None:
+        t = block.shape[-2]
+        if self._storage is None or self.n + t > self._storage.shape[-2]:
+            grown = block.new_empty(*block.shape[:-2], max(2 * (self.n + t), 64), block.shape[-1])
+            if self.n:
+                grown[..., :self.n, :] = self._storage[..., :self.n, :]
+            self._storage = grown
+        self._storage[..., self.n:self.n + t, :] = block
+        self.n += t
+
+
 class StreamingFactors:
     """The factorization of a matrix that grows by row blocks (keys arriving segment by segment).
 
-    Keeps the rows seen so far (the key cache) and their Gram matrix G = X^T X in float64.
-    ``update(block)`` adds block^T block (O(T d^2)) instead of re-decomposing the prefix;
-    ``factors()`` re-diagonalizes G (O(d^3)) and projects the rows (O(N d^2)).  Eigenvectors come
-    out orthonormal at every call, so the basis cannot drift; rounding in G can, so G is rebuilt
-    from the rows every ``refresh_every`` updates (``tests/test_linalg.py`` measures the
-    retained-energy error against a full SVD: below 1e-10 relative).
+    Keeps the rows seen so far (the key cache, a :class:`RowBuffer`) and their Gram matrix
+    G = X^T X in float64.  ``update(block)`` appends the block and adds block^T block (O(T d^2))
+    instead of re-decomposing the prefix; ``factors()`` re-diagonalizes G (O(d^3)) and projects
+    the rows (O(N d^2)).  Eigenvectors come out orthonormal at every call, so the basis cannot
+    drift; rounding in G can, so G is rebuilt from the rows every ``refresh_every`` updates
+    (``tests/test_linalg.py`` measures the retained-energy error against a full SVD: below 1e-10
+    relative).  ``projected(basis)`` keeps rows @ basis for a fixed basis the same way (a key cache
+    stored in a calibrated basis), projecting each row once.
     """
 
-    def __init__(self, refresh_every: int = 64) -> None:
-        self.refresh_every = refresh_every
-        self.rows: torch.Tensor | None = None
+    def __init__(self, refresh_every: int = 64, track_gram: bool = True) -> None:
+        self.refresh_every, self.track_gram = refresh_every, track_gram
+        self._rows = RowBuffer()
         self.gram: torch.Tensor | None = None
         self._updates = 0
+        self._projections: dict[int, tuple[torch.Tensor, RowBuffer]] = {}  # id(basis) -> (basis, rows @ basis)
+
+    @property
+    def rows(self) -> torch.Tensor | None:
+        """(..., N, d) the rows so far."""
+        return self._rows.rows
+
+    def snapshot(self) -> StreamingFactors:
+        """The stream as it is now (rows, Gram), sharing the projection cache: a later, longer
+        snapshot extends the projections an earlier one made, as a key cache stored in a basis does."""
+        copy = StreamingFactors(self.refresh_every, self.track_gram)
+        copy._rows, copy.gram, copy._updates, copy._projections = (self._rows.view(), self.gram, self._updates,
+                                                                   self._projections)
+        return copy
+
+    def fork(self) -> StreamingFactors:
+        """A private continuation of the stream (a timer replays the same segment's upkeep from the
+        same prefix, round after round): its projections stay its own.  It appends into the shared
+        storage past the parent's rows, so the parent must not grow while its forks are in use."""
+        copy = self.snapshot()
+        copy._projections = {key: (basis, done.view()) for key, (basis, done) in self._projections.items()}
+        return copy
+
+    def projected(self, basis: torch.Tensor) -> torch.Tensor:
+        """rows @ basis (..., N, d) for a fixed ``basis`` (..., d, d): only rows not projected before
+        (by this stream or a snapshot sharing its cache) are multiplied, 2 d^2 FLOPs per new row."""
+        if self.rows is None:
+            raise RuntimeError("StreamingFactors.projected() before any update()")
+        n = self._rows.n
+        _, done = self._projections.setdefault(id(basis), (basis, RowBuffer()))  # the basis kept alive: id stays its own
+        if done.n < n:
+            done.append(self.rows[..., done.n:, :] @ basis)
+        return done.rows[..., :n, :]
 
     def update(self, block: torch.Tensor) -> None:
         """Append rows ``block`` (..., T, d)."""
         _check_finite(block)
-        self.rows = block if self.rows is None else torch.cat([self.rows, block], dim=-2)
+        self._rows.append(block)
         self._updates += 1
+        if not self.track_gram:
+            return
         if self.gram is None or self._updates % self.refresh_every == 0:
             self.gram = self.rows.double().transpose(-1, -2) @ self.rows.double()
         else:
             self.gram = self.gram + block.double().transpose(-1, -2) @ block.double()
 
     def factors(self) -> Factors:
-        if self.rows is None:
-            raise RuntimeError("StreamingFactors.factors() before any update()")
+        if self.rows is None or self.gram is None:
+            raise RuntimeError("StreamingFactors.factors() needs rows and their Gram matrix (track_gram=True)")
         return Factors.from_gram(self.rows, self.gram)
 
 
@@ -210,14 +279,14 @@ def score_energy(sv_q: torch.Tensor, right_q: torch.Tensor, sv_k: torch.Tensor,
     return torch.nn.functional.pad(w, (0, d - w.shape[-1], 0, d - w.shape[-2]))
 
 
-def output_bound_pairs(kept: torch.Tensor, scaling: torch.Tensor, v_norm: torch.Tensor) -> torch.Tensor:
+def output_bound_pairs(change_sq: torch.Tensor, scaling: torch.Tensor, v_norm: torch.Tensor) -> torch.Tensor:
     """Bound on ||O_a - O_b||_F for every pair of candidate ranks.
 
-    kept: (..., R) from ``LowRankMethod.kept_score_energy``; scaling and v_norm (= ||V - 1 mu^T||_2)
-    broadcastable to (...).  Returns (..., R, R): 1/2 s sqrt(|B_a - B_b|) ||V - 1 mu^T||_2.
+    change_sq: (..., R, R) ||S_a - S_b||_F^2 / s^2 from ``LowRankMethod.score_change_sq``; scaling
+    and v_norm (= ||V - 1 mu^T||_2) broadcastable to (...).  Returns (..., R, R):
+    1/2 s ||S_a - S_b||_F / s ||V - 1 mu^T||_2.
     """
-    score_change = band_norm(kept)  # (..., R, R), ||S_a - S_b||_F / s
-    return (SOFTMAX_LIPSCHITZ * scaling * v_norm).double()[..., None, None] * score_change
+    return (SOFTMAX_LIPSCHITZ * scaling * v_norm).double()[..., None, None] * change_sq.clamp_min(0).sqrt()
 
 
 def value_change_bound(sv_v: torch.Tensor, ranks: torch.Tensor, query_len: int) -> torch.Tensor:

@@ -6,8 +6,10 @@ under grouped-query attention), the mask, and the key and value factorizations, 
 use.  ``SegmentView.attention(rank, ...)`` is the one place where a segment's attention is computed
 at a rank: ``analysis.py`` (the reward's fidelity and bounds), ``sources/hf_attention.py`` (the
 low-rank model forward: end-of-episode fidelity and measured attention latency) and
-``costs/latency.py`` (the latency profile) all go through it, so what is rewarded is what is run
-and what is timed.
+``costs/latency.py`` (the latency profile, through ``Prefill.timed_segment``, which also replays
+the factors' upkeep) all go through it, so what is rewarded is what is run and what is timed.
+The method factors the visible keys and values (``LowRankMethod.factorize``): exact SVDs from the
+streams' Gram matrices, or projections on calibrated bases, stored as a projected key cache.
 
 :class:`Prefill` is today's workload: the whole document is processed at once, segment by segment.
 Bidirectional: every segment sees all keys, factored once.  Causal: segment [a, b) sees keys
@@ -18,11 +20,13 @@ queries (..., H, L, d), keys and values (..., H_kv, L, d).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
 import torch
+
+import numpy as np
 
 from drrl_env.attention import linalg
 from drrl_env.attention.kernels import causal_mask, full_attention
@@ -40,46 +44,51 @@ def segment_bounds(seq_len: int, segment_len: int) -> list[tuple[int, int]]:
 
 
 class KeySide:
-    """The keys and values visible to a segment (a snapshot of the streams), factored on first use
-    and expanded to query heads with ``kv_index`` (H,)."""
+    """The keys and values visible to a segment (snapshots of the streams), per K/V head, and
+    their factors by ``method`` for ``layer``, computed on first use."""
 
-    def __init__(self, keys: linalg.StreamingFactors, values: linalg.StreamingFactors, kv_index: torch.Tensor) -> None:
-        self._key_rows, self._key_gram = keys.rows, keys.gram  # (..., H_kv, N, d), (..., H_kv, d, d)
-        self._value_rows, self._value_gram = values.rows, values.gram
-        self.kv_index = kv_index
+    def __init__(self, keys: linalg.StreamingFactors, values: linalg.StreamingFactors, method: LowRankMethod,
+                 layer: int | None) -> None:
+        self._key_stream, self._value_stream = keys.snapshot(), values.snapshot()
+        self.method, self.layer = method, layer
 
-    @cached_property
+    @property
     def keys(self) -> torch.Tensor:
-        """(..., H, N, d)"""
-        return self._key_rows.index_select(-3, self.kv_index)
+        """(..., H_kv, N, d)"""
+        return self._key_stream.rows
 
-    @cached_property
+    @property
     def values(self) -> torch.Tensor:
-        """(..., H, N, d)"""
-        return self._value_rows.index_select(-3, self.kv_index)
+        """(..., H_kv, N, d)"""
+        return self._value_stream.rows
 
     @cached_property
     def key_factors(self) -> Factors:
-        return Factors.from_gram(self._key_rows, self._key_gram).select_heads(self.kv_index)
+        """Per K/V head: left (..., H_kv, N, d), right (..., H_kv, d, d), sv (..., H_kv, d)."""
+        return self.method.factorize(self._key_stream, "keys", self.layer)
 
     @cached_property
     def value_factors(self) -> Factors:
-        return Factors.from_gram(self._value_rows, self._value_gram).select_heads(self.kv_index)
+        return self.method.factorize(self._value_stream, "values", self.layer)
 
     @cached_property
     def value_norm(self) -> torch.Tensor:
-        """(..., H) ||V - 1 mu^T||_2, the centered spectral norm of each head's values."""
-        return linalg.centered_spectral_norm(self._value_rows).index_select(-1, self.kv_index)
+        """(..., H_kv) ||V - 1 mu^T||_2, the centered spectral norm of each K/V head's values."""
+        return linalg.centered_spectral_norm(self._value_stream.rows)
 
     @property
     def key_len(self) -> int:
-        return self._key_rows.shape[-2]
+        return self._key_stream.rows.shape[-2]
+
+    def upkeep(self, compress_values: bool) -> None:
+        """Computes what the method keeps of the keys (and values) for this segment."""
+        _ = self.key_factors, self.value_factors if compress_values else None
 
 
 @dataclass(frozen=True)
 class SegmentView:
     """One segment's attention problem: queries (..., H, T, d) at positions [start, stop), the
-    visible keys and values (``side``), and the mask (T, N) or None."""
+    visible keys and values (``side``), the mask (T, N) or None, and the method that computes it."""
 
     start: int
     stop: int
@@ -87,7 +96,7 @@ class SegmentView:
     side: KeySide
     mask: torch.Tensor | None
 
-    def attention(self, rank: int, method: LowRankMethod, scaling: torch.Tensor | float, compress_values: bool,
+    def attention(self, rank: int, scaling: torch.Tensor | float, compress_values: bool,
                   q_factors: Factors | None = None) -> torch.Tensor:
         """The segment's attention output (..., H, T, d) at ``rank`` (head_dim = exact attention).
 
@@ -97,8 +106,21 @@ class SegmentView:
         side = self.side
         if rank >= self.queries.shape[-1]:
             return full_attention(self.queries, side.keys, side.values, scaling, self.mask)
-        return method.attention(self.queries, side.key_factors, side.values, scaling, self.mask, rank,
-                                v_factors=side.value_factors if compress_values else None, q_factors=q_factors)
+        return side.method.attention(self.queries, side.key_factors, side.values, scaling, self.mask, rank,
+                                     v_factors=side.value_factors if compress_values else None, q_factors=q_factors)
+
+
+@dataclass(frozen=True)
+class TimedSegment:
+    """What the latency timer runs for one segment: ``view`` with its factors built, and
+    ``upkeep()``, which replays building them from the state before the segment (the stream
+    update and the method's factorization or projection of the segment's keys and values).  A
+    rank's cost is attention + ``upkeep_share`` x upkeep: 1 when causal (each segment updates the
+    factors), T/N when bidirectional (one factorization serves all N/T segments)."""
+
+    view: SegmentView
+    upkeep: Callable[[], KeySide]
+    upkeep_share: float
 
 
 class Prefill:
@@ -110,30 +132,118 @@ class Prefill:
         self.segment_len = segment_len
 
     def segments(self, seq_len: int) -> list[tuple[int, int]]:
+        """The decisions' segments of a sequence of ``seq_len`` tokens."""
         return segment_bounds(seq_len, self.segment_len)
 
-    def views(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, causal: bool,
-              segments: list[tuple[int, int]] | None = None) -> Iterator[SegmentView]:
-        """A view per segment (default: :meth:`segments` of the key length).
+    def forward_plan(self, segments: list[tuple[int, int]], ranks: np.ndarray,
+                     head_dim: int) -> tuple[list[tuple[int, int]], np.ndarray]:
+        """What a model forward runs for decisions ``ranks`` (Ly, S) over ``segments``: the same."""
+        return segments, ranks
 
-        queries (..., H, T, d) are the *last* T positions of the key sequence (..., H_kv, L, d):
-        T = L in a forward pass; a timer passes one segment's queries over a longer prefix.
+    def scored_from(self, segments: list[tuple[int, int]]) -> int:
+        """The first position whose next-token loss the perplexity counts: all of them."""
+        return 0
+
+    def cost_problem(self, start: int, stop: int, key_len: int) -> tuple[int, int]:
+        """(queries, keys) of the attention call whose cost segment [start, stop) reports, given the
+        ``key_len`` keys it sees: the whole segment over all of them."""
+        return stop - start, key_len
+
+    def views(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, causal: bool,
+              method: LowRankMethod, *, layer: int | None = None,
+              segments: list[tuple[int, int]] | None = None) -> Iterator[SegmentView]:
+        """A view per segment (default: :meth:`segments` of the key length), computed by ``method``
+        with the state of ``layer`` (None: every layer, stacked on the leading dim).
+
+        queries (..., H, L, d), keys and values (..., H_kv, L, d), H a multiple of H_kv.
         """
-        n_heads, seq_len = queries.shape[-3], keys.shape[-2]
-        kv_index = torch.arange(n_heads, device=queries.device) // (n_heads // keys.shape[-3])  # (H,)
-        offset = seq_len - queries.shape[-2]
-        key_stream, value_stream = linalg.StreamingFactors(), linalg.StreamingFactors()
+        key_stream, value_stream = (linalg.StreamingFactors(track_gram=method.uses_gram) for _ in range(2))
         side = None
         if not causal:
             key_stream.update(keys)
             value_stream.update(values)
-            side = KeySide(key_stream, value_stream, kv_index)
+            side = KeySide(key_stream, value_stream, method, layer)
         seen = 0
-        for start, stop in segments if segments is not None else self.segments(seq_len):
+        for start, stop in segments if segments is not None else self.segments(keys.shape[-2]):
             if causal:
                 key_stream.update(keys[..., seen:stop, :])
                 value_stream.update(values[..., seen:stop, :])
                 seen = stop
-                side = KeySide(key_stream, value_stream, kv_index)
+                side = KeySide(key_stream, value_stream, method, layer)
             mask = causal_mask(start, stop, stop, queries.device) if causal else None
-            yield SegmentView(start, stop, queries[..., start - offset:stop - offset, :], side, mask)
+            yield SegmentView(start, stop, queries[..., start:stop, :], side, mask)
+
+    def timed_segment(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, causal: bool,
+                      method: LowRankMethod, compress_values: bool) -> TimedSegment:
+        """The last segment of a sequence, as the timer runs it: queries (..., H, T, d) are the last
+        T positions of keys and values (..., H_kv, N, d); the state before the segment (the prefix
+        [0, N - T) already in the streams, projected where the method projects) is built untimed."""
+        t, n = queries.shape[-2], keys.shape[-2]
+        before_keys, before_values = (linalg.StreamingFactors(track_gram=method.uses_gram) for _ in range(2))
+        if causal and n > t:
+            before_keys.update(keys[..., :n - t, :])
+            before_values.update(values[..., :n - t, :])
+            KeySide(before_keys, before_values, method, 0).upkeep(compress_values)  # the cached prefix
+        new = slice(n - t if causal else 0, n)
+
+        def upkeep() -> KeySide:
+            key_stream, value_stream = before_keys.fork(), before_values.fork()
+            key_stream.update(keys[..., new, :])
+            value_stream.update(values[..., new, :])
+            side = KeySide(key_stream, value_stream, method, 0)
+            side.upkeep(compress_values)
+            return side
+
+        mask = causal_mask(n - t, n, n, queries.device) if causal else None
+        return TimedSegment(SegmentView(n - t, n, queries, upkeep(), mask), upkeep, 1.0 if causal else t / n)
+
+
+
+class Decode(Prefill):
+    """Teacher-forced decoding after an exact prompt (causal models only).
+
+    The first ``prompt_fraction`` of the document (rounded down to whole segments, at least one)
+    is the prompt, prefilled with exact attention; the rest is decoded one token at a time over a
+    KV cache kept in the method's basis (calibrated: the projected keys and values), in windows of
+    ``segment_len`` positions, one decision per (layer, window).  Token t attends to keys [0, t],
+    so a window's outputs are exactly the causal attention of its queries that the segment loop
+    computes (the fidelity, bounds and model forward are Prefill's, over the windows); what differs
+    is the cost: one query over the whole cache per token (``query_len`` 1), the cache's upkeep
+    being the projection of the token's key and value.  Perplexity counts the decoded tokens only.
+    """
+
+    name = "decode"
+
+    def __init__(self, segment_len: int, prompt_fraction: float) -> None:
+        super().__init__(segment_len)
+        self.prompt_fraction = prompt_fraction
+
+    def segments(self, seq_len: int) -> list[tuple[int, int]]:
+        prompt = max(self.segment_len, int(seq_len * self.prompt_fraction) // self.segment_len * self.segment_len)
+        if seq_len - prompt < 1:
+            raise ValueError(f"a {seq_len}-token document leaves nothing to decode after a {prompt}-token prompt; "
+                             f"lower decode_prompt ({self.prompt_fraction}) or segment_len, or raise min_doc_tokens")
+        return [(prompt + a, prompt + b) for a, b in segment_bounds(seq_len - prompt, self.segment_len)]
+
+    def forward_plan(self, segments: list[tuple[int, int]], ranks: np.ndarray,
+                     head_dim: int) -> tuple[list[tuple[int, int]], np.ndarray]:
+        """The prompt as one more segment at full rank, then the windows at their ranks."""
+        prompt = np.full((ranks.shape[0], 1), head_dim, dtype=ranks.dtype)
+        return [(0, segments[0][0]), *segments], np.concatenate([prompt, ranks], axis=1)
+
+    def scored_from(self, segments: list[tuple[int, int]]) -> int:
+        return segments[0][0]
+
+    def cost_problem(self, start: int, stop: int, key_len: int) -> tuple[int, int]:
+        """One token over the cache, at the window's mean cache length (token t sees t + 1 keys)."""
+        return 1, (start + stop + 1) // 2
+
+
+WORKLOADS = {"prefill": Prefill, "decode": Decode}
+
+
+def make_workload(name: str, segment_len: int, prompt_fraction: float) -> Prefill:
+    """The workload ``name`` (``WORKLOADS``) with the config's segment length and prompt fraction."""
+    if name == "decode":
+        return Decode(segment_len, prompt_fraction)
+    return Prefill(segment_len)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from drrl_env.attention.methods import get_method
-from drrl_env.attention.methods.svd import EIGH_FLOPS_PER_D3
 from drrl_env.costs.base import AttentionShape, CostModel, register_cost_model
 
 SOFTMAX_FLOPS = 5  # max, subtract, exp, sum, divide per score
@@ -18,10 +17,9 @@ def attention_flops(method: str, rank: int, *, query_len: int, key_len: int, hea
     Exact attention (rank == head_dim): per head 2TNd (scores) + 5TN (softmax) + 2TNd (A V).
     Low rank, per query head: the method's query-side work and score product
     (``LowRankMethod.query_side_flops``), softmax, and A V (2TNd; with ``compress_values``
-    2TNr + 2Trd).  Per key/value head, the key factorization (and the values' when compressed):
-    causal, it is updated as the segment's T keys arrive (Gram update 2Td^2, eigendecomposition
-    9d^3, re-projecting the N keys 2Ndr); non-causal, it is computed once for all N keys
-    (2Nd^2 + 9d^3 + 2Ndr) and the segment is charged its share T/N.
+    2TNr + 2Trd).  Per key/value head, the upkeep of the keys' factorization (and the values'
+    when compressed): ``LowRankMethod.upkeep_flops`` (for SVD-based methods the streaming update
+    and re-projection; for calibrated bases the projection of the segment's new rows).
     """
     t, n, d, r = query_len, key_len, head_dim, rank
     low_rank = get_method(method)
@@ -29,14 +27,9 @@ def attention_flops(method: str, rank: int, *, query_len: int, key_len: int, hea
         raise ValueError(f"rank {r} must lie in 1..{d}")
     if r == d:
         return n_heads * (4 * t * n * d + SOFTMAX_FLOPS * t * n)
-    eig = EIGH_FLOPS_PER_D3 * d ** 3
     per_q_head = low_rank.query_side_flops(r, t, n, d)
     per_q_head += SOFTMAX_FLOPS * t * n + (2 * t * n * r + 2 * t * r * d if compress_values else 2 * t * n * d)
-    if causal:
-        factorization = 2 * t * d * d + eig + 2 * n * d * r
-    else:
-        factorization = (2 * n * d * d + eig + 2 * n * d * r) * t / n
-    per_kv_head = factorization * (2 if compress_values else 1)
+    per_kv_head = low_rank.upkeep_flops(r, t, n, d, causal) * (2 if compress_values else 1)
     return round(n_heads * per_q_head + n_kv_heads * per_kv_head)
 
 

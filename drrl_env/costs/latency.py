@@ -4,11 +4,14 @@ What is timed is exactly what the environment computes for one segment: ``Segmen
 of the prefill workload (``attention/workload.py``, the same code as the reward and the model
 forward), on random data of the segment's shape, in the configured dtype, on the configured
 device.  Full rank is exact attention, PyTorch's fused ``scaled_dot_product_attention``, which low
-rank also calls on its width-r factors.  The key and value factors are built before the timed
-region (their upkeep is not timed).  The ranks of one key length are measured in interleaved
-rounds (each round runs every rank once) after ``warmup`` runs each: the latency ratio of a rank to
-full rank is taken within a round, so that a drift of the machine's speed between rounds cancels,
-and its median over ``repeats`` rounds is reported; so is each rank's median time.  CUDA is timed
+rank also calls on its width-r factors.  The upkeep of the key and value factors is timed too
+(``Prefill.timed_segment``: the stream update and the method's factorization, or its projection of
+the segment's new rows on calibrated bases) and added to every low rank's time, in full when
+causal, at the segment's share T/N when bidirectional.  The ranks of one key length are measured in
+interleaved rounds (each round runs every rank and the upkeep once) after ``warmup`` runs each:
+the latency ratio of a rank to full rank is taken within a round, so that a drift of the machine's
+speed between rounds cancels, and its median over ``repeats`` rounds is reported; so is each
+rank's median time.  CUDA is timed
 with events after synchronizing, CPU with ``time.perf_counter_ns``.
 
 Profile table: for one attention shape (method, value compression, causal, heads, K/V heads,
@@ -96,20 +99,28 @@ class LatencyMeasurer:
         q = torch.randn(h, t, d, generator=gen, device=self.device).to(DTYPES[dtype])  # (H, T, d)
         k, v = torch.randn(2, shape.n_kv_heads, n, d, generator=gen,
                            device=self.device).to(DTYPES[dtype])  # (H_kv, N, d) each
-        view = next(Prefill(shape.segment_len).views(q, k, v, shape.causal, segments=[(n - t, n)]))
-        method, scaling = get_method(shape.method), d ** -0.5
-        side = view.side  # keys, values and their factors are built outside the timed region
-        _ = side.keys, side.values, side.key_factors, side.value_factors if shape.compress_values else None
-        calls = [partial(view.attention, rank, method, scaling, shape.compress_values) for rank in shape.ranks]
-        return time_interleaved(calls, self.device, self.warmup, self.repeats)
+        method = get_method(shape.method).timing_instance(shape.n_kv_heads, d, self.device, DTYPES[dtype])
+        segment = Prefill(shape.segment_len).timed_segment(q, k, v, shape.causal, method, shape.compress_values)
+        calls = [partial(segment.view.attention, rank, d ** -0.5, shape.compress_values) for rank in shape.ranks]
+        timings = time_interleaved([*calls, segment.upkeep], self.device, self.warmup, self.repeats)
+        with_upkeep = timings.rounds[:, :-2] + segment.upkeep_share * timings.rounds[:, -1:]  # (repeats, R - 1)
+        rounds = np.concatenate([with_upkeep, timings.rounds[:, -2:-1]], axis=1)  # (repeats, R) seconds
+        return RankTimings.of(rounds)
 
 
 @dataclass(frozen=True)
 class RankTimings:
-    """Per call (rank): ``seconds`` and ``ratios`` (time / the last call's time in the same round)."""
+    """Per call (rank): ``seconds`` and ``ratios`` (time / the last call's time in the same round),
+    from ``rounds`` (repeats, calls) seconds."""
 
     seconds: list[Timing]
     ratios: list[Timing]
+    rounds: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, rounds: np.ndarray) -> RankTimings:
+        return cls([summarize(list(column)) for column in rounds.T],
+                   [summarize(list(column)) for column in (rounds / rounds[:, -1:]).T], rounds)
 
 
 def time_interleaved(calls: list[Callable[[], object]], device: torch.device, warmup: int,
@@ -119,10 +130,8 @@ def time_interleaved(calls: list[Callable[[], object]], device: torch.device, wa
     that a drift of the machine's speed between rounds cancels."""
     for call in calls:
         time_call(call, device, warmup, 0)
-    rounds = np.array([[time_call(call, device, 0, 1).median for call in calls]
-                       for _ in range(repeats)])  # (repeats, calls) seconds
-    return RankTimings([summarize(list(column)) for column in rounds.T],
-                       [summarize(list(column)) for column in (rounds / rounds[:, -1:]).T])
+    return RankTimings.of(np.array([[time_call(call, device, 0, 1).median for call in calls]
+                                    for _ in range(repeats)]))  # (repeats, calls) seconds
 
 
 def summarize(samples: list[float]) -> Timing:
@@ -159,7 +168,7 @@ class LatencyProfile:
     """Cached latency table of one kind of segment (an :class:`AttentionShape` whose queries are
     ``segment_len`` long) in one dtype on one device (module docstring)."""
 
-    FORMAT = 4  # stored fields and key; part of the cache key so that older files are re-measured, not misread
+    FORMAT = 5  # 5: factor upkeep timed. Stored fields and key; part of the cache key so that older files are re-measured, not misread
     MAX_SPREAD = 0.25  # a grid point whose ratios spread more (IQR / median) is re-measured ...
     ATTEMPTS = 3  # ... up to this many times in all; the least spread one is kept, flagged if still above
 
@@ -196,7 +205,7 @@ class LatencyProfile:
             return {}
 
     def grid(self, key_len: int) -> list[int]:
-        """The profiled key lengths around ``key_len``: segment_len * 2^k bracketing it."""
+        """The profiled key lengths around ``key_len``: query_len * 2^k bracketing it."""
         if not 1 <= key_len <= MAX_PROFILE_LEN:
             raise ValueError(f"key length {key_len} is outside the profile's range 1..{MAX_PROFILE_LEN}")
         low = self.shape.query_len

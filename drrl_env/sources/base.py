@@ -74,6 +74,7 @@ class AttentionSource(ABC):
     """A fixed list of documents, each turned into an :class:`AttentionTrace` on request."""
 
     spec: SourceSpec
+    device: torch.device  # where its traces live
 
     @property
     @abstractmethod

@@ -97,7 +97,9 @@ class HFAttentionSource(AttentionSource):
         normalization), and for causal language models the perplexity exp(mean next-token NLL)."""
         ids = self._token_ids[index][None].to(self.device)
         if self.causal_lm:
-            out = self.model(input_ids=ids, labels=ids, use_cache=False, output_hidden_states=True, drrl_plan=plan)
+            labels = ids.clone()
+            labels[:, :plan.scored_from] = -100  # not scored (a decode workload's prompt)
+            out = self.model(input_ids=ids, labels=labels, use_cache=False, output_hidden_states=True, drrl_plan=plan)
             hidden, perplexity = out.hidden_states[-1], float(torch.exp(out.loss))
         else:
             hidden, perplexity = self.model(input_ids=ids, use_cache=False, drrl_plan=plan).last_hidden_state, None

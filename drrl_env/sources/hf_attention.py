@@ -38,6 +38,8 @@ class LowRankPlan:
 
     ``seconds`` accumulates the wall time spent in attention (all layers; on CUDA the device is
     synchronized before and after each call, so kernels are timed, not their launches).
+    ``scored_from``: the first position whose next-token loss the perplexity counts (a decode
+    workload scores the decoded tokens only).
     """
 
     ranks: np.ndarray
@@ -45,6 +47,7 @@ class LowRankPlan:
     workload: Prefill
     method: LowRankMethod
     compress_values: bool
+    scored_from: int = 0
     calls: int = 0
     seconds: float = 0.0
 
@@ -79,9 +82,9 @@ def _low_rank(plan: LowRankPlan, query: torch.Tensor, key: torch.Tensor, value: 
     begin = time.perf_counter()
     q = query[0]  # (H, L, d)
     out = torch.empty_like(q)
-    for segment, view in enumerate(plan.workload.views(q, key[0], value[0], causal, plan.segments)):
-        out[:, view.start:view.stop] = view.attention(int(plan.ranks[layer, segment]), plan.method, scaling,
-                                                      plan.compress_values)
+    for segment, view in enumerate(plan.workload.views(q, key[0], value[0], causal, plan.method, layer=layer,
+                                                       segments=plan.segments)):
+        out[:, view.start:view.stop] = view.attention(int(plan.ranks[layer, segment]), scaling, plan.compress_values)
     _synchronize(query.device)
     plan.seconds += time.perf_counter() - begin
     return out.transpose(0, 1)[None]  # (1, L, H, d)

@@ -1,7 +1,8 @@
 """The low-rank method interface and its registry.
 
-A method decides how a segment's scores are computed at rank r from the key factorization
-(``Factors``, kept up to date by the workload along the sequence):
+A method decides how the keys and values a segment sees are factored (:meth:`LowRankMethod.factorize`:
+by default their exact SVD, kept up to date by the workload's streams; a calibrated method projects
+them on fixed bases instead), and how the segment's scores are computed at rank r from those factors:
 
     S_r = s * query_r @ keys_r^T,   (query_r, keys_r) = method.query_key(q, K factors, r)   (T x r)(r x N)
 
@@ -23,28 +24,75 @@ from typing import ClassVar
 
 import torch
 
+from drrl_env.attention import linalg
 from drrl_env.attention.kernels import attend
-from drrl_env.attention.linalg import Factors
+from drrl_env.attention.linalg import Factors, StreamingFactors
 from drrl_env.registry import Registry
+
+EIGH_FLOPS_PER_D3 = 9  # symmetric d x d eigendecomposition ~ 9 d^3 flops (tridiagonal QR, textbook estimate)
 
 
 class LowRankMethod(ABC):
     """How a segment's attention is computed at rank r < head_dim (module docstring)."""
 
     name: ClassVar[str]
-    needs_calibration: ClassVar[bool] = False  # fitted on calibration documents before use
+    needs_calibration: ClassVar[bool] = False  # fitted on calibration documents before use (``calibration.py``)
+    uses_gram: ClassVar[bool] = True  # its factorization reads the streams' Gram matrices (kept up to date)
+
+    def factorize(self, stream: StreamingFactors, which: str, layer: int | None) -> Factors:
+        """Factors of the rows of ``stream`` (``which`` = "keys" or "values", (..., H_kv, N, d)) of
+        ``layer`` (None: every layer, stacked on the leading dim).  Default: the exact SVD from the
+        stream's Gram matrix (eigendecomposition 9d^3, projection of all N rows 2Nd^2)."""
+        return stream.factors()
+
+    def upkeep_flops(self, rank: int, query_len: int, key_len: int, head_dim: int, causal: bool) -> float:
+        """FLOPs per K/V head to keep one factorization (keys, or values) up to date for one segment
+        at ``rank``: causal, the T new rows arrive (Gram update 2Td^2, eigendecomposition 9d^3,
+        projecting the N rows on the top r vectors 2Ndr); bidirectional, the factorization of all N
+        rows (2Nd^2 + 9d^3 + 2Ndr) is made once and the segment is charged its share T/N."""
+        t, n, d, r = query_len, key_len, head_dim, rank
+        eig = EIGH_FLOPS_PER_D3 * d ** 3
+        return 2 * t * d * d + eig + 2 * n * d * r if causal else (2 * n * d * d + eig + 2 * n * d * r) * t / n
+
+    def timing_instance(self, n_kv_heads: int, head_dim: int, device: torch.device, dtype: torch.dtype
+                        ) -> LowRankMethod:
+        """The method as the latency timer runs it on random data (a calibrated method gets random
+        bases of the right shape: its cost does not depend on what the bases hold)."""
+        return self
+
+    def state_key(self) -> str:
+        """What, besides the options, shapes this instance's outputs (a calibrated method's bases); '' if nothing."""
+        return ""
 
     @abstractmethod
     def query_key(self, q: torch.Tensor, k_factors: Factors, rank: int,
                   q_factors: Factors | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Width-r query and key factors whose product is the rank-r scores / s.
-        q (..., T, d) -> ((..., T, r), (..., N, r)); ``q_factors`` is ``Factors.of(q)`` when the
-        caller already has it (a method that factors the queries reuses it)."""
+        q (..., H, T, d) and key factors per K/V head (..., H_kv, N, .) -> ((..., H, T, r),
+        (..., H_kv, N, r)); ``q_factors`` is ``Factors.of(q)`` when the caller already has it (a
+        method that factors the queries reuses it)."""
 
-    @abstractmethod
     def kept_score_energy(self, w: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor | None:
         """B(r) for every rank from the pairwise score energies w (..., d, d) (``linalg.score_energy``);
-        (..., R), or None where the method has no score-change identity."""
+        (..., R), or None (the default) where the method has no such identity."""
+        return None
+
+    def score_change_sq(self, q_factors: Factors, k_factors: Factors, ranks: torch.Tensor) -> torch.Tensor | None:
+        """||S_a - S_b||_F^2 / s^2 for every pair of ranks, (..., R, R) float64, from the segment's
+        query factors (``Factors.of(q)``) and the method's key factors; None where unknown (bounds
+        are then infinite and the safety mask keeps full rank only).  Default: |B(a) - B(b)| from
+        :meth:`kept_score_energy`."""
+        heads = q_factors.right.shape[-3]
+        kept = self.kept_score_energy(linalg.score_energy(q_factors.sv, q_factors.right,
+                                                          linalg.expand_heads(k_factors.sv, heads, -2),
+                                                          linalg.expand_heads(k_factors.right, heads)), ranks)
+        return None if kept is None else (kept[..., :, None] - kept[..., None, :]).abs()
+
+    def value_change(self, v_factors: Factors, ranks: torch.Tensor, query_len: int) -> torch.Tensor:
+        """Bound on ||A_b (V_a - V_b)||_F for every pair of ranks, (..., H_kv, R, R) float64: sqrt(T) times
+        ||V_a - V_b||_2, which for truncated SVDs is sigma^V_{min(a, b) + 1} (``linalg.value_change_bound``)."""
+        sv = torch.nn.functional.pad(v_factors.sv, (0, v_factors.right.shape[-1] - v_factors.sv.shape[-1]))
+        return linalg.value_change_bound(sv, ranks, query_len)
 
     @abstractmethod
     def query_side_flops(self, rank: int, query_len: int, key_len: int, head_dim: int) -> int:
@@ -53,7 +101,7 @@ class LowRankMethod(ABC):
     def attention(self, q: torch.Tensor, k_factors: Factors, values: torch.Tensor, scaling: torch.Tensor | float,
                   mask: torch.Tensor | None, rank: int, *, v_factors: Factors | None = None,
                   q_factors: Factors | None = None) -> torch.Tensor:
-        """One segment's attention at ``rank``.  q (..., T, d), values (..., N, d) -> (..., T, d).
+        """One segment's attention at ``rank``.  q (..., H, T, d), values (..., H_kv, N, d) -> (..., H, T, d).
 
         ``v_factors`` compresses the values to rank r as well; ``q_factors`` (``Factors.of(q)``)
         saves methods that factor the queries from doing it again for every rank.
@@ -61,8 +109,8 @@ class LowRankMethod(ABC):
         query, keys = self.query_key(q, k_factors, rank, q_factors)
         if v_factors is None:
             return attend(query, keys, values, scaling, mask)
-        v_left, v_right = v_factors.truncate(rank)  # (..., N, r), (..., r, d)
-        return attend(query, keys, v_left, scaling, mask) @ v_right  # (..., T, r) @ (..., r, d)
+        v_left, v_right = v_factors.truncate(rank)  # (..., H_kv, N, r), (..., H_kv, r, d)
+        return attend(query, keys, v_left, scaling, mask) @ linalg.expand_heads(v_right, q.shape[-3])  # (.., H, T, d)
 
 
 _METHODS: Registry[type[LowRankMethod]] = Registry(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from drrl_env.attention.linalg import Factors
+from drrl_env.attention.linalg import Factors, expand_heads
 from drrl_env.attention.methods.base import LowRankMethod, register_method
 
 
@@ -20,8 +20,8 @@ class SharedKeyMethod(LowRankMethod):
 
     def query_key(self, q: torch.Tensor, k_factors: Factors, rank: int,
                   q_factors: Factors | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        k_left, k_right = k_factors.truncate(rank)  # (..., N, r), (..., r, d)
-        return q @ k_right.transpose(-1, -2), k_left  # (..., T, d) @ (..., d, r)
+        k_left, k_right = k_factors.truncate(rank)  # (..., H_kv, N, r), (..., H_kv, r, d)
+        return q @ expand_heads(k_right, q.shape[-3]).transpose(-1, -2), k_left  # (..., H, T, d) @ (..., H, d, r)
 
     def kept_score_energy(self, w: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
         return w.sum(-2).cumsum(-1)[..., ranks - 1]

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from drrl_env.attention.linalg import Factors
-from drrl_env.attention.methods.base import LowRankMethod, register_method
-
-EIGH_FLOPS_PER_D3 = 9  # symmetric d x d eigendecomposition ~ 9 d^3 flops (tridiagonal QR, textbook estimate)
+from drrl_env.attention.linalg import Factors, expand_heads
+from drrl_env.attention.methods.base import EIGH_FLOPS_PER_D3, LowRankMethod, register_method
 
 
 @register_method
@@ -23,9 +21,10 @@ class SvdMethod(LowRankMethod):
 
     def query_key(self, q: torch.Tensor, k_factors: Factors, rank: int,
                   q_factors: Factors | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        k_left, k_right = k_factors.truncate(rank)  # (..., N, r), (..., r, d)
-        q_left, q_right = (q_factors or Factors.of(q)).truncate(rank)  # (..., T, r), (..., r, d)
-        return q_left @ (q_right @ k_right.transpose(-1, -2)), k_left  # (..., T, r) @ (..., r, r)
+        k_left, k_right = k_factors.truncate(rank)  # (..., H_kv, N, r), (..., H_kv, r, d)
+        q_left, q_right = (q_factors or Factors.of(q)).truncate(rank)  # (..., H, T, r), (..., H, r, d)
+        core = q_right @ expand_heads(k_right, q.shape[-3]).transpose(-1, -2)  # (..., H, r, r)
+        return q_left @ core, k_left
 
     def kept_score_energy(self, w: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
         box = w.cumsum(-1).cumsum(-2)  # box[i, j] = sum of w[:i+1, :j+1]

@@ -1,0 +1,135 @@
+"""The calibrated method (fixed per-layer bases fitted on training documents) and honest timing:
+what the latency timer runs is what the env computes, factor upkeep included."""
+
+import numpy as np
+import pytest
+import torch
+
+import drrl_env  # noqa: F401
+from conftest import SYNTHETIC
+from drrl_env.attention import linalg
+from drrl_env.attention.methods import get_method
+from drrl_env.attention.workload import Prefill
+from drrl_env.costs import AttentionShape
+from drrl_env.costs.latency import LatencyMeasurer
+from drrl_env.env import RankSelectionEnv
+
+CORPUS = [f"Document {i} says that attention at long context is where low rank may pay, case {i}. " * 12
+          for i in range(10)]
+
+
+def test_bases_come_from_the_training_split_and_are_cached(tmp_path, monkeypatch):
+    train = RankSelectionEnv(**SYNTHETIC, method="calibrated", split="train", cache_dir=str(tmp_path))
+    bases = train.documents.method.bases
+    assert bases["keys"].shape == (2, 2, 16, 16)  # (layers, K/V heads, d, d)
+    eye = torch.eye(16).expand(2, 2, 16, 16)
+    assert torch.allclose(bases["keys"].transpose(-1, -2) @ bases["keys"], eye, atol=1e-5)  # orthonormal
+    monkeypatch.setattr("drrl_env.calibration.fit_bases", lambda traces: pytest.fail("bases were refitted"))
+    test = RankSelectionEnv(**SYNTHETIC, method="calibrated", split="test", cache_dir=str(tmp_path))
+    assert torch.equal(test.documents.method.bases["values"], bases["values"])  # the test env reuses train's bases
+
+
+def test_bases_are_ordered_by_calibration_energy_so_ranks_are_nested():
+    env = RankSelectionEnv(**SYNTHETIC, method="calibrated", split="train", cache_dir=None)
+    trace = env.source.trace(0)
+    basis = env.documents.method.bases["keys"]  # (Ly, H_kv, d, d)
+    energy = (trace.keys @ basis).square().sum(-2)  # (Ly, H_kv, d) per basis vector, on a calibration document
+    assert (energy[..., :4].sum(-1) > energy[..., -4:].sum(-1)).all()
+
+
+def test_a_projected_stream_projects_each_row_once_and_a_fork_stays_private():
+    gen = torch.Generator().manual_seed(0)
+    rows, basis = torch.randn(3, 40, 8, generator=gen), torch.linalg.qr(torch.randn(3, 8, 8, generator=gen))[0]
+    stream = linalg.StreamingFactors()
+    stream.update(rows[:, :16])
+    assert torch.allclose(stream.projected(basis), rows[:, :16] @ basis)
+    fork = stream.fork()
+    fork.update(rows[:, 16:])
+    assert torch.allclose(fork.projected(basis), rows @ basis, atol=1e-6)
+    assert stream._projections[id(basis)][1].n == 16  # the fork's projections never reached the parent
+    later = stream.snapshot()
+    stream.update(rows[:, 16:24])
+    assert stream.projected(basis).shape[-2] == 24 and later.projected(basis).shape[-2] == 16
+
+
+@pytest.mark.parametrize("method", ["svd", "calibrated"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_the_timed_segment_computes_what_the_env_computes(method, causal):
+    """The timer's segment (prefix state built untimed, upkeep replayed) gives the output of the
+    same segment in the env's segment loop, at every rank."""
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = torch.randn(4, 96, 16, generator=gen), torch.randn(2, 96, 16, generator=gen), torch.randn(2, 96, 16,
+                                                                                                     generator=gen)
+    low_rank = get_method(method).timing_instance(2, 16, torch.device("cpu"), torch.float32)
+    workload = Prefill(32)
+    *_, last = workload.views(q, k, v, causal, low_rank, layer=0)
+    timed = workload.timed_segment(q[:, 64:], k, v, causal, low_rank, compress_values=True)
+    assert timed.upkeep_share == (1.0 if causal else 32 / 96)
+    for rank in (4, 8, 16):
+        want = last.attention(rank, 0.25, True)
+        assert torch.allclose(timed.view.attention(rank, 0.25, True), want, atol=1e-5)
+        assert torch.allclose(timed.upkeep().key_factors.left, timed.view.side.key_factors.left)
+
+
+def test_calibrated_latency_profile_has_a_ratio_per_rank():
+    shape = AttentionShape("calibrated", (4, 8, 16), query_len=32, key_len=128, head_dim=16, n_heads=4,
+                           n_kv_heads=2, causal=True, compress_values=True, segment_len=32)
+    timings = LatencyMeasurer(torch.device("cpu"), warmup=1, repeats=3).time_ranks(shape, "float32")
+    assert len(timings.ratios) == 3 and timings.ratios[-1].median == 1.0
+    assert all(t.median > 0 for t in timings.ratios)
+
+
+def test_calibrated_runs_in_the_model_forward(tiny_causal_llama):
+    env = RankSelectionEnv(model=tiny_causal_llama, corpus=CORPUS, segment_len=32, min_doc_tokens=16,
+                           method="calibrated", calibration_documents=2, split="train", cache_dir=None)
+    layers, segments = env.source.spec.n_layers, env.analysis(0).n_segments
+    exact = env.documents.exact_outputs(0).perplexity
+    full = env.model_outputs(0, np.full((layers, segments), env.source.spec.head_dim)).perplexity
+    low = env.model_outputs(0, np.full((layers, segments), env.ranks[1])).perplexity
+    assert full == pytest.approx(exact, rel=1e-6) and np.isfinite(low) and low != pytest.approx(exact, rel=1e-6)
+    env.reset(options={"document": 0})
+    _, reward, *_ , info = env.step(1)
+    assert np.isfinite(reward) and -1 <= info["fidelity"] <= 1
+
+
+def test_the_same_plan_measures_alike_twice(default_env):
+    """Issue 12: identical plans must measure alike (ratio to exact attention, same process, within 10%)."""
+    store = default_env.unwrapped.documents
+    plan = np.full((6, store.get(0).analysis.n_segments), 8)
+    first, second = (store.attention_latency(0, plan, rounds=9).median for _ in range(2))
+    assert abs(first - second) <= 0.10 * first
+
+
+def test_decode_windows_follow_an_exact_prompt():
+    from drrl_env.attention.workload import Decode
+
+    workload = Decode(64, 0.5)
+    assert workload.segments(512) == [(256, 320), (320, 384), (384, 448), (448, 512)]
+    assert workload.segments(100) == [(64, 100)]  # the prompt is one segment at least
+    segments, ranks = workload.forward_plan(workload.segments(512), np.full((2, 4), 8), 16)
+    assert segments[0] == (0, 256) and ranks[:, 0].tolist() == [16, 16] and ranks.shape == (2, 5)
+    assert workload.cost_problem(256, 320, 320) == (1, 288)  # one token over the window's mean cache
+
+
+def test_a_decode_episode_on_a_causal_lm(tiny_causal_llama):
+    kwargs = dict(model=tiny_causal_llama, corpus=CORPUS, segment_len=32, min_doc_tokens=16, split="train",
+                  cache_dir=None, workload="decode", method="calibrated", calibration_documents=2)
+    env = RankSelectionEnv(**kwargs, end_weight=1.0)
+    analysis = env.analysis(0)
+    assert analysis.segments[0][0] >= 32 and all(b - a <= 48 for a, b in analysis.segments)
+    env.reset(options={"document": 0})
+    done, steps = False, 0
+    while not done:
+        _, reward, terminated, truncated, info = env.step(0)
+        done, steps = terminated or truncated, steps + 1
+    assert steps == 2 * analysis.n_segments and np.isfinite(info["end_perplexity"])
+    exact = env.documents.exact_outputs(0).perplexity
+    prefill = RankSelectionEnv(**{**kwargs, "workload": "prefill"}).documents.exact_outputs(0).perplexity
+    assert exact != pytest.approx(prefill, rel=1e-6)  # decode scores the decoded tokens only
+    full = env.model_outputs(0, np.full((2, analysis.n_segments), env.source.spec.head_dim)).perplexity
+    assert full == pytest.approx(exact, rel=1e-6)
+
+
+def test_decode_needs_a_causal_model():
+    with pytest.raises(ValueError, match="workload='decode' needs a causal model"):
+        RankSelectionEnv(**{**SYNTHETIC, "synthetic_causal": False}, workload="decode", cache_dir=None)
