@@ -71,10 +71,13 @@ class DocumentStore:
         return entry
 
     def cost_shape(self, query_len: int, key_len: int) -> AttentionShape:
-        """The attention problem whose cost a segment of ``query_len`` queries and ``key_len`` keys reports."""
+        """The attention problem whose cost a segment of ``query_len`` queries and ``key_len`` keys
+        reports; its kind of call (``AttentionShape.segment_len``) has the workload's queries per call
+        (``segment_len`` in prefill, 1 in decode), which keys the latency profile."""
         cfg, spec = self.config, self.source.spec
+        call, _ = self.workload.cost_problem(0, cfg.segment_len, cfg.segment_len)
         return AttentionShape(cfg.method, self.ranks, query_len, key_len, spec.head_dim, spec.n_heads,
-                              spec.n_kv_heads, spec.causal, cfg.compress_values, cfg.segment_len)
+                              spec.n_kv_heads, spec.causal, cfg.compress_values, call)
 
     def _cost_key_len(self, key_len: int, seq_len: int) -> int:
         """Keys a segment sees at the length whose cost is reported (``target_seq_len``, if set)."""

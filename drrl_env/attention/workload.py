@@ -1,8 +1,8 @@
 """The segment loop: what each decision's attention sees, for the reward, the model forward and the timer.
 
 A workload cuts a sequence into segments and yields, per segment, a :class:`SegmentView`: the
-segment's queries, the keys and values it may attend to (expanded from K/V heads to query heads
-under grouped-query attention), the mask, and the key and value factorizations, computed on first
+segment's queries, the keys and values it may attend to (per K/V head: grouped-query attention
+is read in place by the kernel), the mask, and the key and value factorizations, computed on first
 use.  ``SegmentView.attention(rank, ...)`` is the one place where a segment's attention is computed
 at a rank: ``analysis.py`` (the reward's fidelity and bounds), ``sources/hf_attention.py`` (the
 low-rank model forward: end-of-episode fidelity and measured attention latency) and
@@ -11,10 +11,11 @@ the factors' upkeep) all go through it, so what is rewarded is what is run and w
 The method factors the visible keys and values (``LowRankMethod.factorize``): exact SVDs from the
 streams' Gram matrices, or projections on calibrated bases, stored as a projected key cache.
 
-:class:`Prefill` is today's workload: the whole document is processed at once, segment by segment.
-Bidirectional: every segment sees all keys, factored once.  Causal: segment [a, b) sees keys
-[0, b); the K and V factorizations follow the prefix by streaming Gram updates
-(``linalg.StreamingFactors``).  Tensors may carry leading dims (e.g. layers) before the head dim:
+:class:`Prefill`: the whole document is processed at once, segment by segment.  Bidirectional:
+every segment sees all keys, factored once.  Causal: segment [a, b) sees keys [0, b); the K and V
+factorizations follow the prefix by streaming Gram updates (``linalg.StreamingFactors``).
+:class:`Decode`: an exact prompt, then teacher-forced decoding, one decision per window of tokens
+(``workload="decode"``).  Tensors may carry leading dims (e.g. layers) before the head dim:
 queries (..., H, L, d), keys and values (..., H_kv, L, d).
 """
 
@@ -24,9 +25,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
-import torch
-
 import numpy as np
+import torch
 
 from drrl_env.attention import linalg
 from drrl_env.attention.kernels import causal_mask, full_attention
@@ -80,9 +80,12 @@ class KeySide:
     def key_len(self) -> int:
         return self._key_stream.rows.shape[-2]
 
-    def upkeep(self, compress_values: bool) -> None:
-        """Computes what the method keeps of the keys (and values) for this segment."""
-        _ = self.key_factors, self.value_factors if compress_values else None
+    def upkeep(self, compress_values: bool, rank: int) -> None:
+        """Computes what the method keeps of the keys (and values) for this segment at ``rank``:
+        the factorization, and its rank-r factors (for a fixed basis: the width-r cache's new rows)."""
+        self.key_factors.truncate(rank)
+        if compress_values:
+            self.value_factors.truncate(rank)
 
 
 @dataclass(frozen=True)
@@ -112,14 +115,15 @@ class SegmentView:
 
 @dataclass(frozen=True)
 class TimedSegment:
-    """What the latency timer runs for one segment: ``view`` with its factors built, and
-    ``upkeep()``, which replays building them from the state before the segment (the stream
-    update and the method's factorization or projection of the segment's keys and values).  A
-    rank's cost is attention + ``upkeep_share`` x upkeep: 1 when causal (each segment updates the
-    factors), T/N when bidirectional (one factorization serves all N/T segments)."""
+    """What the latency timer runs for one segment: ``view`` with its factors built at every rank,
+    and ``upkeep(rank)``, which replays building them from the state before the segment (the
+    stream update, and the method's factorization or its projection of the segment's keys and
+    values at width r).  A rank's cost is attention + ``upkeep_share`` x upkeep: 1 when causal
+    (each segment updates the factors), T/N when bidirectional (one factorization serves all N/T
+    segments)."""
 
     view: SegmentView
-    upkeep: Callable[[], KeySide]
+    upkeep: Callable[[int], KeySide]
     upkeep_share: float
 
 
@@ -174,28 +178,38 @@ class Prefill:
             yield SegmentView(start, stop, queries[..., start:stop, :], side, mask)
 
     def timed_segment(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, causal: bool,
-                      method: LowRankMethod, compress_values: bool) -> TimedSegment:
+                      method: LowRankMethod, compress_values: bool, ranks: tuple[int, ...]) -> TimedSegment:
         """The last segment of a sequence, as the timer runs it: queries (..., H, T, d) are the last
         T positions of keys and values (..., H_kv, N, d); the state before the segment (the prefix
-        [0, N - T) already in the streams, projected where the method projects) is built untimed."""
+        [0, N - T) already in the streams, projected at every rank where the method projects) is
+        built untimed."""
         t, n = queries.shape[-2], keys.shape[-2]
+        low = [r for r in ranks if r < queries.shape[-1]]
         before_keys, before_values = (linalg.StreamingFactors(track_gram=method.uses_gram) for _ in range(2))
         if causal and n > t:
             before_keys.update(keys[..., :n - t, :])
             before_values.update(values[..., :n - t, :])
-            KeySide(before_keys, before_values, method, 0).upkeep(compress_values)  # the cached prefix
+            prefix = KeySide(before_keys, before_values, method, 0)
+            for rank in low:
+                prefix.upkeep(compress_values, rank)  # the cache the segment extends
         new = slice(n - t if causal else 0, n)
 
-        def upkeep() -> KeySide:
+        def fresh() -> KeySide:  # the segment's keys and values arrive
             key_stream, value_stream = before_keys.fork(), before_values.fork()
             key_stream.update(keys[..., new, :])
             value_stream.update(values[..., new, :])
-            side = KeySide(key_stream, value_stream, method, 0)
-            side.upkeep(compress_values)
+            return KeySide(key_stream, value_stream, method, 0)
+
+        def upkeep(rank: int) -> KeySide:
+            side = fresh()
+            side.upkeep(compress_values, rank)
             return side
 
-        mask = causal_mask(n - t, n, n, queries.device) if causal else None
-        return TimedSegment(SegmentView(n - t, n, queries, upkeep(), mask), upkeep, 1.0 if causal else t / n)
+        side = fresh()
+        for rank in low:
+            side.upkeep(compress_values, rank)
+        mask = causal_mask(n - t, n, n, queries.device) if causal and t > 1 else None  # one last query sees all
+        return TimedSegment(SegmentView(n - t, n, queries, side, mask), upkeep, 1.0 if causal else t / n)
 
 
 

@@ -29,8 +29,9 @@ from drrl_env.registry import Registry
 class AttentionShape:
     """One segment's attention problem (all heads) at every candidate rank.
 
-    ``query_len`` queries over ``key_len`` keys; ``segment_len`` is the configured length
-    (``query_len`` differs for a document's last segment).
+    ``query_len`` queries over ``key_len`` keys; ``segment_len`` is the queries of this kind of
+    call (the configured segment length in prefill, where a document's last segment may be
+    shorter; 1 in decode), which keys a latency profile.
     """
 
     method: str

@@ -100,12 +100,14 @@ class LatencyMeasurer:
         k, v = torch.randn(2, shape.n_kv_heads, n, d, generator=gen,
                            device=self.device).to(DTYPES[dtype])  # (H_kv, N, d) each
         method = get_method(shape.method).timing_instance(shape.n_kv_heads, d, self.device, DTYPES[dtype])
-        segment = Prefill(shape.segment_len).timed_segment(q, k, v, shape.causal, method, shape.compress_values)
+        segment = Prefill(shape.segment_len).timed_segment(q, k, v, shape.causal, method, shape.compress_values,
+                                                           shape.ranks)
+        low = len(shape.ranks) - 1  # the ranks below full: each also pays its upkeep
         calls = [partial(segment.view.attention, rank, d ** -0.5, shape.compress_values) for rank in shape.ranks]
-        timings = time_interleaved([*calls, segment.upkeep], self.device, self.warmup, self.repeats)
-        with_upkeep = timings.rounds[:, :-2] + segment.upkeep_share * timings.rounds[:, -1:]  # (repeats, R - 1)
-        rounds = np.concatenate([with_upkeep, timings.rounds[:, -2:-1]], axis=1)  # (repeats, R) seconds
-        return RankTimings.of(rounds)
+        upkeeps = [partial(segment.upkeep, rank) for rank in shape.ranks[:low]]
+        rounds = time_interleaved([*calls, *upkeeps], self.device, self.warmup, self.repeats).rounds  # (repeats, 2R - 1)
+        rounds[:, :low] += segment.upkeep_share * rounds[:, len(shape.ranks):]
+        return RankTimings.of(rounds[:, :len(shape.ranks)])  # (repeats, R) seconds, upkeep included
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,11 @@ per-K/V-head bases fitted once on calibration documents (``drrl_env/calibration.
 
 B (keys) and C (values) are the eigenvectors of the uncentered second moments K^T K and V^T V
 summed over the calibration tokens, by descending eigenvalue, so every rank is a prefix of one
-basis (nested): switching rank costs nothing, and the key cache is the projected keys K B, extended
-by the new rows of each segment (2 T d^2 FLOPs per K/V head, ``StreamingFactors.projected``)
-instead of being re-factored.  Nothing is decomposed per segment.
+basis (nested): switching rank costs nothing.  The key cache at rank r is K B_r, stored at width r
+and extended by the new rows of each segment (2 T d r FLOPs per K/V head,
+``StreamingFactors.projected``) instead of being re-factored; nothing is decomposed per segment.
+The full-width projection K B (for the spectra and bounds of the analysis) is computed only when
+read (:class:`BasisFactors`).
 
 Bounds.  With q_i = Q b_i and k_i = K b_i, S_a - S_b = s sum_{i in band} q_i k_i^T over the band
 (min(a, b), max(a, b)], so ||S_a - S_b||_F^2 / s^2 = sum_{i, j in band} (q_i . q_j)(k_i . k_j):
@@ -18,6 +20,8 @@ an identity, from the d x d Gram matrices of Q and K in the basis.  Values: ||V 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from functools import cached_property
 
 import torch
 
@@ -37,6 +41,7 @@ class CalibratedMethod(SharedKeyMethod):
     def __init__(self) -> None:
         self.bases: dict[str, torch.Tensor] | None = None  # "keys"/"values" -> (Ly, H_kv, d, d), columns = basis
         self._per_layer: dict[str, list[torch.Tensor]] = {}
+        self._prefixes: dict[tuple[str, int | None, int], torch.Tensor] = {}
 
     def set_bases(self, keys: torch.Tensor, values: torch.Tensor) -> CalibratedMethod:
         """Use these bases (Ly, H_kv, d, d) each, orthonormal columns by descending calibration energy."""
@@ -45,7 +50,15 @@ class CalibratedMethod(SharedKeyMethod):
                              f"{tuple(values.shape)}")
         self.bases = {"keys": keys, "values": values}
         self._per_layer = {which: list(basis.unbind(0)) for which, basis in self.bases.items()}  # stable objects:
-        return self  # the projection cache is keyed by the basis tensor
+        self._prefixes = {}  # the projection caches are keyed by the basis tensor
+        return self
+
+    def prefix(self, which: str, layer: int | None, rank: int) -> torch.Tensor:
+        """B_r (..., d, r), contiguous, one object per (which, layer, rank): the key of its width-r cache."""
+        key = (which, layer, rank)
+        if key not in self._prefixes:
+            self._prefixes[key] = self.basis(which, layer)[..., :rank].contiguous()
+        return self._prefixes[key]
 
     def basis(self, which: str, layer: int | None) -> torch.Tensor:
         """(Ly, H_kv, d, d) for every layer (layer None), or (H_kv, d, d) for one."""
@@ -54,14 +67,12 @@ class CalibratedMethod(SharedKeyMethod):
                                "(drrl_env.calibration.calibrate) before use")
         return self.bases[which] if layer is None else self._per_layer[which][layer]
 
-    def factorize(self, stream: StreamingFactors, which: str, layer: int | None) -> Factors:
-        basis = self.basis(which, layer)
-        left = stream.projected(basis)  # (..., H_kv, N, d), the cache stored in the basis
-        return Factors(left, basis.transpose(-1, -2), torch.linalg.vector_norm(left, dim=-2))
+    def factorize(self, stream: StreamingFactors, which: str, layer: int | None) -> BasisFactors:
+        return BasisFactors(stream, self.basis(which, layer), lambda rank: self.prefix(which, layer, rank))
 
     def upkeep_flops(self, rank: int, query_len: int, key_len: int, head_dim: int, causal: bool) -> float:
-        """Projecting the segment's T new rows on the basis: 2 T d^2 (bidirectional: the N rows once, T/N each)."""
-        return 2 * query_len * head_dim * head_dim
+        """Projecting the segment's T new rows on B_r: 2 T d r (bidirectional: the N rows once, T/N each)."""
+        return 2 * query_len * head_dim * rank
 
     def score_change_sq(self, q_factors: Factors, k_factors: Factors, ranks: torch.Tensor) -> torch.Tensor:
         heads = q_factors.right.shape[-3]
@@ -91,6 +102,32 @@ class CalibratedMethod(SharedKeyMethod):
         for which in ("keys", "values"):
             digest.update(self.bases[which].detach().cpu().numpy().tobytes())
         return digest.hexdigest()
+
+
+class BasisFactors:
+    """The factors of a stream's rows X on a fixed nested basis B (..., d, d), in the interface of
+    ``linalg.Factors``: ``truncate(r)`` = (X B_r, B_r^T) from the stream's width-r cache, which is
+    what attention reads; ``left`` = X B and ``sv`` = its column norms (the energy along each basis
+    vector), computed when first read, which only the analysis's spectra and bounds do."""
+
+    def __init__(self, stream: StreamingFactors, basis: torch.Tensor, prefix: Callable[[int], torch.Tensor]) -> None:
+        self.stream, self.basis, self.prefix = stream, basis, prefix
+
+    @property
+    def right(self) -> torch.Tensor:
+        return self.basis.transpose(-1, -2)
+
+    @cached_property
+    def left(self) -> torch.Tensor:
+        return self.stream.projected(self.basis)
+
+    @cached_property
+    def sv(self) -> torch.Tensor:
+        return torch.linalg.vector_norm(self.left, dim=-2)
+
+    def truncate(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        basis = self.prefix(rank)  # (..., d, r)
+        return self.stream.projected(basis), basis.transpose(-1, -2)
 
 
 def _band_block_sums(w: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
