@@ -29,6 +29,8 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
     synthetic source) and its per-head q, k, v are captured for every layer.  The document is cut
     into segments of ``segment_len`` tokens; each step decides the rank at which one segment's
     attention in one layer is computed, in layer-major order ``(0, 0), (0, 1), ..., (1, 0), ...``.
+    With ``workload="decode"`` (causal models) the first part of the document is an exact prompt
+    and the segments are windows of decoded tokens after it, each costed per token over the cache.
     The low-rank attention really is computed from rank-r factors by the configured method
     (``attention/methods/``; ``"svd"``: truncated SVDs of the segment's Q and of K;
     ``"shared_key"``: Q and K projected on K's top-r right singular vectors; ``"calibrated"``: Q, K
@@ -113,8 +115,9 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
     ## Version History
     * v0: initial release.  (Unreleased package: the id stays v0 while behaviour is pinned by
       ``tests/test_reproduction.py``; ``info["reward_fidelity"]`` was added; the ``calibrated``
-      method and the ``calibration_documents`` option were added; corpora gained a validation
-      split; measured costs now include the factors' upkeep.)
+      method and the ``calibration_documents`` option were added; the ``workload="decode"`` option
+      (exact prompt, teacher-forced windows, per-token cost; ``decode_prompt``) was added; corpora
+      gained a validation split; measured costs now include the factors' upkeep.)
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
