@@ -1,10 +1,11 @@
 """The LLM regime measured: SmolLM2-135M on the long-context corpus at 4096 tokens (DRRL-LM-v0).
 
     python benchmarks/lm_regime.py [--documents 2] [--split test] [--ranks 16,32,48] [--methods svd,shared_key]
-                                   [--env-kwargs k=v ...]
+                                   [--corpus-only] [--env-kwargs k=v ...]
 
 Prints, on the first ``--documents`` documents of the split:
-  corpus       documents per split by token length (after truncation at max_seq_len);
+  corpus       documents per split by token length (after truncation at max_seq_len); with
+               ``--corpus-only`` nothing else;
   spectra      per layer, the rank keeping 90% and 99% of the energy of K and of Q (all keys of the
                document, mean over heads);
   fidelity     per layer, the attention output's cosine to exact at each rank of the grid (all heads
@@ -39,13 +40,13 @@ def corpus_table(env: gym.Env) -> None:
     base = env.unwrapped
     tokenizer, cfg = base.source.tokenizer, base.config
     print(f"corpus {cfg.corpus!r}: documents with >= {cfg.min_doc_tokens} tokens, truncated at {cfg.max_seq_len}")
-    for split in ("train", "test"):
+    for split in ("train", "validation", "test"):
         lengths = [min(len(tokenizer(d.text)["input_ids"]), cfg.max_seq_len) for d in load_corpus(cfg.corpus, split)]
         kept = [n for n in lengths if n >= cfg.min_doc_tokens]
         edges = [b for b in BUCKETS if b < cfg.max_seq_len] + [cfg.max_seq_len]
         ranges = [f"{low}-{high - 1}: {sum(low <= n < high for n in kept)}" for low, high in zip(edges, edges[1:])]
         ranges.append(f"{cfg.max_seq_len} (longer, truncated): {sum(n == cfg.max_seq_len for n in kept)}")
-        print(f"  {split:5s} {len(kept):3d} documents ({len(lengths) - len(kept)} shorter left out); "
+        print(f"  {split:10s} {len(kept):3d} documents ({len(lengths) - len(kept)} shorter left out); "
               f"tokens {', '.join(ranges)}")
 
 
@@ -62,6 +63,7 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--ranks", default="16,32,48", help="fixed ranks whose perplexity is measured")
     parser.add_argument("--methods", default="svd,shared_key")
+    parser.add_argument("--corpus-only", action="store_true", help="print the corpus table and stop")
     parser.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     kwargs = {**parse_env_kwargs(args.env_kwargs), "split": args.split}
@@ -73,6 +75,8 @@ def main() -> None:
     base = first.unwrapped
     spec, ranks = base.source.spec, base.ranks
     corpus_table(first)
+    if args.corpus_only:
+        return
     documents = range(min(args.documents, len(base.document_names())))
 
     print("\nthroughput (random actions), analysis-cache entry size:")

@@ -21,7 +21,6 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from drrl_env.analysis import DocumentAnalysis
+from drrl_env.files import write_atomic
 
 FORMAT_VERSION = 3  # 3: checksummed entries, key covers the code and torch
 CHECKSUM = "_checksum"
@@ -117,17 +117,9 @@ class AnalysisCache:
             return
         path = self.path(document_key)
         arrays = {f.name: np.asarray(getattr(analysis, f.name)) for f in dataclasses.fields(DocumentAnalysis)}
-        tmp = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            with os.fdopen(handle, "wb") as f:
-                np.savez(f, **arrays, **{CHECKSUM: np.array(checksum(arrays))})
-            os.replace(tmp, path)
+            write_atomic(path, lambda f: np.savez(f, **arrays, **{CHECKSUM: np.array(checksum(arrays))}))
         except OSError as err:
             self.writable = False
             warnings.warn(f"drrl: cannot write the analysis cache in {self.folder} ({type(err).__name__}: {err}); "
                           "continuing without the disk cache", RuntimeWarning, stacklevel=2)
-        finally:
-            if tmp is not None and Path(tmp).exists():
-                Path(tmp).unlink(missing_ok=True)

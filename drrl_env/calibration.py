@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,6 +22,8 @@ from pathlib import Path
 import torch
 
 from drrl_env.attention.methods.base import LowRankMethod
+from drrl_env.cache import code_version
+from drrl_env.files import write_atomic
 from drrl_env.sources.base import AttentionSource, AttentionTrace
 
 
@@ -45,7 +45,7 @@ def calibrate(method: LowRankMethod, source: AttentionSource, documents: int, ca
     or loads them from ``cache_folder`` (None: no disk cache); they are put on ``device``."""
     count = min(documents, len(source.document_names))
     keys = [source.document_key(i) for i in range(count)]
-    digest = hashlib.sha256(json.dumps({"method": method.name, "code": _code_version(), "documents": keys}).encode())
+    digest = hashlib.sha256(json.dumps({"method": method.name, "code": code_version(), "documents": keys}).encode())
     path = None if cache_folder is None else Path(cache_folder) / "calibration" / f"{digest.hexdigest()}.pt"
     bases = _load(path) if path is not None else None
     if bases is None:
@@ -53,12 +53,6 @@ def calibrate(method: LowRankMethod, source: AttentionSource, documents: int, ca
         if path is not None:
             _save(path, bases)
     method.set_bases(*(basis.to(device) for basis in bases))
-
-
-def _code_version() -> str:
-    from drrl_env.cache import code_version
-
-    return code_version()
 
 
 def _load(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -74,16 +68,8 @@ def _load(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
 
 
 def _save(path: Path, bases: tuple[torch.Tensor, torch.Tensor]) -> None:
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(handle, "wb") as f:
-            torch.save({"keys": bases[0].cpu(), "values": bases[1].cpu()}, f)
-        os.replace(tmp, path)
+        write_atomic(path, lambda f: torch.save({"keys": bases[0].cpu(), "values": bases[1].cpu()}, f))
     except OSError as err:
         warnings.warn(f"drrl: cannot write the calibration cache {path} ({err}); continuing without it",
                       RuntimeWarning, stacklevel=3)
-    finally:
-        if tmp is not None and Path(tmp).exists():
-            Path(tmp).unlink(missing_ok=True)

@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import statistics
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -46,6 +45,7 @@ import torch
 from drrl_env.attention.methods import get_method
 from drrl_env.attention.workload import Prefill
 from drrl_env.costs.base import AttentionShape
+from drrl_env.files import write_atomic
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MAX_PROFILE_LEN = 65_536
@@ -262,17 +262,10 @@ class LatencyProfile:
     def _save(self) -> None:
         if self.path is None:
             return
-        tmp = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
-            with os.fdopen(handle, "w") as f:
-                json.dump({"key": self.key, "table": self.table}, f, indent=1)
-            os.replace(tmp, self.path)
+            write_atomic(self.path, lambda f: json.dump({"key": self.key, "table": self.table}, f, indent=1),
+                         binary=False)
         except OSError as err:
             self.path = None  # keep measuring in memory
             warnings.warn(f"drrl: cannot write the latency profile ({type(err).__name__}: {err}); "
                           "continuing without saving it", RuntimeWarning, stacklevel=4)
-        finally:
-            if tmp is not None and Path(tmp).exists():
-                Path(tmp).unlink(missing_ok=True)
