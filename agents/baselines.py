@@ -79,6 +79,20 @@ class EnergyThresholdPolicy(RankPolicy):
         return int(np.argmax(enough)) if enough.any() else len(enough) - 1
 
 
+class CostAwareEnergyPolicy(EnergyThresholdPolicy):
+    """:class:`EnergyThresholdPolicy`, except that it takes full rank where the chosen rank's observed
+    cost is not below exact attention's (``obs["cost"] >= 1``): a low rank that saves nothing is
+    not worth its error.  Deployable (observation only)."""
+
+    def __init__(self, tau: float) -> None:
+        super().__init__(tau)
+        self.name = f"energy-cost:{tau:g}"
+
+    def act(self, obs: dict[str, np.ndarray]) -> int:
+        rank = super().act(obs)
+        return len(obs["cost"]) - 1 if obs["cost"][rank] >= 1.0 else rank
+
+
 class OraclePolicy(RankPolicy):
     """Takes the safe rank with the best one-step reward on the true attention (an upper
     reference, not deployable: it reads the env's exact outputs, not the observation)."""
@@ -93,11 +107,13 @@ class OraclePolicy(RankPolicy):
         return int(np.argmax(rewards))
 
 
-BASELINES = ("full", "fixed:R", "random", "energy:TAU", "oracle")
+BASELINES = ("full", "fixed:R", "random", "energy:TAU", "energy-cost:TAU", "oracle", "planner")
+REFERENCES = ("oracle", "planner")  # read the true attention: upper references, not deployable
 
 
 def make_baseline(spec: str, env: gym.Env, seed: int | None = None) -> RankPolicy:
-    """A baseline from its name: ``full``, ``fixed:R``, ``random``, ``energy:TAU`` or ``oracle``."""
+    """A baseline from its name: ``full``, ``fixed:R``, ``random``, ``energy:TAU``, ``energy-cost:TAU``,
+    ``oracle`` (one-step) or ``planner`` (non-myopic rollout, ``agents/planner.py``)."""
     ranks = env.unwrapped.ranks
     name, _, arg = spec.partition(":")
     if env.unwrapped.config.per_head:
@@ -111,8 +127,14 @@ def make_baseline(spec: str, env: gym.Env, seed: int | None = None) -> RankPolic
             return RandomPolicy(seed)
         if name == "energy" and arg:
             return EnergyThresholdPolicy(float(arg))
+        if name == "energy-cost" and arg:
+            return CostAwareEnergyPolicy(float(arg))
         if name == "oracle" and not arg:
             return OraclePolicy(env)
+        if name == "planner" and not arg:
+            from agents.planner import RolloutPlannerPolicy  # it imports this module
+
+            return RolloutPlannerPolicy(env)
     except ValueError as err:
         raise ValueError(f"baseline {spec!r}: {err}") from err
     raise ValueError(f"unknown baseline {spec!r}; choose one of {list(BASELINES)}")

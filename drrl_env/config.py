@@ -29,6 +29,7 @@ SPLITS = ("train", "validation", "test", "all")  # by topic or file: sources.bas
 FIDELITY_METRICS = ("cosine", "one_minus_error")
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+CLOSED_LOOP_END_WEIGHT = 4.0  # the end term's default weight in closed loop (see README, "The MDP")
 
 
 @dataclass(frozen=True)
@@ -93,9 +94,24 @@ class EnvConfig:
         dtype: dtype of the timed kernels (``float32``, ``float16``, ``bfloat16``).
         profile_refresh: re-measure the latency profile instead of reusing the cached one.
         bound_clip: relative perturbation bounds are clipped to ``[0, bound_clip]``.
-        end_weight: weight of the optional end-of-episode term, the cosine of the model's pooled
-            output with the episode's ranks vs exact attention (``source="model"`` only; one
-            extra forward pass per episode).
+        end_weight: weight of the end-of-episode term, the model-level fidelity with the episode's
+            ranks (exact / low-rank perplexity for a causal LM, else the cosine of the pooled
+            output; ``source="model"`` only).  ``None`` = ``CLOSED_LOOP_END_WEIGHT`` in closed loop
+            (where the episode's own forward pass gives it for free), else 0 (an open-loop episode
+            pays one extra forward pass for it).
+        latency_budget: cap the episode's attention cost at this fraction of exact attention's
+            (the segments weighted by their exact attention FLOPs): ranks that would make the cap
+            impossible to keep are masked, the budget left is observed, and the cost term leaves
+            the reward (the cap replaces it; beta is ignored).  ``None`` = no cap.
+
+    Dynamics and observation
+        closed_loop: the ranks chosen for layer l give layer l + 1 its inputs (the model runs on,
+            layer by layer, from the low-rank outputs); ``False``: every layer's q, k, v come from
+            the exact model (open loop: analysed once per document and cached; fast).  ``None`` =
+            closed loop for ``source="model"``, open loop for the synthetic source (no model).
+        privileged_observation: bounds and the safety mask relative to the exact attention
+            output's norm (which a deployed model does not have) instead of the deployable
+            value scale (``analysis.RelativeBounds``); for analysis and oracles.
 
     Safety
         safety: mask ranks whose output-perturbation bound exceeds the threshold epsilon_t.
@@ -150,12 +166,16 @@ class EnvConfig:
     dtype: str = "float32"
     profile_refresh: bool = False
     bound_clip: float = 1000.0
-    end_weight: float = 0.0
+    end_weight: float | None = None
+    latency_budget: float | None = None
+
+    closed_loop: bool | None = None
+    privileged_observation: bool = False
 
     safety: bool = True
-    epsilon: float = 300.0
-    epsilon_min: float = 150.0
-    epsilon_max: float = 600.0
+    epsilon: float = 125.0
+    epsilon_min: float = 60.0
+    epsilon_max: float = 250.0
 
     device: str = field(default="cpu", metadata=RUNTIME)
     cache_documents: bool = field(default=True, metadata=RUNTIME)
@@ -194,11 +214,19 @@ class EnvConfig:
             raise ValueError(
                 f"synthetic_heads={self.synthetic_heads} must be a multiple of "
                 f"synthetic_kv_heads={self.synthetic_kv_heads} (grouped-query attention)")
-        for name in ("alpha", "beta", "gamma", "end_weight", "bound_clip", "epsilon", "epsilon_min",
+        if self.end_weight is not None:
+            _non_negative("end_weight", self.end_weight)
+        if self.latency_budget is not None:
+            _non_negative("latency_budget", self.latency_budget)
+            if self.latency_budget == 0 or self.per_head:
+                raise ValueError(f"latency_budget={self.latency_budget!r} needs a fraction of exact cost > 0 and "
+                                 "per_head=False (one rank per layer and segment)")
+        if self.closed_loop and self.source != "model":
+            raise ValueError("closed_loop=True needs source='model': the next layer's inputs come from running the "
+                             "model; pass closed_loop=False (or None) with the synthetic source")
+        for name in ("alpha", "beta", "gamma", "bound_clip", "epsilon", "epsilon_min",
                      "epsilon_max", "synthetic_decay", "synthetic_head_variety"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            _non_negative(name, getattr(self, name))
         if self.bound_clip == 0:
             raise ValueError("bound_clip must be > 0: bounds are clipped to [0, bound_clip], and 0 leaves nothing "
                              "to observe")
@@ -206,11 +234,23 @@ class EnvConfig:
             raise ValueError(
                 f"need epsilon_min <= epsilon <= epsilon_max, got {self.epsilon_min}, "
                 f"{self.epsilon}, {self.epsilon_max}")
-        if self.end_weight > 0 and (self.source != "model" or self.per_head):
+        if self.end_term_weight > 0 and (self.source != "model" or self.per_head):
             raise ValueError("end_weight > 0 needs source='model' and per_head=False: the end-of-episode term "
                              "runs the model with one rank per layer and segment")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
+
+    @property
+    def closed(self) -> bool:
+        """Whether episodes run closed loop (``closed_loop``, with None resolved)."""
+        return self.source == "model" if self.closed_loop is None else self.closed_loop
+
+    @property
+    def end_term_weight(self) -> float:
+        """``end_weight`` with None resolved: ``CLOSED_LOOP_END_WEIGHT`` in closed loop, else 0."""
+        if self.end_weight is not None:
+            return self.end_weight
+        return CLOSED_LOOP_END_WEIGHT if self.closed else 0.0
 
     def rank_grid(self, head_dim: int) -> tuple[int, ...]:
         """The rank grid for a given head dimension, checked against it."""
@@ -349,6 +389,11 @@ _FIELD_KINDS = {f.name: tuple(k.strip() for k in str(f.type).split(" | ")) for f
 def _one_of(name: str, value: Any, allowed: Sequence[str]) -> None:
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def _non_negative(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 def _positive_int(name: str, value: Any) -> None:

@@ -3,6 +3,7 @@ and the cost and FLOP ratio of every rank at every segment."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,21 +16,28 @@ from drrl_env.cache import AnalysisCache, cache_root
 from drrl_env.calibration import calibrate
 from drrl_env.config import EnvConfig
 from drrl_env.costs import AttentionShape, CostModel
-from drrl_env.costs.flops import flop_ratios
+from drrl_env.costs.flops import attention_flops, flop_ratios
 from drrl_env.costs.latency import LatencyProfile, Timing, summarize
 from drrl_env.sources import make_source
-from drrl_env.sources.base import AttentionSource, ModelOutputs
-from drrl_env.sources.hf_attention import LowRankPlan
+from drrl_env.sources.base import AttentionSource, AttentionTrace, ModelOutputs
+from drrl_env.sources.hf_attention import LayerInputs, LowRankPlan
 
 
 @dataclass(frozen=True)
 class DocumentData:
-    """A document's analysis with what the env derives from it: bounds, costs and FLOP ratios (S, R)."""
+    """A document's analysis with what the env derives from it: bounds, costs and FLOP ratios (S, R),
+    and each segment's share of one layer's exact attention FLOPs, ``exact_share`` (S,), summing to 1
+    (a latency budget weighs the segments' cost ratios by it)."""
 
     analysis: DocumentAnalysis
     bounds: RelativeBounds
     costs: np.ndarray
     flops: np.ndarray
+    exact_share: np.ndarray
+
+    def layer(self, index: int) -> DocumentData:
+        """Layer ``index`` alone (Ly = 1)."""
+        return dataclasses.replace(self, analysis=self.analysis.layer(index), bounds=self.bounds.layer(index))
 
 
 class DocumentStore:
@@ -61,14 +69,61 @@ class DocumentStore:
             analysis = analyse(self.source.trace(index), self.workload, self.ranks, self.method, cfg.compress_values)
             if self.disk:
                 self.disk.put(key, analysis)
-        problems = [self.workload.cost_problem(a, b, int(n)) for (a, b), n in zip(analysis.segments, analysis.key_lens)]
-        shapes = [self.cost_shape(t, self._cost_key_len(n, analysis.seq_len)) for t, n in problems]
-        entry = DocumentData(analysis, RelativeBounds.of(analysis, cfg.bound_clip),
-                             costs=np.stack([self.cost_model.cost_ratios(s) for s in shapes]),
-                             flops=np.stack([flop_ratios(s) for s in shapes]))
+        entry = self._derived(analysis)
         if cfg.cache_documents:
             self._memory[index] = entry
         return entry
+
+    def layer(self, inputs: LayerInputs, layer: int,
+              outputs: list[torch.Tensor] | None = None) -> DocumentData:
+        """One layer's data from its live inputs (a closed-loop episode: the q, k, v that the ranks
+        chosen for the layers before it produced; Ly = 1).  ``outputs`` receives the low-rank outputs
+        of every segment at every rank (``analysis.analyse``)."""
+        trace = AttentionTrace(queries=inputs.query[None].float(), keys=inputs.key[None].float(),
+                               values=inputs.value[None].float(), scaling=torch.tensor([inputs.scaling]),
+                               causal=inputs.causal)  # (1, H, L, d), (1, H_kv, L, d)
+        analysis = analyse(trace, self.workload, self.ranks, self.method, self.config.compress_values, layer=layer,
+                           outputs=outputs)
+        return self._derived(analysis)
+
+    def layer_output(self, inputs: LayerInputs, layer: int, segments: list[tuple[int, int]], rank_index: np.ndarray,
+                     outputs: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """The layer's attention output (H, L, d) with head h of decided segment s at rank index
+        ``rank_index[s, h]`` (S, H), the rest of the sequence (a decode prompt) exact: taken from
+        ``outputs`` (:meth:`layer`'s) where given, else computed through the same segment views."""
+        d = inputs.query.shape[-1]
+        ranks = np.asarray(self.ranks)[rank_index]  # (S, H)
+        plan_segments, _ = self.workload.forward_plan(segments, np.zeros((1, len(segments)), dtype=np.int64), d)
+        out = torch.empty_like(inputs.query)
+        heads = torch.arange(out.shape[0])
+        views = self.workload.views(inputs.query, inputs.key, inputs.value, inputs.causal, self.method, layer=layer,
+                                    segments=plan_segments)
+        for view in views:
+            decided = segments.index((view.start, view.stop)) if (view.start, view.stop) in segments else None
+            if decided is None:
+                out[:, view.start:view.stop] = view.attention(d, inputs.scaling, self.config.compress_values)
+            elif outputs is not None:
+                index = torch.as_tensor(rank_index[decided])
+                out[:, view.start:view.stop] = outputs[decided][index, 0, heads]  # (R, 1, H, T, d) -> (H, T, d)
+            else:
+                for rank in np.unique(ranks[decided]):
+                    chosen = torch.as_tensor(ranks[decided] == rank)
+                    out[chosen, view.start:view.stop] = view.attention(int(rank), inputs.scaling,
+                                                                       self.config.compress_values)[chosen]
+        return out
+
+    def _derived(self, analysis: DocumentAnalysis) -> DocumentData:
+        """The bounds, costs, FLOP ratios and exact-cost shares of ``analysis``'s segments."""
+        cfg, spec = self.config, self.source.spec
+        problems = [self.workload.cost_problem(a, b, int(n)) for (a, b), n in zip(analysis.segments, analysis.key_lens)]
+        shapes = [self.cost_shape(t, self._cost_key_len(n, analysis.seq_len)) for t, n in problems]
+        exact = np.array([attention_flops(cfg.method, spec.head_dim, query_len=s.query_len, key_len=s.key_len,
+                                          head_dim=spec.head_dim, n_heads=spec.n_heads, n_kv_heads=spec.n_kv_heads,
+                                          compress_values=cfg.compress_values, causal=spec.causal) for s in shapes],
+                         dtype=np.float64)
+        return DocumentData(analysis, RelativeBounds.of(analysis, cfg.bound_clip, cfg.privileged_observation),
+                            costs=np.stack([self.cost_model.cost_ratios(s) for s in shapes]),
+                            flops=np.stack([flop_ratios(s) for s in shapes]), exact_share=exact / exact.sum())
 
     def cost_shape(self, query_len: int, key_len: int) -> AttentionShape:
         """The attention problem whose cost a segment of ``query_len`` queries and ``key_len`` keys

@@ -16,7 +16,8 @@ from drrl_env.costs import make_cost_model
 from drrl_env.documents import DocumentStore
 from drrl_env.observation import build_observation, context_vector, observation_space
 from drrl_env.reward import RewardWeights, fidelity_value, output_error
-from drrl_env.safety import adaptive_epsilon, nearest_safe, safe_mask
+from drrl_env.episode import ClosedLoop, Episode, OpenLoop
+from drrl_env.safety import adaptive_epsilon, budget_feasible, nearest_safe, safe_mask
 from drrl_env.sources import make_source, runtime_device
 from drrl_env.sources.base import ModelOutputs
 
@@ -25,10 +26,13 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
     r"""Choose, layer by layer and segment by segment, the rank of a transformer's attention.
 
     ## Description
-    An episode is one document.  The document is run through the model once (or drawn from the
-    synthetic source) and its per-head q, k, v are captured for every layer.  The document is cut
-    into segments of ``segment_len`` tokens; each step decides the rank at which one segment's
-    attention in one layer is computed, in layer-major order ``(0, 0), (0, 1), ..., (1, 0), ...``.
+    An episode is one document.  The document is cut into segments of ``segment_len`` tokens; each
+    step decides the rank at which one segment's attention in one layer is computed, in layer-major
+    order ``(0, 0), (0, 1), ..., (1, 0), ...``.  Closed loop (the default for model sources,
+    ``episode.py``): the model runs layer by layer with the ranks chosen so far, so layer l's q, k,
+    v are those that the ranks of layers 0..l-1 produce, as in a deployed model.  Open loop
+    (``closed_loop=False``; the synthetic source): every layer's q, k, v come from the exact model,
+    analysed once per document and cached.
     With ``workload="decode"`` (causal models) the first part of the document is an exact prompt
     and the segments are windows of decoded tokens after it, each costed per token over the cache.
     The low-rank attention really is computed from rank-r factors by the configured method
@@ -44,7 +48,12 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
     head.  The last index is full rank (exact attention).
 
     ## Observation Space
-    ``Dict`` (H query heads, d head dim, R ranks, relative bounds given as log1p of the bound):
+    ``Dict`` (H query heads, d head dim, R ranks, relative bounds given as log1p of the bound).
+    Everything in it is deployable: computed from the segment's q, k, v, the method's factors, the
+    cost model and earlier decisions, never from the exact attention output or future tokens.
+    Bounds are relative to the deployable output scale s = sqrt(T mean_j ||v_j||^2) (the output
+    norm of evenly spread attention, ``analysis.RelativeBounds``); ``privileged_observation=True``
+    divides by the exact output's norm ||O||_F instead (analysis only).
 
     | key            | shape     | range           | meaning                                                  |
     |----------------|-----------|-----------------|----------------------------------------------------------|
@@ -52,22 +61,27 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
     | k_spectrum     | (H, d)    | [0, 1]          | singular values of the visible K per head / largest       |
     | tail_energy    | (H, R, 2) | [0, 1]          | ||X - X_r||_F / ||X||_F for X = Q, K (Eq. 8 tail energy)  |
     | band_energy    | (H, R, 2) | [0, 1]          | ||X_r - X_prev||_F / ||X||_F from the layer's previous rank|
-    | output_bound   | (H, R)    | [0, log1p(clip)]| bound on ||O_r - O||_F / ||O||_F per head (Eq. 9)        |
-    | change_bound   | (H, R)    | [0, log1p(clip)]| bound on ||O_r - O_prev||_F / ||O||_F per head            |
+    | output_bound   | (H, R)    | [0, log1p(clip)]| bound on ||O_r - O||_F / s per head (Eq. 9)              |
+    | change_bound   | (H, R)    | [0, log1p(clip)]| bound on ||O_r - O_prev||_F / s per head                 |
     | layer_bound    | (R, 2)    | [0, log1p(clip)]| the two bounds above over all heads at one rank           |
     | cost           | (R,)      | [0, 10]         | cost ratio to exact attention (the cost model's), clipped |
-    | context        | (6,)      | [0, ...]        | layer, segment, seq_len, prev rank (0 = none; / d),       |
-    |                |           |                 | log1p(min(epsilon_t, clip)), progress; all but epsilon in [0,1]|
-    | action_mask    | (R,) or (H*R,) | {0, 1}     | 1 = safe rank (bound <= epsilon_t); full rank always 1    |
+    | context        | (8,)      | [0, 10]         | layer, segment, seq_len, prev rank (0 = none; / d),       |
+    |                |           |                 | log1p(min(epsilon_t, clip)), progress, cost used (fraction |
+    |                |           |                 | of the episode's exact cost), budget left (/ budget; 1 = none)|
+    | action_mask    | (R,) or (H*R,) | {0, 1}     | 1 = safe rank (bound <= epsilon_t) that keeps the budget  |
 
     ``band_energy`` and ``change_bound`` are 0 on a layer's first segment (no previous rank).
 
     ## Rewards
     ``alpha * fidelity - beta * cost - gamma * perturbation`` (``reward.RewardWeights``); the signed terms are
-    in ``info["reward_terms"]`` and sum to the reward.  With ``end_weight > 0`` the last step also
-    earns ``end_weight * end_fidelity``, with the episode's ranks applied in every layer of the model:
-    for a causal language model exact perplexity / perplexity (1 = unchanged), for an encoder the
-    cosine between its mean-pooled outputs with those ranks and with exact attention.
+    in ``info["reward_terms"]`` and sum to the reward.  Fidelity is measured against exact attention on
+    the same inputs (in closed loop, the inputs the earlier ranks produced).  The last step also earns
+    ``end_weight * end_fidelity`` (``end_weight`` defaults to 4 in closed loop, where the episode's own
+    forward pass gives it, and 0 in open loop), with the episode's ranks applied in every layer of
+    the model: for a causal language model exact perplexity / perplexity (1 = unchanged), for an
+    encoder the cosine between its mean-pooled outputs with those ranks and with exact attention.
+    With ``latency_budget=b`` the cost term is 0 (the budget replaces it): the objective is fidelity,
+    the end term included, within the budget.
 
     ## Starting State
     A document drawn uniformly from the split with ``self.np_random`` (or
@@ -79,10 +93,14 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
     the default configuration (24); a configuration with longer episodes fails at ``reset`` with
     the value to pass (``registration.EpisodeLengthCheck``) instead of being cut short.
 
-    ## Safety
-    With ``safety=True`` ranks whose bound exceeds the adaptive threshold epsilon_t (``safety.py``)
-    are masked (``action_masks()``, ``info["action_mask"]``); an unsafe action is replaced by the
-    smallest safe rank above it and ``info["action_replaced"]`` says so.
+    ## Safety and budget
+    With ``safety=True`` ranks whose (deployable) bound exceeds the adaptive threshold epsilon_t
+    (``safety.py``) are masked (``action_masks()``, ``info["action_mask"]``).  With
+    ``latency_budget=b`` ranks after which no plan could end the episode within b of exact
+    attention's cost are masked too (where no safe rank keeps the budget, the highest rank that
+    does is allowed), so ``info["budget_used"]`` never exceeds b; a budget below the cheapest plan
+    fails at ``reset``.  A masked action is replaced by the smallest allowed rank above it (or the
+    largest below, where none is above) and ``info["action_replaced"]`` says so.
 
     ## Info
     ``reset`` gives ``document`` (name), ``n_steps`` and ``action_mask``.  ``step`` gives:
@@ -102,6 +120,7 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
     | flop_ratio         | FLOPs / exact attention's FLOPs                                          |
     | perturbation_bound | bound on the relative output change from the layer's previous rank        |
     | output_bound       | bound on the relative output change from full rank                        |
+    | budget_used        | episode's attention cost so far / exact's (FLOP-weighted); <= the budget  |
     | reward_terms       | ``{"fidelity", "cost", "perturbation"[, "end_fidelity"]}``, signed, sum = reward |
     | action_mask        | the next step's mask                                                      |
     | end_fidelity       | last step with ``end_weight > 0``: the model-level fidelity (above)       |
@@ -117,7 +136,13 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
       ``tests/test_reproduction.py``; ``info["reward_fidelity"]`` was added; the ``calibrated``
       method and the ``calibration_documents`` option were added; the ``workload="decode"`` option
       (exact prompt, teacher-forced windows, per-token cost; ``decode_prompt``) was added; corpora
-      gained a validation split; measured costs now include the factors' upkeep.)
+      gained a validation split; measured costs now include the factors' upkeep.  The deployable MDP:
+      closed loop by default for model sources (``closed_loop``), bounds and mask relative to the
+      deployable value scale (``privileged_observation`` restores the exact-output scale), default
+      thresholds epsilon 125 in [60, 250] (were 300 in [150, 600] on the old scale), the end term on
+      by default in closed loop, ``latency_budget``, and two more context fields (cost used, budget
+      left).  ``closed_loop=False, privileged_observation=True, epsilon=300, epsilon_min=150,
+      epsilon_max=600`` reproduces the first version's episodes, ``tests/test_reproduction.py``.)
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -146,8 +171,9 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
                              "(use workload='prefill')")
         self.documents = DocumentStore(cfg, self.source, self.ranks, self.cost_model)
         self.max_steps = spec.n_layers * len(self.documents.workload.segments(spec.max_seq_len))
-        self.weights = RewardWeights(cfg.alpha, cfg.beta, cfg.gamma)
+        self.weights = RewardWeights(cfg.alpha, 0.0 if cfg.latency_budget is not None else cfg.beta, cfg.gamma)
         self._doc: int | None = None
+        self._episode: Episode | None = None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -160,11 +186,23 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         elif isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < n_docs:
             raise ValueError(f"options['document']={index!r} must be an integer in 0..{n_docs - 1}")
         self._doc = int(index)
-        self._data = self.documents.get(self._doc)
+        if self._episode is not None:
+            self._episode.close()
+        self._episode = (ClosedLoop if self.config.closed else OpenLoop)(self.documents, self._doc)
+        self._data = self._episode.layer(0)  # the current layer's data (Ly = 1)
+        spec = self.source.spec
         self._n_segments = self._data.analysis.n_segments
-        self._n_steps = self.source.spec.n_layers * self._n_segments
-        self._t, self._prev, self._spent = 0, None, 0.0
-        self._episode_ranks = np.full((self.source.spec.n_layers, self._n_segments), float(self.source.spec.head_dim))
+        self._n_steps = spec.n_layers * self._n_segments
+        self._t, self._prev, self._spent, self._used = 0, None, 0.0, 0.0
+        self._episode_ranks = np.full((spec.n_layers, self._n_segments), float(spec.head_dim))
+        self._layer_choices = np.zeros((self._n_segments, spec.n_heads), dtype=np.int64)  # (S, H) rank indices
+        budget = self.config.latency_budget
+        cheapest = float(self._data.exact_share @ self._data.costs.min(-1))  # every layer alike
+        if budget is not None and cheapest > budget * (1 + 1e-9):
+            self._episode.close()
+            self._doc = self._episode = None
+            raise ValueError(f"latency_budget={budget} is below the cheapest plan for document {index} "
+                             f"({cheapest:.3f} of exact attention's cost); raise it to at least {cheapest:.3f}")
         self._update_step_state()
         return self._observation(), {"document": self.source.document_names[self._doc],
                                      "n_steps": self._n_steps, "action_mask": self._mask.copy()}
@@ -179,16 +217,26 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
             raise ValueError(f"action {action!r} is not in the action space {self.action_space} (integers only)")
         requested = np.broadcast_to(given.astype(np.int64), (self.source.spec.n_heads,)).copy()  # (H,)
         reward, info, chosen = self._outcome(requested)
-        segment, self._spent = info["segment"], self._spent + info["output_bound"]
-        self._episode_ranks[info["layer"], segment] = np.mean(info["rank"])
+        layer, segment, self._spent = info["layer"], info["segment"], self._spent + info["output_bound"]
+        self._used += float(self._data.exact_share[segment] * self._data.costs[segment, chosen].mean())
+        info["budget_used"] = self._used / self.source.spec.n_layers
+        self._episode_ranks[layer, segment] = np.mean(info["rank"])
+        self._layer_choices[segment] = chosen
         self._prev = chosen if segment + 1 < self._n_segments else None
         self._t += 1
         terminated = self._t == self._n_steps
-        if terminated and self.config.end_weight > 0:
-            info.update(self.documents.end_info(self._doc, self._episode_ranks))
-            info["reward_terms"]["end_fidelity"] = self.config.end_weight * info["end_fidelity"]
-            reward += info["reward_terms"]["end_fidelity"]
-        if not terminated:
+        if segment + 1 == self._n_segments:  # the layer is decided: the model runs on (closed loop)
+            self._episode.decide(layer, self._layer_choices.copy())
+            if not terminated:
+                self._data = self._episode.layer(layer + 1)
+        if terminated:
+            weight = self.config.end_term_weight
+            if weight > 0:
+                info.update(self._episode.end_info(self._episode_ranks))
+                info["reward_terms"]["end_fidelity"] = weight * info["end_fidelity"]
+                reward += info["reward_terms"]["end_fidelity"]
+            self._episode.close()
+        else:
             self._update_step_state()
         info["action_mask"] = self._mask.copy()
         return self._observation(), reward, terminated, False, info
@@ -197,11 +245,12 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         """Reward, step info and the rank indices taken (H,) after safety, for ``requested`` (H,); changes no state."""
         cfg, data = self.config, self._data
         layer, segment = divmod(self._t, self._n_segments)
+        constrained = cfg.safety or cfg.latency_budget is not None
         chosen = nearest_safe(requested, self._mask.reshape(len(requested), -1) if cfg.per_head else self._mask) \
-            if cfg.safety else requested
-        error = output_error(data.analysis, layer, segment, chosen)
+            if constrained else requested
+        error = output_error(data.analysis, 0, segment, chosen)
         fidelity, cost = fidelity_value(error, cfg.fidelity_metric), float(data.costs[segment, chosen].mean())
-        perturbation = 0.0 if self._prev is None else data.bounds.layer_change(layer, segment, self._prev, chosen)
+        perturbation = 0.0 if self._prev is None else data.bounds.layer_change(0, segment, self._prev, chosen)
         terms = self.weights.terms(fidelity, cost, perturbation)
         return float(sum(terms.values())), {
             "document": self.source.document_names[self._doc], "layer": layer, "segment": segment,
@@ -210,7 +259,7 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
             "fidelity": error.cosine, "relative_error": error.relative_error, "reward_fidelity": fidelity,
             "cost_ratio": cost, "flop_ratio": float(data.flops[segment, chosen].mean()),
             "perturbation_bound": perturbation,
-            "output_bound": data.bounds.layer_change(layer, segment, chosen, np.full_like(chosen, len(self.ranks) - 1)),
+            "output_bound": data.bounds.layer_change(0, segment, chosen, np.full_like(chosen, len(self.ranks) - 1)),
             "reward_terms": terms,
         }, chosen
 
@@ -221,6 +270,18 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
             raise RuntimeError("candidate_rewards() needs a running episode; call reset()")
         heads = self.source.spec.n_heads
         return np.array([self._outcome(np.full(heads, i, dtype=np.int64))[0] for i in range(len(self.ranks))])
+
+    def close(self) -> None:
+        if self._episode is not None:
+            self._episode.close()
+            self._episode = None
+
+    @property
+    def decision(self) -> tuple[int, int, int]:
+        """(document index, layer, segment) of the step about to be taken."""
+        if self._doc is None or self._t >= self._n_steps:
+            raise RuntimeError("no decision is pending; call reset()")
+        return (self._doc, *divmod(self._t, self._n_segments))
 
     def action_masks(self) -> np.ndarray:
         """Boolean mask of safe actions for the current step (sb3-contrib ``MaskablePPO``)."""
@@ -250,20 +311,34 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         return ranks if self.config.per_head else ranks[0]
 
     def _update_step_state(self) -> None:
-        """Threshold and mask for the step about to be taken."""
-        cfg, bounds = self.config, self._data.bounds
+        """Threshold and mask for the step about to be taken: safe ranks (bound <= epsilon_t), and
+        under a latency budget the ranks that keep it; where none is both, the highest rank that
+        keeps the budget."""
+        cfg, data = self.config, self._data
         layer, segment = divmod(self._t, self._n_segments)
         self._epsilon = adaptive_epsilon(cfg.epsilon, cfg.epsilon_min, cfg.epsilon_max, self._n_steps,
                                          self._t, self._spent)
         threshold = self._epsilon if cfg.safety else np.inf
-        pairs = bounds.head_pairs[layer, segment, ..., -1] if cfg.per_head else bounds.layer_pairs[layer, segment, :, -1]
-        self._mask = safe_mask(pairs, threshold).reshape(-1)
+        bounds = data.bounds
+        pairs = bounds.head_pairs[0, segment, ..., -1] if cfg.per_head else bounds.layer_pairs[0, segment, :, -1]
+        mask = safe_mask(pairs, threshold)
+        if cfg.latency_budget is not None:
+            n_layers, cheapest = self.source.spec.n_layers, data.exact_share * data.costs.min(-1)  # (S,)
+            future = cheapest[segment + 1:].sum() + (n_layers - layer - 1) * cheapest.sum()
+            feasible = budget_feasible(self._used / n_layers, data.exact_share[segment] * data.costs[segment] / n_layers,
+                                       future / n_layers, cfg.latency_budget)
+            mask = mask & feasible
+            if not mask.any():
+                mask[np.flatnonzero(feasible)[-1]] = True
+        self._mask = mask.reshape(-1)
 
     def _observation(self) -> dict[str, np.ndarray]:
-        spec, analysis = self.source.spec, self._data.analysis
+        spec, data, budget = self.source.spec, self._data, self.config.latency_budget
         layer, segment = divmod(min(self._t, self._n_steps - 1), self._n_segments)
         prev_rank = 0.0 if self._prev is None else float(np.mean([self.ranks[i] for i in self._prev])) / spec.head_dim
-        context = context_vector(layer, spec.n_layers, segment, self._n_segments, analysis.seq_len, spec.max_seq_len,
-                                 prev_rank, self._epsilon, self.config.bound_clip, self._t / self._n_steps)
-        return build_observation(analysis, self._data.bounds, layer, segment, self._prev, self._data.costs[segment],
-                                 context, self._mask)
+        used = self._used / spec.n_layers
+        context = context_vector(layer, spec.n_layers, segment, self._n_segments, data.analysis.seq_len,
+                                 spec.max_seq_len, prev_rank, self._epsilon, self.config.bound_clip,
+                                 self._t / self._n_steps, used, 1.0 if budget is None else max(budget - used, 0.0) / budget)
+        return build_observation(data.analysis.q_spectrum[0, segment], data.analysis.k_spectrum[0, segment],
+                                 data.bounds, segment, self._prev, data.costs[segment], context, self._mask)

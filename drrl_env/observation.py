@@ -1,7 +1,10 @@
 """The observation: a ``spaces.Dict`` describing the current (layer, segment) decision.
 
-Bounds are relative to the exact output's norm, clipped to ``bound_clip`` and given as
-``log1p(bound)`` so that values spanning orders of magnitude stay in a range networks handle.
+Bounds are relative to a scale of the output (deployable by default: ``analysis.RelativeBounds``),
+clipped to ``bound_clip`` and given as ``log1p(bound)`` so that values spanning orders of
+magnitude stay in a range networks handle.  :func:`build_observation` receives only what a
+deployed model has when it decides: the segment's spectra, the bounds, the cost vector, the
+context and the mask, never the exact attention output.
 """
 
 from __future__ import annotations
@@ -9,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 from gymnasium import spaces
 
-from drrl_env.analysis import DocumentAnalysis, RelativeBounds
+from drrl_env.analysis import RelativeBounds
 
 COST_CLIP = 10.0  # cost ratios above this (a rank 10x slower than exact attention) are shown as 10
-CONTEXT_FIELDS = ("layer", "segment", "seq_len", "prev_rank", "epsilon", "progress")
+CONTEXT_FIELDS = ("layer", "segment", "seq_len", "prev_rank", "epsilon", "progress", "cost_used", "budget_left")
 
 
 def observation_space(n_heads: int, head_dim: int, n_ranks: int, bound_clip: float,
@@ -30,15 +33,17 @@ def observation_space(n_heads: int, head_dim: int, n_ranks: int, bound_clip: flo
         "change_bound": spaces.Box(shape=(h, r), **logged),
         "layer_bound": spaces.Box(shape=(r, 2), **logged),
         "cost": spaces.Box(low=0.0, high=COST_CLIP, shape=(r,), dtype=np.float32),
-        "context": spaces.Box(low=0.0, high=max(1.0, log_clip), shape=(len(CONTEXT_FIELDS),), dtype=np.float32),
+        "context": spaces.Box(low=0.0, high=max(COST_CLIP, log_clip), shape=(len(CONTEXT_FIELDS),), dtype=np.float32),
         "action_mask": spaces.MultiBinary(mask_shape),
     })
 
 
-def build_observation(analysis: DocumentAnalysis, bounds: RelativeBounds, layer: int, segment: int,
+def build_observation(q_spectrum: np.ndarray, k_spectrum: np.ndarray, bounds: RelativeBounds, segment: int,
                       prev: np.ndarray | None, cost: np.ndarray, context: np.ndarray,
                       mask: np.ndarray) -> dict[str, np.ndarray]:
-    """The observation of step (layer, segment); ``prev`` (H,) the layer's previous rank indices or None."""
+    """The observation of one segment of the current layer: spectra (H, d), the layer's ``bounds``
+    (Ly = 1), ``prev`` (H,) the layer's previous rank indices or None, cost (R,), context and mask."""
+    layer = 0
     tail = bounds.tail[layer, segment]  # (H, R, 2)
     if prev is None:
         band = np.zeros_like(tail)
@@ -51,8 +56,8 @@ def build_observation(analysis: DocumentAnalysis, bounds: RelativeBounds, layer:
         change_head = bounds.head_pairs[layer, segment, heads, prev]  # (H, R)
         change_layer = bounds.layer_change_to_each_rank(layer, segment, prev)  # (R,)
     return {
-        "q_spectrum": analysis.q_spectrum[layer, segment].copy(),
-        "k_spectrum": analysis.k_spectrum[layer, segment].copy(),
+        "q_spectrum": q_spectrum.copy(),
+        "k_spectrum": k_spectrum.copy(),
         "tail_energy": tail.copy(),
         "band_energy": band.astype(np.float32),
         "output_bound": np.log1p(bounds.head_pairs[layer, segment, :, :, -1]).astype(np.float32),
@@ -66,8 +71,11 @@ def build_observation(analysis: DocumentAnalysis, bounds: RelativeBounds, layer:
 
 
 def context_vector(layer: int, n_layers: int, segment: int, n_segments: int, seq_len: int, max_seq_len: int,
-                   prev_rank: float, epsilon: float, bound_clip: float, progress: float) -> np.ndarray:
-    """(6,) ``CONTEXT_FIELDS``: layer and segment in [0, 1], seq_len / max_seq_len, the layer's
-    previous rank / head_dim (0 = none), log1p(min(epsilon, bound_clip)), progress in [0, 1]."""
+                   prev_rank: float, epsilon: float, bound_clip: float, progress: float, cost_used: float,
+                   budget_left: float) -> np.ndarray:
+    """(8,) ``CONTEXT_FIELDS``: layer and segment in [0, 1], seq_len / max_seq_len, the layer's
+    previous rank / head_dim (0 = none), log1p(min(epsilon, bound_clip)), progress in [0, 1], the
+    fraction of the episode's exact attention cost spent so far (clipped to ``COST_CLIP``), and the
+    latency budget left as a fraction of the budget (1 without a budget)."""
     return np.array([layer / max(n_layers - 1, 1), segment / max(n_segments - 1, 1), seq_len / max_seq_len,
-                     prev_rank, np.log1p(min(epsilon, bound_clip)), progress])
+                     prev_rank, np.log1p(min(epsilon, bound_clip)), progress, min(cost_used, COST_CLIP), budget_left])

@@ -32,9 +32,23 @@ def safe_mask(bounds: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def nearest_safe(index: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Replace each unsafe rank index by the smallest safe one above it.
+    """Replace each disallowed rank index by the smallest allowed one above it, or, where none is
+    above (a latency budget can forbid the high ranks), the largest allowed one below it.
 
-    index: (...) rank indices; mask: (..., R) with every row's safe set of the form {r >= r_min}.
+    index: (...) rank indices; mask: (..., R) with at least one allowed rank per row.  For the
+    safety mask alone (allowed = {r >= r_min}) this is max(index, r_min).
     """
-    lowest_safe = mask.argmax(-1)  # first True
-    return np.maximum(index, lowest_safe)
+    positions = np.arange(mask.shape[-1])
+    above = np.where(mask & (positions >= index[..., None]), positions, mask.shape[-1]).min(-1)
+    below = np.where(mask, positions, -1).max(-1)
+    return np.where(above < mask.shape[-1], above, below)
+
+
+def budget_feasible(used: float, step_share: np.ndarray, future_minimum: float, budget: float) -> np.ndarray:
+    """(R,) whether taking each rank now still leaves a way to end the episode within ``budget``.
+
+    All in fractions of the episode's exact attention cost: ``used`` spent so far, ``step_share``
+    (R,) this step's cost at each rank, ``future_minimum`` the cheapest possible cost of the steps
+    after this one.  If the cheapest rank was feasible at the step before, it stays feasible now,
+    so a feasible start never runs out of actions."""
+    return used + step_share + future_minimum <= budget * (1 + 1e-9)

@@ -18,7 +18,7 @@ import torch
 from scipy import stats
 
 import drrl_env  # noqa: F401
-from agents.baselines import make_baseline
+from agents.baselines import REFERENCES, make_baseline
 from agents.sb3_agents import env_config_dict, load_agent
 from drrl_env.config import make_config
 from drrl_env.costs import cost_model_class
@@ -70,22 +70,26 @@ def _earlier_runs(config: TrainConfig, logdir: Path) -> list[Path]:
     return runs
 
 
-def tune_baselines(env_id: str, env_kwargs: dict[str, Any], documents: int) -> tuple[str, str]:
-    """The best fixed rank and energy threshold by mean reward on the first ``documents`` training documents."""
+TUNED_FAMILIES = ("fixed", "energy", "energy-cost")  # the deployable baselines tuned on training documents
+
+
+def tune_baselines(env_id: str, env_kwargs: dict[str, Any], documents: int) -> list[str]:
+    """The best of each family of ``TUNED_FAMILIES`` (fixed rank, energy threshold, cost-aware energy
+    threshold) by mean reward on the first ``documents`` training documents."""
     env = gym.make(env_id, **{**env_kwargs, "split": "train"})
     docs = range(min(documents, len(env.unwrapped.document_names())))
-    candidates = [f"fixed:{r}" for r in env.unwrapped.ranks] + [f"energy:{t}" for t in ENERGY_LEVELS]
+    candidates = [f"fixed:{r}" for r in env.unwrapped.ranks] + [f"{family}:{t}" for family in TUNED_FAMILIES[1:]
+                                                                 for t in ENERGY_LEVELS]
     rows = evaluate(env, {c: make_baseline(c, env) for c in candidates}, docs)
     score = {c: np.mean([r.reward for r in rows if r.policy == c]) for c in candidates}
-    best_fixed = max((c for c in candidates if c.startswith("fixed")), key=score.get)
-    best_energy = max((c for c in candidates if c.startswith("energy")), key=score.get)
-    return best_fixed, best_energy
+    return [max((c for c in candidates if c.split(":")[0] == family), key=score.get) for family in TUNED_FAMILIES]
 
 
 def compare(algos: list[str], policies: list[str], seeds: int, timesteps: int, env_kwargs: dict[str, Any],
             out: Path, episodes: int, jobs: int = 1, pretrain_bc: int = 0, tune_documents: int = 16,
             hyperparams: dict[str, Any] | None = None, env_id: str = "DRRL-v0", backend: str = "local",
-            address: str | None = None, cpus_per_run: float = 1.0, gpus_per_run: float = 0.0) -> Path:
+            address: str | None = None, cpus_per_run: float = 1.0, gpus_per_run: float = 0.0,
+            planner: bool = True) -> Path:
     """Train ``algos x policies x seeds`` runs under ``out/runs`` and write ``out/report.md``; returns its path.
 
     The runs go to ``backend`` (``experiments/backends.py``): ``local`` with ``jobs`` processes, or
@@ -94,7 +98,8 @@ def compare(algos: list[str], policies: list[str], seeds: int, timesteps: int, e
     report happen here, so the output folder is the same whatever the backend.
 
     Rerunning the same command after an interruption resumes the grid: finished runs are reused,
-    interrupted ones continue from their checkpoints (``_train_one``)."""
+    interrupted ones continue from their checkpoints (``_train_one``).  ``planner`` adds the
+    non-myopic reference (``agents/planner.py``; 1 + layers x ranks episodes per document)."""
     config = make_config(**env_kwargs)
     resources = Resources(cpus=cpus_per_run, gpus=gpus_per_run,
                           exclusive=cost_model_class(config.cost_model).measures_device)
@@ -113,8 +118,8 @@ def compare(algos: list[str], policies: list[str], seeds: int, timesteps: int, e
     env = gym.make(env_id, **{**env_kwargs, "split": "test"})
     documents = range(min(episodes, len(env.unwrapped.document_names())))
     print(f"tuning the fixed-rank and energy baselines on {tune_documents} training documents", flush=True)
-    best_fixed, best_energy = tune_baselines(env_id, env_kwargs, tune_documents)
-    baselines = ["full", best_fixed, best_energy, "random", "oracle"]
+    baselines = ["full", *tune_baselines(env_id, env_kwargs, tune_documents), "random", "oracle"]
+    baselines += ["planner"] if planner else []
     policies_by_name: dict[str, Any] = {b: make_baseline(b, env, seed=0) for b in baselines}
     method_of = {b: b for b in baselines}
     for config, run_dir in zip(configs, run_dirs):
@@ -139,9 +144,10 @@ def write_report(rows: list[EpisodeSummary], meta: dict[str, Any], out: Path) ->
     method_of, baselines, config = meta["method_of"], meta["baselines"], meta["env_config"]
     table, means = method_table(rows, method_of)
     agents = [m for m in dict.fromkeys(method_of.values()) if m not in baselines]
-    deployable = [b for b in baselines if b not in ("oracle", "random")]
+    deployable = [b for b in baselines if b not in (*REFERENCES, "random")]
     best_agent = max(agents, key=lambda m: means[m]["reward"])
     best_base = max(deployable, key=lambda m: means[m]["reward"])
+    best_static = max((b for b in deployable if b.startswith("fixed") or b == "full"), key=lambda m: means[m]["reward"])
     agent_runs = [p for p, m in method_of.items() if m == best_agent]
     agent_docs, base_docs = per_document(rows, agent_runs), per_document(rows, [best_base])
     diff, p_value = paired_bootstrap(agent_docs, base_docs)
@@ -162,8 +168,10 @@ def write_report(rows: list[EpisodeSummary], meta: dict[str, Any], out: Path) ->
         f"{config['cost_model']!r}, reward = {config['alpha']} fidelity - {config['beta']} cost - "
         f"{config['gamma']} perturbation; {meta['n_documents']} test documents, each method on the same ones.", "",
         "Per method: mean ± 95% Student-t interval over seeds of the per-seed mean over documents "
-        "(baselines are deterministic: one run). `oracle` reads the true attention (an upper reference, "
-        f"not deployable). Fixed rank and energy threshold were tuned on training documents: {', '.join(deployable[1:])}.",
+        "(baselines are deterministic: one run). `oracle` (one-step) and `planner` (non-myopic rollout over "
+        "layers, `agents/planner.py`) read the true attention: upper references, not deployable. Fixed rank, "
+        f"energy threshold and cost-aware energy threshold were tuned on training documents: "
+        f"{', '.join(deployable[1:])}.",
         "", table, "",
         f"Best agent: **{best_agent}** (mean reward {means[best_agent]['reward']:.3f}); best deployable baseline: "
         f"**{best_base}** ({means[best_base]['reward']:.3f}); oracle {oracle:.3f}.  ",
@@ -173,6 +181,7 @@ def write_report(rows: list[EpisodeSummary], meta: dict[str, Any], out: Path) ->
         f"{int((agent_docs > base_docs).sum())} of {len(agent_docs)} documents, behind on "
         f"{int((agent_docs < base_docs).sum())}.  ",
         f"Fraction of the baseline-to-oracle gap closed by the best agent: {closed:.2f}.", "",
+        *(_planner_lines(means, best_agent, best_base, best_static) if "planner" in means else []),
         f"![Pareto plot]({pareto.name})", "", f"![Rank heatmap]({heatmap.name})", "",
     ]
     noisy = [r for r in rows if (r.attention_latency_spread or 0.0) > LatencyProfile.MAX_SPREAD]
@@ -189,6 +198,22 @@ def write_report(rows: list[EpisodeSummary], meta: dict[str, Any], out: Path) ->
     (out / "rows.json").write_text(json.dumps([r.as_dict() for r in rows], indent=1))
     (out / "compare.json").write_text(json.dumps(meta, indent=1))
     return report
+
+
+def _planner_lines(means: dict[str, dict[str, float]], best_agent: str, best_base: str, best_static: str) -> list[str]:
+    """The non-myopic reference's headroom over the one-step oracle and the best static and deployable
+    policies, and where the best agent stands between the best deployable policy and it."""
+    planner = means["planner"]["reward"]
+
+    def over(name: str) -> str:
+        gain = planner - means[name]["reward"]
+        return f"{gain:+.3f} ({gain / abs(means[name]['reward']):+.1%}) over {name}"
+
+    span = planner - means[best_base]["reward"]
+    where = (means[best_agent]["reward"] - means[best_base]["reward"]) / span if span > 0 else float("nan")
+    return [f"Non-myopic reference: `planner` mean reward {planner:.3f}, {over('oracle')} (the one-step oracle), "
+            f"{over(best_static)} (best static rank), {over(best_base)} (best deployable policy).  The best agent "
+            f"stands at {where:.2f} of the way from {best_base} (0) to the planner (1).", ""]
 
 
 def rebuild_report(out: Path, model_metrics: bool = False) -> Path:

@@ -2,8 +2,10 @@
 
 Every rank of the grid is played as a fixed policy (all heads alike, safety off) on the first
 documents of the env's split; each step's fidelity and perturbation terms and its cost ratio are
-recorded.  Because the reward is ``alpha * fidelity - beta * cost - gamma * perturbation``, one
-set of rollouts answers for a whole sweep of ``beta``:
+recorded, and the end-of-episode term on each episode's last step.  Because the reward is
+``alpha * fidelity - beta * cost - gamma * perturbation`` (+ the end term), one set of rollouts
+answers for a whole sweep of ``beta``.  In closed loop a step's terms depend on the ranks before
+it, so a fixed rank's steps are those of its own trajectory:
 
 - the best fixed rank (highest mean reward) and the one-step oracle's headroom over it: the mean
   over steps of the best rank's reward, (oracle - best fixed) / |best fixed|;
@@ -34,19 +36,21 @@ MIN_HEADROOM = 0.05  # one-step oracle over the best fixed rank, relative
 @dataclass(frozen=True)
 class FixedRankTerms:
     """Fixed-rank rollouts: the reward's fidelity, cost ratio and perturbation bound of every step,
-    each (R, steps); ``layers`` (steps,); ``weights`` the env's reward weights."""
+    and the end-of-episode term (0 but on the last steps), each (R, steps); ``layers`` (steps,);
+    ``weights`` the env's reward weights."""
 
     ranks: tuple[int, ...]
     fidelity: np.ndarray
     cost: np.ndarray
     perturbation: np.ndarray
+    end: np.ndarray
     layers: np.ndarray
     weights: RewardWeights
 
     def rewards(self, beta: float | None = None) -> np.ndarray:
         """(R, steps) rewards with cost weight ``beta`` (the env's when None)."""
         weights = self.weights if beta is None else replace(self.weights, beta=beta)
-        return weights.total(self.fidelity, self.cost, self.perturbation)
+        return weights.total(self.fidelity, self.cost, self.perturbation) + self.end
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,7 @@ def fixed_rank_terms(env: RankSelectionEnv, documents: int) -> FixedRankTerms:
         raise ValueError("fixed_rank_terms needs safety=False: the mask would replace the fixed ranks")
     if not 1 <= documents <= len(env.document_names()):
         raise ValueError(f"documents={documents} must lie in 1..{len(env.document_names())}")
-    fields = ("reward_fidelity", "cost_ratio", "perturbation_bound")  # the reward's inputs, as info gives them
+    fields = ("reward_fidelity", "cost_ratio", "perturbation_bound", "end")  # the reward's inputs
     terms: dict[str, list[list[float]]] = {name: [] for name in fields}
     layers: list[int] = []
     for rank_index in range(len(env.ranks)):
@@ -90,6 +94,7 @@ def fixed_rank_terms(env: RankSelectionEnv, documents: int) -> FixedRankTerms:
             while not done:
                 _, _, terminated, truncated, info = env.step(rank_index)
                 done = terminated or truncated
+                info["end"] = info["reward_terms"].get("end_fidelity", 0.0)
                 for name in fields:
                     per_rank[name].append(info[name])
                 layers.append(info["layer"])

@@ -126,7 +126,7 @@ def test_fidelity_rises_with_rank(source, default_env):
 def test_default_weights_pose_a_real_trade_off():
     """Three ranks or more are the one-step best somewhere, the oracle is 5% or more above the best
     fixed rank, and the best fixed rank lies strictly inside the grid."""
-    terms = fixed_rank_terms(RankSelectionEnv(safety=False), documents=12)
+    terms = fixed_rank_terms(RankSelectionEnv(safety=False, closed_loop=False), documents=12)
     result = trade_off(terms)
     assert result.poses_trade_off, (result.mean_reward, result.headroom, result.one_step_best_counts)
     assert 0 < result.best_fixed < len(terms.ranks) - 1
@@ -243,7 +243,8 @@ def test_degenerate_attention_gives_finite_observations_and_rewards():
         result = analyse(trace, Prefill(16), ranks, get_method("svd"), compress_values=True)
         bounds = RelativeBounds.of(result, clip=1000.0)
         for seg in range(result.n_segments):
-            obs = build_observation(result, bounds, 0, seg, np.array([0, 1]), np.ones(3), np.zeros(6), np.ones(3))
+            obs = build_observation(result.q_spectrum[0, seg], result.k_spectrum[0, seg], bounds.layer(0), seg,
+                                    np.array([0, 1]), np.ones(3), np.zeros(8), np.ones(3))
             assert all(np.isfinite(v).all() for v in obs.values())
             for r in range(3):
                 error = output_error(result, 0, seg, np.full(2, r))

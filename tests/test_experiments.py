@@ -87,7 +87,7 @@ def test_compare_on_the_default_env(tmp_path):
     drrl("compare", "--algos", "ppo", "--policies", "mlp", "--seeds", 1, "--timesteps", 64, "--episodes", 2,
          "--tune-documents", 2, "--out", out, cwd=tmp_path)
     report = (out / "report.md").read_text()
-    assert "| ppo-mlp | 1 |" in report and "end_fidelity" in report
+    assert "| ppo-mlp | 1 |" in report and "end_fidelity" in report and "Non-myopic reference: `planner`" in report
     rows = json.loads((out / "rows.json").read_text())
     for row in rows:
         row["attention_latency_ratio"] = None

@@ -10,14 +10,14 @@ Loading is in ``hf_loading.py``.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from drrl_env.sources.base import AttentionSource, AttentionTrace, ModelOutputs, SourceSpec
 from drrl_env.sources.corpus import load_corpus
-from drrl_env.sources.hf_attention import LowRankPlan
+from drrl_env.sources.hf_attention import LayerInputs, LowRankPlan
 from drrl_env.sources.hf_loading import load_model, model_fingerprint, position_limit
 
 
@@ -90,22 +90,32 @@ class HFAttentionSource(AttentionSource):
             causal=records[0]["causal"],
         )
 
-    @torch.no_grad()
     def model_outputs(self, index: int, plan: LowRankPlan) -> ModelOutputs:
         """The model on document ``index`` with ``plan``'s ranks applied to every attention call: the
         mean-pooled last hidden state (for all-MiniLM-L6-v2 the sentence embedding before
         normalization), and for causal language models the perplexity exp(mean next-token NLL)."""
+        pooled, perplexity = self._forward(index, plan.scored_from, drrl_plan=plan)
+        if plan.calls != self.spec.n_layers:
+            raise RuntimeError(f"expected {self.spec.n_layers} attention calls, saw {plan.calls}")
+        return ModelOutputs(pooled, perplexity, plan.seconds)
+
+    def steered_outputs(self, index: int, layer: Callable[[LayerInputs], torch.Tensor],
+                        scored_from: int) -> ModelOutputs:
+        """The model on document ``index`` with every attention call's output given by ``layer``
+        (a closed-loop episode, ``closed_loop.py``); attention time is not measured (0)."""
+        pooled, perplexity = self._forward(index, scored_from, drrl_layer=layer)
+        return ModelOutputs(pooled, perplexity, 0.0)
+
+    @torch.no_grad()
+    def _forward(self, index: int, scored_from: int, **attention: Any) -> tuple[torch.Tensor, float | None]:
+        """(pooled last hidden state (hidden,), perplexity from position ``scored_from`` on, or None)."""
         ids = self._token_ids[index][None].to(self.device)
         if self.causal_lm:
             labels = ids.clone()
-            labels[:, :plan.scored_from] = -100  # not scored (a decode workload's prompt)
-            out = self.model(input_ids=ids, labels=labels, use_cache=False, output_hidden_states=True, drrl_plan=plan)
-            hidden, perplexity = out.hidden_states[-1], float(torch.exp(out.loss))
-        else:
-            hidden, perplexity = self.model(input_ids=ids, use_cache=False, drrl_plan=plan).last_hidden_state, None
-        if plan.calls != self.spec.n_layers:
-            raise RuntimeError(f"expected {self.spec.n_layers} attention calls, saw {plan.calls}")
-        return ModelOutputs(hidden[0].mean(0), perplexity, plan.seconds)
+            labels[:, :scored_from] = -100  # not scored (a decode workload's prompt)
+            out = self.model(input_ids=ids, labels=labels, use_cache=False, output_hidden_states=True, **attention)
+            return out.hidden_states[-1][0].mean(0), float(torch.exp(out.loss))
+        return self.model(input_ids=ids, use_cache=False, **attention).last_hidden_state[0].mean(0), None
 
     @torch.no_grad()
     def _capture(self, token_ids: torch.Tensor) -> list[dict[str, Any]]:

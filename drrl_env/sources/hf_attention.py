@@ -11,12 +11,16 @@ on those arguments, so no module state is involved:
 - ``drrl_plan=LowRankPlan(...)``: compute the attention segment by segment at the plan's ranks,
   through the same workload and ``SegmentView.attention`` as the reward, timing it: the low-rank
   model forward.
+- ``drrl_layer=f``: the call's output is ``f(LayerInputs)`` (H, L, d): a closed-loop episode
+  (``closed_loop.py``) decides each layer's ranks from the q, k, v that the ranks of the layers
+  before it produced, and returns the output it computed at those ranks.
 - neither: plain SDPA.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +33,17 @@ from drrl_env.attention.methods.base import LowRankMethod
 from drrl_env.attention.workload import Prefill
 
 ATTENTION = "drrl"
+
+
+@dataclass(frozen=True)
+class LayerInputs:
+    """One attention call's inputs (batch of one): query (H, L, d), key and value (H_kv, L, d)."""
+
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    scaling: float
+    causal: bool
 
 
 @dataclass
@@ -55,7 +70,11 @@ class LowRankPlan:
 def _drrl_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                     attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                     drrl_records: list[dict[str, Any]] | None = None, drrl_plan: LowRankPlan | None = None,
-                    **kwargs: Any):
+                    drrl_layer: Callable[[LayerInputs], torch.Tensor] | None = None, **kwargs: Any):
+    if drrl_layer is not None:
+        inputs = LayerInputs(query[0], key[0], value[0], query.shape[-1] ** -0.5 if scaling is None else float(scaling),
+                             is_causal(module, attention_mask, query.shape[2], key.shape[2]))
+        return drrl_layer(inputs).to(query.dtype).transpose(0, 1)[None], None  # (H, L, d) -> (1, L, H, d)
     if drrl_plan is not None:
         return _low_rank(drrl_plan, query, key, value, query.shape[-1] ** -0.5 if scaling is None else scaling,
                          is_causal(module, attention_mask, query.shape[2], key.shape[2])), None

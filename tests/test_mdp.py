@@ -1,0 +1,134 @@
+"""The deployable, sequential MDP: observations without the exact output, closed-loop layers,
+latency budgets and the non-myopic reference."""
+
+import dataclasses
+import threading
+
+import numpy as np
+import pytest
+
+import drrl_env.documents
+from agents.baselines import make_baseline
+from drrl_env.env import RankSelectionEnv
+from experiments.rollout import run_episode
+from tests.conftest import SYNTHETIC
+
+TEXTS = ["Attention decides what each token reads from the others. " * 12,
+         "Low-rank factors trade a little fidelity for a lot of speed when heads are wide. " * 10]
+PRIVILEGED = ("out_sq", "dot", "low_sq", "err_sq")  # the analysis' fields that need exact attention
+STEP_FEATURES = ("q_spectrum", "k_spectrum", "tail_energy", "output_bound", "layer_bound")
+
+
+def _garbled_analyse(*args, **kwargs):
+    """``analyse`` whose privileged fields (exact output norms, fidelity statistics) are garbage."""
+    analysis = _REAL_ANALYSE(*args, **kwargs)
+    rng = np.random.default_rng(7)
+    return dataclasses.replace(analysis, **{name: rng.uniform(0.1, 1e4, getattr(analysis, name).shape)
+                                            for name in PRIVILEGED})
+
+
+_REAL_ANALYSE = drrl_env.documents.analyse
+
+
+def _observations(env: RankSelectionEnv, actions) -> list[dict[str, np.ndarray]]:
+    obs, _ = env.reset(options={"document": 0})
+    seen, done, t = [obs], False, 0
+    while not done:
+        obs, _, done, _, _ = env.step(actions(t))
+        seen.append(obs)
+        t += 1
+    return seen
+
+
+@pytest.mark.parametrize("privileged", [False, True])
+def test_observation_and_mask_do_not_read_the_exact_output(monkeypatch, privileged):
+    """(a) Deployable by default: garbage in place of everything derived from the exact attention
+    output leaves every observation and mask of a closed-loop episode unchanged; with
+    ``privileged_observation=True`` it does not (so the test can fail)."""
+    kwargs = {"corpus": TEXTS, "split": "all", "min_doc_tokens": 16, "segment_len": 32, "cache_dir": None,
+              "max_seq_len": 96, "privileged_observation": privileged}
+    actions = [0, 3, 7, 1, 5, 2, 6, 4]
+
+    def play():
+        return _observations(RankSelectionEnv(**kwargs), lambda t: actions[t % len(actions)])
+
+    honest = play()
+    monkeypatch.setattr(drrl_env.documents, "analyse", _garbled_analyse)
+    garbled = play()
+    same = all(np.array_equal(a[key], b[key]) for a, b in zip(honest, garbled) for key in a)
+    assert same != privileged
+
+
+def test_closed_loop_layer_inputs_follow_the_ranks_chosen_before():
+    """(b) In the default env, layer 0 at the lowest rank instead of full rank changes the first
+    observation of layer 1; in open loop it does not."""
+    for closed, differs in ((True, True), (False, False)):
+        env = RankSelectionEnv(split="test", safety=False, closed_loop=closed)
+        assert env.config.closed == closed
+        _, info = env.reset(options={"document": 0})
+        segments = info["n_steps"] // env.source.spec.n_layers
+        first_of_layer_1 = {}
+        for layer_0_action in (0, len(env.ranks) - 1):
+            first_of_layer_1[layer_0_action] = _observations(env, lambda t: layer_0_action)[segments]
+        low, full = first_of_layer_1.values()
+        assert any(not np.array_equal(low[k], full[k]) for k in STEP_FEATURES) == differs
+
+
+def test_closed_loop_at_full_rank_is_the_open_loop_episode():
+    """With exact attention everywhere, every layer's live inputs are the captured ones: the same
+    observations and rewards as open loop, and the end term is the exact model's (fidelity 1)."""
+    kwargs = {"corpus": TEXTS, "split": "all", "min_doc_tokens": 16, "segment_len": 32, "cache_dir": None,
+              "max_seq_len": 96, "end_weight": 1.0}
+    full = len(RankSelectionEnv(**kwargs, closed_loop=False).ranks) - 1
+    rows = {closed: run_episode(RankSelectionEnv(**kwargs, closed_loop=closed), make_baseline("full", RankSelectionEnv(
+        **kwargs)), "full", 0) for closed in (False, True)}
+    assert rows[True].reward == pytest.approx(rows[False].reward, abs=1e-6)
+    opened, closed = (_observations(RankSelectionEnv(**kwargs, closed_loop=c), lambda t: full) for c in (False, True))
+    for a, b in zip(opened, closed):
+        for key in STEP_FEATURES:
+            np.testing.assert_allclose(a[key], b[key], atol=1e-5)
+
+
+def test_an_abandoned_closed_loop_episode_leaves_no_thread():
+    env = RankSelectionEnv(corpus=TEXTS, split="all", min_doc_tokens=16, segment_len=32, cache_dir=None,
+                           max_seq_len=96)
+    before = threading.active_count()
+    for _ in range(3):
+        env.reset(options={"document": 1})
+        env.step(0)  # mid-episode: the forward pass waits in its worker thread
+    env.close()
+    assert threading.active_count() == before
+
+
+@pytest.mark.parametrize("kwargs", [{}, SYNTHETIC], ids=["default", "synthetic"])
+def test_random_masked_play_keeps_the_latency_budget(kwargs):
+    """(c) With latency_budget=0.5, random play within the mask never ends over budget; the budget
+    left is observed and the cost term leaves the reward."""
+    env = RankSelectionEnv(**kwargs, latency_budget=0.5, split="test" if not kwargs else "train")
+    rng = np.random.default_rng(0)
+    n_docs = len(env.document_names())
+    for episode in range(4 if not kwargs else 30):
+        obs, _ = env.reset(options={"document": episode % n_docs})
+        done = False
+        while not done:
+            assert obs["context"][-1] >= 0
+            obs, _, done, _, info = env.step(int(rng.choice(np.flatnonzero(obs["action_mask"]))))
+            assert info["budget_used"] <= 0.5 + 1e-9 and info["reward_terms"]["cost"] == 0.0
+        assert info["budget_used"] <= 0.5 + 1e-9
+
+
+def test_an_impossible_budget_fails_at_reset_with_the_minimum():
+    env = RankSelectionEnv(**SYNTHETIC, latency_budget=0.01)
+    with pytest.raises(ValueError, match="latency_budget=0.01 is below the cheapest plan"):
+        env.reset(options={"document": 0})
+
+
+def test_planner_is_never_behind_the_one_step_oracle():
+    """The rollout planner's episode starts from the one-step oracle's and keeps the best one seen."""
+    env = RankSelectionEnv(corpus=TEXTS, split="all", min_doc_tokens=16, segment_len=32, max_seq_len=96,
+                           cache_dir=None, ranks=(4, 16, 32))
+    planner, oracle = make_baseline("planner", env), make_baseline("oracle", env)
+    for doc in range(2):
+        planned, greedy = run_episode(env, planner, "planner", doc), run_episode(env, oracle, "oracle", doc)
+        assert planned.reward >= greedy.reward - 1e-9
+    assert planner.episodes_played == 2 * (1 + env.source.spec.n_layers * len(env.ranks))
