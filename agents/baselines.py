@@ -49,6 +49,23 @@ class FixedRankPolicy(RankPolicy):
         return self.index
 
 
+class PerLayerStaticPolicy(RankPolicy):
+    """A fixed rank per layer, the same for every segment and document (the static allocation of
+    Eigen Attention and Palu); ``ranks_per_layer`` are values from the env's grid.  The layer is read
+    from the observation's context (layer / (layers - 1)), so it is deployable."""
+
+    def __init__(self, ranks: tuple[int, ...], ranks_per_layer: list[int]) -> None:
+        unknown = [r for r in ranks_per_layer if r not in ranks]
+        if unknown or not ranks_per_layer:
+            raise ValueError(f"per-layer ranks {ranks_per_layer} must be values of the env's rank grid {list(ranks)}, "
+                             "one per layer")
+        self.index = [ranks.index(r) for r in ranks_per_layer]
+        self.name = "static:" + "/".join(map(str, ranks_per_layer))
+
+    def act(self, obs: dict[str, np.ndarray]) -> int:
+        return self.index[round(float(obs["context"][0]) * (len(self.index) - 1))]
+
+
 class RandomPolicy(RankPolicy):
     """Uniform over the safe ranks of the observation's action mask."""
 
@@ -107,13 +124,14 @@ class OraclePolicy(RankPolicy):
         return int(np.argmax(rewards))
 
 
-BASELINES = ("full", "fixed:R", "random", "energy:TAU", "energy-cost:TAU", "oracle", "planner")
+BASELINES = ("full", "fixed:R", "static:R0/R1/...", "random", "energy:TAU", "energy-cost:TAU", "oracle", "planner")
 REFERENCES = ("oracle", "planner")  # read the true attention: upper references, not deployable
 
 
 def make_baseline(spec: str, env: gym.Env, seed: int | None = None) -> RankPolicy:
-    """A baseline from its name: ``full``, ``fixed:R``, ``random``, ``energy:TAU``, ``energy-cost:TAU``,
-    ``oracle`` (one-step) or ``planner`` (non-myopic rollout, ``agents/planner.py``)."""
+    """A baseline from its name: ``full``, ``fixed:R``, ``static:R0/R1/...`` (one rank per layer),
+    ``random``, ``energy:TAU``, ``energy-cost:TAU``, ``oracle`` (one-step) or ``planner`` (non-myopic
+    rollout, ``agents/planner.py``)."""
     ranks = env.unwrapped.ranks
     name, _, arg = spec.partition(":")
     if env.unwrapped.config.per_head:
@@ -123,6 +141,11 @@ def make_baseline(spec: str, env: gym.Env, seed: int | None = None) -> RankPolic
             return FullRankPolicy()
         if name == "fixed" and arg:
             return FixedRankPolicy(ranks, int(arg))
+        if name == "static" and arg:
+            per_layer = [int(r) for r in arg.split("/")]
+            if len(per_layer) != env.unwrapped.source.spec.n_layers:
+                raise ValueError(f"give one rank per layer ({env.unwrapped.source.spec.n_layers}), got {len(per_layer)}")
+            return PerLayerStaticPolicy(ranks, per_layer)
         if name == "random" and not arg:
             return RandomPolicy(seed)
         if name == "energy" and arg:

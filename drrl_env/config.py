@@ -88,6 +88,11 @@ class EnvConfig:
             (timed at every segment; noisy).  Measured models make the env nondeterministic,
             and whether they leave a trade-off depends on the device: ``drrl tradeoff
             --env-kwargs cost_model=profile ... --betas ...`` tells, for this device.
+        feature_cost: charge every step the cost of computing its observation (spectra, bounds,
+            value scale; ``LowRankMethod.feature_flops``), whatever rank is chosen, so that full
+            rank costs 1 + that share: a deployed agent pays for what it reads.  Counted in FLOPs;
+            the measured cost models charge the FLOP share as an estimate (the features are not
+            timed yet).  ``False``: attention only (the first version's cost).
         target_seq_len: cost (and FLOP ratio) at this deployment length instead of the document's:
             a bidirectional segment's keys become ``target_seq_len``, a causal segment's prefix is
             scaled by ``target_seq_len / L``.  The fidelity still comes from the real document.
@@ -163,6 +168,7 @@ class EnvConfig:
     fidelity_metric: str = "cosine"
     cost_model: str = "flops"
     target_seq_len: int | None = None
+    feature_cost: bool = True
     dtype: str = "float32"
     profile_refresh: bool = False
     bound_clip: float = 1000.0

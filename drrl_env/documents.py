@@ -16,7 +16,7 @@ from drrl_env.cache import AnalysisCache, cache_root
 from drrl_env.calibration import calibrate
 from drrl_env.config import EnvConfig
 from drrl_env.costs import AttentionShape, CostModel
-from drrl_env.costs.flops import attention_flops, flop_ratios
+from drrl_env.costs.flops import attention_flops, feature_flop_ratio, flop_ratios
 from drrl_env.costs.latency import LatencyProfile, Timing, summarize
 from drrl_env.sources import make_source
 from drrl_env.sources.base import AttentionSource, AttentionTrace, ModelOutputs
@@ -25,9 +25,10 @@ from drrl_env.sources.hf_attention import LayerInputs, LowRankPlan
 
 @dataclass(frozen=True)
 class DocumentData:
-    """A document's analysis with what the env derives from it: bounds, costs and FLOP ratios (S, R),
-    and each segment's share of one layer's exact attention FLOPs, ``exact_share`` (S,), summing to 1
-    (a latency budget weighs the segments' cost ratios by it)."""
+    """A document's analysis with what the env derives from it: bounds, costs and FLOP ratios (S, R)
+    to exact attention (with ``feature_cost``, each rank's includes the observation's features,
+    so full rank costs 1 + their share), and each segment's share of one layer's exact attention
+    FLOPs, ``exact_share`` (S,), summing to 1 (a latency budget weighs the segments' costs by it)."""
 
     analysis: DocumentAnalysis
     bounds: RelativeBounds
@@ -121,9 +122,12 @@ class DocumentStore:
                                           head_dim=spec.head_dim, n_heads=spec.n_heads, n_kv_heads=spec.n_kv_heads,
                                           compress_values=cfg.compress_values, causal=spec.causal) for s in shapes],
                          dtype=np.float64)
+        features = np.array([[self.cost_model.feature_ratio(s), feature_flop_ratio(s)] if cfg.feature_cost else [0, 0]
+                             for s in shapes])  # (S, 2): cost and FLOP share of the observation's features
         return DocumentData(analysis, RelativeBounds.of(analysis, cfg.bound_clip, cfg.privileged_observation),
-                            costs=np.stack([self.cost_model.cost_ratios(s) for s in shapes]),
-                            flops=np.stack([flop_ratios(s) for s in shapes]), exact_share=exact / exact.sum())
+                            costs=np.stack([self.cost_model.cost_ratios(s) for s in shapes]) + features[:, :1],
+                            flops=np.stack([flop_ratios(s) for s in shapes]) + features[:, 1:],
+                            exact_share=exact / exact.sum())
 
     def cost_shape(self, query_len: int, key_len: int) -> AttentionShape:
         """The attention problem whose cost a segment of ``query_len`` queries and ``key_len`` keys

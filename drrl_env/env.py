@@ -64,7 +64,8 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
     | output_bound   | (H, R)    | [0, log1p(clip)]| bound on ||O_r - O||_F / s per head (Eq. 9)              |
     | change_bound   | (H, R)    | [0, log1p(clip)]| bound on ||O_r - O_prev||_F / s per head                 |
     | layer_bound    | (R, 2)    | [0, log1p(clip)]| the two bounds above over all heads at one rank           |
-    | cost           | (R,)      | [0, 10]         | cost ratio to exact attention (the cost model's), clipped |
+    | cost           | (R,)      | [0, 10]         | cost ratio to exact attention (the cost model's), the     |
+    |                |           |                 | observation's own features included (``feature_cost``)    |
     | context        | (8,)      | [0, 10]         | layer, segment, seq_len, prev rank (0 = none; / d),       |
     |                |           |                 | log1p(min(epsilon_t, clip)), progress, cost used (fraction |
     |                |           |                 | of the episode's exact cost), budget left (/ budget; 1 = none)|
@@ -116,8 +117,8 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
     | fidelity           | cosine of low-rank vs exact attention output, all heads (in [-1, 1])      |
     | relative_error     | ||O_r - O||_F / ||O||_F                                                   |
     | reward_fidelity    | the fidelity the reward uses (``fidelity_metric``)                        |
-    | cost_ratio         | the cost model's cost / exact attention's (the reward's cost)             |
-    | flop_ratio         | FLOPs / exact attention's FLOPs                                          |
+    | cost_ratio         | the cost model's cost / exact attention's (the reward's cost; features in)|
+    | flop_ratio         | FLOPs / exact attention's FLOPs (the observation's features included)     |
     | perturbation_bound | bound on the relative output change from the layer's previous rank        |
     | output_bound       | bound on the relative output change from full rank                        |
     | budget_used        | episode's attention cost so far / exact's (FLOP-weighted); <= the budget  |
@@ -140,9 +141,11 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
       closed loop by default for model sources (``closed_loop``), bounds and mask relative to the
       deployable value scale (``privileged_observation`` restores the exact-output scale), default
       thresholds epsilon 125 in [60, 250] (were 300 in [150, 600] on the old scale), the end term on
-      by default in closed loop, ``latency_budget``, and two more context fields (cost used, budget
-      left).  ``closed_loop=False, privileged_observation=True, epsilon=300, epsilon_min=150,
-      epsilon_max=600`` reproduces the first version's episodes, ``tests/test_reproduction.py``.)
+      by default in closed loop, ``latency_budget``, two more context fields (cost used, budget
+      left), and every step charged its observation's features (``feature_cost``).
+      ``closed_loop=False, privileged_observation=True, feature_cost=False, epsilon=300,
+      epsilon_min=150, epsilon_max=600`` reproduces the first version's episodes
+      (``tests/test_reproduction.py``).)
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}

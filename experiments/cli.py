@@ -184,7 +184,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     report = compare(algos, policies, args.seeds, args.timesteps, parse_env_kwargs(args.env_kwargs), Path(args.out),
                      args.episodes, jobs=args.jobs, pretrain_bc=args.pretrain_bc, tune_documents=args.tune_documents,
                      env_id=args.env_id, backend=args.backend, address=args.address, cpus_per_run=args.cpus_per_run,
-                     gpus_per_run=args.gpus_per_run, planner=not args.no_planner)
+                     gpus_per_run=args.gpus_per_run, planner=not args.no_planner,
+                     latency_rounds=args.latency_rounds)
     print(report.read_text())
     return 0
 
@@ -334,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="behaviour-clone the oracle on N training documents before RL (0 = no pre-training)")
     p.add_argument("--tune-documents", type=int, default=16,
                    help="training documents on which the fixed rank and energy threshold are tuned")
+    p.add_argument("--latency-rounds", type=int, default=3,
+                   help="interleaved rounds of the measured attention latency per row (0 = not measured)")
     p.add_argument("--no-planner", action="store_true",
                    help="leave out the non-myopic reference (it replays each test document 1 + layers x ranks times)")
     p.add_argument("--out", default="experiments/results/latest",

@@ -9,13 +9,13 @@ import os
 import shlex
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
-from scipy import stats
 
 import drrl_env  # noqa: F401
 from agents.baselines import REFERENCES, make_baseline
@@ -24,7 +24,8 @@ from drrl_env.config import make_config
 from drrl_env.costs import cost_model_class
 from drrl_env.costs.latency import LatencyProfile, machine_description
 from experiments.backends import PARALLEL_ENV, Resources, make_backend
-from experiments.report import mean_ci, method_table, paired_bootstrap, pareto_plot, per_document, rank_heatmap
+from experiments.report import (holm, mean_ci, method_table, paired_comparison, pareto_plot, per_document,
+                                rank_heatmap, topic_of)
 from experiments.rollout import EpisodeSummary, add_model_metrics, evaluate
 from experiments.train import TrainConfig, read_yaml_mapping, resolved_settings, train
 
@@ -70,26 +71,41 @@ def _earlier_runs(config: TrainConfig, logdir: Path) -> list[Path]:
     return runs
 
 
-TUNED_FAMILIES = ("fixed", "energy", "energy-cost")  # the deployable baselines tuned on training documents
+TUNED_FAMILIES = ("fixed", "energy", "energy-cost", "static")  # deployable baselines tuned on training documents
 
 
 def tune_baselines(env_id: str, env_kwargs: dict[str, Any], documents: int) -> list[str]:
-    """The best of each family of ``TUNED_FAMILIES`` (fixed rank, energy threshold, cost-aware energy
-    threshold) by mean reward on the first ``documents`` training documents."""
+    """The best of each family of ``TUNED_FAMILIES`` by mean reward on the first ``documents`` training
+    documents: fixed rank, energy threshold and cost-aware energy threshold over their grids; the
+    per-layer static ranks by one pass of coordinate ascent from the best fixed rank (each layer in
+    turn takes the rank that maximizes the mean reward with the other layers held)."""
     env = gym.make(env_id, **{**env_kwargs, "split": "train"})
     docs = range(min(documents, len(env.unwrapped.document_names())))
-    candidates = [f"fixed:{r}" for r in env.unwrapped.ranks] + [f"{family}:{t}" for family in TUNED_FAMILIES[1:]
-                                                                 for t in ENERGY_LEVELS]
-    rows = evaluate(env, {c: make_baseline(c, env) for c in candidates}, docs)
-    score = {c: np.mean([r.reward for r in rows if r.policy == c]) for c in candidates}
-    return [max((c for c in candidates if c.split(":")[0] == family), key=score.get) for family in TUNED_FAMILIES]
+    ranks, n_layers = env.unwrapped.ranks, env.unwrapped.source.spec.n_layers
+    score: dict[str, float] = {}
+
+    def scored(candidates: list[str]) -> None:
+        new = [c for c in candidates if c not in score]
+        rows = evaluate(env, {c: make_baseline(c, env) for c in new}, docs)
+        score.update({c: float(np.mean([r.reward for r in rows if r.policy == c])) for c in new})
+
+    scored([f"fixed:{r}" for r in ranks] + [f"{family}:{t}" for family in TUNED_FAMILIES[1:3] for t in ENERGY_LEVELS])
+    best = {family: max((c for c in score if c.split(":")[0] == family), key=score.get)
+            for family in TUNED_FAMILIES[:3]}
+    per_layer = [int(best["fixed"].split(":")[1])] * n_layers
+    for layer in range(n_layers):
+        options = {r: "static:" + "/".join(map(str, per_layer[:layer] + [r] + per_layer[layer + 1:])) for r in ranks}
+        scored(list(options.values()))
+        per_layer[layer] = max(options, key=lambda r: score[options[r]])
+    best["static"] = "static:" + "/".join(map(str, per_layer))
+    return [best[family] for family in TUNED_FAMILIES]
 
 
 def compare(algos: list[str], policies: list[str], seeds: int, timesteps: int, env_kwargs: dict[str, Any],
             out: Path, episodes: int, jobs: int = 1, pretrain_bc: int = 0, tune_documents: int = 16,
             hyperparams: dict[str, Any] | None = None, env_id: str = "DRRL-v0", backend: str = "local",
             address: str | None = None, cpus_per_run: float = 1.0, gpus_per_run: float = 0.0,
-            planner: bool = True) -> Path:
+            planner: bool = True, latency_rounds: int = 3) -> Path:
     """Train ``algos x policies x seeds`` runs under ``out/runs`` and write ``out/report.md``; returns its path.
 
     The runs go to ``backend`` (``experiments/backends.py``): ``local`` with ``jobs`` processes, or
@@ -99,7 +115,9 @@ def compare(algos: list[str], policies: list[str], seeds: int, timesteps: int, e
 
     Rerunning the same command after an interruption resumes the grid: finished runs are reused,
     interrupted ones continue from their checkpoints (``_train_one``).  ``planner`` adds the
-    non-myopic reference (``agents/planner.py``; 1 + layers x ranks episodes per document)."""
+    non-myopic reference (``agents/planner.py``; 1 + layers x ranks episodes per document);
+    ``latency_rounds`` = 0 leaves out the measured attention latency of every row (2 s per row on
+    the default env)."""
     config = make_config(**env_kwargs)
     resources = Resources(cpus=cpus_per_run, gpus=gpus_per_run,
                           exclusive=cost_model_class(config.cost_model).measures_device)
@@ -117,7 +135,7 @@ def compare(algos: list[str], policies: list[str], seeds: int, timesteps: int, e
 
     env = gym.make(env_id, **{**env_kwargs, "split": "test"})
     documents = range(min(episodes, len(env.unwrapped.document_names())))
-    print(f"tuning the fixed-rank and energy baselines on {tune_documents} training documents", flush=True)
+    print(f"tuning the fixed-rank, energy and per-layer baselines on {tune_documents} training documents", flush=True)
     baselines = ["full", *tune_baselines(env_id, env_kwargs, tune_documents), "random", "oracle"]
     baselines += ["planner"] if planner else []
     policies_by_name: dict[str, Any] = {b: make_baseline(b, env, seed=0) for b in baselines}
@@ -126,15 +144,34 @@ def compare(algos: list[str], policies: list[str], seeds: int, timesteps: int, e
         name = f"{config.algo}-{config.policy}{'-bc' if pretrain_bc else ''}/seed{config.seed}"
         policies_by_name[name] = load_agent(Path(run_dir) / "model.zip", env)
         method_of[name] = name.split("/")[0]
-    print(f"evaluating {len(policies_by_name)} policies on {len(documents)} test documents", flush=True)
+    selection = select_on_validation(env_id, env_kwargs, policies_by_name, method_of, baselines, episodes)
+    print(f"selected on validation: agent {selection['agent']}, baseline {selection['baseline']}; evaluating "
+          f"{len(policies_by_name)} policies on {len(documents)} test documents", flush=True)
     rows = evaluate(env, policies_by_name, documents)
     if env.unwrapped.config.source == "model" and not env.unwrapped.config.per_head:
-        rows = add_model_metrics(env, rows)
+        rows = add_model_metrics(env, rows, latency_rounds)
     meta = {"command": " ".join(shlex.quote(a) for a in sys.argv),
             "machine": f"{machine_description(env.unwrapped.device)}, device {env.unwrapped.config.device}",
             "env_id": env_id, "env_config": env_config_dict(env), "method_of": method_of, "baselines": baselines,
-            "n_documents": len(documents)}
+            "n_documents": len(documents), "selection": selection}
     return write_report(rows, meta, out)
+
+
+def select_on_validation(env_id: str, env_kwargs: dict[str, Any], policies: dict[str, Any], method_of: dict[str, str],
+                         baselines: list[str], episodes: int) -> dict[str, Any]:
+    """The best agent method and the best deployable baseline by mean reward on the validation split
+    (its first ``episodes`` documents), chosen before any test document is played: they make the
+    primary comparison.  Returns their names, the validation means and the number of documents."""
+    env = gym.make(env_id, **{**env_kwargs, "split": "validation"})
+    documents = range(min(episodes, len(env.unwrapped.document_names())))
+    deployable = [b for b in baselines if b not in (*REFERENCES, "random")]
+    chosen = {p: policy for p, policy in policies.items() if method_of[p] not in baselines or p in deployable}
+    rows = evaluate(env, chosen, documents)
+    means = {m: float(np.mean([r.reward for r in rows if method_of[r.policy] == m]))
+             for m in dict.fromkeys(method_of[p] for p in chosen)}
+    agents = [m for m in means if m not in baselines]
+    return {"agent": max(agents, key=means.get), "baseline": max(deployable, key=means.get),
+            "validation_means": means, "n_validation_documents": len(documents)}
 
 
 def write_report(rows: list[EpisodeSummary], meta: dict[str, Any], out: Path) -> Path:
@@ -142,16 +179,29 @@ def write_report(rows: list[EpisodeSummary], meta: dict[str, Any], out: Path) ->
     method of each policy, baselines); also saves both as ``rows.json`` and ``compare.json`` so that
     ``drrl report`` can rebuild the report without re-running anything."""
     method_of, baselines, config = meta["method_of"], meta["baselines"], meta["env_config"]
+    selection = meta.get("selection")
+    if selection is None:
+        raise ValueError("this comparison predates selection on the validation split (compare.json has no "
+                         "'selection'); run drrl compare again")
     table, means = method_table(rows, method_of)
     agents = [m for m in dict.fromkeys(method_of.values()) if m not in baselines]
     deployable = [b for b in baselines if b not in (*REFERENCES, "random")]
-    best_agent = max(agents, key=lambda m: means[m]["reward"])
-    best_base = max(deployable, key=lambda m: means[m]["reward"])
-    best_static = max((b for b in deployable if b.startswith("fixed") or b == "full"), key=lambda m: means[m]["reward"])
+    best_agent, best_base = selection["agent"], selection["baseline"]
+    best_static = next((b for b in deployable if b.startswith("static:")),
+                       max((b for b in deployable if b.startswith("fixed") or b == "full"), key=lambda m: means[m]["reward"]))
     agent_runs = [p for p, m in method_of.items() if m == best_agent]
-    agent_docs, base_docs = per_document(rows, agent_runs), per_document(rows, [best_base])
-    diff, p_value = paired_bootstrap(agent_docs, base_docs)
-    signed_rank_p = stats.wilcoxon(agent_docs, base_docs).pvalue if np.any(agent_docs != base_docs) else 1.0
+    documents = sorted({(r.document_index, r.document) for r in rows})
+    clusters = [topic_of(name) for _, name in documents]
+
+    def docs_of(method: str) -> np.ndarray:  # (documents,) the method's reward per document, seeds averaged
+        return per_document(rows, [p for p, m in method_of.items() if m == method])
+
+    primary = paired_comparison(best_agent, best_base, docs_of(best_agent), docs_of(best_base), clusters)
+    secondary = [paired_comparison(m, best_base, docs_of(m), docs_of(best_base), clusters)
+                 for m in agents if m != best_agent]
+    secondary += [paired_comparison(best_agent, ref, docs_of(best_agent), docs_of(ref), clusters)
+                  for ref in REFERENCES if ref in means]
+    secondary = [replace(c, p_holm=p) for c, p in zip(secondary, holm([c.p_value for c in secondary]))]
     oracle = means["oracle"]["reward"]
     gap = oracle - means[best_base]["reward"]
     closed = (means[best_agent]["reward"] - means[best_base]["reward"]) / gap if gap > 0 else float("nan")
@@ -170,17 +220,19 @@ def write_report(rows: list[EpisodeSummary], meta: dict[str, Any], out: Path) ->
         "Per method: mean ± 95% Student-t interval over seeds of the per-seed mean over documents "
         "(baselines are deterministic: one run). `oracle` (one-step) and `planner` (non-myopic rollout over "
         "layers, `agents/planner.py`) read the true attention: upper references, not deployable. Fixed rank, "
-        f"energy threshold and cost-aware energy threshold were tuned on training documents: "
-        f"{', '.join(deployable[1:])}.",
+        f"energy threshold, cost-aware energy threshold and per-layer static ranks were tuned on training "
+        f"documents: {', '.join(deployable[1:])}.",
         "", table, "",
-        f"Best agent: **{best_agent}** (mean reward {means[best_agent]['reward']:.3f}); best deployable baseline: "
-        f"**{best_base}** ({means[best_base]['reward']:.3f}); oracle {oracle:.3f}.  ",
-        f"Paired over documents (agent seeds averaged), agent - baseline reward: mean {diff:+.3f}, median "
-        f"{np.median(agent_docs - base_docs):+.3f}; bootstrap two-sided "
-        f"p = {p_value:.4f}; Wilcoxon signed-rank p = {signed_rank_p:.4f}; the agent is ahead on "
-        f"{int((agent_docs > base_docs).sum())} of {len(agent_docs)} documents, behind on "
-        f"{int((agent_docs < base_docs).sum())}.  ",
-        f"Fraction of the baseline-to-oracle gap closed by the best agent: {closed:.2f}.", "",
+        f"Selection, before the test run, on the first {selection['n_validation_documents']} validation "
+        f"documents (mean reward): best agent **{best_agent}** "
+        f"({selection['validation_means'][best_agent]:.3f}), strongest deployable baseline **{best_base}** "
+        f"({selection['validation_means'][best_base]:.3f}).  ",
+        f"**Primary comparison** (fixed by that selection; agent seeds averaged per document): "
+        f"{primary.sentence()}.", "",
+        "Secondary comparisons (Holm-corrected over these):", "",
+        *[f"- {c.sentence()}." for c in secondary], "",
+        f"On test: oracle {oracle:.3f}; fraction of the baseline-to-oracle gap closed by the best agent: "
+        f"{closed:.2f}.", "",
         *(_planner_lines(means, best_agent, best_base, best_static) if "planner" in means else []),
         f"![Pareto plot]({pareto.name})", "", f"![Rank heatmap]({heatmap.name})", "",
     ]

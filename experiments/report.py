@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -26,13 +27,76 @@ def mean_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]
     return float(values.mean()), float(half)
 
 
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """Mean of a - b over paired items and the two-sided bootstrap p-value of "mean difference = 0"."""
+@dataclass(frozen=True)
+class PairedComparison:
+    """``a`` - ``b`` per test document (reward), with its direction and size.
+
+    mean, median, wins (documents where a is ahead), losses, n (documents), clusters (topics);
+    ci: 95% percentile interval of the mean difference from a cluster bootstrap over topics
+    (``scipy.stats.bootstrap``, topics resampled with their documents); p_value: two-sided
+    sign-flip permutation test of "mean difference = 0" with the topics' summed differences as the
+    exchangeable units (``scipy.stats.permutation_test``; exact when 2^clusters is small);
+    p_holm: the Holm-adjusted p among the secondary comparisons (None for the primary one).
+    """
+
+    a: str
+    b: str
+    mean: float
+    median: float
+    wins: int
+    losses: int
+    n: int
+    clusters: int
+    ci: tuple[float, float]
+    p_value: float
+    p_holm: float | None = None
+
+    @property
+    def direction(self) -> str:
+        return "ahead of" if self.mean > 0 else "behind" if self.mean < 0 else "level with"
+
+    def sentence(self) -> str:
+        p = f"p = {self.p_value:.4f}" + ("" if self.p_holm is None else f", Holm-adjusted p = {self.p_holm:.4f}")
+        return (f"{self.a} is {self.direction} {self.b} by {self.mean:+.3f} reward per document (median "
+                f"{self.median:+.3f}; 95% CI {self.ci[0]:+.3f} to {self.ci[1]:+.3f}, cluster bootstrap over "
+                f"{self.clusters} topics); ahead on {self.wins} of {self.n} documents, behind on {self.losses}; "
+                f"sign-flip permutation test over topics, {p}")
+
+
+def paired_comparison(a_name: str, b_name: str, a: np.ndarray, b: np.ndarray, clusters: list[str],
+                      seed: int = 0) -> PairedComparison:
+    """:class:`PairedComparison` of per-document values ``a`` and ``b`` whose documents belong to ``clusters``."""
     diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(len(diff), size=(resamples, len(diff)))].mean(1)
-    p = 2 * min((means <= 0).mean(), (means >= 0).mean())
-    return float(diff.mean()), float(min(1.0, p))
+    groups = sorted(set(clusters))
+    sums = np.array([diff[[c == g for c in clusters]].sum() for g in groups])  # (topics,)
+    counts = np.array([clusters.count(g) for g in groups], dtype=float)
+    if len(groups) > 1 and np.ptp(sums / counts) > 0:
+        ci = stats.bootstrap((sums, counts), lambda s, c, axis: s.sum(axis) / c.sum(axis), paired=True,
+                             vectorized=True, method="percentile", n_resamples=9999, random_state=seed
+                             ).confidence_interval
+        p = stats.permutation_test((sums,), lambda s, axis: s.sum(axis), permutation_type="samples",
+                                   n_resamples=9999, random_state=seed).pvalue
+        interval = (float(ci.low), float(ci.high))
+    else:  # one topic, or no variation: nothing to resample
+        interval, p = (float(diff.mean()), float(diff.mean())), 1.0
+    return PairedComparison(a_name, b_name, float(diff.mean()), float(np.median(diff)), int((diff > 0).sum()),
+                            int((diff < 0).sum()), len(diff), len(groups), interval, float(p))
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment (family-wise error): the k-th smallest of m p-values becomes
+    max over j <= k of min(1, (m - j + 1) p_(j)), returned in the input order."""
+    order = np.argsort(p_values)
+    adjusted, running = np.empty(len(p_values)), 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted.tolist()
+
+
+def topic_of(document: str) -> str:
+    """The topic (or module, or file) a document name belongs to: ``attribute-access#3`` -> ``attribute-access``."""
+    return document.partition("#")[0]
 
 
 def method_table(rows: list[EpisodeSummary], method_of: dict[str, str]) -> tuple[str, dict[str, dict[str, float]]]:

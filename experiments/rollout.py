@@ -107,19 +107,22 @@ def add_model_metrics(env: gym.Env, rows: list[EpisodeSummary], latency_rounds: 
                               (``DocumentStore.attention_latency``), measured once per (document, plan)
                               so that identical plans report the same figure;
     attention_latency_spread  its interquartile range / median over the rounds (large = a busy machine).
+
+    ``latency_rounds=0`` leaves the two latency columns out (None).
     """
     base = env.unwrapped
     documents = sorted({r.document_index for r in rows})
     exact = {doc: base.documents.exact_outputs(doc) for doc in documents}
     exact_matrix = torch.nn.functional.normalize(torch.stack([exact[d].pooled for d in documents]), dim=-1)
-    measured: dict[tuple[int, bytes], tuple[ModelOutputs, Timing]] = {}  # (document, plan) -> its figures
+    measured: dict[tuple[int, bytes], tuple[ModelOutputs, Timing | None]] = {}  # (document, plan) -> its figures
     out = []
     for row in rows:
         ranks = np.asarray(row.ranks, dtype=np.int64)
         plan = (row.document_index, ranks.tobytes())
         if plan not in measured:
             measured[plan] = (base.model_outputs(row.document_index, ranks),
-                              base.documents.attention_latency(row.document_index, ranks, latency_rounds))
+                              base.documents.attention_latency(row.document_index, ranks, latency_rounds)
+                              if latency_rounds else None)
         outputs, latency = measured[plan]
         end = model_level(exact[row.document_index], outputs)
         i = documents.index(row.document_index)
@@ -130,8 +133,8 @@ def add_model_metrics(env: gym.Env, rows: list[EpisodeSummary], latency_rounds: 
         out.append(replace(row, end_fidelity=end["end_fidelity"],
                            end_ppl_ratio=end["end_perplexity"] / end["exact_perplexity"] if "end_perplexity" in end
                            else None,
-                           retrieval_same=same, attention_latency_ratio=latency.median,
-                           attention_latency_spread=latency.spread))
+                           retrieval_same=same, attention_latency_ratio=latency and latency.median,
+                           attention_latency_spread=latency and latency.spread))
     return out
 
 

@@ -103,8 +103,8 @@ def test_rollout_command_reports_bad_input_in_one_line():
                              "--env-kwargs", "source='synthetic'"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["drrl rollout: error: unknown baseline 'greedy'; choose one of "
-                                                  "['full', 'fixed:R', 'random', 'energy:TAU', 'energy-cost:TAU', 'oracle', "
-                                                  "'planner']"]
+                                                  "['full', 'fixed:R', 'static:R0/R1/...', 'random', 'energy:TAU', "
+                                                  "'energy-cost:TAU', 'oracle', 'planner']"]
 
 
 def test_every_cli_flag_has_help():

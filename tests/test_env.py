@@ -203,7 +203,7 @@ def test_max_episode_steps_too_small_for_the_configuration_is_reported():
     ({"beta": float("inf")}, ValueError, "beta must be a finite number"),
     ({"method": "cur"}, ValueError, "method='cur' is not allowed"),
     ({"corpus": []}, ValueError, "holds no text"),
-    ({"corpus": ["too short"]}, ValueError, "min_doc_tokens=64"),
+    ({"corpus": ["too short"], "split": "all"}, ValueError, "min_doc_tokens=64"),
     ({"colour": "red"}, TypeError, "unknown DRRL-v0 option"),
     ({"device": "tpu"}, ValueError, "device must be"),
     ({"epsilon": 1.0, "epsilon_min": 2.0}, ValueError, "epsilon_min <= epsilon"),

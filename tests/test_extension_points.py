@@ -69,7 +69,10 @@ def test_unknown_bounds_leave_only_full_rank_safe():
 def test_a_registered_cost_model_is_asked_for_its_capabilities():
     env = gym.make("DRRL-v0", **SYNTHETIC, cost_model="test_constant")
     obs, _ = env.reset(seed=0)
-    assert obs["cost"].tolist() == [0.5] * (len(env.unwrapped.ranks) - 1) + [1.0]
+    features = obs["cost"][-1] - 1.0  # every rank also pays the observation's features (their FLOP share)
+    assert features > 0
+    np.testing.assert_allclose(obs["cost"], [0.5 + features] * (len(env.unwrapped.ranks) - 1) + [1.0 + features],
+                               rtol=1e-6)
     assert not env.spec.nondeterministic
     with pytest.raises(ValueError, match="measures key lengths up to 256"):
         gym.make("DRRL-v0", **{**SYNTHETIC, "synthetic_seq_len": 512}, cost_model="test_constant")

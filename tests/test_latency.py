@@ -19,11 +19,11 @@ SHAPE = AttentionShape("svd", (4, 16), query_len=64, key_len=64, head_dim=16, n_
 
 
 def test_profile_is_cached_on_disk_and_reused(tmp_path):
-    env = RankSelectionEnv(**SYNTHETIC, cost_model="profile", cache_dir=str(tmp_path))
+    env = RankSelectionEnv(**SYNTHETIC, cost_model="profile", cache_dir=str(tmp_path), feature_cost=False)
     obs, _ = env.reset(seed=0)
     first = [p.measured for p in env.cost_model.profiles.values()]
     assert sum(first) > 0 and list((tmp_path / "latency").glob("*.json"))
-    again = RankSelectionEnv(**SYNTHETIC, cost_model="profile", cache_dir=str(tmp_path))
+    again = RankSelectionEnv(**SYNTHETIC, cost_model="profile", cache_dir=str(tmp_path), feature_cost=False)
     obs2, _ = again.reset(seed=0)
     assert [p.measured for p in again.cost_model.profiles.values()] == [0]  # nothing re-measured
     np.testing.assert_array_equal(obs["cost"], obs2["cost"])
@@ -60,7 +60,7 @@ def test_flop_model_is_deterministic_and_measured_models_mark_the_spec():
     flops = gym.make("DRRL-v0", **SYNTHETIC)
     flops.reset(seed=0)
     assert not flops.spec.nondeterministic and flops.unwrapped.cost_model.deterministic
-    live = gym.make("DRRL-v0", **SYNTHETIC, cost_model="live")
+    live = gym.make("DRRL-v0", **SYNTHETIC, cost_model="live", feature_cost=False)
     obs, _ = live.reset(seed=0)
     assert live.spec.nondeterministic and live.unwrapped.spec.nondeterministic
     assert obs["cost"][-1] == 1.0 and (obs["cost"] > 0).all()

@@ -1,9 +1,11 @@
 """Attention sources: capture through the transformers registry, synthetic generator, corpus."""
 
+import itertools
+
 import pytest
 import torch
 
-from drrl_env.sources.corpus import load_corpus
+from drrl_env.sources.corpus import MIN_SHARED_PARAGRAPH, load_corpus
 from drrl_env.attention.kernels import causal_mask, full_attention
 from drrl_env.sources.hf import HFAttentionSource
 from drrl_env.sources.synthetic import SyntheticSource
@@ -89,11 +91,49 @@ def test_synthetic_source_is_seeded_and_its_decay_controls_the_spectrum():
     assert long.seq_len == 8192
 
 
-def test_corpus_default_split_is_fixed_and_disjoint_by_topic():
-    train, test = load_corpus(None, "train"), load_corpus(None, "test")
-    assert len(train) > 150 and len(test) > 20
-    assert not {d.group for d in train} & {d.group for d in test}
-    assert [d.name for d in load_corpus(None, "test")] == [d.name for d in test]
+def _long_paragraphs(documents) -> set[str]:
+    """Every normalized paragraph of MIN_SHARED_PARAGRAPH characters or more, written out here (not the module's helper)."""
+    return {" ".join(p.split()) for d in documents for p in d.text.split("\n\n")
+            if len(" ".join(p.split())) >= MIN_SHARED_PARAGRAPH}
+
+
+def _assert_leak_free(corpus) -> dict[str, list]:
+    splits = {name: load_corpus(corpus, name) for name in ("train", "validation", "test")}
+    for a, b in itertools.combinations(splits, 2):
+        assert not {d.group for d in splits[a]} & {d.group for d in splits[b]}, (a, b)  # a topic in one split
+        assert not _long_paragraphs(splits[a]) & _long_paragraphs(splits[b]), (a, b)  # no shared paragraph
+    assert [d.name for d in load_corpus(corpus, "test")] == [d.name for d in splits["test"]]  # fixed
+    return splits
+
+
+@pytest.mark.parametrize("corpus", [None, "stdlib-docs"], ids=["pydoc", "stdlib-docs"])
+def test_built_in_corpora_splits_share_no_text(corpus):
+    splits = _assert_leak_free(corpus)
+    assert len(splits["train"]) > len(splits["test"]) > len(splits["validation"]) > 5
+    assert len({d.group for d in splits["test"]}) >= 15
+
+
+def test_default_test_split_is_wide_enough_for_the_headline(default_env):
+    """>= 48 test documents of >= 64 MiniLM tokens, from >= 15 topics."""
+    import gymnasium as gym
+
+    names = gym.make("DRRL-v0", split="test").unwrapped.document_names()
+    assert len(names) >= 48 and len({n.split("#")[0] for n in names}) >= 15
+
+
+def test_a_users_corpus_is_made_leak_free(tmp_path):
+    """A file that repeats another is left out; a paragraph two files share stays in one split."""
+    shared = "A paragraph that two of the user's files hold, long enough to count as shared text between them."
+    own = "Own text of file {}, long enough to be a paragraph of its own that is worth keeping in this file."
+    texts = {f"f{i}.txt": f"{own.format(i)}\n\n{shared}"
+             for i in range(40)}
+    texts["copy.txt"] = texts["f0.txt"]
+    for name, text in texts.items():
+        (tmp_path / name).write_text(text)
+    splits = _assert_leak_free(str(tmp_path))
+    documents = [d for docs in splits.values() for d in docs]
+    assert len({d.group for d in documents}) == 40  # the copy is out
+    assert sum(shared in d.text for d in documents) == sum(d.split == "train" for d in documents)
 
 
 def test_corpus_from_folder_and_file(tmp_path):

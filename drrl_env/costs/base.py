@@ -62,6 +62,14 @@ class CostModel(ABC):
     def cost_ratios(self, shape: AttentionShape) -> np.ndarray:
         """(R,) float: cost at each rank / cost of exact attention (1.0 at full rank)."""
 
+    def feature_ratio(self, shape: AttentionShape) -> float:
+        """Cost of the observation's features for the segment (paid at every step, whatever the
+        rank) / cost of exact attention.  Default: their FLOP share (``flops.feature_flop_ratio``),
+        which the measured models also use, as an estimate: the features are not timed yet."""
+        from drrl_env.costs.flops import feature_flop_ratio  # flops.py registers a subclass of this class
+
+        return feature_flop_ratio(shape)
+
 
 _COST_MODELS: Registry[type[CostModel]] = Registry(
     CostModel, "cost_model", "or register a CostModel subclass with drrl_env.costs.register_cost_model")

@@ -33,6 +33,17 @@ def attention_flops(method: str, rank: int, *, query_len: int, key_len: int, hea
     return round(n_heads * per_q_head + n_kv_heads * per_kv_head)
 
 
+def feature_flop_ratio(shape: AttentionShape) -> float:
+    """FLOPs of the observation's features for the segment (``LowRankMethod.feature_flops``: paid at
+    every step, whatever rank is chosen) / FLOPs of exact attention."""
+    per_query, per_kv = get_method(shape.method).feature_flops(shape.query_len, shape.key_len, shape.head_dim,
+                                                                  shape.causal)
+    exact = attention_flops(shape.method, shape.head_dim, query_len=shape.query_len, key_len=shape.key_len,
+                            head_dim=shape.head_dim, n_heads=shape.n_heads, n_kv_heads=shape.n_kv_heads,
+                            compress_values=shape.compress_values, causal=shape.causal)
+    return (shape.n_heads * per_query + shape.n_kv_heads * per_kv) / exact
+
+
 def flop_ratios(shape: AttentionShape) -> np.ndarray:
     """(R,) FLOPs at each rank / FLOPs of exact attention."""
     flops = [attention_flops(shape.method, r, query_len=shape.query_len, key_len=shape.key_len,

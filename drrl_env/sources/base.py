@@ -8,12 +8,14 @@ from typing import Any
 
 import torch
 
-SPLIT_MODULUS = 5  # items hash to buckets 0..4: 0 = test, 1 = validation, 2-4 = train (20/20/60)
+SPLIT_MODULUS = 10  # items hash to buckets 0..9: 0-2 test, 3-4 validation, 5-9 train (30/20/50)
+TEST_BUCKETS, VALIDATION_BUCKETS = (0, 1, 2), (3, 4)  # a wide test split: >= 48 pydoc documents from >= 15 topics
 
 
 def split_of(bucket: int) -> str:
     """The split of an item (a topic, a file, a synthetic draw) whose hash or index is ``bucket``."""
-    return {0: "test", 1: "validation"}.get(bucket % SPLIT_MODULUS, "train")
+    bucket %= SPLIT_MODULUS
+    return "test" if bucket in TEST_BUCKETS else "validation" if bucket in VALIDATION_BUCKETS else "train"
 
 
 @dataclass(frozen=True)

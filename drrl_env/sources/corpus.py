@@ -1,4 +1,4 @@
-"""Text corpora: documents with a fixed train/validation/test split.
+"""Text corpora: documents with a fixed, leak-free train/validation/test split.
 
 The default corpus is real English text shipped with every CPython: the documentation topics of
 ``pydoc_data.topics`` (79 topics in CPython 3.11, ~465k characters).  Each topic is cut at blank
@@ -7,13 +7,21 @@ so one document roughly fills the default model's 512 positions.
 
 The long-context corpus ``"stdlib-docs"`` is the documentation of ~100 standard-library modules as
 ``pydoc`` renders it (one document per module, 1,400 to 200,000+ characters; the tokenizer
-truncates at ``max_seq_len``), split by module, with every paragraph of 80 characters or more that a
-training document also holds removed from the test documents.
+truncates at ``max_seq_len``).
 
-Split rule (by topic, so no topic's text is in two splits): a topic is a test topic when
-``zlib.crc32(topic_name) % 5 == 0``, a validation topic when it is 1 (about 20 % of topics each),
-else a training topic (``base.split_of``).  User corpora are split the same way by file name (or
-``doc-<index>`` for a list of strings).
+Splits (:func:`leak_free`), the same for every corpus read from text (built-in or a user's files):
+
+1. Duplicates out: groups (topics, modules, files) are taken largest first, and a group at least
+   ``DUPLICATE_SHARE`` of whose long-paragraph text (paragraphs of ``MIN_SHARED_PARAGRAPH``
+   characters or more, whitespace normalized) is already in a group kept before it is left out: pydoc
+   repeats whole topics inside others (``attribute-access`` is a section of ``specialnames``).
+2. Split by group, so all documents of a topic, module or file are in one split: test when
+   ``zlib.crc32(group) % 10`` is 0-2, validation when it is 3-4, else train (``base.split_of``).
+3. Every long paragraph that still stands in several groups stays only in the first split that
+   holds it, in the order train, validation, test.
+
+So no long paragraph is in two splits (a test enforces it).  A list of strings is taken as given,
+one document each, split by ``doc-<index>``.
 """
 
 from __future__ import annotations
@@ -40,25 +48,25 @@ class Document:
 
     @property
     def split(self) -> str:
-        return split_of(zlib.crc32(self.group.encode()))
+        return _split_of_group(self.group)
 
 
 def load_corpus(corpus: str | Sequence[str] | None, split: str = "all") -> list[Document]:
     """Documents of ``corpus`` in ``split`` ("train", "validation", "test" or "all"), in a fixed order.
 
     ``corpus``: ``None`` for the pydoc topics; ``"stdlib-docs"`` for the long-context corpus (one
-    document per standard-library module, its rendered documentation; test documents lose every
-    paragraph that a training document also holds); a path to a text file (cut like a topic) or a folder
-    of ``*.txt`` files (each file cut like a topic); or a sequence of strings, one document each.
+    document per standard-library module, its rendered documentation); a path to a text file (cut
+    like a topic) or a folder of ``*.txt`` files (each file cut like a topic), all made leak-free
+    (:func:`leak_free`); or a sequence of strings, one document each, taken as given.
     Raises ``ValueError`` for a missing path, an empty corpus or an empty split.
     """
     if corpus is None:
         from pydoc_data.topics import topics
 
-        documents = [d for name in sorted(topics) for d in _cut(name, topics[name])]
+        documents = _pydoc_documents(tuple(sorted(topics.items())))
         origin = "pydoc_data.topics"
     elif corpus == STDLIB_DOCS:
-        documents = _without_train_paragraphs([Document(name, name, text) for name, text in _stdlib_docs()])
+        documents = [Document(name, name, text) for name, text in leak_free(_stdlib_docs())]
         origin = STDLIB_DOCS
     elif isinstance(corpus, str):
         path = Path(corpus)
@@ -72,7 +80,8 @@ def load_corpus(corpus: str | Sequence[str] | None, split: str = "all") -> list[
             raise ValueError(
                 f"corpus {corpus!r} is neither a file nor a folder; pass a text file, a folder of "
                 "*.txt files, a list of strings, or None for the built-in pydoc corpus")
-        documents = [d for f in files for d in _cut(f.name, _read_text(f))]
+        documents = [d for name, text in leak_free(tuple((f.name, _read_text(f)) for f in files))
+                     for d in _cut(name, text)]
         origin = corpus
     else:
         documents = [Document(f"doc-{i}", f"doc-{i}", text) for i, text in enumerate(corpus)
@@ -88,7 +97,7 @@ def load_corpus(corpus: str | Sequence[str] | None, split: str = "all") -> list[
     if not chosen:
         raise ValueError(
             f"corpus {origin} has no {split!r} documents ({len(documents)} in all); a document is "
-            f"a test document when crc32(group) % 5 == 0, a validation one when it is 1; use split='all'")
+            f"a test document when crc32(group) % 10 is 0-2, a validation one when it is 3-4; use split='all'")
     return chosen
 
 
@@ -125,22 +134,51 @@ def _stdlib_docs() -> tuple[tuple[str, str], ...]:
     return tuple(docs)
 
 
+DUPLICATE_SHARE = 0.8  # a group whose long paragraphs are this much in groups kept before it is a duplicate
+
+
 def _normalized(paragraph: str) -> str:
     return " ".join(paragraph.split())
 
 
-def _without_train_paragraphs(documents: list[Document]) -> list[Document]:
-    """Documents of the test split with every paragraph of ``MIN_SHARED_PARAGRAPH`` characters or more
-    that also stands in a training document removed (whitespace normalized), so no text is in two splits."""
-    seen = {_normalized(p) for d in documents if d.split == "train" for p in d.text.split("\n\n")
-            if len(_normalized(p)) >= MIN_SHARED_PARAGRAPH}
-    kept = []
-    for doc in documents:
-        if doc.split != "train":
-            text = "\n\n".join(p for p in doc.text.split("\n\n") if _normalized(p) not in seen)
-            doc = Document(doc.name, doc.group, text)
-        kept.append(doc)
-    return kept
+def _long_paragraphs(text: str) -> set[str]:
+    return {p for p in map(_normalized, text.split("\n\n")) if len(p) >= MIN_SHARED_PARAGRAPH}
+
+
+def leak_free(groups: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+    """(group, text) pairs with duplicate groups left out and every long paragraph kept in one split
+    only (module docstring, steps 1 and 3); the order of ``groups`` is kept."""
+    paragraphs = {name: _long_paragraphs(text) for name, text in groups}
+    size = {name: sum(map(len, found)) for name, found in paragraphs.items()}
+    kept, seen = set(), set()
+    for name in sorted(paragraphs, key=lambda n: (-size[n], n)):
+        repeated = sum(len(p) for p in paragraphs[name] if p in seen)
+        if size[name] and repeated >= DUPLICATE_SHARE * size[name]:
+            continue
+        kept.add(name)
+        seen |= paragraphs[name]
+    home: dict[str, str] = {}  # paragraph -> the split that keeps it
+    for split in ("train", "validation", "test"):
+        for name in sorted(kept):
+            if _split_of_group(name) == split:
+                for paragraph in paragraphs[name]:
+                    home.setdefault(paragraph, split)
+    out = []
+    for name, text in groups:
+        if name in kept:
+            split = _split_of_group(name)
+            out.append((name, "\n\n".join(p for p in text.split("\n\n")
+                                           if home.get(_normalized(p), split) == split)))
+    return out
+
+
+def _split_of_group(group: str) -> str:
+    return split_of(zlib.crc32(group.encode()))
+
+
+@functools.cache
+def _pydoc_documents(topics: tuple[tuple[str, str], ...]) -> list[Document]:
+    return [d for name, text in leak_free(topics) for d in _cut(name, text)]
 
 
 def _read_text(path: Path) -> str:

@@ -36,6 +36,7 @@ class LowRankMethod(ABC):
     """How a segment's attention is computed at rank r < head_dim (module docstring)."""
 
     name: ClassVar[str]
+    factors_queries: ClassVar[bool] = False  # its low-rank attention factors the segment's queries (reuses Q's SVD)
     needs_calibration: ClassVar[bool] = False  # fitted on calibration documents before use (``calibration.py``)
     uses_gram: ClassVar[bool] = True  # its factorization reads the streams' Gram matrices (kept up to date)
 
@@ -53,6 +54,19 @@ class LowRankMethod(ABC):
         t, n, d, r = query_len, key_len, head_dim, rank
         eig = EIGH_FLOPS_PER_D3 * d ** 3
         return 2 * t * d * d + eig + 2 * n * d * r if causal else (2 * n * d * d + eig + 2 * n * d * r) * t / n
+
+    def feature_flops(self, query_len: int, key_len: int, head_dim: int, causal: bool) -> tuple[float, float]:
+        """FLOPs of what the observation needs beyond the method's own work, (per query head, per
+        K/V head): Q's spectrum from its Gram matrix (2Td^2 + 9d^3 + 2Td^2; nothing for a method
+        that factors the queries anyway) and the score energies of every pair of singular triplets
+        (2d^3 + 3d^2) per query head; the values' centered spectral norm (2Nd^2 + 9d^3) and scale
+        (2Nd) per K/V head, all of it when causal (the visible values grow), the segment's share
+        T/N when bidirectional (computed once for all N/T segments).  The keys' spectrum comes with
+        their factorization (its upkeep)."""
+        t, n, d = query_len, key_len, head_dim
+        q_spectrum = 0 if self.factors_queries else 4 * t * d * d + EIGH_FLOPS_PER_D3 * d ** 3
+        per_kv = (2 * n * d * d + EIGH_FLOPS_PER_D3 * d ** 3 + 2 * n * d) * (1 if causal else t / n)
+        return q_spectrum + 2 * d ** 3 + 3 * d * d, per_kv
 
     def timing_instance(self, n_kv_heads: int, head_dim: int, device: torch.device, dtype: torch.dtype
                         ) -> LowRankMethod:

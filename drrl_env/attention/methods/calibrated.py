@@ -74,6 +74,15 @@ class CalibratedMethod(SharedKeyMethod):
         """Projecting the segment's T new rows on B_r: 2 T d r (bidirectional: the N rows once, T/N each)."""
         return 2 * query_len * head_dim * rank
 
+    def feature_flops(self, query_len: int, key_len: int, head_dim: int, causal: bool) -> tuple[float, float]:
+        """The base's, plus what a fixed basis has no factorization for: per query head the score
+        change's d x d products (B Q^T Q B^T: 4d^3, Q^T Q: 2d^3); per K/V head the full-width
+        projection of the keys and of the values (2Nd^2 each; their column norms are the spectra)
+        and the projected keys' Gram matrix (2Nd^2), shared like the base's when bidirectional."""
+        per_query, per_kv = super().feature_flops(query_len, key_len, head_dim, causal)
+        t, n, d = query_len, key_len, head_dim
+        return per_query + 6 * d ** 3, per_kv + 6 * n * d * d * (1 if causal else t / n)
+
     def score_change_sq(self, q_factors: Factors, k_factors: Factors, ranks: torch.Tensor) -> torch.Tensor:
         heads = q_factors.right.shape[-3]
         basis = expand_heads(k_factors.right.double(), heads)  # (..., H, d, d): row i = b_i

@@ -18,6 +18,7 @@ from drrl_env.attention.methods.base import EIGH_FLOPS_PER_D3, LowRankMethod, re
 @register_method
 class SvdMethod(LowRankMethod):
     name = "svd"
+    factors_queries = True
 
     def query_key(self, q: torch.Tensor, k_factors: Factors, rank: int,
                   q_factors: Factors | None = None) -> tuple[torch.Tensor, torch.Tensor]:
