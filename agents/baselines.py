@@ -12,6 +12,7 @@ import gymnasium as gym
 import numpy as np
 
 from drrl_env.env import RankSelectionEnv
+from drrl_env.observation import CONTEXT_FIELDS
 
 
 class RankPolicy:
@@ -110,6 +111,36 @@ class CostAwareEnergyPolicy(EnergyThresholdPolicy):
         return len(obs["cost"]) - 1 if obs["cost"][rank] >= 1.0 else rank
 
 
+class BudgetGreedyPolicy(RankPolicy):
+    """For a ``latency_budget``: fills each step's share of the budget by marginal fidelity per unit
+    cost.  Deployable (observation and the configured budget only).
+
+    The step's allowance is the budget left spread evenly over the steps left, times ``pace``:
+    ``pace * (budget - cost_used) / (1 - progress)`` in cost-ratio units.  Starting from the
+    cheapest allowed rank, it moves to the allowed rank with the largest gain in kept energy
+    (1 - tail_energy^2, the lower of Q's and K's, mean over heads) per unit of extra cost, while the
+    cost stays within the allowance."""
+
+    def __init__(self, budget: float, pace: float) -> None:
+        if not pace > 0:
+            raise ValueError(f"pace={pace} must be > 0")
+        self.budget, self.pace = budget, pace
+        self.name = f"budget-greedy:{pace:g}"
+
+    def act(self, obs: dict[str, np.ndarray]) -> int:
+        context = dict(zip(CONTEXT_FIELDS, obs["context"].astype(np.float64)))
+        allowance = self.pace * (self.budget - context["cost_used"]) / max(1.0 - context["progress"], 1e-9)
+        cost = obs["cost"].astype(np.float64)
+        kept = (1.0 - obs["tail_energy"].astype(np.float64) ** 2).min(-1).mean(0)  # (R,)
+        allowed = np.flatnonzero(obs["action_mask"])
+        rank = int(allowed[np.argmin(cost[allowed])])
+        while True:
+            better = [r for r in allowed if kept[r] > kept[rank] and cost[rank] < cost[r] <= allowance]
+            if not better:
+                return rank
+            rank = int(max(better, key=lambda r: (kept[r] - kept[rank]) / (cost[r] - cost[rank])))
+
+
 class OraclePolicy(RankPolicy):
     """Takes the safe rank with the best one-step reward on the true attention (an upper
     reference, not deployable: it reads the env's exact outputs, not the observation)."""
@@ -124,14 +155,15 @@ class OraclePolicy(RankPolicy):
         return int(np.argmax(rewards))
 
 
-BASELINES = ("full", "fixed:R", "static:R0/R1/...", "random", "energy:TAU", "energy-cost:TAU", "oracle", "planner")
+BASELINES = ("full", "fixed:R", "static:R0/R1/...", "random", "energy:TAU", "energy-cost:TAU", "budget-greedy:PACE",
+             "oracle", "planner")
 REFERENCES = ("oracle", "planner")  # read the true attention: upper references, not deployable
 
 
 def make_baseline(spec: str, env: gym.Env, seed: int | None = None) -> RankPolicy:
     """A baseline from its name: ``full``, ``fixed:R``, ``static:R0/R1/...`` (one rank per layer),
-    ``random``, ``energy:TAU``, ``energy-cost:TAU``, ``oracle`` (one-step) or ``planner`` (non-myopic
-    rollout, ``agents/planner.py``)."""
+    ``random``, ``energy:TAU``, ``energy-cost:TAU``, ``budget-greedy:PACE`` (envs with a
+    ``latency_budget``), ``oracle`` (one-step) or ``planner`` (non-myopic rollout, ``agents/planner.py``)."""
     ranks = env.unwrapped.ranks
     name, _, arg = spec.partition(":")
     if env.unwrapped.config.per_head:
@@ -152,6 +184,11 @@ def make_baseline(spec: str, env: gym.Env, seed: int | None = None) -> RankPolic
             return EnergyThresholdPolicy(float(arg))
         if name == "energy-cost" and arg:
             return CostAwareEnergyPolicy(float(arg))
+        if name == "budget-greedy" and arg:
+            budget = env.unwrapped.config.latency_budget
+            if budget is None:
+                raise ValueError("it fills a latency budget; make the env with latency_budget=B")
+            return BudgetGreedyPolicy(budget, float(arg))
         if name == "oracle" and not arg:
             return OraclePolicy(env)
         if name == "planner" and not arg:

@@ -14,9 +14,9 @@ from drrl_env.cache import cache_root
 from drrl_env.config import make_config
 from drrl_env.costs import make_cost_model
 from drrl_env.documents import DocumentStore
+from drrl_env.episode import ClosedLoop, Episode, OpenLoop
 from drrl_env.observation import build_observation, context_vector, observation_space
 from drrl_env.reward import RewardWeights, fidelity_value, output_error
-from drrl_env.episode import ClosedLoop, Episode, OpenLoop
 from drrl_env.safety import adaptive_epsilon, budget_feasible, nearest_safe, safe_mask
 from drrl_env.sources import make_source, runtime_device
 from drrl_env.sources.base import ModelOutputs

@@ -43,7 +43,7 @@ def build_observation(q_spectrum: np.ndarray, k_spectrum: np.ndarray, bounds: Re
                       mask: np.ndarray) -> dict[str, np.ndarray]:
     """The observation of one segment of the current layer: spectra (H, d), the layer's ``bounds``
     (Ly = 1), ``prev`` (H,) the layer's previous rank indices or None, cost (R,), context and mask."""
-    layer = 0
+    layer = 0  # ``bounds`` holds the current layer only
     tail = bounds.tail[layer, segment]  # (H, R, 2)
     if prev is None:
         band = np.zeros_like(tail)

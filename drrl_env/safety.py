@@ -11,6 +11,10 @@ epsilon the base threshold and b_k the bound of the rank taken at step k,
 
 Choosing safer ranks early leaves more budget (a looser threshold) for later steps, and the
 other way round; the clip keeps the rule from masking everything or nothing.
+
+A latency budget adds a second mask (:func:`budget_feasible`): the ranks after which the episode
+could still end within the budget.  The env intersects the two, and where nothing is in both it
+allows the highest budget-feasible rank; :func:`nearest_safe` replaces a disallowed action.
 """
 
 from __future__ import annotations

@@ -280,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="environment options (EnvConfig fields) on top of the env id's")
 
     p = sub.add_parser("rollout", help="run baseline policies and print their reward terms")
-    p.add_argument("--policies", default=DEFAULT_POLICIES, help="full, fixed:R, random, energy:TAU, oracle")
+    p.add_argument("--policies", default=DEFAULT_POLICIES,
+                   help="comma-separated: full, fixed:R, static:R0/R1/..., random, energy:TAU, energy-cost:TAU, oracle, planner")
     p.add_argument("--episodes", type=int, default=4, help="documents to run (the first N of the split)")
     p.add_argument("--split", default="test", choices=SPLITS, help="documents to run on")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")

@@ -72,11 +72,13 @@ def _earlier_runs(config: TrainConfig, logdir: Path) -> list[Path]:
 
 
 TUNED_FAMILIES = ("fixed", "energy", "energy-cost", "static")  # deployable baselines tuned on training documents
+PACE_LEVELS = (0.8, 0.9, 1.0, 1.1, 1.25)  # budget-greedy's pacing, tuned too when the env has a latency budget
 
 
 def tune_baselines(env_id: str, env_kwargs: dict[str, Any], documents: int) -> list[str]:
     """The best of each family of ``TUNED_FAMILIES`` by mean reward on the first ``documents`` training
-    documents: fixed rank, energy threshold and cost-aware energy threshold over their grids; the
+    documents: fixed rank, energy threshold and cost-aware energy threshold over their grids (and,
+    with a latency budget, the greedy allocator's pacing, ``PACE_LEVELS``); the
     per-layer static ranks by one pass of coordinate ascent from the best fixed rank (each layer in
     turn takes the rank that maximizes the mean reward with the other layers held)."""
     env = gym.make(env_id, **{**env_kwargs, "split": "train"})
@@ -89,16 +91,17 @@ def tune_baselines(env_id: str, env_kwargs: dict[str, Any], documents: int) -> l
         rows = evaluate(env, {c: make_baseline(c, env) for c in new}, docs)
         score.update({c: float(np.mean([r.reward for r in rows if r.policy == c])) for c in new})
 
-    scored([f"fixed:{r}" for r in ranks] + [f"{family}:{t}" for family in TUNED_FAMILIES[1:3] for t in ENERGY_LEVELS])
-    best = {family: max((c for c in score if c.split(":")[0] == family), key=score.get)
-            for family in TUNED_FAMILIES[:3]}
+    families = [*TUNED_FAMILIES[:3], *(["budget-greedy"] if env.unwrapped.config.latency_budget is not None else [])]
+    scored([f"fixed:{r}" for r in ranks] + [f"{family}:{t}" for family in TUNED_FAMILIES[1:3] for t in ENERGY_LEVELS]
+           + [f"budget-greedy:{p}" for p in PACE_LEVELS if "budget-greedy" in families])
+    best = {family: max((c for c in score if c.split(":")[0] == family), key=score.get) for family in families}
     per_layer = [int(best["fixed"].split(":")[1])] * n_layers
     for layer in range(n_layers):
         options = {r: "static:" + "/".join(map(str, per_layer[:layer] + [r] + per_layer[layer + 1:])) for r in ranks}
         scored(list(options.values()))
         per_layer[layer] = max(options, key=lambda r: score[options[r]])
     best["static"] = "static:" + "/".join(map(str, per_layer))
-    return [best[family] for family in TUNED_FAMILIES]
+    return [best[family] for family in [*families, "static"]]
 
 
 def compare(algos: list[str], policies: list[str], seeds: int, timesteps: int, env_kwargs: dict[str, Any],

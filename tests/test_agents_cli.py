@@ -58,7 +58,8 @@ def test_evaluation_uses_the_same_documents_for_every_policy(env):
     rows = evaluate(env, {"full": make_baseline("full", env), "fixed:8": make_baseline("fixed:8", env)}, range(2))
     assert [r.document for r in rows[:2]] == [r.document for r in rows[2:]]
     full = [r for r in rows if r.policy == "full"]
-    assert all(r.fidelity == pytest.approx(1.0) and r.cost_ratio == pytest.approx(1.0) for r in full)
+    assert all(r.fidelity == pytest.approx(1.0) and r.cost_ratio == pytest.approx(r.flop_ratio) and r.cost_ratio > 1
+               for r in full)  # exact attention plus the observation's features
     assert "| fixed:8 | 2 |" in summary_table(rows)
 
 
@@ -104,7 +105,7 @@ def test_rollout_command_reports_bad_input_in_one_line():
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["drrl rollout: error: unknown baseline 'greedy'; choose one of "
                                                   "['full', 'fixed:R', 'static:R0/R1/...', 'random', 'energy:TAU', "
-                                                  "'energy-cost:TAU', 'oracle', 'planner']"]
+                                                  "'energy-cost:TAU', 'budget-greedy:PACE', 'oracle', 'planner']"]
 
 
 def test_every_cli_flag_has_help():

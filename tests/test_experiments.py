@@ -73,7 +73,8 @@ def test_compare_writes_a_filled_report_and_plots(tmp_path):
     report = (out / "report.md").read_text()
     for method in ("ppo-mlp", "ppo-transformer", "dqn-mlp", "dqn-transformer", "oracle", "full"):
         assert f"| {method} |" in report
-    assert "bootstrap two-sided p =" in report and "Wilcoxon signed-rank p =" in report
+    assert "**Primary comparison**" in report and "sign-flip permutation test over topics, p =" in report
+    assert "Holm-adjusted p =" in report and "Selection, before the test run, on the first" in report
     for png in ("pareto.png", "ranks.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG" and (out / png).stat().st_size > 5000
     assert len(list((out / "runs").iterdir())) == 8

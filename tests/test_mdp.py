@@ -153,3 +153,20 @@ def test_every_step_pays_for_its_observation():
     share = feature_flop_ratio(paid.documents.cost_shape(64, 64))  # the first segment: 64 queries over 64 keys
     np.testing.assert_allclose(obs_paid["cost"] - obs_free["cost"], share, rtol=1e-5)
     assert 0 < share < 1 and obs_paid["cost"][-1] > 1
+
+
+def test_the_greedy_allocator_fills_the_budget_without_breaking_it():
+    """budget-greedy spends most of the budget, never more, and earns more than the cheapest plan."""
+    env = RankSelectionEnv(**SYNTHETIC, latency_budget=0.8)
+    for doc in range(3):
+        earned = {}
+        for name in ("budget-greedy:1", "fixed:2"):
+            policy, (obs, _), done, earned[name] = make_baseline(name, env), env.reset(options={"document": doc}), False, 0.0
+            while not done:
+                obs, reward, done, _, info = env.step(policy.predict(obs)[0])
+                earned[name] += reward
+            if name.startswith("budget"):
+                assert 0.7 < info["budget_used"] <= 0.8 + 1e-9
+        assert earned["budget-greedy:1"] > earned["fixed:2"]
+    with pytest.raises(ValueError, match="latency_budget=B"):
+        make_baseline("budget-greedy:1", RankSelectionEnv(**SYNTHETIC))

@@ -31,7 +31,7 @@ def test_ray_compare_gives_the_local_rows_and_layout(tmp_path):
     drrl("compare", *TINY_GRID, "--out", tmp_path / "local", cwd=tmp_path)
     drrl("compare", *TINY_GRID, "--backend", "ray", "--out", tmp_path / "ray", cwd=tmp_path)
     local, ray = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
-    assert local.keys() == ray.keys() and len(local) == 14  # 5 baselines + 2 agent seeds, 2 documents
+    assert local.keys() == ray.keys() and len(local) == 20  # 8 baselines + 2 agent seeds, 2 documents
     for key, row in local.items():
         for field, value in row.items():
             assert ray[key][field] == (pytest.approx(value, rel=1e-9) if isinstance(value, float) else value), field
