@@ -170,3 +170,17 @@ def test_the_greedy_allocator_fills_the_budget_without_breaking_it():
         assert earned["budget-greedy:1"] > earned["fixed:2"]
     with pytest.raises(ValueError, match="latency_budget=B"):
         make_baseline("budget-greedy:1", RankSelectionEnv(**SYNTHETIC))
+
+
+def test_a_closed_loop_decode_episode_at_full_rank_keeps_the_exact_perplexity(tiny_causal_llama):
+    """Decode: the prompt runs exactly through the same views; at full rank the episode's own forward
+    pass gives the exact model's perplexity (end fidelity 1)."""
+    env = RankSelectionEnv(model=tiny_causal_llama, corpus=TEXTS, split="all", min_doc_tokens=16, segment_len=16,
+                           max_seq_len=96, cache_dir=None, workload="decode", end_weight=1.0)
+    assert env.config.closed
+    obs, _ = env.reset(options={"document": 0})
+    done = False
+    while not done:
+        obs, _, done, _, info = env.step(len(env.ranks) - 1)
+    assert info["end_fidelity"] == pytest.approx(1.0, rel=1e-5)
+    assert info["end_perplexity"] == pytest.approx(info["exact_perplexity"], rel=1e-5)
