@@ -26,9 +26,6 @@ import numpy as np
 from agents.baselines import RankPolicy
 from drrl_env.env import RankSelectionEnv
 
-GREEDY = -1  # a layer left to the one-step oracle
-
-
 class RolloutPlannerPolicy(RankPolicy):
     """Plans each document by the rollout algorithm (module docstring), then plays the plan."""
 

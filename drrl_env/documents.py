@@ -58,6 +58,7 @@ class DocumentStore:
             options["method_state"] = self.method.state_key()
         self.disk = None if root is None else AnalysisCache(root, {**options, "ranks": ranks})
         self._memory: dict[int, DocumentData] = {}
+        self._first_layers: dict[int, DocumentData] = {}  # closed loop: layer 0 of each document
         self._exact_outputs: dict[int, ModelOutputs] = {}
 
     def get(self, index: int) -> DocumentData:
@@ -74,6 +75,21 @@ class DocumentStore:
         if cfg.cache_documents:
             self._memory[index] = entry
         return entry
+
+    def segments(self, index: int) -> list[tuple[int, int]]:
+        """The decisions' segments of document ``index`` (those of its analysis), from its length alone."""
+        return self.workload.segments(self.source.seq_len(index))
+
+    def first_layer(self, index: int, inputs: LayerInputs) -> DocumentData:
+        """Layer 0's data of document ``index`` from its inputs, which no decision changes: analysed
+        once per document and kept (with ``cache_documents``), so a closed-loop episode never
+        analyses a layer it does not play."""
+        if index in self._first_layers:
+            return self._first_layers[index]
+        data = self.layer(inputs, 0)
+        if self.config.cache_documents:
+            self._first_layers[index] = data
+        return data
 
     def layer(self, inputs: LayerInputs, layer: int,
               outputs: list[torch.Tensor] | None = None) -> DocumentData:
@@ -148,13 +164,12 @@ class DocumentStore:
     def model_outputs(self, index: int, ranks: np.ndarray | None = None) -> ModelOutputs:
         """The model's outputs on document ``index`` with ``ranks`` (n_layers, n_segments) applied in
         every attention call (None = exact attention, through the same segment-wise code)."""
-        analysis = self.get(index).analysis
-        spec = self.source.spec
+        decided, spec = self.segments(index), self.source.spec
         if ranks is None:
-            ranks = np.full((spec.n_layers, analysis.n_segments), spec.head_dim)
-        segments, ranks = self.workload.forward_plan(analysis.segments, np.asarray(ranks), spec.head_dim)
+            ranks = np.full((spec.n_layers, len(decided)), spec.head_dim)
+        segments, ranks = self.workload.forward_plan(decided, np.asarray(ranks), spec.head_dim)
         plan = LowRankPlan(ranks, segments, self.workload, self.method, self.config.compress_values,
-                           scored_from=self.workload.scored_from(analysis.segments))
+                           scored_from=self.workload.scored_from(decided))
         return self.source.model_outputs(index, plan)
 
     def exact_outputs(self, index: int) -> ModelOutputs:

@@ -11,8 +11,7 @@ inputs (exact and low-rank attention of every segment at every rank, ``analysis.
 agent decides the layer's segments one step at a time, and the layer's output at the chosen ranks
 (from the same analysis) goes back to the model, which runs on to the next layer.  The last layer's
 decision finishes the forward pass, whose outputs give the end-of-episode model-level fidelity with
-no extra pass.  Layer 0's inputs do not depend on any decision: its analysis is the cached open-loop
-one.  The two threads never run at once (each waits for the other), so results are deterministic.
+no extra pass.  Layer 0's inputs do not depend on any decision: its analysis is kept per document.  The two threads never run at once (each waits for the other), so results are deterministic.
 """
 
 from __future__ import annotations
@@ -71,18 +70,17 @@ class ClosedLoop(Episode):
 
     def __init__(self, store: DocumentStore, document: int) -> None:
         super().__init__(store, document)
-        segments = store.get(document).analysis.segments
-        self.segments = segments
-        scored_from = store.workload.scored_from(segments)
+        self.segments = store.segments(document)
+        scored_from = store.workload.scored_from(self.segments)
         self._forward = PausedForward(lambda layer: store.source.steered_outputs(document, layer, scored_from))
         self._inputs: LayerInputs | None = None
         self._outputs: list[torch.Tensor] | None = None
 
     def layer(self, index: int) -> DocumentData:
         self._inputs = self._forward.next_layer()
-        if index == 0:  # no decision before it: the cached open-loop analysis holds
+        if index == 0:  # no decision before it: analysed once per document
             self._outputs = None
-            return self.store.get(self.document).layer(0)
+            return self.store.first_layer(self.document, self._inputs)
         self._outputs = []
         return self.store.layer(self._inputs, index, self._outputs)
 

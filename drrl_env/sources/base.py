@@ -87,6 +87,10 @@ class AttentionSource(ABC):
     def document_key(self, index: int) -> str:
         """A string that changes whenever document ``index``'s trace could change (source and content)."""
 
+    def seq_len(self, index: int) -> int:
+        """Tokens of document ``index`` (its trace's length), known without running the model."""
+        return self.spec.max_seq_len
+
     @abstractmethod
     def trace(self, index: int) -> AttentionTrace:
         """Full-rank q, k, v of document ``index`` (deterministic for a given index)."""

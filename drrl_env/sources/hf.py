@@ -77,6 +77,9 @@ class HFAttentionSource(AttentionSource):
         tokens = hashlib.sha256(self._token_ids[index].numpy().tobytes()).hexdigest()
         return f"{self._fingerprint} tokens={tokens}"
 
+    def seq_len(self, index: int) -> int:
+        return len(self._token_ids[index])
+
     def token_ids(self, index: int) -> torch.Tensor:
         return self._token_ids[index]
 
