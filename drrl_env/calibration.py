@@ -6,7 +6,8 @@ split (never validation or test), by descending eigenvalue (``methods/calibrated
 
     B = eigvecs(sum_docs K^T K),  C = eigvecs(sum_docs V^T V)        (Ly, H_kv, d, d) each
 
-Cached as ``<cache>/calibration/<sha256>.pt``, keyed by the method, the code and the calibration
+Cached as ``<cache>/calibration/<sha256>.pt``, keyed by the kind of bases (``bases_name``: loki
+reads calibrated's key bases and shares their fit), the code and the calibration
 documents' keys (which hold the model's fingerprint and the documents' tokens); written atomically;
 a damaged file is refitted with one warning.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from drrl_env.attention.methods.base import LowRankMethod
+from drrl_env.attention.methods.calibrated import CalibratedMethod
 from drrl_env.cache import code_version
 from drrl_env.files import write_atomic
 from drrl_env.sources.base import AttentionSource, AttentionTrace
@@ -39,13 +40,13 @@ def fit_bases(traces: Iterable[AttentionTrace]) -> tuple[torch.Tensor, torch.Ten
     return keys, values
 
 
-def calibrate(method: LowRankMethod, source: AttentionSource, documents: int, cache_folder: Path | None,
+def calibrate(method: CalibratedMethod, source: AttentionSource, documents: int, cache_folder: Path | None,
               device: torch.device) -> None:
     """Fits ``method``'s bases on documents 0..documents-1 of ``source`` (a training-split source),
     or loads them from ``cache_folder`` (None: no disk cache); they are put on ``device``."""
     count = min(documents, len(source.document_names))
     keys = [source.document_key(i) for i in range(count)]
-    digest = hashlib.sha256(json.dumps({"method": method.name, "code": code_version(), "documents": keys}).encode())
+    digest = hashlib.sha256(json.dumps({"method": method.bases_name, "code": code_version(), "documents": keys}).encode())
     path = None if cache_folder is None else Path(cache_folder) / "calibration" / f"{digest.hexdigest()}.pt"
     bases = _load(path) if path is not None else None
     if bases is None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from drrl_env.attention.methods import method_names
+from drrl_env.attention.methods import method_for, method_names
 from drrl_env.attention.workload import WORKLOADS
 from drrl_env.costs import cost_model_names
 
@@ -65,7 +65,11 @@ class EnvConfig:
             (truncated SVD of the segment's Q and of K, scores from the factors),
             ``"shared_key"`` (Q and K projected on the top-r right singular vectors of K) or
             ``"calibrated"`` (Q, K and V projected on fixed per-layer bases fitted on training
-            documents; nothing decomposed per segment).
+            documents; nothing decomposed per segment) or ``"loki"`` (scores on the calibrated key
+            basis at rank r choose each query's top keys; exact attention over them; needs
+            ``compress_values=False`` and ``safety=False``).
+        loki_keys: with ``method="loki"``, the fraction of the visible keys each query attends to
+            (k = ceil(loki_keys * N)).
         calibration_documents: training documents the ``calibrated`` bases are fitted on
             (``drrl_env/calibration.py``; cached per model and corpus).
         workload: ``"prefill"`` (the whole document at once, segment by segment) or ``"decode"``
@@ -90,9 +94,10 @@ class EnvConfig:
             --env-kwargs cost_model=profile ... --betas ...`` tells, for this device.
         feature_cost: charge every step the cost of computing its observation (spectra, bounds,
             value scale; ``LowRankMethod.feature_flops``), whatever rank is chosen, so that full
-            rank costs 1 + that share: a deployed agent pays for what it reads.  Counted in FLOPs;
-            the measured cost models charge the FLOP share as an estimate (the features are not
-            timed yet).  ``False``: attention only (the first version's cost).
+            rank costs 1 + that share: a deployed agent pays for what it reads, once per decision
+            (in decode, once per window).  Counted in FLOPs under ``cost_model="flops"``, timed
+            (``analysis.observation_features``, side by side with exact attention) under the
+            measured models.  ``False``: attention only (the first version's cost).
         target_seq_len: cost (and FLOP ratio) at this deployment length instead of the document's:
             a bidirectional segment's keys become ``target_seq_len``, a causal segment's prefix is
             scaled by ``target_seq_len / L``.  The fidelity still comes from the real document.
@@ -157,6 +162,7 @@ class EnvConfig:
     ranks: tuple[int, ...] | None = field(default=None, metadata=ANALYSIS)
     per_head: bool = False
     method: str = field(default="svd", metadata=ANALYSIS)
+    loki_keys: float = 0.25  # a method option: in the analysis cache key through the method's options
     calibration_documents: int = field(default=8, metadata=ANALYSIS)
     workload: str = field(default="prefill", metadata=ANALYSIS)
     decode_prompt: float = field(default=0.5, metadata=ANALYSIS)
@@ -191,6 +197,11 @@ class EnvConfig:
     def __post_init__(self) -> None:
         _one_of("source", self.source, SOURCES)
         _one_of("method", self.method, method_names())
+        method = method_for(self.method, self)  # checks the method's own options
+        for name, needed in method.requires.items():
+            if getattr(self, name) != needed:
+                raise ValueError(f"method={self.method!r} needs {name}={needed} ({method.requires_reason}); "
+                                 f"got {name}={getattr(self, name)!r}")
         _one_of("cost_model", self.cost_model, cost_model_names())
         _one_of("split", self.split, SPLITS)
         _one_of("workload", self.workload, WORKLOADS)

@@ -39,7 +39,9 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
     (``attention/methods/``; ``"svd"``: truncated SVDs of the segment's Q and of K;
     ``"shared_key"``: Q and K projected on K's top-r right singular vectors; ``"calibrated"``: Q, K
     and V projected on fixed per-layer bases fitted on training documents, nothing decomposed per
-    segment), segment by segment as the workload presents them (``attention/workload.py``), and
+    segment; ``"loki"``: rank-r scores on the calibrated key basis choose each query's top
+    ``loki_keys`` fraction of keys, and exact attention runs over those, a decode method with no
+    perturbation bound, so it needs ``compress_values=False, safety=False``), segment by segment as the workload presents them (``attention/workload.py``), and
     compared with exact attention.
 
     ## Action Space
@@ -142,7 +144,8 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
       deployable value scale (``privileged_observation`` restores the exact-output scale), default
       thresholds epsilon 125 in [60, 250] (were 300 in [150, 600] on the old scale), the end term on
       by default in closed loop, ``latency_budget``, two more context fields (cost used, budget
-      left), and every step charged its observation's features (``feature_cost``).
+      left), and every step charged its observation's features (``feature_cost``; in decode once per
+      window, not per token).  The ``loki`` method and its ``loki_keys`` option were added.
       ``closed_loop=False, privileged_observation=True, feature_cost=False, epsilon=300,
       epsilon_min=150, epsilon_max=600`` reproduces the first version's episodes
       (``tests/test_reproduction.py``).)

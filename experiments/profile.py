@@ -4,7 +4,6 @@ prefix; decode: one token over the cache)."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import matplotlib
@@ -25,7 +24,7 @@ def method_shape(env: RankSelectionEnv, method: str, key_len: int | None = None)
     ``segment_len`` queries (prefill) or one token (decode)."""
     cfg = env.config
     queries, _ = env.documents.workload.cost_problem(0, cfg.segment_len, cfg.segment_len)
-    return dataclasses.replace(env.documents.cost_shape(queries, key_len or cfg.segment_len), method=method)
+    return env.documents.cost_shape(queries, key_len or cfg.segment_len, method)
 
 
 def profile_table(env: RankSelectionEnv, methods: list[str], lengths: list[int], cache_root: Path | None,
@@ -48,10 +47,12 @@ def format_table(env: RankSelectionEnv, lengths: list[int],
     queries = method_shape(env, env.config.method).query_len
     lines = [f"{machine_description(env.device)}, dtype {env.config.dtype}; workload {env.config.workload} "
              f"({queries} queries per call), {spec.n_heads} heads over {spec.n_kv_heads} K/V heads, head_dim "
-             f"{spec.head_dim}, causal={spec.causal}, compress_values={env.config.compress_values}",
+             f"{spec.head_dim}, causal={spec.causal}",
              "latency ratio to exact attention (SDPA), measured (factor upkeep included) / FLOP-predicted:"]
-    for method, (measured, flops, _) in tables.items():
-        lines += [f"method {method}", f"{'keys':>6} " + " ".join(f"{'r=' + str(r):>12}" for r in env.ranks)]
+    for method, (measured, flops, profile) in tables.items():
+        options = "".join(f", {k}={v}" for k, v in profile.shape.method_options)
+        lines += [f"method {method} (compress_values={profile.shape.compress_values}{options})",
+                  f"{'keys':>6} " + " ".join(f"{'r=' + str(r):>12}" for r in env.ranks)]
         for n, m, f in zip(lengths, measured, flops):
             lines.append(f"{n:>6} " + " ".join(f"{a:5.2f} / {b:4.2f}" for a, b in zip(m, f)))
     return "\n".join(lines)

@@ -13,6 +13,10 @@ B(r) = ||S_r||_F^2 / s^2 from which the exact score change and the output bounds
 (``linalg.py``), or ``None`` where a method has no such identity (its bounds are then unknown,
 shown as the clip value, and the safety mask keeps only full rank).
 
+A method may take env options (``config_options``: EnvConfig fields passed to its constructor,
+e.g. loki's ``loki_keys``) and may need others set a certain way (``requires``: checked when the
+config is built, with the reason, so that a combination it cannot honour fails at once).
+
 Adding a method: subclass :class:`LowRankMethod` in a new file, decorate it with
 :func:`register_method`, and import that file (the built-ins are imported by the package).
 """
@@ -20,7 +24,7 @@ Adding a method: subclass :class:`LowRankMethod` in a new file, decorate it with
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -30,6 +34,7 @@ from drrl_env.attention.linalg import Factors, StreamingFactors
 from drrl_env.registry import Registry
 
 EIGH_FLOPS_PER_D3 = 9  # symmetric d x d eigendecomposition ~ 9 d^3 flops (tridiagonal QR, textbook estimate)
+SOFTMAX_FLOPS = 5  # max, subtract, exp, sum, divide per score
 
 
 class LowRankMethod(ABC):
@@ -39,6 +44,13 @@ class LowRankMethod(ABC):
     factors_queries: ClassVar[bool] = False  # its low-rank attention factors the segment's queries (reuses Q's SVD)
     needs_calibration: ClassVar[bool] = False  # fitted on calibration documents before use (``calibration.py``)
     uses_gram: ClassVar[bool] = True  # its factorization reads the streams' Gram matrices (kept up to date)
+    config_options: ClassVar[tuple[str, ...]] = ()  # EnvConfig fields its constructor takes (same names)
+    requires: ClassVar[dict[str, Any]] = {}  # EnvConfig fields it needs set to these values ...
+    requires_reason: ClassVar[str] = ""  # ... and why (the config's error message says it)
+
+    def options(self) -> dict[str, Any]:
+        """The values of its ``config_options`` (what, besides the name, rebuilds this method)."""
+        return {name: getattr(self, name) for name in self.config_options}
 
     def factorize(self, stream: StreamingFactors, which: str, layer: int | None) -> Factors:
         """Factors of the rows of ``stream`` (``which`` = "keys" or "values", (..., H_kv, N, d)) of
@@ -112,6 +124,13 @@ class LowRankMethod(ABC):
     def query_side_flops(self, rank: int, query_len: int, key_len: int, head_dim: int) -> int:
         """FLOPs per query head of the segment's query-side factor work and of the score product."""
 
+    def output_side_flops(self, rank: int, query_len: int, key_len: int, head_dim: int,
+                          compress_values: bool) -> int:
+        """FLOPs per query head of the softmax and of A V: 5TN + 2TNd, or with compressed values
+        2TNr + 2Trd (the weights meet the (N x r) factor, then the (r x d) one)."""
+        t, n, d, r = query_len, key_len, head_dim, rank
+        return SOFTMAX_FLOPS * t * n + (2 * t * n * r + 2 * t * r * d if compress_values else 2 * t * n * d)
+
     def attention(self, q: torch.Tensor, k_factors: Factors, values: torch.Tensor, scaling: torch.Tensor | float,
                   mask: torch.Tensor | None, rank: int, *, v_factors: Factors | None = None,
                   q_factors: Factors | None = None) -> torch.Tensor:
@@ -131,8 +150,14 @@ _METHODS: Registry[type[LowRankMethod]] = Registry(
     LowRankMethod, "method", "or register a LowRankMethod subclass with drrl_env.attention.register_method")
 register_method = _METHODS.register
 method_names = _METHODS.names
+method_class = _METHODS.get  # the class: its capabilities and needs are class attributes
 
 
-def get_method(name: str) -> LowRankMethod:
-    """An instance of the method registered as ``name``."""
-    return _METHODS.get(name)()
+def get_method(name: str, **options: Any) -> LowRankMethod:
+    """An instance of the method registered as ``name``, built with ``options`` (its ``config_options``)."""
+    return _METHODS.get(name)(**options)
+
+
+def method_for(name: str, config: Any) -> LowRankMethod:
+    """The method ``name`` with its ``config_options`` read from ``config`` (an EnvConfig)."""
+    return get_method(name, **{option: getattr(config, option) for option in method_class(name).config_options})

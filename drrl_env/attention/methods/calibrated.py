@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from functools import cached_property
+from typing import ClassVar
 
 import torch
 
@@ -37,6 +38,7 @@ class CalibratedMethod(SharedKeyMethod):
     name = "calibrated"
     needs_calibration = True
     uses_gram = False
+    bases_name: ClassVar[str] = "calibrated"  # the bases it fits: methods sharing it share the cached fit
 
     def __init__(self) -> None:
         self.bases: dict[str, torch.Tensor] | None = None  # "keys"/"values" -> (Ly, H_kv, d, d), columns = basis
@@ -102,7 +104,7 @@ class CalibratedMethod(SharedKeyMethod):
         gen = torch.Generator(device=device).manual_seed(0)
         random = torch.randn(2, 1, n_kv_heads, head_dim, head_dim, generator=gen, device=device)
         keys, values = torch.linalg.qr(random)[0].to(dtype)  # orthonormal, any: the cost does not depend on them
-        return CalibratedMethod().set_bases(keys, values)
+        return type(self)(**self.options()).set_bases(keys, values)
 
     def state_key(self) -> str:
         if self.bases is None:
@@ -125,6 +127,11 @@ class BasisFactors:
     @property
     def right(self) -> torch.Tensor:
         return self.basis.transpose(-1, -2)
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """X itself (..., N, d), at full width."""
+        return self.stream.rows
 
     @cached_property
     def left(self) -> torch.Tensor:
