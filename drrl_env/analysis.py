@@ -22,6 +22,7 @@ import torch
 from drrl_env.attention import linalg
 from drrl_env.attention.linalg import Factors
 from drrl_env.attention.methods.base import LowRankMethod
+from drrl_env.attention.features import observation_features
 from drrl_env.attention.workload import Prefill
 from drrl_env.sources.base import AttentionTrace
 
@@ -159,27 +160,10 @@ def analyse(trace: AttentionTrace, workload: Prefill, ranks: tuple[int, ...], me
             approxes.append(approx)
         if outputs is not None:
             outputs.append(torch.stack(approxes))  # (R, Ly, H, T, d)
-        keys, heads = view.side.key_factors, view.queries.shape[-3]
-        sv_q = _pad(q_factors.sv, d)  # (Ly, H, d)
-        sv_k = _pad(linalg.expand_heads(keys.sv, heads, -2), d)  # (Ly, H, d)
-        change_sq = method.score_change_sq(q_factors, keys, rank_index)  # (Ly, H, R, R) or None
-        if change_sq is None:  # no score-change identity: bounds unknown (infinite, shown clipped)
-            pair_bound = torch.full((*exact.shape[:2], len(ranks), len(ranks)), torch.inf, dtype=torch.float64,
-                                    device=exact.device)
-            pair_bound.diagonal(dim1=-2, dim2=-1).zero_()  # (Ly, H, R, R)
-        else:
-            value_norm = linalg.expand_heads(view.side.value_norm, heads, -1)  # (Ly, H)
-            pair_bound = linalg.output_bound_pairs(change_sq, scaling[..., 0, 0], value_norm)  # (Ly, H, R, R)
-            if compress_values:
-                pair_bound = pair_bound + linalg.expand_heads(
-                    method.value_change(view.side.value_factors, rank_index, view.stop - view.start), heads)
         per_segment.append({
             "segment": (view.start, view.stop),
             "key_len": view.side.key_len,
-            "sv_q": sv_q, "sv_k": sv_k,
-            "pair_bound": pair_bound,
-            "value_sq": (view.stop - view.start) * linalg.expand_heads(
-                view.side.values.double().square().sum(-1).mean(-1), heads, -1),  # (Ly, H)
+            **observation_features(view, rank_index, scaling[..., 0, 0], compress_values, q_factors),
             "out_sq": exact.square().sum((-1, -2)),
             "stats": torch.stack(stats, dim=1),  # (3, R, Ly, H)
         })
@@ -200,10 +184,6 @@ def analyse(trace: AttentionTrace, workload: Prefill, ranks: tuple[int, ...], me
         out_sq=stacked("out_sq").double().cpu().numpy(),
         dot=stats[0], low_sq=stats[1], err_sq=stats[2],
     )
-
-
-def _pad(sv: torch.Tensor, width: int) -> torch.Tensor:
-    return torch.nn.functional.pad(sv, (0, width - sv.shape[-1]))
 
 
 def _normalized(sv: torch.Tensor) -> np.ndarray:

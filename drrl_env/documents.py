@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from drrl_env.analysis import DocumentAnalysis, RelativeBounds, analyse
-from drrl_env.attention.methods import get_method
+from drrl_env.attention.methods import method_for
 from drrl_env.attention.workload import make_workload
 from drrl_env.cache import AnalysisCache, cache_root
 from drrl_env.calibration import calibrate
@@ -48,12 +48,14 @@ class DocumentStore:
                  cost_model: CostModel) -> None:
         self.config, self.source, self.ranks, self.cost_model = config, source, ranks, cost_model
         self.workload = make_workload(config.workload, config.segment_len, config.decode_prompt)
-        self.method = get_method(config.method)
+        self.method = method_for(config.method, config)
         root = cache_root(config.cache_dir)
         if self.method.needs_calibration:
             training = source if config.split == "train" else make_source(config.replace(split="train"), source.device)
             calibrate(self.method, training, config.calibration_documents, root, source.device)
         options = {name: getattr(config, name) for name in EnvConfig.analysis_fields()}
+        if self.method.options():
+            options["method_options"] = self.method.options()
         if self.method.state_key():
             options["method_state"] = self.method.state_key()
         self.disk = None if root is None else AnalysisCache(root, {**options, "ranks": ranks})
@@ -138,21 +140,29 @@ class DocumentStore:
                                           head_dim=spec.head_dim, n_heads=spec.n_heads, n_kv_heads=spec.n_kv_heads,
                                           compress_values=cfg.compress_values, causal=spec.causal) for s in shapes],
                          dtype=np.float64)
+        # the features are computed once per decision, over the segment's T queries and N keys: their share of
+        # the segment's exact attention (in decode, of the T tokens' attention, so a per-token cost carries 1/T)
+        decided = [self.cost_shape(b - a, self._cost_key_len(int(n), analysis.seq_len))
+                   for (a, b), n in zip(analysis.segments, analysis.key_lens)]
         features = np.array([[self.cost_model.feature_ratio(s), feature_flop_ratio(s)] if cfg.feature_cost else [0, 0]
-                             for s in shapes])  # (S, 2): cost and FLOP share of the observation's features
+                             for s in decided])  # (S, 2): cost and FLOP share of the observation's features
         return DocumentData(analysis, RelativeBounds.of(analysis, cfg.bound_clip, cfg.privileged_observation),
                             costs=np.stack([self.cost_model.cost_ratios(s) for s in shapes]) + features[:, :1],
                             flops=np.stack([flop_ratios(s) for s in shapes]) + features[:, 1:],
                             exact_share=exact / exact.sum())
 
-    def cost_shape(self, query_len: int, key_len: int) -> AttentionShape:
+    def cost_shape(self, query_len: int, key_len: int, method: str | None = None) -> AttentionShape:
         """The attention problem whose cost a segment of ``query_len`` queries and ``key_len`` keys
         reports; its kind of call (``AttentionShape.segment_len``) has the workload's queries per call
-        (``segment_len`` in prefill, 1 in decode), which keys the latency profile."""
+        (``segment_len`` in prefill, 1 in decode), which keys the latency profile.  ``method``: another
+        registered method than the env's (``drrl profile``), with its options read from the config and
+        value compression as it requires."""
         cfg, spec = self.config, self.source.spec
+        low_rank = self.method if method is None else method_for(method, cfg)
         call, _ = self.workload.cost_problem(0, cfg.segment_len, cfg.segment_len)
-        return AttentionShape(cfg.method, self.ranks, query_len, key_len, spec.head_dim, spec.n_heads,
-                              spec.n_kv_heads, spec.causal, cfg.compress_values, call)
+        return AttentionShape(low_rank.name, self.ranks, query_len, key_len, spec.head_dim, spec.n_heads,
+                              spec.n_kv_heads, spec.causal, low_rank.requires.get("compress_values", cfg.compress_values),
+                              call, tuple(sorted(low_rank.options().items())), cfg.segment_len)
 
     def _cost_key_len(self, key_len: int, seq_len: int) -> int:
         """Keys a segment sees at the length whose cost is reported (``target_seq_len``, if set)."""

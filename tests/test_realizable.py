@@ -9,8 +9,10 @@ import drrl_env  # noqa: F401
 from conftest import SYNTHETIC
 from drrl_env.attention import linalg
 from drrl_env.attention.methods import get_method
+from drrl_env.attention.kernels import causal_mask, full_attention
 from drrl_env.attention.workload import Prefill
 from drrl_env.costs import AttentionShape
+from drrl_env.costs.flops import attention_flops, feature_flop_ratio
 from drrl_env.costs.latency import LatencyMeasurer
 from drrl_env.env import RankSelectionEnv
 
@@ -52,7 +54,7 @@ def test_a_projected_stream_projects_each_row_once_and_a_fork_stays_private():
     assert stream.projected(basis).shape[-2] == 24 and later.projected(basis).shape[-2] == 16
 
 
-@pytest.mark.parametrize("method", ["svd", "calibrated"])
+@pytest.mark.parametrize("method", ["svd", "calibrated", "loki"])
 @pytest.mark.parametrize("causal", [True, False])
 def test_the_timed_segment_computes_what_the_env_computes(method, causal):
     """The timer's segment (prefix state built untimed, upkeep replayed) gives the output of the
@@ -61,13 +63,14 @@ def test_the_timed_segment_computes_what_the_env_computes(method, causal):
     q, k, v = torch.randn(4, 96, 16, generator=gen), torch.randn(2, 96, 16, generator=gen), torch.randn(2, 96, 16,
                                                                                                      generator=gen)
     low_rank = get_method(method).timing_instance(2, 16, torch.device("cpu"), torch.float32)
+    compress = low_rank.requires.get("compress_values", True)
     workload = Prefill(32)
     *_, last = workload.views(q, k, v, causal, low_rank, layer=0)
-    timed = workload.timed_segment(q[:, 64:], k, v, causal, low_rank, compress_values=True, ranks=(4, 8, 16))
+    timed = workload.timed_segment(q[:, 64:], k, v, causal, low_rank, compress_values=compress, ranks=(4, 8, 16))
     assert timed.upkeep_share == (1.0 if causal else 32 / 96)
     for rank in (4, 8, 16):
-        want = last.attention(rank, 0.25, True)
-        assert torch.allclose(timed.view.attention(rank, 0.25, True), want, atol=1e-5)
+        want = last.attention(rank, 0.25, compress)
+        assert torch.allclose(timed.view.attention(rank, 0.25, compress), want, atol=1e-5)
         replayed = timed.upkeep(rank).key_factors.truncate(rank)[0]
         assert torch.allclose(replayed, timed.view.side.key_factors.truncate(rank)[0], atol=1e-6)
 
@@ -134,3 +137,97 @@ def test_a_decode_episode_on_a_causal_lm(tiny_causal_llama):
 def test_decode_needs_a_causal_model():
     with pytest.raises(ValueError, match="workload='decode' needs a causal model"):
         RankSelectionEnv(**{**SYNTHETIC, "synthetic_causal": False}, workload="decode", cache_dir=None)
+
+
+def _loki_by_hand(q, k, v, basis, rank, keys_per_query, scaling, mask):
+    """Loki for one query head at a time, by loops: q (H, T, d), k, v (H_kv, N, d), basis (H_kv, d, d)."""
+    heads, group = q.shape[0], q.shape[0] // k.shape[0]
+    out = torch.empty_like(q)
+    for h in range(heads):
+        kv, b = h // group, basis[h // group, :, :rank]
+        for i in range(q.shape[1]):
+            visible = torch.arange(k.shape[1]) if mask is None else mask[i].nonzero()[:, 0]
+            approx = (q[h, i] @ b) @ (k[kv, visible] @ b).T
+            chosen = visible[approx.topk(min(keys_per_query, len(visible))).indices]
+            weights = torch.softmax(scaling * k[kv, chosen] @ q[h, i], 0)
+            out[h, i] = weights @ v[kv, chosen]
+    return out
+
+
+@pytest.mark.parametrize("queries, causal", [(1, False), (24, False), (24, True)])
+def test_loki_attends_exactly_over_the_keys_its_rank_r_scores_choose(queries, causal):
+    """One query (the decode step: gathered keys) and a block (masked exact attention) both equal
+    top-k attention computed by hand, grouped-query heads included; f = 1 is exact attention."""
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = torch.randn(6, queries, 16, generator=gen), torch.randn(2, 64, 16, generator=gen), torch.randn(
+        2, 64, 16, generator=gen)
+    stream = linalg.StreamingFactors(track_gram=False)
+    stream.update(k)
+    mask = causal_mask(64 - queries, 64, 64) if causal else None
+    for fraction in (0.25, 1.0):
+        loki = get_method("loki", loki_keys=fraction).timing_instance(2, 16, torch.device("cpu"), torch.float32)
+        got = loki.attention(q, loki.factorize(stream, "keys", 0), v, 0.25, mask, 4)
+        want = _loki_by_hand(q, k, v, loki.basis("keys", 0), 4, loki.top_k(64), 0.25, mask)
+        assert torch.allclose(got, want, atol=1e-5)
+    assert torch.allclose(got, full_attention(q, k, v, 0.25, mask), atol=1e-5)
+
+
+def test_loki_is_counted_as_a_decode_method():
+    """Per decode token loki attends over k keys (FLOPs well below exact); a prefill block runs masked
+    exact attention, so it costs more than exact.  The FLOPs follow k."""
+    def ratio(query_len, fraction):
+        kw = dict(query_len=query_len, key_len=4096, head_dim=64, n_heads=9, n_kv_heads=3, compress_values=False,
+                  causal=True, options={"loki_keys": fraction})
+        return attention_flops("loki", 16, **kw) / attention_flops("loki", 64, **kw)
+
+    assert ratio(1, 0.125) < ratio(1, 0.25) < 0.6 and ratio(512, 0.25) > 1
+
+
+def test_loki_config_says_what_it_needs(tiny_causal_llama, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="needs compress_values=False"):
+        RankSelectionEnv(**SYNTHETIC, method="loki", cache_dir=None)
+    with pytest.raises(ValueError, match="needs safety=False"):
+        RankSelectionEnv(**SYNTHETIC, method="loki", compress_values=False, cache_dir=None)
+    with pytest.raises(ValueError, match="loki_keys"):
+        RankSelectionEnv(**SYNTHETIC, method="loki", compress_values=False, safety=False, loki_keys=1.5)
+    kwargs = dict(model=tiny_causal_llama, corpus=CORPUS, segment_len=32, min_doc_tokens=16, split="train",
+                  cache_dir=str(tmp_path), workload="decode", calibration_documents=2)
+    calibrated = RankSelectionEnv(**kwargs, method="calibrated")
+    monkeypatch.setattr("drrl_env.calibration.fit_bases", lambda traces: pytest.fail("loki refitted the bases"))
+    env = RankSelectionEnv(**kwargs, method="loki", compress_values=False, safety=False, loki_keys=0.5)
+    assert torch.equal(env.documents.method.bases["keys"], calibrated.documents.method.bases["keys"])
+    env.reset(options={"document": 0})
+    done = False
+    while not done:
+        observation, reward, terminated, truncated, info = env.step(0)
+        done = terminated or truncated
+        assert np.isfinite(reward) and observation["action_mask"].all()  # no bound: nothing masked
+    assert np.isfinite(info["end_perplexity"])
+
+
+def test_decode_charges_the_features_once_per_window():
+    """A decode step's cost is per token, but its observation is computed once per window of T
+    tokens: the features' share is that of the window's attention, not a token's."""
+    env = RankSelectionEnv(**SYNTHETIC, workload="decode", cache_dir=None)
+    data = env.documents.get(0)
+    (start, stop), keys = data.analysis.segments[0], int(data.analysis.key_lens[0])
+    share = feature_flop_ratio(env.documents.cost_shape(stop - start, keys))
+    assert data.flops[0, -1] == pytest.approx(1 + share) and data.costs[0, -1] == pytest.approx(1 + share)
+    assert share < feature_flop_ratio(env.documents.cost_shape(1, keys)) / 10
+
+
+def test_the_observation_features_are_timed_and_charged(tmp_path, monkeypatch):
+    """Under a measured cost, the features' share is timed through the analysis's own feature
+    function (``attention/features.py``), side by side with exact attention, and every rank pays it."""
+    import drrl_env.costs.latency as latency
+
+    timed = []
+    real = latency.observation_features
+    monkeypatch.setattr(latency, "observation_features", lambda *args, **kw: timed.append(1) or real(*args, **kw))
+    env = RankSelectionEnv(**SYNTHETIC, cost_model="profile", cache_dir=str(tmp_path))
+    data = env.documents.get(0)
+    (start, stop), keys = data.analysis.segments[0], int(data.analysis.key_lens[0])
+    share = env.documents.cost_model.feature_ratio(env.documents.cost_shape(stop - start, keys))
+    assert timed and share > 0
+    np.testing.assert_allclose(data.costs[0] - share, env.documents.cost_model.cost_ratios(
+        env.documents.cost_shape(stop - start, keys)), rtol=1e-6)

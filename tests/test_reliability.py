@@ -95,7 +95,7 @@ def test_noisy_profile_points_are_re_measured_then_flagged(tmp_path, monkeypatch
     def noisy(shape, dtype):
         calls.append(1)
         timing = Timing(1.0, 0.9, 5)
-        return RankTimings([timing, timing], [timing, Timing(1.0, 0.0, 5)])
+        return RankTimings([timing, timing], [timing, Timing(1.0, 0.0, 5)], features=Timing(0.1, 0.0, 5))
 
     measurer = LatencyMeasurer(torch.device("cpu"))
     monkeypatch.setattr(measurer, "time_ranks", noisy)

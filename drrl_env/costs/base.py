@@ -17,7 +17,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -31,7 +31,10 @@ class AttentionShape:
 
     ``query_len`` queries over ``key_len`` keys; ``segment_len`` is the queries of this kind of
     call (the configured segment length in prefill, where a document's last segment may be
-    shorter; 1 in decode), which keys a latency profile.
+    shorter; 1 in decode), which keys a latency profile.  ``method_options``: the method's own
+    options as sorted (name, value) pairs (``LowRankMethod.options``; e.g. loki's key fraction).
+    ``decision_len``: the queries one decision covers, whose observation is computed once (the
+    configured segment length: a prefill segment, a decode window); None = ``segment_len``.
     """
 
     method: str
@@ -44,6 +47,13 @@ class AttentionShape:
     causal: bool
     compress_values: bool
     segment_len: int
+    method_options: tuple[tuple[str, Any], ...] = ()
+    decision_len: int | None = None
+
+    @property
+    def decision_queries(self) -> int:
+        """Queries per decision (``decision_len``, None resolved)."""
+        return self.decision_len or self.segment_len
 
 
 class CostModel(ABC):
@@ -63,9 +73,10 @@ class CostModel(ABC):
         """(R,) float: cost at each rank / cost of exact attention (1.0 at full rank)."""
 
     def feature_ratio(self, shape: AttentionShape) -> float:
-        """Cost of the observation's features for the segment (paid at every step, whatever the
-        rank) / cost of exact attention.  Default: their FLOP share (``flops.feature_flop_ratio``),
-        which the measured models also use, as an estimate: the features are not timed yet."""
+        """Cost of the observation's features for one decision (paid at every step, whatever the
+        rank) / cost of the decision's exact attention; ``shape`` is the decision's problem (its
+        ``query_len`` queries over ``key_len`` keys; in decode, a window of tokens).  Default: their
+        FLOP share (``flops.feature_flop_ratio``); the measured models time them."""
         from drrl_env.costs.flops import feature_flop_ratio  # flops.py registers a subclass of this class
 
         return feature_flop_ratio(shape)

@@ -11,7 +11,11 @@ causal, at the segment's share T/N when bidirectional.  The ranks of one key len
 interleaved rounds (each round runs every rank and the upkeep once) after ``warmup`` runs each:
 the latency ratio of a rank to full rank is taken within a round, so that a drift of the machine's
 speed between rounds cancels, and its median over ``repeats`` rounds is reported; so is each
-rank's median time.  CUDA is timed
+rank's median time.  The observation's features are timed in the same rounds, through the same
+function the analysis computes them with (``analysis.observation_features``), for one decision's
+queries (a prefill segment, or a decode window of ``decision_len`` tokens), and reported as their
+time over the decision's exact attention (in decode, ``decision_len`` one-token calls): a step's
+cost is the chosen rank's ratio plus that share, whatever the rank.  CUDA is timed
 with events after synchronizing, CPU with ``time.perf_counter_ns``.
 
 Profile table: for one attention shape (method, value compression, causal, heads, K/V heads,
@@ -43,7 +47,8 @@ import numpy as np
 import torch
 
 from drrl_env.attention.methods import get_method
-from drrl_env.attention.workload import Prefill
+from drrl_env.attention.features import observation_features
+from drrl_env.attention.workload import Prefill, TimedSegment
 from drrl_env.costs.base import AttentionShape
 from drrl_env.files import write_atomic
 
@@ -91,23 +96,50 @@ class LatencyMeasurer:
     @torch.no_grad()
     def time_ranks(self, shape: AttentionShape, dtype: str) -> RankTimings:
         """Timings of every rank of ``shape`` (``query_len`` queries, the last of ``key_len`` keys),
-        measured in interleaved rounds (:func:`time_interleaved`)."""
+        and of the observation's features for one decision, measured in interleaved rounds
+        (:func:`time_interleaved`)."""
         if dtype not in DTYPES:
             raise ValueError(f"dtype={dtype!r} is not supported; choose one of {sorted(DTYPES)}")
         gen = torch.Generator(device=self.device).manual_seed(0)
         h, t, n, d = shape.n_heads, shape.query_len, shape.key_len, shape.head_dim
-        q = torch.randn(h, t, d, generator=gen, device=self.device).to(DTYPES[dtype])  # (H, T, d)
+        w = min(shape.decision_queries, n)  # the queries one decision's features cover
+        q = torch.randn(h, max(t, w), d, generator=gen, device=self.device).to(DTYPES[dtype])  # (H, T, d)
         k, v = torch.randn(2, shape.n_kv_heads, n, d, generator=gen,
                            device=self.device).to(DTYPES[dtype])  # (H_kv, N, d) each
-        method = get_method(shape.method).timing_instance(shape.n_kv_heads, d, self.device, DTYPES[dtype])
-        segment = Prefill(shape.segment_len).timed_segment(q, k, v, shape.causal, method, shape.compress_values,
-                                                           shape.ranks)
-        low = len(shape.ranks) - 1  # the ranks below full: each also pays its upkeep
+        method = get_method(shape.method, **dict(shape.method_options)).timing_instance(shape.n_kv_heads, d,
+                                                                                          self.device, DTYPES[dtype])
+        timed = [Prefill(queries).timed_segment(q[:, -queries:], k, v, shape.causal, method, shape.compress_values,
+                                                shape.ranks) for queries in (t, w)]
+        segment, decision = timed  # the call whose cost a step reports, and the decision's segment (prefill: alike)
+        low, ranks = len(shape.ranks) - 1, len(shape.ranks)  # the ranks below full each also pay their upkeep
         calls = [partial(segment.view.attention, rank, d ** -0.5, shape.compress_values) for rank in shape.ranks]
         upkeeps = [partial(segment.upkeep, rank) for rank in shape.ranks[:low]]
-        rounds = time_interleaved([*calls, *upkeeps], self.device, self.warmup, self.repeats).rounds  # (repeats, 2R - 1)
-        rounds[:, :low] += segment.upkeep_share * rounds[:, len(shape.ranks):]
-        return RankTimings.of(rounds[:, :len(shape.ranks)])  # (repeats, R) seconds, upkeep included
+        features = _feature_calls(decision, torch.tensor(shape.ranks), d ** -0.5, shape.compress_values)
+        rounds = time_interleaved([*calls, *upkeeps, *features], self.device, self.warmup,
+                                  self.repeats).rounds  # (repeats, 2R - 1 + 3) seconds
+        rounds[:, :low] += segment.upkeep_share * rounds[:, ranks:ranks + low]
+        fresh, upkeep, warm = rounds[:, -3:].T  # features after an upkeep, the upkeep alone, features again
+        per_decision = warm + decision.upkeep_share * (fresh - upkeep - warm)  # the K/V side's part: its share
+        exact_per_decision = rounds[:, ranks - 1] * w / t  # decode: w one-token calls
+        return RankTimings.of(rounds[:, :ranks], per_decision.clip(min=0) / exact_per_decision)
+
+
+def _feature_calls(decision: TimedSegment, ranks: torch.Tensor, scaling: float,
+                   compress_values: bool) -> list[Callable[[], object]]:
+    """Three calls whose times give the features' cost (``analysis.observation_features``) for one
+    decision: the features on a fresh K/V side right after its upkeep (at the lowest rank), that
+    upkeep alone, and the features again on a side whose K/V-side features are cached.  The first
+    minus the second is all of it (causal: each segment has a new K/V side); the third is the
+    query side's part alone (bidirectional: the K/V side's part is computed once for all segments)."""
+    warm_view = decision.view
+    observation_features(warm_view, ranks, scaling, compress_values)  # caches the K/V side's part
+    rank = int(ranks[0])
+
+    def fresh() -> None:
+        observation_features(replace(decision.view, side=decision.upkeep(rank)), ranks, scaling, compress_values)
+
+    return [fresh, partial(decision.upkeep, rank),
+            partial(observation_features, warm_view, ranks, scaling, compress_values)]
 
 
 @dataclass(frozen=True)
@@ -118,11 +150,13 @@ class RankTimings:
     seconds: list[Timing]
     ratios: list[Timing]
     rounds: np.ndarray | None = None
+    features: Timing | None = None  # the observation's features per decision / exact attention per decision
 
     @classmethod
-    def of(cls, rounds: np.ndarray) -> RankTimings:
+    def of(cls, rounds: np.ndarray, features: np.ndarray | None = None) -> RankTimings:
         return cls([summarize(list(column)) for column in rounds.T],
-                   [summarize(list(column)) for column in (rounds / rounds[:, -1:]).T], rounds)
+                   [summarize(list(column)) for column in (rounds / rounds[:, -1:]).T], rounds,
+                   None if features is None else summarize(list(features)))
 
 
 def time_interleaved(calls: list[Callable[[], object]], device: torch.device, warmup: int,
@@ -170,7 +204,7 @@ class LatencyProfile:
     """Cached latency table of one kind of segment (an :class:`AttentionShape` whose queries are
     ``segment_len`` long) in one dtype on one device (module docstring)."""
 
-    FORMAT = 5  # 5: factor upkeep timed. Stored fields and key; part of the cache key so that older files are re-measured, not misread
+    FORMAT = 6  # 5: factor upkeep timed; 6: features timed. Stored fields and key; part of the cache key so that older files are re-measured, not misread
     MAX_SPREAD = 0.25  # a grid point whose ratios spread more (IQR / median) is re-measured ...
     ATTEMPTS = 3  # ... up to this many times in all; the least spread one is kept, flagged if still above
 
@@ -200,6 +234,7 @@ class LatencyProfile:
                 fields = ("seconds", "ratios", "ratio_spreads")
                 if not all(len(entry[field]) == len(self.shape.ranks) for field in fields):
                     raise ValueError("a row does not match the rank grid")
+                float(entry["feature_ratio"])
             return table
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             warnings.warn(f"drrl: damaged latency profile {self.path} ({type(err).__name__}: {err}); re-measuring it",
@@ -222,6 +257,10 @@ class LatencyProfile:
     def ratios(self, key_len: int) -> np.ndarray:
         """(R,) latency / full-rank latency at ``key_len`` keys (1.0 at full rank), interpolated."""
         return self._interpolated("ratios", key_len)
+
+    def feature_ratio(self, key_len: int) -> float:
+        """The observation's features per decision / exact attention per decision at ``key_len`` keys, interpolated."""
+        return float(self._interpolated("feature_ratio", key_len))
 
     def _interpolated(self, field: str, key_len: int) -> np.ndarray:
         points = self.grid(key_len)
@@ -252,7 +291,7 @@ class LatencyProfile:
                           RuntimeWarning, stacklevel=4)
         return {"seconds": [float(t.median) for t in timings.seconds], "ratios": [float(t.median) for t in timings.ratios],
                 "ratio_spreads": [float(t.spread) for t in timings.ratios], "rounds": int(timings.ratios[0].repeats),
-                "unreliable": bool(spread > self.MAX_SPREAD)}
+                "feature_ratio": float(timings.features.median), "unreliable": bool(spread > self.MAX_SPREAD)}
 
     @property
     def unreliable(self) -> list[int]:

@@ -48,6 +48,9 @@ class ProfileCostModel(MeasuredCostModel):
     def cost_ratios(self, shape: AttentionShape) -> np.ndarray:
         return self.profile(shape).ratios(shape.key_len)
 
+    def feature_ratio(self, shape: AttentionShape) -> float:
+        return self.profile(shape).feature_ratio(shape.key_len)
+
 
 @register_cost_model
 class LiveCostModel(MeasuredCostModel):
@@ -58,3 +61,8 @@ class LiveCostModel(MeasuredCostModel):
 
     def cost_ratios(self, shape: AttentionShape) -> np.ndarray:
         return np.array([t.median for t in self.measurer.time_ranks(shape, self.dtype).ratios])
+
+    def feature_ratio(self, shape: AttentionShape) -> float:
+        """Timed with the decision's queries (its features and its exact attention, side by side)."""
+        call = replace(shape, query_len=shape.segment_len, decision_len=shape.query_len)
+        return float(self.measurer.time_ranks(call, self.dtype).features.median)
