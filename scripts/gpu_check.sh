@@ -2,11 +2,14 @@
 # The CUDA checks of a lent GPU machine in about 5 minutes, everything written under $OUT (or ./gpu_results).
 #   Prepare here:  bash scripts/fetch_gpu_wheels.sh ; bash scripts/gpu_check.sh --cpu   (a short dry run on CPU)
 #   Run there:     device tool, carry=[".whl"]:  bash scripts/gpu_check.sh
-# Steps: 1. CUDA tests (fp32, fp16, bf16); 2. `drrl profile` of every method at 512-16384 keys for MiniLM's
-# and SmolLM2's attention shapes (measured ratio / FLOP ratio); 3. fixed-rank plans in a real forward pass
-# with SmolLM2-135M's shapes at 4096 tokens; 4. fixed-basis kernels (prefill, decode); 5. `drrl tradeoff`
-# under the measured device cost; 6. benchmarks/linalg.py.  One text file per step in $OUT (written as it goes,
-# so a run cut short keeps what it measured); the profile plots in $OUT/plots.tar.gz.
+# Steps: 1. tests: CUDA tests (fp32, fp16, bf16); 2. profile: `drrl profile` of $METHODS at 512-16384 keys for
+# MiniLM's and SmolLM2's attention shapes, prefill and decode (measured ratio / FLOP ratio); 3. forward:
+# fixed-rank plans in a real forward pass with SmolLM2-135M's shapes at 4096 tokens; 4. fixed_basis: kernels
+# (prefill, decode); 5. tradeoff: `drrl tradeoff` under the measured device cost; 6. linalg: benchmarks/linalg.py.
+# STEPS (default: all six, comma-separated) and METHODS (default: every registered one) choose what runs, e.g.
+#   STEPS=tests,profile,tradeoff METHODS=calibrated,loki bash scripts/gpu_check.sh
+# One text file per step in $OUT (written as it goes, so a run cut short keeps what it measured); the profile
+# plots in $OUT/plots.tar.gz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_results}
@@ -14,14 +17,18 @@ RES=$OUT PLOTS=/tmp/gpu_plots
 rm -rf "$PLOTS" && mkdir -p "$PLOTS" "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DRRL_CACHE_DIR=/tmp/drrl-cache
 if [[ ${1:-} == --cpu ]]; then  # dry run: this machine's venv, short lengths, few layers
-  DEV=cpu PY=.venv/bin/python LENGTHS=512,1024 FWD_TOKENS=512 FWD_LAYERS=2 DOCS=2 PREFILL=1024 DECODE=4096 BATCH=2
+  DEV=cpu PY=.venv/bin/python LENGTHS=512,1024 FWD_TOKENS=1024 FWD_LAYERS=2 DOCS=2 PREFILL=1024 DECODE=4096 BATCH=2
 else
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH="$PWD:/tmp/site:$PWD/.whl/site"
   DEV=cuda PY=python3 LENGTHS=512,1024,2048,4096,8192,16384 FWD_TOKENS=4096 FWD_LAYERS=30 DOCS=8
   PREFILL=4096,8192,16384 DECODE=4096,16384,65536 BATCH=32
 fi
-step() { local name=$1 limit=$2; shift 2; echo "== $name: $*" | tee -a "$RES/$name.txt"
+STEPS=,${STEPS:-tests,profile,forward,fixed_basis,tradeoff,linalg},
+METHODS=${METHODS:-svd,shared_key,calibrated,loki}
+wanted() { [[ $STEPS == *,$1,* ]]; }
+has_method() { [[ ,$METHODS, == *,$1,* ]]; }
+step() { local name=$1 limit=$2; shift 2; wanted "$name" || return 0; echo "== $name: $*" | tee -a "$RES/$name.txt"
          timeout "$limit" "$@" 2>&1 | tee -a "$RES/$name.txt"; }
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null
   $PY -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
@@ -30,21 +37,26 @@ step() { local name=$1 limit=$2; shift 2; echo "== $name: $*" | tee -a "$RES/$na
 # 1. CUDA tests (skipped on CPU)
 step tests 120 $PY -m pytest -q tests/test_cuda.py -p no:cacheprovider
 
-# 2. Profiles: measured latency ratio / FLOP ratio, every method, both attention shapes
+# 2. Profiles: measured latency ratio / FLOP ratio, $METHODS, both attention shapes; SmolLM2's in prefill and
+#    decode (one token over the cache), loki at two key fractions
 MINILM="source=synthetic synthetic_heads=12 synthetic_kv_heads=12 synthetic_head_dim=32 synthetic_causal=False"
 SMOL="source=synthetic synthetic_heads=9 synthetic_kv_heads=3 synthetic_head_dim=64 synthetic_causal=True"
-for method in svd shared_key; do
-  step profile 60 $PY -m experiments.cli profile --refresh --lengths $LENGTHS --out "$PLOTS/minilm_$method" \
-      --env-kwargs $MINILM synthetic_seq_len=256 synthetic_documents=2 device=$DEV method=$method
+step profile 120 $PY -m experiments.cli profile --refresh --lengths $LENGTHS --out "$PLOTS/minilm" --methods $METHODS \
+    --env-kwargs $MINILM synthetic_seq_len=256 synthetic_documents=6 device=$DEV
+for workload in prefill decode; do
   for dtype in float32 bfloat16; do
-    step profile 60 $PY -m experiments.cli profile --refresh --lengths $LENGTHS --out "$PLOTS/smollm2_${method}_$dtype" \
-        --env-kwargs $SMOL synthetic_seq_len=256 synthetic_documents=2 device=$DEV method=$method dtype=$dtype
+    step profile 120 $PY -m experiments.cli profile --refresh --lengths $LENGTHS --out "$PLOTS/smollm2_${workload}_$dtype" \
+        --methods $METHODS --env-kwargs $SMOL synthetic_seq_len=256 synthetic_documents=6 device=$DEV dtype=$dtype \
+        workload=$workload
   done
 done
+has_method loki && step profile 60 $PY -m experiments.cli profile --refresh --lengths $LENGTHS --out "$PLOTS/smollm2_loki8" \
+    --methods loki --env-kwargs $SMOL synthetic_seq_len=256 synthetic_documents=6 device=$DEV workload=decode loki_keys=0.125
 
 # 3. Fixed-rank plans in a real forward pass (SmolLM2-135M's shapes, random weights, one long pydoc document)
 step forward 60 $PY scripts/smollm2_shaped_model.py /tmp/smollm2-shaped --layers $FWD_LAYERS
-for method in svd shared_key; do
+for method in ${METHODS//,/ }; do
+  [[ $method == loki ]] && continue  # a decode method: a prefill forward runs it as masked exact attention
   step forward 90 $PY benchmarks/forward_latency.py --rounds 3 --pydoc-document \
       --env-kwargs model=/tmp/smollm2-shaped max_seq_len=$FWD_TOKENS segment_len=512 device=$DEV method=$method
 done
@@ -61,13 +73,20 @@ step fixed_basis 60 $PY benchmarks/fixed_basis.py --device $DEV --dtype bfloat16
 
 # 5. Trade-off under the measured device cost: DRRL-v0 (MiniLM on pydoc text) at its own length and at
 #    4096 keys, and SmolLM2's shapes on the synthetic source (the LLM regime's stand-in)
-step tradeoff 120 $PY -m experiments.cli tradeoff --documents $DOCS --betas 0.25,0.5,1,2,3 \
-    --env-kwargs device=$DEV cost_model=profile
-step tradeoff 120 $PY -m experiments.cli tradeoff --documents $DOCS --betas 0.25,0.5,1,2,3 \
-    --env-kwargs device=$DEV cost_model=profile target_seq_len=4096
-step tradeoff 120 $PY -m experiments.cli tradeoff --documents $DOCS --split all --betas 0.25,0.5,1,2,3 \
-    --env-kwargs $SMOL synthetic_seq_len=$FWD_TOKENS synthetic_documents=$DOCS segment_len=512 device=$DEV \
-    cost_model=profile method=shared_key
+for target in none 4096; do
+  has_method svd && step tradeoff 120 $PY -m experiments.cli tradeoff --documents $DOCS --betas 0.25,0.5,1,2,3 \
+      --env-kwargs device=$DEV cost_model=profile target_seq_len=$target
+done
+for method in ${METHODS//,/ }; do
+  [[ $method == svd ]] && continue  # per-segment decompositions: measured above exact everywhere on the H200
+  for workload in prefill decode; do
+    [[ $method == loki && $workload == prefill ]] && continue
+    extra=$([[ $method == loki ]] && echo "compress_values=false safety=false")
+    step tradeoff 120 $PY -m experiments.cli tradeoff --documents $DOCS --split all --betas 0.25,0.5,1,2,3 \
+        --env-kwargs $SMOL synthetic_seq_len=$FWD_TOKENS synthetic_documents=8 segment_len=512 device=$DEV \
+        cost_model=profile method=$method workload=$workload $extra
+  done
+done
 
 # 6. Factor upkeep and kernels
 step linalg 60 $PY benchmarks/linalg.py --device $DEV

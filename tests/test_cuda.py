@@ -13,7 +13,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_cuda_profile_and_env(dtype, tmp_path):
-    env = RankSelectionEnv(**SYNTHETIC, device="cuda", cost_model="profile", dtype=dtype, cache_dir=str(tmp_path))
+    env = RankSelectionEnv(**SYNTHETIC, device="cuda", cost_model="profile", dtype=dtype, cache_dir=str(tmp_path),
+                           feature_cost=False)  # full rank then costs exactly exact attention
     obs, _ = env.reset(seed=0)
     assert np.isfinite(obs["cost"]).all() and obs["cost"][-1] == 1.0
     _, reward, _, _, _ = env.step(0)
@@ -50,3 +51,26 @@ def test_cuda_low_rank_forward(tiny_llama):
     outputs = env.model_outputs(0, ranks)
     low, low_seconds = outputs.pooled, outputs.attention_seconds
     assert low_seconds > 0 and not torch.allclose(low, exact, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["calibrated", "loki"])
+@pytest.mark.parametrize("queries", [1, 32])
+def test_cuda_fixed_basis_methods_match_cpu(method, queries):
+    """A decode step (one query) and a block of queries give the CPU's outputs on CUDA."""
+    from drrl_env.attention.linalg import StreamingFactors
+    from drrl_env.attention.methods import get_method
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(6, queries, 16, generator=gen), torch.randn(2, 64, 16, generator=gen), torch.randn(
+        2, 64, 16, generator=gen)
+    bases = get_method(method).timing_instance(2, 16, torch.device("cpu"), torch.float32).bases
+    outputs = []
+    for device in (torch.device("cpu"), torch.device("cuda")):
+        low_rank = get_method(method).set_bases(bases["keys"].to(device), bases["values"].to(device))
+        keys, values = StreamingFactors(track_gram=False), StreamingFactors(track_gram=False)
+        keys.update(k.to(device))
+        values.update(v.to(device))
+        compress = low_rank.requires.get("compress_values", True)
+        outputs.append(low_rank.attention(q.to(device), low_rank.factorize(keys, "keys", 0), v.to(device), 0.25, None,
+                                          4, v_factors=low_rank.factorize(values, "values", 0) if compress else None))
+    torch.testing.assert_close(outputs[1].cpu(), outputs[0], atol=1e-4, rtol=1e-4)

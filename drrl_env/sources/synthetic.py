@@ -20,7 +20,8 @@ import math
 
 import torch
 
-from drrl_env.sources.base import AttentionSource, AttentionTrace, SourceSpec, split_of
+from drrl_env.sources.base import (SPLIT_MODULUS, TEST_BUCKETS, VALIDATION_BUCKETS, AttentionSource, AttentionTrace,
+                                  SourceSpec, split_of)
 
 BLOCK = 64
 GENERATOR_VERSION = 1  # bump when the generator's output changes (invalidates cached analyses)
@@ -39,7 +40,8 @@ class SyntheticSource(AttentionSource):
         self._ids = [i for i in range(n_documents) if split in ("all", split_of(i))]
         if not self._ids:
             raise ValueError(f"synthetic_documents={n_documents} leaves no {split!r} document "
-                             f"(draw i is a test document when i % 5 == 0, a validation one when i % 5 == 1)")
+                             f"(draw i belongs to the split of bucket i % {SPLIT_MODULUS}: test {TEST_BUCKETS}, "
+                             f"validation {VALIDATION_BUCKETS}, else train); raise synthetic_documents")
 
     @property
     def document_names(self) -> list[str]:
