@@ -178,11 +178,12 @@ class Prefill:
             yield SegmentView(start, stop, queries[..., start:stop, :], side, mask)
 
     def timed_segment(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, causal: bool,
-                      method: LowRankMethod, compress_values: bool, ranks: tuple[int, ...]) -> TimedSegment:
+                      method: LowRankMethod, compress_values: bool, ranks: tuple[int, ...],
+                      before: Callable[[KeySide], object] | None = None) -> TimedSegment:
         """The last segment of a sequence, as the timer runs it: queries (..., H, T, d) are the last
         T positions of keys and values (..., H_kv, N, d); the state before the segment (the prefix
-        [0, N - T) already in the streams, projected at every rank where the method projects) is
-        built untimed."""
+        [0, N - T) already in the streams, projected at every rank where the method projects, and
+        whatever ``before`` computes on it, e.g. the earlier decisions' features) is built untimed."""
         t, n = queries.shape[-2], keys.shape[-2]
         low = [r for r in ranks if r < queries.shape[-1]]
         before_keys, before_values = (linalg.StreamingFactors(track_gram=method.uses_gram) for _ in range(2))
@@ -192,6 +193,8 @@ class Prefill:
             prefix = KeySide(before_keys, before_values, method, 0)
             for rank in low:
                 prefix.upkeep(compress_values, rank)  # the cache the segment extends
+            if before is not None:
+                before(prefix)
         new = slice(n - t if causal else 0, n)
 
         def fresh() -> KeySide:  # the segment's keys and values arrive
