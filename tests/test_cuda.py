@@ -67,7 +67,7 @@ def test_cuda_fixed_basis_methods_match_cpu(method, queries):
     outputs = []
     for device in (torch.device("cpu"), torch.device("cuda")):
         low_rank = get_method(method).set_bases(bases["keys"].to(device), bases["values"].to(device))
-        keys, values = StreamingFactors(track_gram=False), StreamingFactors(track_gram=False)
+        keys, values = StreamingFactors(), StreamingFactors()
         keys.update(k.to(device))
         values.update(v.to(device))
         compress = low_rank.requires.get("compress_values", True)

@@ -161,7 +161,7 @@ def test_loki_attends_exactly_over_the_keys_its_rank_r_scores_choose(queries, ca
     gen = torch.Generator().manual_seed(3)
     q, k, v = torch.randn(6, queries, 16, generator=gen), torch.randn(2, 64, 16, generator=gen), torch.randn(
         2, 64, 16, generator=gen)
-    stream = linalg.StreamingFactors(track_gram=False)
+    stream = linalg.StreamingFactors()
     stream.update(k)
     mask = causal_mask(64 - queries, 64, 64) if causal else None
     for fraction in (0.25, 1.0):

@@ -39,8 +39,7 @@ def observation_features(view: SegmentView, ranks: torch.Tensor, scaling: torch.
                 method.value_change(side.value_factors, ranks, view.stop - view.start), heads)
     return {"sv_q": _pad(q_factors.sv, d), "sv_k": _pad(linalg.expand_heads(keys.sv, heads, -2), d),
             "pair_bound": pair_bound,
-            "value_sq": (view.stop - view.start) * linalg.expand_heads(
-                side.values.double().square().sum(-1).mean(-1), heads, -1)}
+            "value_sq": (view.stop - view.start) * linalg.expand_heads(side.value_mean_square, heads, -1)}
 
 
 def _pad(sv: torch.Tensor, width: int) -> torch.Tensor:

@@ -143,9 +143,9 @@ class RowBuffer:
 class StreamingFactors:
     """The factorization of a matrix that grows by row blocks (keys arriving segment by segment).
 
-    Keeps the rows seen so far (the key cache, a :class:`RowBuffer`) and their Gram matrix
-    G = X^T X in float64.  ``update(block)`` appends the block and adds block^T block (O(T d^2))
-    instead of re-decomposing the prefix; ``factors()`` re-diagonalizes G (O(d^3)) and projects
+    Keeps the rows seen so far (the key cache, a :class:`RowBuffer`), their Gram matrix
+    G = X^T X and their sum 1^T X in float64.  ``update(block)`` appends the block and adds
+    block^T block (O(T d^2)) instead of re-decomposing the prefix; ``factors()`` re-diagonalizes G (O(d^3)) and projects
     the rows (O(N d^2)).  Eigenvectors come out orthonormal at every call, so the basis cannot
     drift; rounding in G can, so G is rebuilt from the rows every ``refresh_every`` updates
     (``tests/test_linalg.py`` measures the retained-energy error against a full SVD: below 1e-10
@@ -153,10 +153,11 @@ class StreamingFactors:
     stored in a calibrated basis), projecting each row once.
     """
 
-    def __init__(self, refresh_every: int = 64, track_gram: bool = True) -> None:
-        self.refresh_every, self.track_gram = refresh_every, track_gram
+    def __init__(self, refresh_every: int = 64) -> None:
+        self.refresh_every = refresh_every
         self._rows = RowBuffer()
-        self.gram: torch.Tensor | None = None
+        self.gram: torch.Tensor | None = None  # (..., d, d) float64
+        self.row_sum: torch.Tensor | None = None  # (..., d) float64
         self._updates = 0
         self._projections: dict[int, tuple[torch.Tensor, RowBuffer]] = {}  # id(basis) -> (basis, rows @ basis)
 
@@ -168,9 +169,9 @@ class StreamingFactors:
     def snapshot(self) -> StreamingFactors:
         """The stream as it is now (rows, Gram), sharing the projection cache: a later, longer
         snapshot extends the projections an earlier one made, as a key cache stored in a basis does."""
-        copy = StreamingFactors(self.refresh_every, self.track_gram)
-        copy._rows, copy.gram, copy._updates, copy._projections = (self._rows.view(), self.gram, self._updates,
-                                                                   self._projections)
+        copy = StreamingFactors(self.refresh_every)
+        copy._rows, copy.gram, copy.row_sum, copy._updates, copy._projections = (
+            self._rows.view(), self.gram, self.row_sum, self._updates, self._projections)
         return copy
 
     def fork(self) -> StreamingFactors:
@@ -197,17 +198,28 @@ class StreamingFactors:
         _check_finite(block)
         self._rows.append(block)
         self._updates += 1
-        if not self.track_gram:
-            return
         if self.gram is None or self._updates % self.refresh_every == 0:
-            self.gram = self.rows.double().transpose(-1, -2) @ self.rows.double()
+            rows = self.rows.double()
+            self.gram, self.row_sum = rows.transpose(-1, -2) @ rows, rows.sum(-2)
         else:
             self.gram = self.gram + block.double().transpose(-1, -2) @ block.double()
+            self.row_sum = self.row_sum + block.double().sum(-2)
 
     def factors(self) -> Factors:
-        if self.rows is None or self.gram is None:
-            raise RuntimeError("StreamingFactors.factors() needs rows and their Gram matrix (track_gram=True)")
+        if self.rows is None:
+            raise RuntimeError("StreamingFactors.factors() before any update()")
         return Factors.from_gram(self.rows, self.gram)
+
+    def centered_norm(self) -> torch.Tensor:
+        """||X - 1 mu^T||_2 (...) from the Gram matrix and the row sum: the largest eigenvalue of
+        G - s s^T / N (O(d^3), whatever N; :func:`centered_spectral_norm` from the rows)."""
+        n = self._rows.n
+        centered = self.gram - self.row_sum[..., :, None] * self.row_sum[..., None, :] / n
+        return torch.linalg.eigvalsh(centered)[..., -1].clamp_min(0).sqrt().to(self.rows.dtype)
+
+    def mean_square_norm(self) -> torch.Tensor:
+        """mean_j ||x_j||^2 (...) float64, from the Gram matrix's trace."""
+        return self.gram.diagonal(dim1=-2, dim2=-1).sum(-1) / self._rows.n
 
 
 def subspace_error(approx: Factors, exact: Factors, rank: int) -> tuple[torch.Tensor, torch.Tensor]:

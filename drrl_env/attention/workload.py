@@ -73,8 +73,14 @@ class KeySide:
 
     @cached_property
     def value_norm(self) -> torch.Tensor:
-        """(..., H_kv) ||V - 1 mu^T||_2, the centered spectral norm of each K/V head's values."""
-        return linalg.centered_spectral_norm(self._value_stream.rows)
+        """(..., H_kv) ||V - 1 mu^T||_2, the centered spectral norm of each K/V head's values (from
+        the stream's Gram matrix and row sum: O(d^3), whatever the number of values)."""
+        return self._value_stream.centered_norm()
+
+    @cached_property
+    def value_mean_square(self) -> torch.Tensor:
+        """(..., H_kv) mean_j ||v_j||^2 over the visible values, float64 (from the Gram matrix's trace)."""
+        return self._value_stream.mean_square_norm()
 
     @property
     def key_len(self) -> int:
@@ -161,7 +167,7 @@ class Prefill:
 
         queries (..., H, L, d), keys and values (..., H_kv, L, d), H a multiple of H_kv.
         """
-        key_stream, value_stream = (linalg.StreamingFactors(track_gram=method.uses_gram) for _ in range(2))
+        key_stream, value_stream = linalg.StreamingFactors(), linalg.StreamingFactors()
         side = None
         if not causal:
             key_stream.update(keys)
@@ -178,23 +184,20 @@ class Prefill:
             yield SegmentView(start, stop, queries[..., start:stop, :], side, mask)
 
     def timed_segment(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, causal: bool,
-                      method: LowRankMethod, compress_values: bool, ranks: tuple[int, ...],
-                      before: Callable[[KeySide], object] | None = None) -> TimedSegment:
+                      method: LowRankMethod, compress_values: bool, ranks: tuple[int, ...]) -> TimedSegment:
         """The last segment of a sequence, as the timer runs it: queries (..., H, T, d) are the last
         T positions of keys and values (..., H_kv, N, d); the state before the segment (the prefix
-        [0, N - T) already in the streams, projected at every rank where the method projects, and
-        whatever ``before`` computes on it, e.g. the earlier decisions' features) is built untimed."""
+        [0, N - T) already in the streams, projected at every rank where the method projects) is
+        built untimed."""
         t, n = queries.shape[-2], keys.shape[-2]
         low = [r for r in ranks if r < queries.shape[-1]]
-        before_keys, before_values = (linalg.StreamingFactors(track_gram=method.uses_gram) for _ in range(2))
+        before_keys, before_values = linalg.StreamingFactors(), linalg.StreamingFactors()
         if causal and n > t:
             before_keys.update(keys[..., :n - t, :])
             before_values.update(values[..., :n - t, :])
             prefix = KeySide(before_keys, before_values, method, 0)
             for rank in low:
                 prefix.upkeep(compress_values, rank)  # the cache the segment extends
-            if before is not None:
-                before(prefix)
         new = slice(n - t if causal else 0, n)
 
         def fresh() -> KeySide:  # the segment's keys and values arrive

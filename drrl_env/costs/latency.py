@@ -48,7 +48,7 @@ import torch
 
 from drrl_env.attention.methods import get_method
 from drrl_env.attention.features import observation_features
-from drrl_env.attention.workload import KeySide, Prefill, SegmentView, TimedSegment
+from drrl_env.attention.workload import Prefill, TimedSegment
 from drrl_env.costs.base import AttentionShape
 from drrl_env.files import write_atomic
 
@@ -108,19 +108,13 @@ class LatencyMeasurer:
                            device=self.device).to(DTYPES[dtype])  # (H_kv, N, d) each
         method = get_method(shape.method, **dict(shape.method_options)).timing_instance(shape.n_kv_heads, d,
                                                                                           self.device, DTYPES[dtype])
-        ranks_tensor = torch.tensor(shape.ranks)
-
-        def earlier_features(prefix: KeySide) -> None:  # what the earlier decisions' features left in the caches
-            observation_features(SegmentView(0, 1, q[:, :1], prefix, None), ranks_tensor, d ** -0.5,
-                                 shape.compress_values)
-
         timed = [Prefill(queries).timed_segment(q[:, -queries:], k, v, shape.causal, method, shape.compress_values,
-                                                shape.ranks, before=earlier_features) for queries in (t, w)]
+                                                shape.ranks) for queries in (t, w)]
         segment, decision = timed  # the call whose cost a step reports, and the decision's segment (prefill: alike)
         low, ranks = len(shape.ranks) - 1, len(shape.ranks)  # the ranks below full each also pay their upkeep
         calls = [partial(segment.view.attention, rank, d ** -0.5, shape.compress_values) for rank in shape.ranks]
         upkeeps = [partial(segment.upkeep, rank) for rank in shape.ranks[:low]]
-        features = _feature_calls(decision, ranks_tensor, d ** -0.5, shape.compress_values)
+        features = _feature_calls(decision, torch.tensor(shape.ranks), d ** -0.5, shape.compress_values)
         rounds = time_interleaved([*calls, *upkeeps, *features], self.device, self.warmup,
                                   self.repeats).rounds  # (repeats, 2R - 1 + 3) seconds
         rounds[:, :low] += segment.upkeep_share * rounds[:, ranks:ranks + low]

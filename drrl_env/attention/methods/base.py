@@ -43,7 +43,6 @@ class LowRankMethod(ABC):
     name: ClassVar[str]
     factors_queries: ClassVar[bool] = False  # its low-rank attention factors the segment's queries (reuses Q's SVD)
     needs_calibration: ClassVar[bool] = False  # fitted on calibration documents before use (``calibration.py``)
-    uses_gram: ClassVar[bool] = True  # its factorization reads the streams' Gram matrices (kept up to date)
     config_options: ClassVar[tuple[str, ...]] = ()  # EnvConfig fields its constructor takes (same names)
     requires: ClassVar[dict[str, Any]] = {}  # EnvConfig fields it needs set to these values ...
     requires_reason: ClassVar[str] = ""  # ... and why (the config's error message says it)
@@ -71,13 +70,15 @@ class LowRankMethod(ABC):
         """FLOPs of what the observation needs beyond the method's own work, (per query head, per
         K/V head): Q's spectrum from its Gram matrix (2Td^2 + 9d^3 + 2Td^2; nothing for a method
         that factors the queries anyway) and the score energies of every pair of singular triplets
-        (2d^3 + 3d^2) per query head; the values' centered spectral norm (2Nd^2 + 9d^3) and scale
-        (2Nd) per K/V head, all of it when causal (the visible values grow), the segment's share
-        T/N when bidirectional (computed once for all N/T segments).  The keys' spectrum comes with
-        their factorization (its upkeep)."""
+        (2d^3 + 3d^2) per query head; per K/V head the values' Gram update (2Td^2) and, from it and
+        their running sum, their centered spectral norm (9d^3 + d^2) and scale (d), all of it when
+        causal; bidirectional, the Gram matrix of all N values (2Nd^2) and the rest are computed
+        once for all N/T segments, the segment's share T/N.  The keys' spectrum comes with their
+        factorization (its upkeep)."""
         t, n, d = query_len, key_len, head_dim
         q_spectrum = 0 if self.factors_queries else 4 * t * d * d + EIGH_FLOPS_PER_D3 * d ** 3
-        per_kv = (2 * n * d * d + EIGH_FLOPS_PER_D3 * d ** 3 + 2 * n * d) * (1 if causal else t / n)
+        from_gram = EIGH_FLOPS_PER_D3 * d ** 3 + d * d + d
+        per_kv = 2 * t * d * d + from_gram if causal else (2 * n * d * d + from_gram) * t / n
         return q_spectrum + 2 * d ** 3 + 3 * d * d, per_kv
 
     def timing_instance(self, n_kv_heads: int, head_dim: int, device: torch.device, dtype: torch.dtype

@@ -8,8 +8,8 @@ summed over the calibration tokens, by descending eigenvalue, so every rank is a
 basis (nested): switching rank costs nothing.  The key cache at rank r is K B_r, stored at width r
 and extended by the new rows of each segment (2 T d r FLOPs per K/V head,
 ``StreamingFactors.projected``) instead of being re-factored; nothing is decomposed per segment.
-The full-width projection K B (for the spectra and bounds of the analysis) is computed only when
-read (:class:`BasisFactors`).
+The spectra and bounds of the observation come from the streams' d x d Gram matrices in the basis,
+B^T K^T K B (:class:`BasisFactors`), in O(d^3) whatever the cache length.
 
 Bounds.  With q_i = Q b_i and k_i = K b_i, S_a - S_b = s sum_{i in band} q_i k_i^T over the band
 (min(a, b), max(a, b)], so ||S_a - S_b||_F^2 / s^2 = sum_{i, j in band} (q_i . q_j)(k_i . k_j):
@@ -37,7 +37,6 @@ class CalibratedMethod(SharedKeyMethod):
 
     name = "calibrated"
     needs_calibration = True
-    uses_gram = False
     bases_name: ClassVar[str] = "calibrated"  # the bases it fits: methods sharing it share the cached fit
 
     def __init__(self) -> None:
@@ -78,20 +77,21 @@ class CalibratedMethod(SharedKeyMethod):
 
     def feature_flops(self, query_len: int, key_len: int, head_dim: int, causal: bool) -> tuple[float, float]:
         """The base's, plus what a fixed basis has no factorization for: per query head the score
-        change's d x d products (B Q^T Q B^T: 4d^3, Q^T Q: 2d^3); per K/V head the full-width
-        projection of the keys and of the values (2Nd^2 each; their column norms are the spectra)
-        and the projected keys' Gram matrix (2Nd^2), shared like the base's when bidirectional."""
+        change's d x d products (B Q^T Q B^T: 4d^3, Q^T Q: 2d^3); per K/V head the keys' Gram update
+        (2Td^2; bidirectional 2Nd^2 once, shared T/N) and the keys' and values' Gram matrices in
+        their bases (B^T G B: 4d^3 each)."""
         per_query, per_kv = super().feature_flops(query_len, key_len, head_dim, causal)
         t, n, d = query_len, key_len, head_dim
-        return per_query + 6 * d ** 3, per_kv + 6 * n * d * d * (1 if causal else t / n)
+        gram = 2 * t * d * d if causal else 2 * n * d * d * t / n
+        return per_query + 6 * d ** 3, per_kv + gram + 8 * d ** 3 * (1 if causal else t / n)
 
     def score_change_sq(self, q_factors: Factors, k_factors: Factors, ranks: torch.Tensor) -> torch.Tensor:
         heads = q_factors.right.shape[-3]
         basis = expand_heads(k_factors.right.double(), heads)  # (..., H, d, d): row i = b_i
         q_gram = q_factors.right.double().transpose(-1, -2) @ (q_factors.sv.double()[..., :, None] ** 2
                                                                * q_factors.right.double())  # Q^T Q (..., H, d, d)
-        k_left = k_factors.left.double()
-        w = (basis @ q_gram @ basis.transpose(-1, -2)) * expand_heads(k_left.transpose(-1, -2) @ k_left, heads)
+        k_gram = k_factors.gram  # (..., H_kv, d, d): (K B)^T (K B)
+        w = (basis @ q_gram @ basis.transpose(-1, -2)) * expand_heads(k_gram, heads)
         return _band_block_sums(w, ranks)
 
     def value_change(self, v_factors: Factors, ranks: torch.Tensor, query_len: int) -> torch.Tensor:
@@ -118,8 +118,9 @@ class CalibratedMethod(SharedKeyMethod):
 class BasisFactors:
     """The factors of a stream's rows X on a fixed nested basis B (..., d, d), in the interface of
     ``linalg.Factors``: ``truncate(r)`` = (X B_r, B_r^T) from the stream's width-r cache, which is
-    what attention reads; ``left`` = X B and ``sv`` = its column norms (the energy along each basis
-    vector), computed when first read, which only the analysis's spectra and bounds do."""
+    what attention reads; ``gram`` = (X B)^T (X B) = B^T (X^T X) B and ``sv`` = the column norms of
+    X B (the energy along each basis vector, the square roots of its diagonal), both from the
+    stream's Gram matrix in O(d^3), whatever the number of rows: the analysis's spectra and bounds."""
 
     def __init__(self, stream: StreamingFactors, basis: torch.Tensor, prefix: Callable[[int], torch.Tensor]) -> None:
         self.stream, self.basis, self.prefix = stream, basis, prefix
@@ -134,12 +135,14 @@ class BasisFactors:
         return self.stream.rows
 
     @cached_property
-    def left(self) -> torch.Tensor:
-        return self.stream.projected(self.basis)
+    def gram(self) -> torch.Tensor:
+        """(..., d, d) float64."""
+        basis = self.basis.double()
+        return basis.transpose(-1, -2) @ self.stream.gram @ basis
 
     @cached_property
     def sv(self) -> torch.Tensor:
-        return torch.linalg.vector_norm(self.left, dim=-2)
+        return self.gram.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt().to(self.basis.dtype)
 
     def truncate(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
         basis = self.prefix(rank)  # (..., d, r)

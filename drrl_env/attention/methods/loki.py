@@ -97,10 +97,12 @@ class LokiMethod(CalibratedMethod):
 
     def feature_flops(self, query_len: int, key_len: int, head_dim: int, causal: bool) -> tuple[float, float]:
         """No bounds to compute: per query head Q's spectrum (4Td^2 + 9d^3); per K/V head the keys'
-        full-width projection (2Nd^2, whose column norms are their spectrum) and the values' scale
-        (2Nd), all of it when causal, the segment's share T/N when bidirectional."""
+        and values' Gram updates (2Td^2 each), the keys' spectrum in their basis (B^T G B: 4d^3) and
+        the values' scale (d), all of it when causal; bidirectional, the Gram matrices of all N
+        rows (2Nd^2 each) and the rest once for all segments, the segment's share T/N."""
         t, n, d = query_len, key_len, head_dim
-        return 4 * t * d * d + EIGH_FLOPS_PER_D3 * d ** 3, (2 * n * d * d + 2 * n * d) * (1 if causal else t / n)
+        per_kv = 4 * t * d * d + 4 * d ** 3 + d if causal else (4 * n * d * d + 4 * d ** 3 + d) * t / n
+        return 4 * t * d * d + EIGH_FLOPS_PER_D3 * d ** 3, per_kv
 
 
 def _gather(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
