@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--lengths", default="512,2048,4096,8192")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
-    parser.add_argument("--methods", default="svd,shared_key,calibrated")
+    parser.add_argument("--methods", default="svd,shared_key,calibrated,loki")
     parser.add_argument("--env-id", default="DRRL-v0")
     parser.add_argument("--env-kwargs", nargs="*", default=[])
     args = parser.parse_args()
@@ -38,9 +38,9 @@ def main() -> None:
     lengths, methods = [int(n) for n in args.lengths.split(",")], args.methods.split(",")
     runs = [profile_table(env, methods, lengths, None, refresh=True) for _ in range(args.repeats)]
     print(format_table(env, lengths, runs[0]))
-    seconds = np.stack([[[run[m][2].seconds(n) for n in lengths] for m in methods]
+    seconds = np.stack([[[run[m].profile.seconds(n) for n in lengths] for m in methods]
                         for run in runs])  # (repeats, methods, lengths, ranks)
-    ratios = np.stack([[run[m][0] for m in methods] for run in runs])[..., :-1]  # (..., ranks below full)
+    ratios = np.stack([[run[m].measured for m in methods] for run in runs])[..., :-1]  # (..., ranks below full)
     for name, values in (("latency ratios (what the env uses)", ratios), ("absolute medians", seconds)):
         spread = values.max(0) / values.min(0) - 1
         print(f"spread over {args.repeats} fresh profiles (max/min - 1) of {name}: "

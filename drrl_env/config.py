@@ -96,7 +96,7 @@ class EnvConfig:
             value scale; ``LowRankMethod.feature_flops``), whatever rank is chosen, so that full
             rank costs 1 + that share: a deployed agent pays for what it reads, once per decision
             (in decode, once per window).  Counted in FLOPs under ``cost_model="flops"``, timed
-            (``analysis.observation_features``, side by side with exact attention) under the
+            (``attention/features.py``, side by side with exact attention) under the
             measured models.  ``False``: attention only (the first version's cost).
         target_seq_len: cost (and FLOP ratio) at this deployment length instead of the document's:
             a bidirectional segment's keys become ``target_seq_len``, a causal segment's prefix is

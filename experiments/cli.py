@@ -233,8 +233,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     print(format_table(env, lengths, tables))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for method, (_, _, profile) in tables.items():
-        print(f"profile of {method}: {profile.path}")
+    for method, table in tables.items():
+        print(f"profile of {method}: {table.profile.path}")
     print(f"plot: {plot_speedups(env, lengths, tables, out / 'speedup.png')}")
     return 0
 

@@ -4,6 +4,7 @@ prefix; decode: one token over the cache)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -13,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from drrl_env.costs import AttentionShape  # noqa: E402
-from drrl_env.costs.flops import flop_ratios  # noqa: E402
+from drrl_env.costs.flops import feature_flop_ratio, flop_ratios  # noqa: E402
 from drrl_env.costs.latency import LatencyProfile, device_key, machine_description  # noqa: E402
 from drrl_env.costs.measured import ProfileCostModel  # noqa: E402
 from drrl_env.env import RankSelectionEnv  # noqa: E402
@@ -27,42 +28,57 @@ def method_shape(env: RankSelectionEnv, method: str, key_len: int | None = None)
     return env.documents.cost_shape(queries, key_len or cfg.segment_len, method)
 
 
+@dataclass(frozen=True)
+class MethodTable:
+    """One method's profile read at ``lengths``: latency ratios to exact attention, measured and
+    FLOP-predicted, (lengths, ranks); the observation's features per decision over the decision's
+    exact attention, measured and FLOP-predicted, (lengths,); and the profile read."""
+
+    measured: np.ndarray
+    flops: np.ndarray
+    features: np.ndarray
+    feature_flops: np.ndarray
+    profile: LatencyProfile
+
+
 def profile_table(env: RankSelectionEnv, methods: list[str], lengths: list[int], cache_root: Path | None,
-                  refresh: bool) -> dict[str, tuple[np.ndarray, np.ndarray, LatencyProfile]]:
-    """Per method: measured latency ratios and FLOP ratios to exact attention, each (lengths, ranks),
-    and the profile they were read from (measured on first use, then cached)."""
+                  refresh: bool) -> dict[str, MethodTable]:
+    """Per method, its :class:`MethodTable` (the profile is measured on first use, then cached)."""
     model = ProfileCostModel(env.device, env.config.dtype, cache_root, refresh)
     tables = {}
     for method in methods:
         profile = model.profile(method_shape(env, method))
-        measured = np.stack([profile.ratios(n) for n in lengths])
-        flops = np.stack([flop_ratios(method_shape(env, method, n)) for n in lengths])
-        tables[method] = (measured, flops, profile)
+        decisions = [env.documents.cost_shape(env.config.segment_len, n, method) for n in lengths]
+        tables[method] = MethodTable(np.stack([profile.ratios(n) for n in lengths]),
+                                     np.stack([flop_ratios(method_shape(env, method, n)) for n in lengths]),
+                                     np.array([profile.feature_ratio(n) for n in lengths]),
+                                     np.array([feature_flop_ratio(shape) for shape in decisions]), profile)
     return tables
 
 
-def format_table(env: RankSelectionEnv, lengths: list[int],
-                 tables: dict[str, tuple[np.ndarray, np.ndarray, LatencyProfile]]) -> str:
+def format_table(env: RankSelectionEnv, lengths: list[int], tables: dict[str, MethodTable]) -> str:
     spec = env.source.spec
     queries = method_shape(env, env.config.method).query_len
     lines = [f"{machine_description(env.device)}, dtype {env.config.dtype}; workload {env.config.workload} "
              f"({queries} queries per call), {spec.n_heads} heads over {spec.n_kv_heads} K/V heads, head_dim "
              f"{spec.head_dim}, causal={spec.causal}",
-             "latency ratio to exact attention (SDPA), measured (factor upkeep included) / FLOP-predicted:"]
-    for method, (measured, flops, profile) in tables.items():
-        options = "".join(f", {k}={v}" for k, v in profile.shape.method_options)
-        lines += [f"method {method} (compress_values={profile.shape.compress_values}{options})",
-                  f"{'keys':>6} " + " ".join(f"{'r=' + str(r):>12}" for r in env.ranks)]
-        for n, m, f in zip(lengths, measured, flops):
-            lines.append(f"{n:>6} " + " ".join(f"{a:5.2f} / {b:4.2f}" for a, b in zip(m, f)))
+             "latency ratio to exact attention (SDPA), measured (factor upkeep included) / FLOP-predicted;",
+             f"features: the observation's, once per decision of {env.config.segment_len} queries, over the "
+             "decision's exact attention (paid at every rank), measured / FLOP-predicted:"]
+    for method, table in tables.items():
+        options = "".join(f", {k}={v}" for k, v in table.profile.shape.method_options)
+        lines += [f"method {method} (compress_values={table.profile.shape.compress_values}{options})",
+                  f"{'keys':>6} " + " ".join(f"{'r=' + str(r):>12}" for r in env.ranks) + f" {'features':>13}"]
+        for i, n in enumerate(lengths):
+            lines.append(f"{n:>6} " + " ".join(f"{a:5.2f} / {b:4.2f}" for a, b in zip(table.measured[i], table.flops[i]))
+                         + f" {table.features[i]:6.3f} / {table.feature_flops[i]:5.3f}")
     return "\n".join(lines)
 
 
-def plot_speedups(env: RankSelectionEnv, lengths: list[int],
-                  tables: dict[str, tuple[np.ndarray, np.ndarray, LatencyProfile]], path: Path) -> Path:
+def plot_speedups(env: RankSelectionEnv, lengths: list[int], tables: dict[str, MethodTable], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(tables), figsize=(4.5 * len(tables), 4.2), sharey=True, squeeze=False)
-    for ax, (method, (measured, flops, _)) in zip(axes[0], tables.items()):
-        for n, m, f in zip(lengths, measured, flops):
+    for ax, (method, table) in zip(axes[0], tables.items()):
+        for n, m, f in zip(lengths, table.measured, table.flops):
             line, = ax.plot(env.ranks, 1 / m, marker="o", label=f"measured, {n} keys")
             ax.plot(env.ranks, 1 / f, linestyle="--", color=line.get_color(), label=f"FLOPs, {n} keys")
         ax.axhline(1.0, color="grey", linewidth=0.8)

@@ -12,7 +12,7 @@ interleaved rounds (each round runs every rank and the upkeep once) after ``warm
 the latency ratio of a rank to full rank is taken within a round, so that a drift of the machine's
 speed between rounds cancels, and its median over ``repeats`` rounds is reported; so is each
 rank's median time.  The observation's features are timed in the same rounds, through the same
-function the analysis computes them with (``analysis.observation_features``), for one decision's
+function the analysis computes them with (``attention/features.py``), for one decision's
 queries (a prefill segment, or a decode window of ``decision_len`` tokens), and reported as their
 time over the decision's exact attention (in decode, ``decision_len`` one-token calls): a step's
 cost is the chosen rank's ratio plus that share, whatever the rank.  CUDA is timed
@@ -126,7 +126,7 @@ class LatencyMeasurer:
 
 def _feature_calls(decision: TimedSegment, ranks: torch.Tensor, scaling: float,
                    compress_values: bool) -> list[Callable[[], object]]:
-    """Three calls whose times give the features' cost (``analysis.observation_features``) for one
+    """Three calls whose times give the features' cost (``attention/features.py``) for one
     decision: the features on a fresh K/V side right after its upkeep (at the lowest rank), that
     upkeep alone, and the features again on a side whose K/V-side features are cached.  The first
     minus the second is all of it (causal: each segment has a new K/V side); the third is the
