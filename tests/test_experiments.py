@@ -108,8 +108,9 @@ def test_profile_prints_measured_and_flop_ratios_and_plots(tmp_path):
     out = drrl("profile", "--lengths", "64,128", "--out", tmp_path, "--env-kwargs", *SYNTHETIC_ARGS,
                cwd=tmp_path).stdout
     rows = [line.split() for line in out.splitlines() if line.strip().split(" ")[0] in ("64", "128")]
-    assert len(rows) == 6 and all(row[-3:] == ["1.00", "/", "1.00"] for row in rows)  # 3 methods; full rank 1 / 1
-    for method in ("svd", "shared_key", "calibrated"):
+    assert len(rows) == 8 and all(row[-6:-3] == ["1.00", "/", "1.00"] for row in rows)  # 4 methods; full rank 1 / 1
+    assert all(float(row[-3]) > 0 and float(row[-1]) > 0 for row in rows)  # the features, measured / FLOPs
+    for method in ("svd", "shared_key", "calibrated", "loki"):
         assert f"method {method}" in out and f"profile of {method}: " in out
     assert (tmp_path / "speedup.png").stat().st_size > 5000
 
