@@ -140,25 +140,37 @@ class RowBuffer:
         self.n += t
 
 
+@dataclass
+class _Moments:
+    """X^T X and 1^T X (float64) of the first ``n`` rows of a stream, folded in ``folds`` steps."""
+
+    gram: torch.Tensor | None = None
+    row_sum: torch.Tensor | None = None
+    n: int = 0
+    folds: int = 0
+
+    def copy(self) -> _Moments:
+        return _Moments(self.gram, self.row_sum, self.n, self.folds)
+
+
 class StreamingFactors:
     """The factorization of a matrix that grows by row blocks (keys arriving segment by segment).
 
-    Keeps the rows seen so far (the key cache, a :class:`RowBuffer`), their Gram matrix
-    G = X^T X and their sum 1^T X in float64.  ``update(block)`` appends the block and adds
-    block^T block (O(T d^2)) instead of re-decomposing the prefix; ``factors()`` re-diagonalizes G (O(d^3)) and projects
-    the rows (O(N d^2)).  Eigenvectors come out orthonormal at every call, so the basis cannot
-    drift; rounding in G can, so G is rebuilt from the rows every ``refresh_every`` updates
-    (``tests/test_linalg.py`` measures the retained-energy error against a full SVD: below 1e-10
-    relative).  ``projected(basis)`` keeps rows @ basis for a fixed basis the same way (a key cache
-    stored in a calibrated basis), projecting each row once.
+    Keeps the rows seen so far (the key cache, a :class:`RowBuffer`), and, when first asked after
+    rows arrived, their Gram matrix G = X^T X and their sum 1^T X in float64: the rows not yet
+    folded in are added (O(T d^2) for T new rows) instead of re-decomposing the prefix, so a
+    consumer that asks once per decision pays once per decision, not once per row.  ``factors()``
+    re-diagonalizes G (O(d^3)) and projects the rows (O(N d^2)).  Eigenvectors come out orthonormal
+    at every call, so the basis cannot drift; rounding in G can, so G is rebuilt from the rows every
+    ``refresh_every`` folds (``tests/test_linalg.py`` measures the retained-energy error against a
+    full SVD: below 1e-10 relative).  ``projected(basis)`` keeps rows @ basis for a fixed basis the
+    same way (a key cache stored in a calibrated basis), projecting each row once.
     """
 
     def __init__(self, refresh_every: int = 64) -> None:
         self.refresh_every = refresh_every
         self._rows = RowBuffer()
-        self.gram: torch.Tensor | None = None  # (..., d, d) float64
-        self.row_sum: torch.Tensor | None = None  # (..., d) float64
-        self._updates = 0
+        self._moments = _Moments()  # shared with snapshots: a later one extends what an earlier one folded
         self._projections: dict[int, tuple[torch.Tensor, RowBuffer]] = {}  # id(basis) -> (basis, rows @ basis)
 
     @property
@@ -167,18 +179,19 @@ class StreamingFactors:
         return self._rows.rows
 
     def snapshot(self) -> StreamingFactors:
-        """The stream as it is now (rows, Gram), sharing the projection cache: a later, longer
-        snapshot extends the projections an earlier one made, as a key cache stored in a basis does."""
+        """The stream as it is now, sharing the moments and the projection cache: a later, longer
+        snapshot extends the moments and projections an earlier one made, as a key cache stored in
+        a basis does."""
         copy = StreamingFactors(self.refresh_every)
-        copy._rows, copy.gram, copy.row_sum, copy._updates, copy._projections = (
-            self._rows.view(), self.gram, self.row_sum, self._updates, self._projections)
+        copy._rows, copy._moments, copy._projections = self._rows.view(), self._moments, self._projections
         return copy
 
     def fork(self) -> StreamingFactors:
         """A private continuation of the stream (a timer replays the same segment's upkeep from the
-        same prefix, round after round): its projections stay its own.  It appends into the shared
-        storage past the parent's rows, so the parent must not grow while its forks are in use."""
+        same prefix, round after round): its moments and projections stay its own.  It appends into
+        the shared storage past the parent's rows, so the parent must not grow while its forks are in use."""
         copy = self.snapshot()
+        copy._moments = self._moments.copy()
         copy._projections = {key: (basis, done.view()) for key, (basis, done) in self._projections.items()}
         return copy
 
@@ -197,24 +210,47 @@ class StreamingFactors:
         """Append rows ``block`` (..., T, d)."""
         _check_finite(block)
         self._rows.append(block)
-        self._updates += 1
-        if self.gram is None or self._updates % self.refresh_every == 0:
+
+    @property
+    def gram(self) -> torch.Tensor:
+        """X^T X (..., d, d) float64 of the rows so far (rows not yet folded in are added now)."""
+        return self._folded().gram
+
+    @property
+    def row_sum(self) -> torch.Tensor:
+        """1^T X (..., d) float64 of the rows so far."""
+        return self._folded().row_sum
+
+    def fold(self) -> None:
+        """Folds the rows that arrived since the last fold into the moments (what asking for them does)."""
+        self._folded()
+
+    def _folded(self) -> _Moments:
+        if self.rows is None:
+            raise RuntimeError("StreamingFactors: no rows yet; update() first")
+        moments, n = self._moments, self._rows.n
+        if moments.n > n:  # a longer snapshot folded past this one's rows: its own, from scratch
             rows = self.rows.double()
-            self.gram, self.row_sum = rows.transpose(-1, -2) @ rows, rows.sum(-2)
-        else:
-            self.gram = self.gram + block.double().transpose(-1, -2) @ block.double()
-            self.row_sum = self.row_sum + block.double().sum(-2)
+            return _Moments(rows.transpose(-1, -2) @ rows, rows.sum(-2), n)
+        if moments.n < n:
+            if moments.gram is None or (moments.folds + 1) % self.refresh_every == 0:
+                rows = self.rows.double()
+                moments.gram, moments.row_sum = rows.transpose(-1, -2) @ rows, rows.sum(-2)
+            else:
+                block = self.rows[..., moments.n:, :].double()
+                moments.gram = moments.gram + block.transpose(-1, -2) @ block
+                moments.row_sum = moments.row_sum + block.sum(-2)
+            moments.n, moments.folds = n, moments.folds + 1
+        return moments
 
     def factors(self) -> Factors:
-        if self.rows is None:
-            raise RuntimeError("StreamingFactors.factors() before any update()")
         return Factors.from_gram(self.rows, self.gram)
 
     def centered_norm(self) -> torch.Tensor:
         """||X - 1 mu^T||_2 (...) from the Gram matrix and the row sum: the largest eigenvalue of
         G - s s^T / N (O(d^3), whatever N; :func:`centered_spectral_norm` from the rows)."""
-        n = self._rows.n
-        centered = self.gram - self.row_sum[..., :, None] * self.row_sum[..., None, :] / n
+        moments = self._folded()
+        centered = moments.gram - moments.row_sum[..., :, None] * moments.row_sum[..., None, :] / self._rows.n
         return torch.linalg.eigvalsh(centered)[..., -1].clamp_min(0).sqrt().to(self.rows.dtype)
 
     def mean_square_norm(self) -> torch.Tensor:

@@ -198,6 +198,8 @@ class Prefill:
             prefix = KeySide(before_keys, before_values, method, 0)
             for rank in low:
                 prefix.upkeep(compress_values, rank)  # the cache the segment extends
+            for stream in (before_keys, before_values):
+                stream.fold()  # the prefix's moments, which the earlier decisions' features folded
         new = slice(n - t if causal else 0, n)
 
         def fresh() -> KeySide:  # the segment's keys and values arrive
