@@ -46,7 +46,8 @@ def calibrate(method: CalibratedMethod, source: AttentionSource, documents: int,
     or loads them from ``cache_folder`` (None: no disk cache); they are put on ``device``."""
     count = min(documents, len(source.document_names))
     keys = [source.document_key(i) for i in range(count)]
-    digest = hashlib.sha256(json.dumps({"method": method.bases_name, "code": code_version(), "documents": keys}).encode())
+    digest = hashlib.sha256(json.dumps({"method": method.bases_name, "code": code_version(),
+                                        "documents": keys}).encode())
     path = None if cache_folder is None else Path(cache_folder) / "calibration" / f"{digest.hexdigest()}.pt"
     bases = _load(path) if path is not None else None
     if bases is None:

@@ -160,9 +160,10 @@ class DocumentStore:
         cfg, spec = self.config, self.source.spec
         low_rank = self.method if method is None else method_for(method, cfg)
         call, _ = self.workload.cost_problem(0, cfg.segment_len, cfg.segment_len)
+        compress = low_rank.requires.get("compress_values", cfg.compress_values)
         return AttentionShape(low_rank.name, self.ranks, query_len, key_len, spec.head_dim, spec.n_heads,
-                              spec.n_kv_heads, spec.causal, low_rank.requires.get("compress_values", cfg.compress_values),
-                              call, tuple(sorted(low_rank.options().items())), cfg.segment_len)
+                              spec.n_kv_heads, spec.causal, compress, call, tuple(sorted(low_rank.options().items())),
+                              cfg.segment_len)
 
     def _cost_key_len(self, key_len: int, seq_len: int) -> int:
         """Keys a segment sees at the length whose cost is reported (``target_seq_len``, if set)."""

@@ -41,8 +41,8 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
     and V projected on fixed per-layer bases fitted on training documents, nothing decomposed per
     segment; ``"loki"``: rank-r scores on the calibrated key basis choose each query's top
     ``loki_keys`` fraction of keys, and exact attention runs over those, a decode method with no
-    perturbation bound, so it needs ``compress_values=False, safety=False``), segment by segment as the workload presents them (``attention/workload.py``), and
-    compared with exact attention.
+    perturbation bound, so it needs ``compress_values=False, safety=False``), segment by segment
+    as the workload presents them (``attention/workload.py``), and compared with exact attention.
 
     ## Action Space
     ``Discrete(R)``: index into the rank grid ``ranks`` (default ``head_dim/8, ..., head_dim``), one

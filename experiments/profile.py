@@ -70,8 +70,8 @@ def format_table(env: RankSelectionEnv, lengths: list[int], tables: dict[str, Me
         lines += [f"method {method} (compress_values={table.profile.shape.compress_values}{options})",
                   f"{'keys':>6} " + " ".join(f"{'r=' + str(r):>12}" for r in env.ranks) + f" {'features':>13}"]
         for i, n in enumerate(lengths):
-            lines.append(f"{n:>6} " + " ".join(f"{a:5.2f} / {b:4.2f}" for a, b in zip(table.measured[i], table.flops[i]))
-                         + f" {table.features[i]:6.3f} / {table.feature_flops[i]:5.3f}")
+            ranks = " ".join(f"{a:5.2f} / {b:4.2f}" for a, b in zip(table.measured[i], table.flops[i]))
+            lines.append(f"{n:>6} {ranks} {table.features[i]:6.3f} / {table.feature_flops[i]:5.3f}")
     return "\n".join(lines)
 
 

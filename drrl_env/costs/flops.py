@@ -38,8 +38,8 @@ def attention_flops(method: str, rank: int, *, query_len: int, key_len: int, hea
 def feature_flop_ratio(shape: AttentionShape) -> float:
     """FLOPs of the observation's features for the segment (``LowRankMethod.feature_flops``: paid at
     every step, whatever rank is chosen) / FLOPs of exact attention."""
-    per_query, per_kv = get_method(shape.method, **dict(shape.method_options)).feature_flops(shape.query_len, shape.key_len, shape.head_dim,
-                                                                  shape.causal)
+    method = get_method(shape.method, **dict(shape.method_options))
+    per_query, per_kv = method.feature_flops(shape.query_len, shape.key_len, shape.head_dim, shape.causal)
     exact = attention_flops(shape.method, shape.head_dim, query_len=shape.query_len, key_len=shape.key_len,
                             head_dim=shape.head_dim, n_heads=shape.n_heads, n_kv_heads=shape.n_kv_heads,
                             compress_values=shape.compress_values, causal=shape.causal)

@@ -204,7 +204,9 @@ class LatencyProfile:
     """Cached latency table of one kind of segment (an :class:`AttentionShape` whose queries are
     ``segment_len`` long) in one dtype on one device (module docstring)."""
 
-    FORMAT = 7  # 5: factor upkeep timed; 6: features timed; 7: moments folded once per decision. Stored fields and key; part of the cache key so that older files are re-measured, not misread
+    # the stored fields and key's version, part of the cache key so that older files are re-measured, not misread:
+    # 5: factor upkeep timed; 6: features timed; 7: moments folded once per decision
+    FORMAT = 7
     MAX_SPREAD = 0.25  # a grid point whose ratios spread more (IQR / median) is re-measured ...
     ATTEMPTS = 3  # ... up to this many times in all; the least spread one is kept, flagged if still above
 
