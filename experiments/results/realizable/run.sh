@@ -14,6 +14,8 @@ run profile_minilm drrl profile --refresh --lengths 512,2048,4096,8192 --out $ou
 run frontier_prefill python benchmarks/frontier.py --methods calibrated,shared_key --documents 1 --levels 0.9,0.95,0.98
 run frontier_decode python benchmarks/frontier.py --methods calibrated --documents 1 --levels 0.9,0.95,0.98 --env-kwargs workload=decode max_seq_len=8192 min_doc_tokens=8192
 run tradeoff_lm_prefill drrl tradeoff --env-id DRRL-LM-v0 --documents 3 --betas 0.25,0.5,1,2 --env-kwargs method=calibrated cost_model=profile
-run profile_lm_loki_decode drrl profile --refresh --env-id DRRL-LM-v0 --methods loki --lengths 512,1024,2048,4096,8192,16384 --out $out/loki_decode --env-kwargs workload=decode
-run profile_lm_loki8_decode drrl profile --refresh --env-id DRRL-LM-v0 --methods loki --lengths 512,1024,2048,4096,8192,16384 --out $out/loki8_decode --env-kwargs workload=decode loki_keys=0.125
 run frontier_loki_decode python benchmarks/frontier.py --methods loki --documents 1 --ranks 8,16,32 --levels 0.95,0.98 --env-kwargs workload=decode max_seq_len=8192 min_doc_tokens=8192 compress_values=false safety=false
+run profile_lm_fixed_basis_prefill drrl profile --refresh --env-id DRRL-LM-v0 --methods calibrated,loki --lengths 512,1024,2048,4096,8192 --out $out/fixed_basis_prefill
+run profile_lm_fixed_basis_decode drrl profile --refresh --env-id DRRL-LM-v0 --methods calibrated,loki --lengths 512,1024,2048,4096,8192,16384 --out $out/fixed_basis_decode --env-kwargs workload=decode
+run profile_lm_loki8_decode drrl profile --refresh --env-id DRRL-LM-v0 --methods loki --lengths 512,1024,2048,4096,8192,16384 --out $out/loki8_decode --env-kwargs workload=decode loki_keys=0.125
+run tradeoff_lm_closed_loop drrl tradeoff --env-id DRRL-LM-v0 --documents 3 --betas 0.25,0.5,1,2
