@@ -46,6 +46,7 @@ TRANSFORMER_KWARGS = {"width": 64, "n_layers": 2, "n_heads": 4}
 RUNTIME_FIELDS = frozenset(EnvConfig.runtime_fields())
 # Config fields that choose the documents: evaluation on other data is allowed and reported.
 DATA_FIELDS = frozenset(EnvConfig.data_fields())
+FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EnvConfig)}  # a saved config's missing fields
 
 
 def make_agent(algo: str, env: gym.Env | Any, policy: str = "mlp", seed: int | None = None,
@@ -112,7 +113,9 @@ def load_agent(path: str | Path, env: gym.Env | None = None) -> BaseAlgorithm:
 
 def check_env_config(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Refuses a config that differs from the trained one in a field that shapes the spaces or the MDP;
-    returns the data fields (``EnvConfig.data_fields``) that differ, for the caller to report."""
+    returns the data fields (``EnvConfig.data_fields``) that differ, for the caller to report.  A field
+    the saved config lacks (added to ``EnvConfig`` after the agent was trained) counts as its default."""
+    saved = {**{k: v for k, v in FIELD_DEFAULTS.items() if k in current}, **saved}
     differing = sorted(k for k in set(saved) | set(current)
                        if k not in RUNTIME_FIELDS and saved.get(k) != current.get(k))
     meaning = [k for k in differing if k not in DATA_FIELDS]

@@ -122,6 +122,10 @@ def test_data_fields_may_differ_from_training_but_the_mdp_may_not():
         "corpus (trained None, now 'my_texts/')"]
     with pytest.raises(ValueError, match="beta: trained 0.55, now 0.9"):
         check_env_config(trained, {**trained, "corpus": "my_texts/", "beta": 0.9})
+    # a field added after the agent was trained counts as its default
+    assert check_env_config(trained, {**trained, "loki_keys": 0.25}) == []
+    with pytest.raises(ValueError, match="loki_keys: trained 0.25, now 0.5"):
+        check_env_config(trained, {**trained, "loki_keys": 0.5})
 
 
 # 6. Interrupts and resumes.
