@@ -151,8 +151,10 @@ def test_output_bound_holds_on_a_sweep_of_shapes(method, compress):
         low_rank = _method(method, 2, d)
         qf, (kf, vf) = Factors.of(q), _method_factors(low_rank, k, v)
         ranks = torch.tensor(sorted({1, d // 4, d // 2, d}))
+        values = linalg.StreamingFactors()
+        values.update(v)
         bound = linalg.output_bound_pairs(low_rank.score_change_sq(qf, kf, ranks), torch.tensor(s),
-                                          linalg.centered_spectral_norm(v))
+                                          values.centered_norm())
         if compress:
             bound = bound + low_rank.value_change(vf, ranks, t)
         outputs = [full_attention(q, k, v, s, mask) if r == d else
@@ -266,3 +268,26 @@ def test_streaming_factors_on_real_minilm_keys(default_env):
         for rank in (4, 16):
             _, energy_error = linalg.subspace_error(stream.factors(), exact, rank)
             assert (energy_error < 1e-4).all()
+
+
+def test_a_stream_folds_its_moments_once_and_snapshots_share_them():
+    """The Gram matrix and row sum are folded when first asked (once per decision, not per row): a
+    later snapshot extends what an earlier one folded, a fork keeps its own, and the centered norm
+    and mean square norm equal their direct values."""
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randn(2, 50, 8, generator=gen) + 3.0  # a mean to remove
+    stream = linalg.StreamingFactors()
+    stream.update(rows[:, :20])
+    early = stream.snapshot()
+    assert torch.allclose(early.gram, rows[:, :20].double().mT @ rows[:, :20].double())
+    stream.update(rows[:, 20:50])
+    later = stream.snapshot()
+    assert later._moments is early._moments and later._moments.n == 20  # shared, not folded until asked
+    centered = (rows - rows.mean(-2, keepdim=True)).double()
+    assert torch.allclose(later.centered_norm().double(), torch.linalg.matrix_norm(centered, ord=2), rtol=1e-5)
+    assert torch.allclose(later.mean_square_norm(), rows.double().square().sum(-1).mean(-1))
+    assert torch.allclose(early.gram, rows[:, :20].double().mT @ rows[:, :20].double())  # still its own rows
+    fork = later.fork()
+    fork.update(rows[:, :5])
+    fork.fold()
+    assert later._moments.n == 50 and fork._moments.n == 55

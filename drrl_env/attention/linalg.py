@@ -248,7 +248,7 @@ class StreamingFactors:
 
     def centered_norm(self) -> torch.Tensor:
         """||X - 1 mu^T||_2 (...) from the Gram matrix and the row sum: the largest eigenvalue of
-        G - s s^T / N (O(d^3), whatever N; :func:`centered_spectral_norm` from the rows)."""
+        G - s s^T / N, in O(d^3) whatever N."""
         moments = self._folded()
         centered = moments.gram - moments.row_sum[..., :, None] * moments.row_sum[..., None, :] / self._rows.n
         return torch.linalg.eigvalsh(centered)[..., -1].clamp_min(0).sqrt().to(self.rows.dtype)
@@ -276,7 +276,7 @@ def power_iteration(x: torch.Tensor, iters: int = 30, generator: torch.Generator
     for a start vector with cosine c to v_1, satisfies
     sigma_1^2 - sigma_est^2 <= sigma_1^2 tan^2(theta_0) (sigma_2 / sigma_1)^(4 iters) with
     cos(theta_0) = c; it is a lower estimate, so bounds that need an upper value of ||.||_2 use
-    :func:`centered_spectral_norm` (exact, from the d x d Gram matrix) instead.
+    :meth:`StreamingFactors.centered_norm` (exact, from the d x d Gram matrix) instead.
     """
     _check_finite(x)
     v = torch.randn(*x.shape[:-2], x.shape[-1], generator=generator, dtype=x.dtype, device=x.device)
@@ -346,13 +346,6 @@ def value_change_bound(sv_v: torch.Tensor, ranks: torch.Tensor, query_len: int) 
     low = torch.minimum(ranks[:, None], ranks[None, :])  # (R, R)
     bound = query_len ** 0.5 * padded[..., low]  # (..., R, R); padded[r] = sigma_{r+1}
     return bound * (1 - torch.eye(len(ranks), dtype=bound.dtype, device=bound.device))
-
-
-def centered_spectral_norm(values: torch.Tensor) -> torch.Tensor:
-    """||V - 1 mu^T||_2 with mu the mean row, from the largest eigenvalue of the d x d centered
-    Gram matrix (float64).  (..., N, d) -> (...)."""
-    centered = (values - values.mean(-2, keepdim=True)).double()
-    return torch.linalg.eigvalsh(centered.transpose(-1, -2) @ centered)[..., -1].clamp_min(0).sqrt().to(values.dtype)
 
 
 def relative(numerator: np.ndarray, denominator: np.ndarray, clip: float) -> np.ndarray:
