@@ -11,7 +11,8 @@ inputs (exact and low-rank attention of every segment at every rank, ``analysis.
 agent decides the layer's segments one step at a time, and the layer's output at the chosen ranks
 (from the same analysis) goes back to the model, which runs on to the next layer.  The last layer's
 decision finishes the forward pass, whose outputs give the end-of-episode model-level fidelity with
-no extra pass.  Layer 0's inputs do not depend on any decision: its analysis is kept per document.  The two threads never run at once (each waits for the other), so results are deterministic.
+no extra pass.  Layer 0's inputs do not depend on any decision: its analysis is kept per document.
+The two threads never run at once (each waits for the other), so results are deterministic.
 """
 
 from __future__ import annotations

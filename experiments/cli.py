@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agents.baselines import BASELINES
 from drrl_env.config import SPLITS
 from drrl_env.attention.methods import method_names
 from experiments.backends import backend_names
@@ -280,8 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="environment options (EnvConfig fields) on top of the env id's")
 
     p = sub.add_parser("rollout", help="run baseline policies and print their reward terms")
-    p.add_argument("--policies", default=DEFAULT_POLICIES,
-                   help="comma-separated: full, fixed:R, static:R0/R1/..., random, energy:TAU, energy-cost:TAU, oracle, planner")
+    p.add_argument("--policies", default=DEFAULT_POLICIES, help=f"comma-separated, of: {', '.join(BASELINES)}")
     p.add_argument("--episodes", type=int, default=4, help="documents to run (the first N of the split)")
     p.add_argument("--split", default="test", choices=SPLITS, help="documents to run on")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a trained run or a baseline on held-out documents")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--model", help="run folder or saved agent zip")
-    who.add_argument("--baseline", help="full, fixed:R, random, energy:TAU or oracle")
+    who.add_argument("--baseline", help=f"one of: {', '.join(BASELINES)}")
     p.add_argument("--split", default="test", choices=SPLITS, help="documents to evaluate on")
     p.add_argument("--episodes", type=int, default=8, help="documents to evaluate (the first N of the split)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")

@@ -108,9 +108,12 @@ class LatencyMeasurer:
                            device=self.device).to(DTYPES[dtype])  # (H_kv, N, d) each
         method = get_method(shape.method, **dict(shape.method_options)).timing_instance(shape.n_kv_heads, d,
                                                                                           self.device, DTYPES[dtype])
-        timed = [Prefill(queries).timed_segment(q[:, -queries:], k, v, shape.causal, method, shape.compress_values,
-                                                shape.ranks) for queries in (t, w)]
-        segment, decision = timed  # the call whose cost a step reports, and the decision's segment (prefill: alike)
+        def timed(queries: int) -> TimedSegment:
+            return Prefill(queries).timed_segment(q[:, -queries:], k, v, shape.causal, method, shape.compress_values,
+                                                  shape.ranks)
+
+        segment = timed(t)  # the call whose cost a step reports ...
+        decision = segment if w == t else timed(w)  # ... and the decision's segment (prefill: the same one)
         low, ranks = len(shape.ranks) - 1, len(shape.ranks)  # the ranks below full each also pay their upkeep
         calls = [partial(segment.view.attention, rank, d ** -0.5, shape.compress_values) for rank in shape.ranks]
         upkeeps = [partial(segment.upkeep, rank) for rank in shape.ranks[:low]]
