@@ -23,6 +23,7 @@ import json
 import os
 import warnings
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -51,10 +52,11 @@ def default_cache_root() -> Path:
     return Path(base) / "drrl"
 
 
-def code_version() -> str:
-    """SHA-256 of the source files that compute an analysis (a code change re-keys the cache)."""
+def code_version(code: tuple[str, ...] = CODE) -> str:
+    """SHA-256 of the source files (paths relative to the package) that compute an entry: an analysis by
+    default (a code change re-keys the cache)."""
     digest = hashlib.sha256()
-    for name in CODE:
+    for name in code:
         path = PACKAGE / name
         for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
             digest.update(file.relative_to(PACKAGE).as_posix().encode() + b"\0" + file.read_bytes())
@@ -123,3 +125,32 @@ class AnalysisCache:
             self.writable = False
             warnings.warn(f"drrl: cannot write the analysis cache in {self.folder} ({type(err).__name__}: {err}); "
                           "continuing without the disk cache", RuntimeWarning, stacklevel=2)
+
+
+def cached_arrays(root: Path | None, key: dict[str, Any], compute: Callable[[], dict[str, np.ndarray]],
+                  code: tuple[str, ...] = ("kv",)) -> dict[str, np.ndarray]:
+    """A per-document artefact (named arrays) under ``root/artefacts``, content-hashed by ``key``, the
+    ``code`` that computes it and the torch and transformers versions; ``compute()`` on a miss or a
+    damaged entry (one warning), written atomically.  ``root`` None: no disk cache."""
+    if root is None:
+        return compute()
+    text = json.dumps({"key": key, "code": code_version(code), "torch": torch.__version__,
+                       "transformers": _version("transformers")}, sort_keys=True, default=str)
+    path = Path(root) / "artefacts" / f"{hashlib.sha256(text.encode()).hexdigest()}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files if name != CHECKSUM}
+                if str(data[CHECKSUM]) == checksum(arrays):
+                    return arrays
+            raise ValueError("checksum mismatch")
+        except Exception as err:  # any damage means recompute
+            warnings.warn(f"drrl: damaged artefact {path} ({type(err).__name__}: {err}); recomputing it",
+                          RuntimeWarning, stacklevel=2)
+    arrays = compute()
+    try:
+        write_atomic(path, lambda f: np.savez(f, **arrays, **{CHECKSUM: np.array(checksum(arrays))}))
+    except OSError as err:
+        warnings.warn(f"drrl: cannot write the artefact cache in {path.parent} ({err}); continuing without it",
+                      RuntimeWarning, stacklevel=2)
+    return arrays

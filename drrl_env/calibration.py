@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -49,12 +49,19 @@ def calibrate(method: CalibratedMethod, source: AttentionSource, documents: int,
     digest = hashlib.sha256(json.dumps({"method": method.bases_name, "code": code_version(),
                                         "documents": keys}).encode())
     path = None if cache_folder is None else Path(cache_folder) / "calibration" / f"{digest.hexdigest()}.pt"
+    bases = load_or_fit(path, lambda: fit_bases(source.trace(i) for i in range(count)))
+    method.set_bases(*(basis.to(device) for basis in bases))
+
+
+def load_or_fit(path: Path | None, fit: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(key basis, value basis) read from ``path``, or ``fit()`` and written there atomically (None: no disk
+    cache); a damaged file is refitted with one warning."""
     bases = _load(path) if path is not None else None
     if bases is None:
-        bases = fit_bases(source.trace(i) for i in range(count))
+        bases = fit()
         if path is not None:
             _save(path, bases)
-    method.set_bases(*(basis.to(device) for basis in bases))
+    return bases
 
 
 def _load(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -322,17 +322,20 @@ _NONE_WORDS = ("none", "null", "")
 _TRUE_WORDS, _FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
-def coerce_option(name: str, value: Any) -> Any:
-    """``value`` as field ``name`` of :class:`EnvConfig` holds it, from Python values or from text
-    (``--env-kwargs``, YAML): the one conversion behind ``gym.make``, ``--env-kwargs`` and ``--config``.
+def coerce_option(name: str, value: Any, config_class: type | None = None) -> Any:
+    """``value`` as field ``name`` of ``config_class`` (default :class:`EnvConfig`) holds it, from Python
+    values or from text (``--env-kwargs``, YAML): the one conversion behind ``gym.make``, ``--env-kwargs``
+    and ``--config``, for every environment's config dataclass.
 
     ``"false"`` becomes False (never a true string), ``"8,16,64"`` the tuple (8, 16, 64), ``"none"``
     None where a field allows it; a value of the wrong type (``ranks=(8.7, 64)``, ``device=1``) is a
     ``ValueError`` that names the field and what it takes.
     """
-    kinds = _FIELD_KINDS.get(name)
+    field_kinds = _FIELD_KINDS if config_class is None else field_kinds_of(config_class)
+    kinds = field_kinds.get(name)
     if kinds is None:
-        raise TypeError(f"unknown DRRL-v0 option {name!r}; allowed: {sorted(_FIELD_KINDS)}")
+        label = "DRRL-v0" if config_class is None else config_class.__name__
+        raise TypeError(f"unknown {label} option {name!r}; allowed: {sorted(field_kinds)}")
     if "None" in kinds and (value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS)):
         return None
     for kind in (k for k in kinds if k != "None"):
@@ -399,8 +402,12 @@ _CONVERTERS = {"bool": _to_bool, "int": _to_int, "float": _to_float, "str": _to_
 _DESCRIPTIONS = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string",
                  "tuple[int, ...]": "a list of integers (e.g. 8,16,64)", "tuple[str, ...]": "a list of strings",
                  "None": "none"}
-# field -> the kinds its annotation allows, in the order tried (e.g. "str | tuple[str, ...] | None")
-_FIELD_KINDS = {f.name: tuple(k.strip() for k in str(f.type).split(" | ")) for f in dataclasses.fields(EnvConfig)}
+def field_kinds_of(config_class: type) -> dict[str, tuple[str, ...]]:
+    """field -> the kinds its annotation allows, in the order tried (e.g. "str | tuple[str, ...] | None")."""
+    return {f.name: tuple(k.strip() for k in str(f.type).split(" | ")) for f in dataclasses.fields(config_class)}
+
+
+_FIELD_KINDS = field_kinds_of(EnvConfig)
 
 
 def _one_of(name: str, value: Any, allowed: Sequence[str]) -> None:

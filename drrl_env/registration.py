@@ -1,4 +1,4 @@
-"""Registration of ``DRRL-v0`` and ``DRRL-LM-v0``, and the check that keeps ``max_episode_steps`` honest."""
+"""Registration of ``DRRL-v0``, ``DRRL-LM-v0`` and ``DRRL-KV-v0``, and the check that keeps ``max_episode_steps`` honest."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from gymnasium.wrappers import TimeLimit
 from drrl_env.config import EnvConfig, default_max_episode_steps
 from drrl_env.attention.workload import segment_bounds
 from drrl_env.costs import cost_model_class
+from drrl_env.kv.config import KVConfig
+from drrl_env.kv.episode import steps_for
 
 
 class EpisodeLengthCheck(gym.Wrapper, gym.utils.RecordConstructorArgs):
@@ -49,11 +51,14 @@ def _time_limit(env: gym.Env) -> int | None:
 # document's analysis (every rank of every segment of 30 layers) stays near a minute on 2 cores.
 # The method, cost and beta follow the measurements (README, "Realizable speed"): on this CPU only the
 # calibrated method runs below exact attention at these shapes, and under its measured latency
-# `drrl tradeoff` finds a real trade-off at beta 1 (oracle 19.9% above the best fixed rank).
+# `drrl tradeoff` finds a real trade-off at beta 1 (experiments/results/realizable/tradeoff_lm_closed_loop.txt).
 LM_KWARGS = {"model": "smollm2-135m", "corpus": "stdlib-docs", "max_seq_len": 4096, "min_doc_tokens": 1024,
              "segment_len": 512, "method": "calibrated", "cost_model": "profile", "beta": 1.0}
 SMOLLM2_LAYERS = 30
-ENV_IDS = ("DRRL-v0", "DRRL-LM-v0")  # what register_envs registers
+# DRRL-KV-v0: SmolLM2-135M's KV cache on the same corpus, blocks of 128 tokens leaving a 128-token window
+# (kv/config.py holds every default); episodes of up to 30 steps at the default 4096 tokens.
+KV_DEFAULTS = KVConfig()
+ENV_IDS = ("DRRL-v0", "DRRL-LM-v0", "DRRL-KV-v0")  # what register_envs registers
 
 
 def register_envs() -> None:
@@ -71,5 +76,11 @@ def register_envs() -> None:
         kwargs=LM_KWARGS,
         max_episode_steps=SMOLLM2_LAYERS * len(segment_bounds(LM_KWARGS["max_seq_len"], LM_KWARGS["segment_len"])),
         nondeterministic=not cost_model_class(LM_KWARGS["cost_model"]).deterministic,
+        additional_wrappers=wrappers,
+    )
+    register(
+        id="DRRL-KV-v0",
+        entry_point="drrl_env.kv_env:KVCacheEnv",
+        max_episode_steps=steps_for(KV_DEFAULTS.max_seq_len, KV_DEFAULTS.window, KV_DEFAULTS.block),
         additional_wrappers=wrappers,
     )

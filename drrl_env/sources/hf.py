@@ -105,7 +105,7 @@ class HFAttentionSource(AttentionSource):
     def steered_outputs(self, index: int, layer: Callable[[LayerInputs], torch.Tensor],
                         scored_from: int) -> ModelOutputs:
         """The model on document ``index`` with every attention call's output given by ``layer``
-        (a closed-loop episode, ``closed_loop.py``); attention time is not measured (0)."""
+        (a closed-loop episode, ``episode.py``); attention time is not measured (0)."""
         pooled, perplexity = self._forward(index, scored_from, drrl_layer=layer)
         return ModelOutputs(pooled, perplexity, 0.0)
 

@@ -1,0 +1,191 @@
+"""Non-learned KV-cache policies for DRRL-KV-v0, with SB3's ``predict`` interface.
+
+Each reads only the observation (deployable) and a ``KVShape`` fixed by the configuration, and
+returns an action of ``2 Ly`` ladder indices (keys of layers 0..Ly-1, then values); the budget's
+projection (``drrl_env/kv/budget.py``) applies to every one of them alike.
+
+| name              | what it does                                                                       |
+|-------------------|------------------------------------------------------------------------------------|
+| ``exact``         | every block exact (the projection evicts once the budget is spent)                  |
+| ``uniform:LEVEL`` | every block at one level, keys and values (``uniform:r16``, ``uniform:int4``)       |
+| ``streaming``     | StreamingLLM: sinks and window only, every block evicted                            |
+| ``h2o:TAU``       | H2O-like: a block stays exact where the attention its tokens accumulated since they |
+|                   | entered is at least TAU times an even share (1 / tokens seen), else it is evicted   |
+| ``pyramid``       | PyramidKV-like: per-layer byte shares decreasing linearly with depth, summing to the |
+|                   | budget's pace (bytes left / blocks the maximum length may still bring); per layer   |
+|                   | the highest level within its share                                                   |
+| ``energy:TAU``    | per layer and kind, the cheapest stored level keeping energy >= TAU                 |
+| ``greedy``        | budget-greedy on the estimate per byte: from evict, upgrade the (layer, kind) with  |
+|                   | the largest drop in output-change estimate per added byte, within the pace          |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from drrl_env.kv.levels import Level
+
+KV_BASELINES = ("exact", "uniform:LEVEL", "streaming", "h2o:TAU", "pyramid", "energy:TAU", "greedy")
+
+
+@dataclass(frozen=True)
+class KVShape:
+    """What a policy may know of the configuration: the ladder, layers, the bytes one layer stores for a
+    full block at each level (2, R), bytes free for blocks, the maximum length and the block size."""
+
+    ladder: tuple[Level, ...]
+    n_layers: int
+    level_bytes: np.ndarray
+    free_bytes: int
+    max_seq_len: int
+    block: int
+
+    @classmethod
+    def of(cls, env: Any) -> KVShape:
+        env = env.unwrapped
+        cache = env.new_cache()
+        sizes = np.array([[level.block_bytes(env.config.block, cache.head_dim, kind) * cache.n_kv_heads
+                           for level in env.ladder] for kind in ("key", "value")])
+        return cls(env.ladder, env.n_layers, sizes, env.budget.cap - env.budget.reserved, env.config.max_seq_len,
+                   env.config.block)
+
+    def index(self, name: str) -> int:
+        names = [level.name for level in self.ladder]
+        if name not in names:
+            raise ValueError(f"level {name!r} is not in the ladder {names}")
+        return names.index(name)
+
+    def pace(self, obs: dict[str, np.ndarray]) -> float:
+        """Bytes per block that spread what is left evenly over the blocks the maximum length may still bring."""
+        left = float(obs["context"][3]) * self.free_bytes
+        remaining = max(1.0, (1.0 - float(obs["context"][1])) * self.max_seq_len / self.block + 1)
+        return left / remaining
+
+
+class KVPolicy:
+    """Base class: subclasses implement :meth:`act` -> (2 Ly,) ladder indices."""
+
+    name = "kv-policy"
+
+    def __init__(self, shape: KVShape) -> None:
+        self.shape = shape
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, obs: dict[str, np.ndarray], state: Any = None, episode_start: Any = None,
+                deterministic: bool = True) -> tuple[np.ndarray, None]:
+        return np.asarray(self.act(obs), dtype=np.int64), None
+
+    def everywhere(self, level: int) -> np.ndarray:
+        return np.full(2 * self.shape.n_layers, level, dtype=np.int64)
+
+
+class UniformPolicy(KVPolicy):
+    def __init__(self, shape: KVShape, level: str) -> None:
+        super().__init__(shape)
+        self.level, self.name = shape.index(level), f"uniform:{level}" if level not in ("exact", "evict") else level
+        if level == "evict":
+            self.name = "streaming"
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.everywhere(self.level)
+
+
+class H2OPolicy(KVPolicy):
+    def __init__(self, shape: KVShape, tau: float) -> None:
+        super().__init__(shape)
+        self.tau, self.name = tau, f"h2o:{tau:g}"
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        seen = float(obs["context"][1]) * self.shape.max_seq_len
+        keep = obs["mass"][:, 1] * seen >= self.tau  # (Ly,) accumulated share vs an even one
+        levels = np.where(keep, len(self.shape.ladder) - 1, 0)
+        return np.concatenate([levels, levels])
+
+
+class PyramidPolicy(KVPolicy):
+    name = "pyramid"
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        n = self.shape.n_layers
+        weights = np.arange(n, 0, -1, dtype=float)  # linear, deepest layer least
+        shares = self.shape.pace(obs) * weights / weights.sum()  # (Ly,) bytes per layer
+        both = self.shape.level_bytes.sum(0)  # (R,) a layer's keys and values at one level
+        levels = np.array([int(np.flatnonzero(both <= share).max(initial=0)) for share in shares])
+        return np.concatenate([levels, levels])
+
+
+class EnergyPolicy(KVPolicy):
+    def __init__(self, shape: KVShape, tau: float) -> None:
+        super().__init__(shape)
+        self.tau, self.name = tau, f"energy:{tau:g}"
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        energy = obs["energy"]  # (Ly, 2, R)
+        ok = energy >= self.tau
+        ok[..., 0] = False  # evict keeps nothing
+        ok[..., -1] = True
+        first = ok.argmax(-1)  # (Ly, 2) the cheapest level keeping tau
+        return np.concatenate([first[:, 0], first[:, 1]])
+
+
+class GreedyPolicy(KVPolicy):
+    name = "greedy"
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        n, sizes = self.shape.n_layers, self.shape.level_bytes
+        estimate = obs["estimate"]  # (Ly, 2, R)
+        levels = np.zeros((2, n), dtype=np.int64)
+        # a layer stores only when both kinds are above evict: start both at the cheapest stored level
+        spent, pace = 0.0, self.shape.pace(obs)
+        cheapest = 1 if len(self.shape.ladder) > 1 else 0
+        order = np.argsort(estimate[:, :, 0].sum(-1) - estimate[:, :, cheapest].sum(-1))[::-1]  # most harmed by evict
+        for layer in order:
+            cost = sizes[0, cheapest] + sizes[1, cheapest]
+            if spent + cost <= pace:
+                levels[:, layer], spent = cheapest, spent + cost
+        while True:
+            best, gain = None, 0.0
+            for kind in (0, 1):
+                for layer in np.flatnonzero(levels[kind] > 0):
+                    here = levels[kind, layer]
+                    if here + 1 >= len(self.shape.ladder):
+                        continue
+                    added = sizes[kind, here + 1] - sizes[kind, here]
+                    drop = (estimate[layer, kind, here] - estimate[layer, kind, here + 1]) / max(added, 1)
+                    if spent + added <= pace and drop > gain:
+                        best, gain = (kind, layer, added), drop
+            if best is None:
+                break
+            kind, layer, added = best
+            levels[kind, layer] += 1
+            spent += added
+        return levels.reshape(-1)
+
+
+def make_kv_baseline(spec: str, env: Any) -> KVPolicy:
+    """A DRRL-KV-v0 baseline from its name (module docstring)."""
+    shape = KVShape.of(env)
+    name, _, arg = spec.partition(":")
+    try:
+        if name == "exact" and not arg:
+            return UniformPolicy(shape, "exact")
+        if name == "streaming" and not arg:
+            return UniformPolicy(shape, "evict")
+        if name == "uniform" and arg:
+            return UniformPolicy(shape, arg)
+        if name == "h2o" and arg:
+            return H2OPolicy(shape, float(arg))
+        if name == "pyramid" and not arg:
+            return PyramidPolicy(shape)
+        if name == "energy" and arg:
+            return EnergyPolicy(shape, float(arg))
+        if name == "greedy" and not arg:
+            return GreedyPolicy(shape)
+    except ValueError as err:
+        raise ValueError(f"baseline {spec!r}: {err}") from err
+    raise ValueError(f"unknown DRRL-KV-v0 baseline {spec!r}; choose one of {list(KV_BASELINES)}")

@@ -1,0 +1,18 @@
+"""The KV-cache layer: what DRRL-KV-v0 and a serving cache share, in torch alone (no gymnasium).
+
+- ``levels.py``: the storage levels of a block (evict, rank r in a calibrated basis, int8/int4, exact),
+  each with its byte count and its reconstruction; a ladder is an ordered tuple of them.
+- ``bases.py``: per-layer, per-K/V-head bases fitted on training documents (keys before or after
+  RoPE, values), and the rotary helpers that move keys between the two.
+- ``cache.py``: ``CompressedKVCache``, a ``transformers.Cache``: sinks and a recent window exact,
+  every older block stored once at the level a policy chose; byte accounting.
+- ``attention.py``: the attention of a forward over that cache, which also records what the
+  observation reads (the newest queries' attention mass, outputs and log-normalizers).
+- ``observation.py``: the deployable features of the block that leaves the window.
+- ``budget.py``: the byte budget and the projection of a requested action onto what fits.
+- ``episode.py``: one document decoded block by block over the cache (the environment's and the
+  exact reference's one loop).
+
+The layering: ``drrl_env.kv`` imports torch, numpy and transformers' cache base class; the
+environment (``drrl_env/kv_env.py``) and ``drrl generate`` import it, never the reverse.
+"""

@@ -1,0 +1,230 @@
+"""``CompressedKVCache``: a ``transformers.Cache`` that keeps sinks and a recent window exact and stores
+every older block once, at the level a policy chose.
+
+Tokens are grouped in blocks of ``block`` positions: block k holds positions [k B, (k + 1) B).  The
+first ``sinks`` positions stay exact for good.  Block k *leaves the window* once the cache has seen
+``(k + 1) B + window`` tokens, and is then due: it is stored, in every layer, at a level of the
+ladder for its keys and one for its values (``levels.py``), and never raised again.  A block whose
+key or value level is ``evict`` is dropped whole (a value without its key receives no attention).
+
+Memory path: each layer keeps what attention reads, dense: (batch, H_kv, S, d) keys and values of
+the S stored tokens (sinks, stored blocks rebuilt once at their level, the window), and their
+positions (S,).  Evicted tokens are removed, so ``get_seq_length`` (tokens seen) exceeds S, and
+``get_mask_sizes`` reports (S + q, seen - S): the stored tokens all precede the queries, the new ones
+are causal among themselves.  ``nbytes`` counts what a deployment stores instead: exact tokens in
+fp16, stored blocks at their levels' bytes, plus the bases.
+
+Decisions come either from the caller (``store``: the environment decides each due block) or from
+``policy``, called for every due block when layer 0 of the next forward arrives (``generate``).
+Batches share one decision per block (equal-length sequences, no padding).  Beam search and other
+reorderings are refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+from drrl_env.kv.bases import KVBases, rotate, unrotate
+from drrl_env.kv.levels import FP16_BYTES, KINDS, Evict, Level
+
+# (cache, block index) -> (key levels (Ly,), value levels (Ly,)) as ladder indices
+BlockPolicy = Callable[["CompressedKVCache", int], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class RecentQueries:
+    """The last ``limit`` queries a layer saw, with what attention computed for them (deployable: the
+    model computes these anyway): queries (b, H, m, d) post-RoPE, their log-normalizers (b, H, m) and
+    outputs (b, H, m, d)."""
+
+    limit: int
+    queries: torch.Tensor | None = None
+    lse: torch.Tensor | None = None
+    outputs: torch.Tensor | None = None
+
+    def add(self, queries: torch.Tensor, lse: torch.Tensor, outputs: torch.Tensor) -> None:
+        def keep(old: torch.Tensor | None, new: torch.Tensor, axis: int) -> torch.Tensor:
+            both = new if old is None else torch.cat([old, new], dim=axis)
+            return both.narrow(axis, max(0, both.shape[axis] - self.limit), min(self.limit, both.shape[axis]))
+
+        self.queries, self.lse, self.outputs = (keep(self.queries, queries, -2), keep(self.lse, lse, -1),
+                                                keep(self.outputs, outputs, -2))
+
+
+class CompressedLayer(DynamicLayer):
+    """One layer's stored keys and values (module docstring), their positions, and the attention mass
+    each stored token has received since it entered (summed over batch, heads and queries: H2O's signal)."""
+
+    is_croppable = False
+
+    def __init__(self, recent: int) -> None:
+        super().__init__()
+        self.seen = 0
+        self.positions = torch.zeros(0, dtype=torch.long)
+        self.mass = torch.zeros(0)
+        self.recent = RecentQueries(recent)
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self.positions, self.mass = self.positions.to(self.device), self.mass.to(self.device)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = key_states.shape[-2]
+        self.keys = torch.cat([self.keys, key_states], dim=-2)  # (b, H_kv, S + n, d)
+        self.values = torch.cat([self.values, value_states], dim=-2)
+        self.positions = torch.cat([self.positions, torch.arange(self.seen, self.seen + n, device=self.device)])
+        self.mass = torch.cat([self.mass, torch.zeros(n, device=self.device)])
+        self.seen += n
+        return self.keys, self.values
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        stored = self.stored
+        return stored + query_length, self.seen - stored
+
+    def get_seq_length(self) -> int:
+        return self.seen
+
+    @property
+    def stored(self) -> int:
+        return 0 if self.keys is None or self.keys.dim() < 4 else self.keys.shape[-2]
+
+    def span(self, start: int, stop: int) -> slice:
+        """The stored entries of positions [start, stop), which must all still be stored (contiguous)."""
+        first = int(torch.searchsorted(self.positions, start))
+        last = int(torch.searchsorted(self.positions, stop))
+        if last - first != stop - start:
+            raise RuntimeError(f"positions {start}..{stop} are no longer all stored; a block is stored only once")
+        return slice(first, last)
+
+    def replace(self, entries: slice, keys: torch.Tensor | None, values: torch.Tensor | None) -> None:
+        """Entries ``entries`` rebuilt as ``keys``/``values`` (b, H_kv, n, d), or removed (None)."""
+        if keys is None:
+            keep = torch.ones(self.stored, dtype=torch.bool, device=self.device)
+            keep[entries] = False
+            self.keys, self.values = self.keys[:, :, keep], self.values[:, :, keep]
+            self.positions, self.mass = self.positions[keep], self.mass[keep]
+        else:
+            self.keys[:, :, entries] = keys.to(self.keys.dtype)
+            self.values[:, :, entries] = values.to(self.values.dtype)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        raise NotImplementedError("CompressedKVCache shares one decision per block across the batch: beam search, "
+                                  "assisted decoding and other reorderings are not supported")
+
+
+@dataclass
+class StoredBlock:
+    """A decided block: its positions and the ladder indices of its keys and values per layer (Ly,)."""
+
+    start: int
+    stop: int
+    key_levels: np.ndarray
+    value_levels: np.ndarray
+    nbytes: int = field(default=0)
+
+
+class CompressedKVCache(Cache):
+    """See the module docstring.  ``angles(positions) -> (cos, sin)`` is needed for pre-RoPE bases."""
+
+    def __init__(self, n_layers: int, *, ladder: tuple[Level, ...], bases: KVBases, block: int, window: int,
+                 sinks: int, policy: BlockPolicy | None = None,
+                 angles: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+        if window % block or window < 0 or block < 1:
+            raise ValueError(f"window={window} must be a non-negative multiple of block={block}")
+        if not 0 <= sinks <= block:
+            raise ValueError(f"sinks={sinks} must lie in 0..block={block}")
+        if bases.key_space == "pre_rope" and angles is None:
+            raise ValueError("pre-RoPE key bases need the model's rotary angles (angles=...)")
+        super().__init__(layers=[CompressedLayer(block) for _ in range(n_layers)])
+        self.ladder, self.bases, self.block, self.window, self.sinks = ladder, bases, block, window, sinks
+        self.policy, self.angles = policy, angles
+        self.blocks: list[StoredBlock] = []
+        self.head_dim, self.n_kv_heads = bases.keys.shape[-1], bases.keys.shape[1]
+        self.batch = 1
+        self.max_rank = max((getattr(level, "rank", 0) for level in ladder), default=0)
+
+    # -- the cache contract -------------------------------------------------------------------------
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        if layer_idx == 0:
+            self.batch = key_states.shape[0]
+            if self.policy is not None:
+                while (due := self.due_block()) is not None:
+                    self.store(due, *self.policy(self, due))
+        return self.layers[layer_idx].update(key_states, value_states)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.layers[0].reorder_cache(beam_idx)
+
+    # -- decisions ------------------------------------------------------------------------------------
+    @property
+    def seen(self) -> int:
+        """Tokens seen (every layer has seen the same once a forward is complete)."""
+        return self.layers[0].seen
+
+    def due_block(self) -> int | None:
+        """The next undecided block if it has left the window, else None."""
+        k = len(self.blocks)
+        return k if (k + 1) * self.block + self.window <= self.seen else None
+
+    def block_positions(self, index: int) -> tuple[int, int]:
+        """[start, stop) of block ``index``'s compressible positions (the sinks excluded)."""
+        return max(index * self.block, self.sinks), (index + 1) * self.block
+
+    def level_bytes(self, index: int) -> np.ndarray:
+        """(2, R) bytes one layer stores for block ``index`` at each ladder level (all K/V heads and
+        sequences of the batch), keys then values."""
+        start, stop = self.block_positions(index)
+        heads = self.n_kv_heads * self.batch
+        return np.array([[level.block_bytes(stop - start, self.head_dim, kind) * heads for level in self.ladder]
+                         for kind in KINDS])
+
+    def store(self, index: int, key_levels: np.ndarray, value_levels: np.ndarray) -> StoredBlock:
+        """Stores due block ``index`` at ladder indices ``key_levels``, ``value_levels`` (Ly,) per layer."""
+        if index != len(self.blocks) or self.due_block() != index:
+            raise RuntimeError(f"block {index} is not due (next undecided: {len(self.blocks)}, "
+                               f"tokens seen: {self.seen}); blocks are stored once, in order, after leaving the window")
+        key_levels, value_levels = np.asarray(key_levels, dtype=np.int64), np.asarray(value_levels, dtype=np.int64)
+        start, stop = self.block_positions(index)
+        nbytes = 0
+        for layer_idx, layer in enumerate(self.layers):
+            key_level, value_level = self.ladder[key_levels[layer_idx]], self.ladder[value_levels[layer_idx]]
+            entries = layer.span(start, stop)
+            if isinstance(key_level, Evict) or isinstance(value_level, Evict):
+                layer.replace(entries, None, None)
+                continue
+            keys = self.stored_keys(layer_idx, layer.keys[:, :, entries], key_level, start, stop)
+            values = value_level.reconstruct(layer.values[:, :, entries], self.bases.values[layer_idx], "value")
+            layer.replace(entries, keys, values)
+            heads = self.n_kv_heads * self.batch
+            nbytes += heads * (key_level.block_bytes(stop - start, self.head_dim, "key")
+                               + value_level.block_bytes(stop - start, self.head_dim, "value"))
+        block = StoredBlock(start, stop, key_levels, value_levels, nbytes)
+        self.blocks.append(block)
+        return block
+
+    def stored_keys(self, layer_idx: int, keys: torch.Tensor, level: Level, start: int, stop: int) -> torch.Tensor:
+        """What attention reads for post-RoPE ``keys`` (b, H_kv, n, d) stored at ``level``: in the basis's key
+        space (pre-RoPE keys are un-rotated at their positions, rebuilt and rotated back once)."""
+        basis = self.bases.keys[layer_idx]
+        if self.bases.key_space == "post_rope":
+            return level.reconstruct(keys, basis, "key")
+        cos, sin = self.angles(torch.arange(start, stop, device=keys.device))
+        return rotate(level.reconstruct(unrotate(keys, cos, sin), basis, "key"), cos, sin)
+
+    # -- bytes ----------------------------------------------------------------------------------------
+    def token_bytes(self) -> int:
+        """fp16 bytes of one exact token in all layers, keys and values."""
+        return 2 * FP16_BYTES * len(self.layers) * self.n_kv_heads * self.head_dim * self.batch
+
+    def nbytes(self) -> int:
+        """Bytes a deployment stores now: exact tokens (sinks, window, undecided), stored blocks, the bases."""
+        decided = sum(block.stop - block.start for block in self.blocks)
+        return ((self.seen - decided) * self.token_bytes() + sum(block.nbytes for block in self.blocks)
+                + self.bases.nbytes(self.max_rank))

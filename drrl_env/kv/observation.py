@@ -1,0 +1,80 @@
+"""The deployable features of the block that leaves the window, per layer and storage level.
+
+For layer l, block X_K, X_V (H_kv, n, d) (exact: they are still in the window), and the layer's
+most recent queries Q (H, m, d) with their log-normalizers lse and outputs o (``RecentQueries``):
+
+- ``energy[l, kind, i]`` = 1 - ||X - X_i||_F^2 / ||X||_F^2: the energy level i keeps (X_i its
+  reconstruction; 0 for evict, 1 for exact).  For a rank level this is the block's spectrum in the
+  calibrated basis.
+- ``estimate[l, kind, i]``: the change of the recent queries' attention output if the block were
+  stored at level i, relative to ||o||, averaged over heads and queries (log1p, clipped):
+  with a_j = exp(q k_j * s - lse) the attention the block's token j receives,
+    keys:   sum_j a_j |delta_j| ||v_j - o||,  delta_j = q (k_j,i - k_j) * s  (first order in the score change)
+    values: sum_j a_j ||v_j,i - v_j||         (exact for the values alone)
+    evict:  ||sum_j a_j (o - v_j)|| / (1 - sum_j a_j)   (exact: the block's tokens removed)
+  The key term linearizes the softmax, so it estimates rather than bounds; its rank correlation
+  with the realized next-block excess NLL is reported by ``benchmarks/kv_frontier.py``.
+- ``mass[l]`` = (sum_j a_j averaged over the recent queries and heads, the attention accumulated by
+  the block's tokens since they entered divided by heads x queries since then): H2O's signal.
+
+Nothing here reads future tokens or an exact output the deployed model would not compute: the
+queries, lse and outputs are the model's own, recorded by ``kv/attention.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from drrl_env.kv.cache import CompressedKVCache
+from drrl_env.kv.levels import Evict
+
+
+def block_features(cache: CompressedKVCache, index: int, clip: float) -> dict[str, np.ndarray]:
+    """``energy`` (Ly, 2, R), ``estimate`` (Ly, 2, R) and ``mass`` (Ly, 2) of due block ``index``."""
+    n_layers, n_levels = len(cache.layers), len(cache.ladder)
+    energy = np.zeros((n_layers, 2, n_levels), dtype=np.float32)
+    estimate = np.zeros((n_layers, 2, n_levels), dtype=np.float32)
+    mass = np.zeros((n_layers, 2), dtype=np.float32)
+    start, stop = cache.block_positions(index)
+    with torch.no_grad():
+        for layer_idx, layer in enumerate(cache.layers):
+            entries = layer.span(start, stop)
+            keys, values = layer.keys[:, :, entries].float(), layer.values[:, :, entries].float()  # (b, H_kv, n, d)
+            recent = layer.recent
+            b, heads, m, d = recent.queries.shape
+            group = heads // keys.shape[1]
+            queries = recent.queries.float().reshape(b, keys.shape[1], group * m, d)  # (b, H_kv, g m, d)
+            lse = recent.lse.reshape(b, keys.shape[1], group * m, 1)
+            out = recent.outputs.float().reshape(b, keys.shape[1], group * m, d)
+            scale = d ** -0.5
+            attn = torch.exp((queries @ keys.transpose(-1, -2)) * scale - lse)  # (b, H_kv, g m, n)
+            out_norm = out.norm(dim=-1).clamp_min(1e-12)  # (b, H_kv, g m)
+            # ||v_j - o|| = sqrt(||v_j||^2 + ||o||^2 - 2 v_j.o), (b, H_kv, g m, n)
+            spread = (values.square().sum(-1)[:, :, None] + out.square().sum(-1)[..., None]
+                      - 2 * out @ values.transpose(-1, -2)).clamp_min(0).sqrt()
+            block_mass = attn.sum(-1)  # (b, H_kv, g m)
+            mass[layer_idx, 0] = float(block_mass.mean())
+            since = (cache.seen - (start + stop) / 2) * heads * b
+            mass[layer_idx, 1] = float(layer.mass[entries].mean() / max(since, 1.0))
+            # sum_j a_j (o - v_j) = mass o - A_blk V_blk, (b, H_kv, g m, d)
+            removed = (block_mass[..., None] * out - attn @ values).norm(dim=-1) / (1 - block_mass).clamp_min(1e-6)
+            for i, level in enumerate(cache.ladder):
+                if isinstance(level, Evict):
+                    estimate[layer_idx, :, i] = float((removed / out_norm).mean())
+                    continue
+                rebuilt_keys = cache.stored_keys(layer_idx, keys, level, start, stop)
+                rebuilt_values = level.reconstruct(values, cache.bases.values[layer_idx], "value")
+                energy[layer_idx, 0, i] = _kept_energy(keys, rebuilt_keys)
+                energy[layer_idx, 1, i] = _kept_energy(values, rebuilt_values)
+                delta = (queries @ (rebuilt_keys - keys).transpose(-1, -2)) * scale  # (b, H_kv, g m, n)
+                key_change = (attn * delta.abs() * spread).sum(-1)
+                value_change = attn @ (rebuilt_values - values).norm(dim=-1)[..., None]  # (b, H_kv, g m, 1)
+                estimate[layer_idx, 0, i] = float((key_change / out_norm).mean())
+                estimate[layer_idx, 1, i] = float((value_change[..., 0] / out_norm).mean())
+    return {"energy": energy, "estimate": np.log1p(np.minimum(estimate, clip)).astype(np.float32), "mass": mass}
+
+
+def _kept_energy(x: torch.Tensor, rebuilt: torch.Tensor) -> float:
+    total = float(x.square().sum())
+    return 1.0 if total == 0 else max(0.0, 1.0 - float((x - rebuilt).square().sum()) / total)

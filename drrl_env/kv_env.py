@@ -1,0 +1,243 @@
+"""``KVCacheEnv`` (DRRL-KV-v0): choose, block by block, the level at which a language model's KV cache
+stores what leaves the recent window."""
+
+from __future__ import annotations
+
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from drrl_env.cache import cache_root, cached_arrays
+from drrl_env.kv.bases import fit_kv_bases, rotary_angles
+from drrl_env.kv.budget import ByteBudget
+from drrl_env.kv.cache import CompressedKVCache
+from drrl_env.kv.config import KVConfig, make_kv_config
+from drrl_env.kv.episode import KVEpisode, steps_for
+from drrl_env.kv.levels import Evict, parse_ladder
+from drrl_env.kv.controller import CONTEXT, BlockController
+from drrl_env.sources import runtime_device
+from drrl_env.sources.hf import HFAttentionSource
+
+
+class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
+    r"""Store a causal language model's KV cache block by block, at a level per layer, within a byte budget.
+
+    ## Description
+    An episode is one document, decoded teacher-forced in blocks of ``block`` tokens over a
+    ``CompressedKVCache`` (``kv/cache.py``): the first ``sinks`` tokens and the last ``window`` stay
+    exact; every older block is stored once, in every layer, at a level of the ladder for its keys
+    and one for its values (evict, rank r in a calibrated basis, int4/int8, exact), and never raised.
+    The model really runs on what is stored, so an error in layer 3 changes what every later layer
+    and every later block sees.
+
+    Order of events (``kv/episode.py``): ``reset`` prefills the prompt, positions [0, window + block),
+    exactly and unscored; block 0 has then left the window.  Each ``step``: (1) the action stores the
+    block that left the window (after the budget's projection); (2) the next ``block`` input tokens
+    run through all layers; (3) the reward scores the tokens they predict.  Prompt blocks are decided
+    like any other (block 0 is the first decision).
+
+    ## Action Space
+    ``MultiDiscrete([R] * 2 Ly)``: ladder indices, keys of layers 0..Ly-1 then values of layers 0..Ly-1
+    (R = len(levels); index 0 is ``evict``, which drops the layer's block, keys and values).
+
+    ## Observation Space
+    ``Dict`` (Ly layers, R levels); deployable only: the block's own keys and values, the model's
+    recent queries with the normalizers and outputs it computed for them, and byte counts; never a
+    future token or an exact-cache output (``kv/observation.py``).
+
+    | key          | shape       | range        | meaning                                                    |
+    |--------------|-------------|--------------|------------------------------------------------------------|
+    | energy       | (Ly, 2, R)  | [0, 1]       | energy of the block's keys / values each level keeps          |
+    | estimate     | (Ly, 2, R)  | [0, log1p(c)]| estimated change of the recent queries' output per level      |
+    | mass         | (Ly, 2)     | [0, 1]       | attention on the block: recent queries, accumulated (H2O)     |
+    | layer_bytes  | (Ly,)       | [0, 1]       | each layer's stored bytes / its exact cache at max_seq_len    |
+    | context      | (5,)        | [0, 10]      | ``kv.controller.CONTEXT``                                     |
+    | action_mask  | (2 Ly * R,) | {0, 1}       | levels each dimension may take on its own within the budget   |
+
+    ## Rewards
+    ``-(sum of NLL over the step's predicted tokens, stored - exact) - beta * bytes fraction``: the
+    exact NLL comes from the same loop with every block stored exact (computed once per document,
+    cached on disk), so an all-exact episode earns exactly 0; the bytes fraction is the block's stored
+    bytes over its exact bytes.  Summed over an episode: minus the document's excess log-perplexity
+    times its predicted tokens, minus the cost.  Deterministic on a given machine (no timer inside).
+
+    ## Budget
+    ``budget`` caps the cache at that fraction of the exact fp16 cache at ``max_seq_len`` tokens; the
+    sinks, window, decoding block and bases are reserved first (a config where they do not fit is
+    refused at construction).  A requested action that does not fit is projected
+    (``kv/budget.py``): the largest stored (layer, kind) goes down one rung until it fits.  The
+    executed action is in ``info``; the cap is never exceeded.
+
+    ## Starting State and Episode End
+    A document drawn with ``self.np_random`` from the split (or ``options={"document": i}``).  Ends
+    (terminated) when the document's last token is predicted: documents are 1024 to 4096 tokens by
+    default, so episodes have 6 to 30 steps, and the observation holds no document length.
+
+    ## Info
+    | key              | meaning                                                             |
+    |------------------|---------------------------------------------------------------------|
+    | document, block  | the episode's document name, the stored block's index                |
+    | key_levels, value_levels | executed ladder indices (Ly,)                                |
+    | requested_key_levels, requested_value_levels, projected | the request; whether it was lowered |
+    | tokens           | predicted tokens of the step                                          |
+    | nll, exact_nll   | their summed NLL with the stored cache and with the exact one (nats) |
+    | ppl_ratio        | running perplexity ratio stored / exact over the episode's scored tokens |
+    | cache_bytes      | bytes the cache stores now (exact tokens, blocks, bases)             |
+    | cache_fraction   | cache_bytes / the exact cache of the tokens seen                      |
+    | budget_used      | cache_bytes at the end of the episode's worst case / cap (<= 1)       |
+    | reward_terms     | {"excess_nll", "bytes"}, signed, summing to the reward               |
+
+    ## Arguments
+    Every field of :class:`drrl_env.kv.config.KVConfig`.
+
+    ## Version History
+    * v0: initial release.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+
+    def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
+        if render_mode not in (None, "ansi"):
+            raise ValueError(f"render_mode={render_mode!r} is not supported; use None or 'ansi'")
+        self.render_mode = render_mode
+        self.config = cfg = make_kv_config(**kwargs)
+        self.device = runtime_device(cfg)
+        self.source = HFAttentionSource(cfg.model, tokenizer=cfg.tokenizer, corpus=cfg.corpus, split=cfg.split,
+                                        max_seq_len=cfg.max_seq_len, min_doc_tokens=cfg.min_doc_tokens,
+                                        device=self.device)
+        spec = self.source.spec
+        if not self.source.causal_lm:
+            raise ValueError(f"DRRL-KV-v0 needs a causal language model; {cfg.model!r} is not one")
+        self.model = self.source.model
+        self.ladder = parse_ladder(cfg.levels, spec.head_dim, cfg.block)
+        self.evict = next(i for i, level in enumerate(self.ladder) if isinstance(level, Evict))
+        root = cache_root(cfg.cache_dir)
+        training = self.source if cfg.split == "train" else HFAttentionSource(
+            cfg.model, tokenizer=cfg.tokenizer, corpus=cfg.corpus, split="train", max_seq_len=cfg.max_seq_len,
+            min_doc_tokens=cfg.min_doc_tokens, device=self.device)
+        self.bases = fit_kv_bases(training, cfg.calibration_documents, cfg.key_space, root)
+        self.n_layers, n_levels = spec.n_layers, len(self.ladder)
+        probe = self.new_cache()
+        self.exact_token_bytes = probe.token_bytes()
+        reserved = (cfg.sinks + cfg.window + cfg.block) * self.exact_token_bytes + probe.bases.nbytes(probe.max_rank)
+        self.budget = ByteBudget(int(cfg.budget * cfg.max_seq_len * self.exact_token_bytes), reserved)
+        self.max_steps = steps_for(cfg.max_seq_len, cfg.window, cfg.block)
+        self._root = root
+        self.action_space = spaces.MultiDiscrete([n_levels] * (2 * self.n_layers))
+        high = float(np.log1p(cfg.estimate_clip))
+        self.observation_space = spaces.Dict({
+            "energy": spaces.Box(0.0, 1.0, (self.n_layers, 2, n_levels), np.float32),
+            "estimate": spaces.Box(0.0, high, (self.n_layers, 2, n_levels), np.float32),
+            "mass": spaces.Box(0.0, 1.0, (self.n_layers, 2), np.float32),
+            "layer_bytes": spaces.Box(0.0, 1.0, (self.n_layers,), np.float32),
+            "context": spaces.Box(0.0, 10.0, (len(CONTEXT),), np.float32),
+            "action_mask": spaces.Box(0, 1, (2 * self.n_layers * n_levels,), np.int8),
+        })
+        self._episode: KVEpisode | None = None
+
+    def new_cache(self, policy=None) -> CompressedKVCache:
+        """An empty cache of this configuration (``policy`` decides due blocks itself: generation)."""
+        cfg, head_dim = self.config, self.source.spec.head_dim
+        angles = (lambda positions: rotary_angles(self.model, positions, head_dim)) \
+            if cfg.key_space == "pre_rope" else None
+        return CompressedKVCache(self.source.spec.n_layers, ladder=self.ladder, bases=self.bases, block=cfg.block,
+                                 window=cfg.window, sinks=cfg.sinks, policy=policy, angles=angles)
+
+    def controller(self) -> BlockController:
+        """A fresh budget controller of this configuration (one per episode, or per generation)."""
+        return BlockController(self.budget, self.n_layers, self.evict, self.config.max_seq_len,
+                               self.config.estimate_clip, self.exact_token_bytes)
+
+    def exact_nll(self, index: int) -> np.ndarray:
+        """(steps,) summed NLL of each step's predicted tokens with every block stored exact: the reward's
+        reference, from the same loop (cached on disk by the document's tokens and the cache's shape)."""
+        cfg = self.config
+        key = {"kind": "kv-exact-nll", "document": self.source.document_key(index), "block": cfg.block,
+               "window": cfg.window, "sinks": cfg.sinks}
+
+        def compute() -> dict[str, np.ndarray]:
+            cache = self.new_cache()
+            exact = len(self.ladder) - 1
+            episode = KVEpisode(self.model, self.source.token_ids(index), cache)
+            episode.prefill()
+            sums = []
+            while not episode.done:
+                full = np.full(self.n_layers, exact)
+                cache.store(cache.due_block(), full, full)
+                sums.append(float(episode.decode().double().sum()))
+            return {"nll": np.array(sums)}
+
+        if self.ladder[-1].name != "exact":
+            raise ValueError("levels must end with 'exact' (the reward's reference)")
+        return cached_arrays(self._root, key, compute)["nll"]
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        n_docs = len(self.source.document_names)
+        index = (options or {}).get("document")
+        if index is None:
+            index = int(self.np_random.integers(n_docs))
+        elif isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < n_docs:
+            raise ValueError(f"options['document']={index!r} must be an integer in 0..{n_docs - 1}")
+        self._doc = int(index)
+        self._exact = self.exact_nll(self._doc)
+        self.cache = self.new_cache()
+        self._episode = KVEpisode(self.model, self.source.token_ids(self._doc), self.cache)
+        self._episode.prefill()
+        self._t, self._nll, self._exact_sum, self._tokens = 0, 0.0, 0.0, 0
+        self._controller = self.controller()
+        self._obs = self._controller.observe(self.cache, self.cache.due_block())
+        return self._obs, {"document": self.source.document_names[self._doc],
+                           "action_mask": self._obs["action_mask"].copy()}
+
+    def step(self, action: Any) -> tuple[dict[str, np.ndarray], SupportsFloat, bool, bool, dict[str, Any]]:
+        if self._episode is None or self._episode.done:
+            raise RuntimeError("call reset() before step()" if self._episode is None else
+                               "the episode has ended; call reset()")
+        given = np.asarray(action)
+        if given.shape != (2 * self.n_layers,) or given.dtype.kind not in "iu" or not self.action_space.contains(
+                given.astype(np.int64)):
+            raise ValueError(f"action must be {2 * self.n_layers} integers in 0..{len(self.ladder) - 1} (keys of "
+                             f"layers 0..{self.n_layers - 1}, then values); got {action!r}")
+        index = self.cache.due_block()
+        decision = self._controller.store(self.cache, index, given.astype(np.int64))
+        nll = self._episode.decode().double()
+        step_nll, exact_nll = float(nll.sum()), float(self._exact[self._t])
+        self._nll, self._exact_sum = self._nll + step_nll, self._exact_sum + exact_nll
+        self._tokens += len(nll)
+        terms = {"excess_nll": -(step_nll - exact_nll), "bytes": -self.config.beta * decision.byte_fraction}
+        self._t += 1
+        terminated = self._episode.done
+        cache_bytes = self.cache.nbytes()
+        info = {
+            "document": self.source.document_names[self._doc], "block": index,
+            "key_levels": decision.key_levels, "value_levels": decision.value_levels,
+            "requested_key_levels": decision.requested[0], "requested_value_levels": decision.requested[1],
+            "projected": decision.projected, "tokens": len(nll), "nll": step_nll, "exact_nll": exact_nll,
+            "ppl_ratio": float(np.exp((self._nll - self._exact_sum) / self._tokens)),
+            "cache_bytes": cache_bytes, "cache_fraction": cache_bytes / (self.cache.seen * self.exact_token_bytes),
+            "budget_used": self._controller.budget_used, "reward_terms": terms,
+        }
+        if not terminated:
+            self._obs = self._controller.observe(self.cache, self.cache.due_block())
+        info["action_mask"] = self._obs["action_mask"].copy()
+        return self._obs, float(sum(terms.values())), terminated, False, info
+
+    def action_masks(self) -> np.ndarray:
+        """(2 Ly * R,) levels each dimension may take on its own (sb3-contrib ``MaskablePPO``)."""
+        return self._obs["action_mask"].astype(bool).copy()
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi" or self._episode is None:
+            return None
+        return (f"{self.source.document_names[self._doc]} step {self._t} tokens {self.cache.seen} "
+                f"cache {self.cache.nbytes() / 1e6:.2f} MB ({self.cache.nbytes() / self.budget.cap:.0%} of the cap)")
+
+    def document_names(self) -> list[str]:
+        return self.source.document_names
+
+    def close(self) -> None:
+        self._episode = None
