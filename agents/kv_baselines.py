@@ -7,7 +7,8 @@ projection (``drrl_env/kv/budget.py``) applies to every one of them alike.
 | name              | what it does                                                                       |
 |-------------------|------------------------------------------------------------------------------------|
 | ``exact``         | every block exact (the projection evicts once the budget is spent)                  |
-| ``uniform:LEVEL`` | every block at one level, keys and values (``uniform:r16``, ``uniform:int4``)       |
+| ``uniform:LEVEL`` | every block at one level, keys and values (``uniform:r16``, ``uniform:int4``);      |
+|                   | ``uniform:KEYS/VALUES`` gives each its own (``uniform:r8/exact``: keys only)        |
 | ``streaming``     | StreamingLLM: sinks and window only, every block evicted                            |
 | ``h2o:TAU``       | H2O-like: a block stays exact where the attention its tokens accumulated since they |
 |                   | entered is at least TAU times an even share (1 / tokens seen), else it is evicted   |
@@ -80,19 +81,16 @@ class KVPolicy:
                 deterministic: bool = True) -> tuple[np.ndarray, None]:
         return np.asarray(self.act(obs), dtype=np.int64), None
 
-    def everywhere(self, level: int) -> np.ndarray:
-        return np.full(2 * self.shape.n_layers, level, dtype=np.int64)
-
 
 class UniformPolicy(KVPolicy):
-    def __init__(self, shape: KVShape, level: str) -> None:
+    def __init__(self, shape: KVShape, keys: str, values: str | None = None, name: str | None = None) -> None:
         super().__init__(shape)
-        self.level, self.name = shape.index(level), f"uniform:{level}" if level not in ("exact", "evict") else level
-        if level == "evict":
-            self.name = "streaming"
+        values = values or keys
+        self.levels = (shape.index(keys), shape.index(values))
+        self.name = name or (f"uniform:{keys}" if keys == values else f"uniform:{keys}/{values}")
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.everywhere(self.level)
+        return np.repeat(np.array(self.levels, dtype=np.int64), self.shape.n_layers)
 
 
 class H2OPolicy(KVPolicy):
@@ -173,11 +171,11 @@ def make_kv_baseline(spec: str, env: Any) -> KVPolicy:
     name, _, arg = spec.partition(":")
     try:
         if name == "exact" and not arg:
-            return UniformPolicy(shape, "exact")
+            return UniformPolicy(shape, "exact", name="exact")
         if name == "streaming" and not arg:
-            return UniformPolicy(shape, "evict")
+            return UniformPolicy(shape, "evict", name="streaming")
         if name == "uniform" and arg:
-            return UniformPolicy(shape, arg)
+            return UniformPolicy(shape, *arg.split("/", 1))
         if name == "h2o" and arg:
             return H2OPolicy(shape, float(arg))
         if name == "pyramid" and not arg:

@@ -23,8 +23,10 @@ import dataclasses
 import gymnasium as gym
 import numpy as np
 
-from agents.baselines import RankPolicy
+from agents.baselines import OraclePolicy, RankPolicy
 from drrl_env.env import RankSelectionEnv
+from drrl_env.play import play
+
 
 class RolloutPlannerPolicy(RankPolicy):
     """Plans each document by the rollout algorithm (module docstring), then plays the plan."""
@@ -64,17 +66,17 @@ class RolloutPlannerPolicy(RankPolicy):
         """One episode: layer l's actions from ``rows[l]``, later layers by the one-step oracle.
         Returns its return and the actions taken (layers, segments)."""
         env = self._scratch
-        _, info = env.reset(options={"document": document})
-        n_layers = env.source.spec.n_layers
-        actions, total, done = np.zeros((n_layers, info["n_steps"] // n_layers), dtype=np.int64), 0.0, False
-        while not done:
-            _, layer, segment = env.decision
-            if layer < len(rows):
-                action = int(rows[layer][segment])
-            else:
-                action = int(np.argmax(np.where(env.action_masks(), env.candidate_rewards(), -np.inf)))
+        oracle = OraclePolicy(env)
+        taken: dict[tuple[int, int], int] = {}
+
+        def act(obs: dict[str, np.ndarray], unwrapped: RankSelectionEnv) -> int:
+            _, layer, segment = unwrapped.decision
+            taken[layer, segment] = int(rows[layer][segment]) if layer < len(rows) else oracle.act(obs)
+            return taken[layer, segment]
+
+        steps = play(env, act, document)
+        actions = np.zeros((env.source.spec.n_layers, len(steps) // env.source.spec.n_layers), dtype=np.int64)
+        for (layer, segment), action in taken.items():
             actions[layer, segment] = action
-            _, reward, done, _, _ = env.step(action)
-            total += float(reward)
         self.episodes_played += 1
-        return total, actions
+        return sum(step.reward for step in steps), actions

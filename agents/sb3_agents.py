@@ -22,6 +22,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from agents.baselines import OraclePolicy
 from agents.transformer_policy import RankTransformerExtractor
 from drrl_env.config import EnvConfig
+from drrl_env.play import play
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
     "ppo": PPO, "a2c": A2C, "dqn": DQN, "maskable_ppo": MaskablePPO, "recurrent_ppo": RecurrentPPO,
@@ -128,17 +129,8 @@ def check_env_config(saved: dict[str, Any], current: dict[str, Any]) -> list[str
 def oracle_dataset(env: gym.Env, documents: list[int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Observations and the oracle's actions over full episodes on ``documents``."""
     oracle = OraclePolicy(env)
-    observations: list[dict[str, np.ndarray]] = []
-    actions: list[int] = []
-    for doc in documents:
-        obs, _ = env.reset(options={"document": int(doc)})
-        done = False
-        while not done:
-            action = oracle.act(obs)
-            observations.append(obs)
-            actions.append(action)
-            obs, _, terminated, truncated, _ = env.step(action)
-            done = terminated or truncated
+    steps = [step for doc in documents for step in play(env, lambda obs, _: oracle.act(obs), doc, keep_observations=True)]
+    observations, actions = [step.observation for step in steps], [step.action for step in steps]
     stacked = {key: np.stack([o[key] for o in observations]) for key in observations[0]}
     return stacked, np.asarray(actions)
 

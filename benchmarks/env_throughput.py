@@ -26,9 +26,8 @@ import gymnasium as gym
 import numpy as np
 
 import drrl_env  # noqa: F401  (registers the env ids)
-
-from drrl_env.env import RankSelectionEnv
 from drrl_env.costs.latency import machine_description
+from drrl_env.env import RankSelectionEnv
 
 
 def run(env: RankSelectionEnv, documents: list[int], rng: np.random.Generator) -> tuple[int, float]:

@@ -21,8 +21,8 @@ import argparse
 import numpy as np
 import torch
 
-from drrl_env.env import RankSelectionEnv
 from drrl_env.costs.latency import machine_description, summarize
+from drrl_env.env import RankSelectionEnv
 from experiments.cli import parse_env_kwargs
 
 

@@ -13,9 +13,9 @@ import argparse
 import torch
 
 from drrl_env.attention import linalg
-from drrl_env.costs.latency import machine_description, time_call
 from drrl_env.attention.kernels import causal_mask, full_attention
 from drrl_env.attention.methods import get_method
+from drrl_env.costs.latency import machine_description, time_call
 
 SEGMENT = 128
 

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from drrl_env.attention import linalg
+from drrl_env.attention.features import observation_features
 from drrl_env.attention.linalg import Factors
 from drrl_env.attention.methods.base import LowRankMethod
-from drrl_env.attention.features import observation_features
 from drrl_env.attention.workload import Prefill
 from drrl_env.sources.base import AttentionTrace
 

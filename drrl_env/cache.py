@@ -22,8 +22,8 @@ import importlib.metadata
 import json
 import os
 import warnings
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np

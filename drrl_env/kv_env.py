@@ -3,21 +3,21 @@ stores what leaves the recent window."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
-import torch
 from gymnasium import spaces
 
 from drrl_env.cache import cache_root, cached_arrays
 from drrl_env.kv.bases import fit_kv_bases, rotary_angles
 from drrl_env.kv.budget import ByteBudget
 from drrl_env.kv.cache import CompressedKVCache
-from drrl_env.kv.config import KVConfig, make_kv_config
+from drrl_env.kv.config import make_kv_config
+from drrl_env.kv.controller import CONTEXT, BlockController
 from drrl_env.kv.episode import KVEpisode, steps_for
 from drrl_env.kv.levels import Evict, parse_ladder
-from drrl_env.kv.controller import CONTEXT, BlockController
 from drrl_env.sources import runtime_device
 from drrl_env.sources.hf import HFAttentionSource
 
@@ -72,7 +72,8 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     executed action is in ``info``; the cap is never exceeded.
 
     ## Starting State and Episode End
-    A document drawn with ``self.np_random`` from the split (or ``options={"document": i}``).  Ends
+    A document drawn with ``self.np_random`` from the split (or ``options={"document": i}``);
+    ``options={"budget": b}`` sets this episode's budget (evaluation at other budgets).  Ends
     (terminated) when the document's last token is predicted: documents are 1024 to 4096 tokens by
     default, so episodes have 6 to 30 steps, and the observation holds no document length.
 
@@ -122,8 +123,8 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.n_layers, n_levels = spec.n_layers, len(self.ladder)
         probe = self.new_cache()
         self.exact_token_bytes = probe.token_bytes()
-        reserved = (cfg.sinks + cfg.window + cfg.block) * self.exact_token_bytes + probe.bases.nbytes(probe.max_rank)
-        self.budget = ByteBudget(int(cfg.budget * cfg.max_seq_len * self.exact_token_bytes), reserved)
+        self._reserved = (cfg.sinks + cfg.window + cfg.block) * self.exact_token_bytes + probe.bases.nbytes(probe.max_rank)
+        self.budget = self.budget_for(cfg.max_seq_len)
         self.max_steps = steps_for(cfg.max_seq_len, cfg.window, cfg.block)
         self._root = root
         self.action_space = spaces.MultiDiscrete([n_levels] * (2 * self.n_layers))
@@ -146,10 +147,28 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         return CompressedKVCache(self.source.spec.n_layers, ladder=self.ladder, bases=self.bases, block=cfg.block,
                                  window=cfg.window, sinks=cfg.sinks, policy=policy, angles=angles)
 
-    def controller(self) -> BlockController:
-        """A fresh budget controller of this configuration (one per episode, or per generation)."""
-        return BlockController(self.budget, self.n_layers, self.evict, self.config.max_seq_len,
+    def budget_for(self, max_len: int, budget: float | None = None) -> ByteBudget:
+        """The byte budget of a sequence of at most ``max_len`` tokens: ``budget`` (default: the config's) of
+        its exact cache."""
+        fraction = self.config.budget if budget is None else budget
+        return ByteBudget(int(fraction * max_len * self.exact_token_bytes), self._reserved)
+
+    def controller(self, max_len: int | None = None, budget: float | None = None) -> BlockController:
+        """A fresh budget controller (one per episode, or per generation of at most ``max_len`` tokens)."""
+        max_len = max_len or self.config.max_seq_len
+        return BlockController(self.budget_for(max_len, budget), self.n_layers, self.evict, max_len,
                                self.config.estimate_clip, self.exact_token_bytes)
+
+    def serving_cache(self, act: Callable[[dict[str, np.ndarray]], np.ndarray],
+                      max_len: int) -> tuple[CompressedKVCache, BlockController]:
+        """A cache for generation of at most ``max_len`` tokens whose due blocks ``act`` decides from the same
+        observation as the environment's, stored through the same controller (budget, projection)."""
+        controller = self.controller(max_len)
+
+        def decide(cache: CompressedKVCache, index: int) -> None:
+            controller.store(cache, index, act(controller.observe(cache, index)))
+
+        return self.new_cache(decide), controller
 
     def exact_nll(self, index: int) -> np.ndarray:
         """(steps,) summed NLL of each step's predicted tokens with every block stored exact: the reward's
@@ -187,8 +206,11 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.cache = self.new_cache()
         self._episode = KVEpisode(self.model, self.source.token_ids(self._doc), self.cache)
         self._episode.prefill()
+        budget = (options or {}).get("budget", self.config.budget)
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 1:
+            raise ValueError(f"options['budget']={budget!r} must be a fraction of the exact cache in (0, 1]")
         self._t, self._nll, self._exact_sum, self._tokens = 0, 0.0, 0.0, 0
-        self._controller = self.controller()
+        self._controller = self.controller(budget=budget)
         self._obs = self._controller.observe(self.cache, self.cache.due_block())
         return self._obs, {"document": self.source.document_names[self._doc],
                            "action_mask": self._obs["action_mask"].copy()}

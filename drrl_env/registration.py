@@ -8,8 +8,8 @@ import gymnasium as gym
 from gymnasium.envs.registration import WrapperSpec, register
 from gymnasium.wrappers import TimeLimit
 
-from drrl_env.config import EnvConfig, default_max_episode_steps
 from drrl_env.attention.workload import segment_bounds
+from drrl_env.config import EnvConfig, default_max_episode_steps
 from drrl_env.costs import cost_model_class
 from drrl_env.kv.config import KVConfig
 from drrl_env.kv.episode import steps_for
@@ -58,7 +58,8 @@ SMOLLM2_LAYERS = 30
 # DRRL-KV-v0: SmolLM2-135M's KV cache on the same corpus, blocks of 128 tokens leaving a 128-token window
 # (kv/config.py holds every default); episodes of up to 30 steps at the default 4096 tokens.
 KV_DEFAULTS = KVConfig()
-ENV_IDS = ("DRRL-v0", "DRRL-LM-v0", "DRRL-KV-v0")  # what register_envs registers
+RANK_ENV_IDS = ("DRRL-v0", "DRRL-LM-v0")  # RankSelectionEnv: what drrl train / compare / evaluate run
+ENV_IDS = (*RANK_ENV_IDS, "DRRL-KV-v0")  # what register_envs registers
 
 
 def register_envs() -> None:

@@ -11,6 +11,8 @@
     drrl profile   [--lengths 512,2048,4096,8192] [--refresh] [--out DIR] [--env-kwargs k=v ...]
     drrl tradeoff  [--betas 1,2,3] [--documents 12] [--split train] [--env-kwargs k=v ...]
     drrl precompute [--split train] [--documents N] [--env-kwargs k=v ...]   (fill the analysis cache)
+    drrl generate  --prompt-file FILE [--policy pyramid] [--budget 0.25] [--compare dynamic,uniform:r16,...]
+                   [--eval FILE]   (DRRL-KV-v0's cache serving generation; experiments/generate.py)
 
 Bad input exits with status 2 and a one-line message on stderr, never a traceback.
 """
@@ -25,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from agents.baselines import BASELINES
-from drrl_env.config import SPLITS
 from drrl_env.attention.methods import method_names
+from drrl_env.config import SPLITS
 from experiments.backends import backend_names
 
 DEFAULT_POLICIES = "random,fixed:8,fixed:16,full,energy:0.9,oracle"
@@ -50,6 +52,20 @@ def parse_env_kwargs(pairs: list[str]) -> dict[str, Any]:
         else:
             quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
             kwargs[key] = coerce_option(key, value[1:-1] if quoted else value)  # source='synthetic' as Python writes it
+    return kwargs
+
+
+def parse_kv_kwargs(pairs: list[str]) -> dict[str, Any]:
+    """``--env-kwargs`` for DRRL-KV-v0: each value converted to its ``KVConfig`` field's type."""
+    from drrl_env.config import coerce_option
+    from drrl_env.kv.config import KVConfig
+
+    kwargs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--env-kwargs entry {pair!r} is not of the form key=value")
+        kwargs[key] = coerce_option(key, value, KVConfig)
     return kwargs
 
 
@@ -132,8 +148,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import drrl_env  # noqa: F401
     from agents.baselines import make_baseline
     from agents.sb3_agents import RUNTIME_FIELDS, check_env_config, env_config_dict, load_agent, read_saved_agent
-    from experiments.train import read_yaml_mapping
     from experiments.rollout import add_model_metrics, evaluate, summary_table
+    from experiments.train import read_yaml_mapping
 
     env_kwargs = parse_env_kwargs(args.env_kwargs)
     if args.model:
@@ -261,7 +277,7 @@ def cmd_precompute(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from drrl_env.registration import ENV_IDS
+    from drrl_env.registration import RANK_ENV_IDS
 
     parser = argparse.ArgumentParser(prog="drrl", description="DR-RL rank selection: rollouts, training, "
                                      "evaluation and comparison on DRRL-v0")
@@ -273,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--address", help="address of a running Ray cluster (default: start Ray on this machine)")
 
     def env_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--env-id", choices=ENV_IDS,
+        p.add_argument("--env-id", choices=RANK_ENV_IDS,
                        help="the registered environment: DRRL-v0 (MiniLM, pydoc text; the default) or DRRL-LM-v0 "
                             "(SmolLM2-135M, 4096 tokens of standard-library documentation; needs the [llm] extra); "
                             "train and evaluate --model default to the run's own")
@@ -388,6 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     backend_args(p)
     env_args(p)
     p.set_defaults(func=cmd_precompute)
+
+    from experiments.generate import add_parser as add_generate
+
+    add_generate(sub)
 
     p = sub.add_parser("inspect", help="plot one document's spectra and minimal ranks")
     p.add_argument("--document", type=int, default=0, help="document index in the split")

@@ -24,8 +24,16 @@ from drrl_env.config import make_config
 from drrl_env.costs import cost_model_class
 from drrl_env.costs.latency import LatencyProfile, machine_description
 from experiments.backends import PARALLEL_ENV, Resources, make_backend
-from experiments.report import (holm, mean_ci, method_table, paired_comparison, pareto_plot, per_document,
-                                rank_heatmap, topic_of)
+from experiments.report import (
+    holm,
+    mean_ci,
+    method_table,
+    paired_comparison,
+    pareto_plot,
+    per_document,
+    rank_heatmap,
+    topic_of,
+)
 from experiments.rollout import EpisodeSummary, add_model_metrics, evaluate
 from experiments.train import TrainConfig, read_yaml_mapping, resolved_settings, train
 

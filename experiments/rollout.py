@@ -8,10 +8,10 @@ from dataclasses import asdict, dataclass, field, replace
 import gymnasium as gym
 import numpy as np
 import torch
-from sb3_contrib import MaskablePPO
 
 from drrl_env.costs.latency import Timing
 from drrl_env.documents import model_level
+from drrl_env.play import play, predicting
 from drrl_env.sources.base import ModelOutputs
 
 SUMMARY_COLUMNS = ("reward", "fidelity", "relative_error", "cost_ratio", "flop_ratio", "mean_rank",
@@ -52,18 +52,8 @@ class EpisodeSummary:
 def run_episode(env: gym.Env, policy, name: str, document: int) -> EpisodeSummary:
     """One deterministic episode on document ``document`` with ``policy.predict`` (SB3 interface;
     recurrent state is carried, masks are passed to maskable agents)."""
-    obs, info = env.reset(options={"document": document})
-    infos, rewards = [], []
-    state, start = None, True
-    done = False
-    while not done:
-        extra = {"action_masks": env.unwrapped.action_masks()} if isinstance(policy, MaskablePPO) else {}
-        action, state = policy.predict(obs, state=state, episode_start=np.array([start]), deterministic=True, **extra)
-        start = False
-        obs, reward, terminated, truncated, info = env.step(action)
-        rewards.append(reward)
-        infos.append(info)
-        done = terminated or truncated
+    steps = play(env, predicting(policy), document)
+    infos, rewards = [step.info for step in steps], [step.reward for step in steps]
 
     def mean(key: str) -> float:
         return float(np.mean([np.mean(i[key]) for i in infos]))

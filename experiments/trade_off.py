@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from drrl_env.env import RankSelectionEnv
+from drrl_env.play import play
 from drrl_env.reward import RewardWeights
 
 MIN_BEST_RANKS = 3  # ranks that must each be the one-step best somewhere ...
@@ -89,11 +90,8 @@ def fixed_rank_terms(env: RankSelectionEnv, documents: int) -> FixedRankTerms:
         per_rank: dict[str, list[float]] = {name: [] for name in fields}
         layers = []
         for doc in range(documents):
-            env.reset(options={"document": doc})
-            done = False
-            while not done:
-                _, _, terminated, truncated, info = env.step(rank_index)
-                done = terminated or truncated
+            for step in play(env, lambda obs, _: rank_index, doc):
+                info = step.info
                 info["end"] = info["reward_terms"].get("end_fidelity", 0.0)
                 for name in fields:
                     per_rank[name].append(info[name])

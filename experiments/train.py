@@ -28,9 +28,18 @@ from stable_baselines3.common.logger import HParam, configure
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
 import drrl_env  # noqa: F401  (registers DRRL-v0 and DRRL-LM-v0)
-from agents.sb3_agents import (ALGORITHMS, DEFAULT_HYPERPARAMS, POLICIES, TRANSFORMER_KWARGS, behaviour_cloning,
-                               load_agent, make_agent, oracle_dataset, save_agent)
-from drrl_env.registration import ENV_IDS
+from agents.sb3_agents import (
+    ALGORITHMS,
+    DEFAULT_HYPERPARAMS,
+    POLICIES,
+    TRANSFORMER_KWARGS,
+    behaviour_cloning,
+    load_agent,
+    make_agent,
+    oracle_dataset,
+    save_agent,
+)
+from drrl_env.registration import RANK_ENV_IDS
 from experiments.rollout import evaluate
 
 VEC_ENVS = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}  # --vec-env: SB3's vectorized env classes
@@ -55,8 +64,8 @@ class TrainConfig:
     checkpoint_freq: int = 10_000
 
     def __post_init__(self) -> None:
-        if self.env_id not in ENV_IDS:
-            raise ValueError(f"unknown env_id {self.env_id!r}; choose one of {list(ENV_IDS)}")
+        if self.env_id not in RANK_ENV_IDS:
+            raise ValueError(f"unknown env_id {self.env_id!r}; choose one of {list(RANK_ENV_IDS)}")
         if self.algo not in ALGORITHMS:
             raise ValueError(f"unknown algo {self.algo!r}; choose one of {sorted(ALGORITHMS)}")
         if self.policy not in POLICIES:
@@ -78,7 +87,7 @@ class TrainConfig:
         The file holds :class:`TrainConfig`'s fields, or is an RL-Zoo hyperparameter file
         (``{env_id: {n_timesteps, policy, ...}}``, :func:`from_zoo`)."""
         data = read_yaml_mapping(path, "config file")
-        if len(data) == 1 and next(iter(data)) in ENV_IDS:
+        if len(data) == 1 and next(iter(data)) in RANK_ENV_IDS:
             data = from_zoo(data, algo=overrides.get("algo") or Path(path).stem, path=path)
         return cls.from_dict({**data, **{k: v for k, v in overrides.items() if v is not None}})
 

@@ -11,6 +11,7 @@ import sys  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+
 def drrl(*args, cwd, check=True) -> subprocess.CompletedProcess:
     """Runs the ``drrl`` command in a subprocess (as a user would), in folder ``cwd``."""
     result = subprocess.run([sys.executable, "-m", "experiments.cli", *map(str, args)], cwd=cwd,

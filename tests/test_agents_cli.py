@@ -6,14 +6,13 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import SYNTHETIC
 
 from agents.baselines import EnergyThresholdPolicy, make_baseline
 from drrl_env.env import RankSelectionEnv
 from experiments.cli import main, parse_env_kwargs
 from experiments.rollout import evaluate, summary_table
 from experiments.trade_off import fixed_rank_terms, trade_off
-
-from conftest import SYNTHETIC
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from conftest import SYNTHETIC
 
 from drrl_env.env import RankSelectionEnv
-
-from conftest import SYNTHETIC
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

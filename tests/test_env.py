@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import SYNTHETIC
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
@@ -21,8 +22,6 @@ from drrl_env.observation import build_observation
 from drrl_env.reward import output_error
 from drrl_env.sources.base import AttentionTrace
 from experiments.trade_off import fixed_rank_terms, trade_off
-
-from conftest import SYNTHETIC
 
 
 def _rollout(env, policy, seed=None, options=None):

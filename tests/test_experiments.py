@@ -4,10 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import SYNTHETIC, drrl
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-
-from conftest import SYNTHETIC, drrl
 
 SYNTHETIC_ARGS = [f"{k}={v!r}" for k, v in SYNTHETIC.items()]
 

@@ -4,14 +4,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import SYNTHETIC
 
 import drrl_env  # noqa: F401
 from drrl_env.attention import LowRankMethod, get_method, register_method
 from drrl_env.attention.linalg import Factors
 from drrl_env.costs import CostModel, register_cost_model
 from drrl_env.costs.flops import attention_flops
-
-from conftest import SYNTHETIC
 
 
 @register_method

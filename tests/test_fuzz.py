@@ -1,10 +1,9 @@
 """Seeded fuzz: random synthetic configurations and random (masked or not) play, about 20,000 steps."""
 
 import numpy as np
+from test_env import _documented_info_keys
 
 from drrl_env.env import RankSelectionEnv
-
-from test_env import _documented_info_keys
 
 STEPS = 20_000
 

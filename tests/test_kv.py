@@ -82,7 +82,7 @@ def test_the_cache_at_exact_levels_reproduces_the_models_own_forward(kv_env):
             if cache.due_block() is not None:
                 full = np.full(env.n_layers, len(env.ladder) - 1)
                 cache.store(cache.due_block(), full, full)
-            outs.append(model(input_ids=ids[:, start:start + 32], cache=cache, drrl_kv=cache).logits[0])
+            outs.append(model(input_ids=ids[:, start:start + 32], cache=cache).logits[0])
     assert torch.allclose(torch.cat(outs), reference, atol=1e-4, rtol=1e-4)
 
 
@@ -185,3 +185,53 @@ def test_every_baseline_plays_an_episode_within_the_budget(kv_env, spec):
     assert len(KV_BASELINES) == 7
     with pytest.raises(ValueError, match="unknown DRRL-KV-v0 baseline"):
         make_kv_baseline("lru", kv_env)
+
+
+def test_serving_cache_scores_a_document_as_the_environment_does(kv_env):
+    from experiments.generate import run_policy
+
+    env = kv_env.unwrapped
+    steps = _play(kv_env, lambda obs: np.full(4, 2))  # uniform:int4, a fixed plan
+    ids = env.source.token_ids(0)
+    run = run_policy(kv_env, "uniform:int4", ids, 0, ids, progress=False)
+    nll = sum(info["nll"] for _, info in steps) / sum(info["tokens"] for _, info in steps)
+    assert run.perplexity == pytest.approx(float(np.exp(nll)), rel=1e-4)
+    assert run.levels.startswith("int4")
+
+
+def test_transformers_generate_runs_on_the_serving_cache(kv_env):
+    env = kv_env.unwrapped
+    policy = make_kv_baseline("pyramid", kv_env)
+    cache, controller = env.serving_cache(lambda obs: policy.predict(obs)[0], 320)
+    ids = env.source.token_ids(0)[None, :100]
+    out = env.model.generate(ids, cache=cache, max_new_tokens=200, do_sample=False)
+    assert out.shape == (1, 300) and cache.get_seq_length() == 299
+    assert len(cache.blocks) == (299 - 64) // 32 and controller.budget_used <= 1.0
+    assert cache.nbytes() <= controller.budget.cap < 299 * env.exact_token_bytes
+
+
+def test_drrl_generate_compares_policies_and_refuses_bad_input(tiny_causal_llama, tmp_path):
+    from conftest import drrl
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, text in enumerate(_texts()):
+        (corpus / f"t{i}.txt").write_text(text)
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text(_texts()[0][:1200])
+    common = ["--model", tiny_causal_llama, "--budget", "0.5", "--env-kwargs", f"corpus={corpus}", "split=all",
+              "max_seq_len=384", "min_doc_tokens=200", "block=32", "window=64", f"levels={LEVELS}",
+              "calibration_documents=2"]
+    out = drrl("generate", "--prompt-file", prompt, "--max-new-tokens", "40", "--compare", "dynamic,uniform:r4,h2o:1",
+               *common, cwd=tmp_path).stdout
+    table = out[out.index("policy "):].splitlines()
+    assert [row.split()[0] for row in table[1:]] == ["dynamic", "uniform:r4", "h2o:1"]
+    assert "r4 " in table[2] and "int8" not in table[2]  # the plan, lowered to evict where the budget ends
+    for extra, message in [(["--budget", "0"], "--budget must be"), (["--max-new-tokens", "400"], "beyond the 384"),
+                           (["--policy", "lru", "--max-new-tokens", "40"], "unknown DRRL-KV-v0 baseline")]:
+        result = drrl("generate", "--prompt-file", prompt, *common, *extra, cwd=tmp_path, check=False)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    result = drrl("generate", "--prompt-file", empty, *common, cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "prompt is empty" in result.stderr

@@ -6,13 +6,12 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import SYNTHETIC
 
 import drrl_env.costs.latency as latency
-from drrl_env.env import RankSelectionEnv
 from drrl_env.costs import AttentionShape
 from drrl_env.costs.latency import LatencyMeasurer, LatencyProfile
-
-from conftest import SYNTHETIC
+from drrl_env.env import RankSelectionEnv
 
 SHAPE = AttentionShape("svd", (4, 16), query_len=64, key_len=64, head_dim=16, n_heads=4, n_kv_heads=2, causal=True,
                        compress_values=True, segment_len=64)

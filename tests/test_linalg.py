@@ -7,8 +7,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from drrl_env.attention import linalg
-from drrl_env.attention.linalg import Factors
 from drrl_env.attention.kernels import attend, causal_mask, full_attention
+from drrl_env.attention.linalg import Factors
 from drrl_env.attention.methods import get_method
 from drrl_env.costs.flops import attention_flops
 

@@ -9,7 +9,6 @@ import torch
 
 import drrl_env  # noqa: F401
 from drrl_env.env import RankSelectionEnv
-from drrl_env.sources.corpus import load_corpus
 
 LONG_TEXT = ["Attention at long context is where low rank may pay. " * 40]
 

@@ -4,12 +4,12 @@ what the latency timer runs is what the env computes, factor upkeep included."""
 import numpy as np
 import pytest
 import torch
+from conftest import SYNTHETIC
 
 import drrl_env  # noqa: F401
-from conftest import SYNTHETIC
 from drrl_env.attention import linalg
-from drrl_env.attention.methods import get_method
 from drrl_env.attention.kernels import causal_mask, full_attention
+from drrl_env.attention.methods import get_method
 from drrl_env.attention.workload import Prefill
 from drrl_env.costs import AttentionShape
 from drrl_env.costs.flops import attention_flops, feature_flop_ratio

@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import SYNTHETIC, drrl
 
 import drrl_env  # noqa: F401
 from agents.sb3_agents import check_env_config
@@ -16,8 +17,6 @@ from drrl_env.config import coerce_option
 from drrl_env.costs import AttentionShape
 from drrl_env.costs.latency import LatencyMeasurer, LatencyProfile, RankTimings, Timing
 from drrl_env.env import RankSelectionEnv
-
-from conftest import SYNTHETIC, drrl
 
 SYNTHETIC_ARGS = [f"{k}={v}" for k, v in SYNTHETIC.items()]
 

@@ -4,13 +4,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import SYNTHETIC
 
-from agents.sb3_agents import (ALGORITHMS, behaviour_cloning, load_agent, make_agent, oracle_dataset,
-                               save_agent)
+from agents.sb3_agents import ALGORITHMS, behaviour_cloning, load_agent, make_agent, oracle_dataset, save_agent
 from agents.transformer_policy import RankTransformerExtractor
 from drrl_env.env import RankSelectionEnv
-
-from conftest import SYNTHETIC
 
 SMALL = {"ppo": {"n_steps": 64, "batch_size": 32}, "maskable_ppo": {"n_steps": 64, "batch_size": 32},
          "recurrent_ppo": {"n_steps": 64, "batch_size": 32}, "a2c": {}, "dqn": {"learning_starts": 50}}

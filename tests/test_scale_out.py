@@ -13,8 +13,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import yaml
-
 from conftest import SYNTHETIC, drrl
+
 from drrl_env.cache import AnalysisCache
 from experiments.backends import import_ray
 

@@ -5,8 +5,8 @@ import itertools
 import pytest
 import torch
 
-from drrl_env.sources.corpus import MIN_SHARED_PARAGRAPH, load_corpus
 from drrl_env.attention.kernels import causal_mask, full_attention
+from drrl_env.sources.corpus import MIN_SHARED_PARAGRAPH, load_corpus
 from drrl_env.sources.hf import HFAttentionSource
 from drrl_env.sources.synthetic import SyntheticSource
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from typing import Any
+
+import numpy as np
 
 from drrl_env.attention.methods import get_method
 from drrl_env.attention.methods.base import SOFTMAX_FLOPS

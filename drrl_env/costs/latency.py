@@ -46,8 +46,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from drrl_env.attention.methods import get_method
 from drrl_env.attention.features import observation_features
+from drrl_env.attention.methods import get_method
 from drrl_env.attention.workload import Prefill, TimedSegment
 from drrl_env.costs.base import AttentionShape
 from drrl_env.files import write_atomic

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from drrl_env.calibration import fit_bases, load_or_fit
 from drrl_env.cache import code_version
+from drrl_env.calibration import fit_bases, load_or_fit
 
 KEY_SPACES = ("post_rope", "pre_rope")
 

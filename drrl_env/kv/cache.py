@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,8 +33,10 @@ from transformers.cache_utils import Cache, DynamicLayer
 from drrl_env.kv.bases import KVBases, rotate, unrotate
 from drrl_env.kv.levels import FP16_BYTES, KINDS, Evict, Level
 
-# (cache, block index) -> (key levels (Ly,), value levels (Ly,)) as ladder indices
-BlockPolicy = Callable[["CompressedKVCache", int], tuple[np.ndarray, np.ndarray]]
+RECENT_QUERIES = 32  # queries each layer keeps for the observation (the newest ones)
+KV_LAYER = "drrl_kv_layer"  # attribute that tags the keys a CompressedLayer hands to attention
+# (cache, block index) -> None: decides due block ``index`` and stores it (``cache.store``)
+BlockPolicy = Callable[["CompressedKVCache", int], None]
 
 
 @dataclass
@@ -82,6 +85,7 @@ class CompressedLayer(DynamicLayer):
         self.positions = torch.cat([self.positions, torch.arange(self.seen, self.seen + n, device=self.device)])
         self.mass = torch.cat([self.mass, torch.zeros(n, device=self.device)])
         self.seen += n
+        setattr(self.keys, KV_LAYER, self)  # the attention function finds the layer through its keys
         return self.keys, self.values
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
@@ -142,9 +146,10 @@ class CompressedKVCache(Cache):
             raise ValueError(f"sinks={sinks} must lie in 0..block={block}")
         if bases.key_space == "pre_rope" and angles is None:
             raise ValueError("pre-RoPE key bases need the model's rotary angles (angles=...)")
-        super().__init__(layers=[CompressedLayer(block) for _ in range(n_layers)])
+        super().__init__(layers=[CompressedLayer(RECENT_QUERIES) for _ in range(n_layers)])
         self.ladder, self.bases, self.block, self.window, self.sinks = ladder, bases, block, window, sinks
         self.policy, self.angles = policy, angles
+        self._angles: tuple[tuple[int, int] | None, Any] = (None, None)  # the last block's rotary angles
         self.blocks: list[StoredBlock] = []
         self.head_dim, self.n_kv_heads = bases.keys.shape[-1], bases.keys.shape[1]
         self.batch = 1
@@ -156,7 +161,9 @@ class CompressedKVCache(Cache):
             self.batch = key_states.shape[0]
             if self.policy is not None:
                 while (due := self.due_block()) is not None:
-                    self.store(due, *self.policy(self, due))
+                    self.policy(self, due)
+                    if self.due_block() == due:
+                        raise RuntimeError(f"the cache's policy did not store due block {due}")
         return self.layers[layer_idx].update(key_states, value_states)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
@@ -215,7 +222,9 @@ class CompressedKVCache(Cache):
         basis = self.bases.keys[layer_idx]
         if self.bases.key_space == "post_rope":
             return level.reconstruct(keys, basis, "key")
-        cos, sin = self.angles(torch.arange(start, stop, device=keys.device))
+        if self._angles[0] != (start, stop):
+            self._angles = ((start, stop), self.angles(torch.arange(start, stop, device=keys.device)))
+        cos, sin = self._angles[1]
         return rotate(level.reconstruct(unrotate(keys, cos, sin), basis, "key"), cos, sin)
 
     # -- bytes ----------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ class KVEpisode:
     def _forward(self, stop: int) -> torch.Tensor:
         """Runs inputs [position, stop) and returns their next-token NLL (stop - position,)."""
         inputs = self.ids[:, self.position:stop]
-        logits = self.model(input_ids=inputs, cache=self.cache, use_cache=True, drrl_kv=self.cache,
+        logits = self.model(input_ids=inputs, cache=self.cache, use_cache=True,
                             logits_to_keep=0).logits[0]  # (n, vocab)
         nll = torch.nn.functional.cross_entropy(logits.float(), self.ids[0, self.position + 1:stop + 1],
                                                 reduction="none")

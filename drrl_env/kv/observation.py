@@ -1,7 +1,7 @@
 """The deployable features of the block that leaves the window, per layer and storage level.
 
 For layer l, block X_K, X_V (H_kv, n, d) (exact: they are still in the window), and the layer's
-most recent queries Q (H, m, d) with their log-normalizers lse and outputs o (``RecentQueries``):
+most recent queries Q (H, m, d) (m = ``cache.RECENT_QUERIES``) with their log-normalizers lse and outputs o (``RecentQueries``):
 
 - ``energy[l, kind, i]`` = 1 - ||X - X_i||_F^2 / ||X||_F^2: the energy level i keeps (X_i its
   reconstruction; 0 for evict, 1 for exact).  For a rank level this is the block's spectrum in the
@@ -32,21 +32,21 @@ from drrl_env.kv.levels import Evict
 
 def block_features(cache: CompressedKVCache, index: int, clip: float) -> dict[str, np.ndarray]:
     """``energy`` (Ly, 2, R), ``estimate`` (Ly, 2, R) and ``mass`` (Ly, 2) of due block ``index``."""
-    n_layers, n_levels = len(cache.layers), len(cache.ladder)
-    energy = np.zeros((n_layers, 2, n_levels), dtype=np.float32)
-    estimate = np.zeros((n_layers, 2, n_levels), dtype=np.float32)
-    mass = np.zeros((n_layers, 2), dtype=np.float32)
     start, stop = cache.block_positions(index)
+    stored = [i for i, level in enumerate(cache.ladder) if not isinstance(level, Evict)]
+    evicted = [i for i, level in enumerate(cache.ladder) if isinstance(level, Evict)]
+    rows = []
     with torch.no_grad():
         for layer_idx, layer in enumerate(cache.layers):
             entries = layer.span(start, stop)
             keys, values = layer.keys[:, :, entries].float(), layer.values[:, :, entries].float()  # (b, H_kv, n, d)
             recent = layer.recent
             b, heads, m, d = recent.queries.shape
-            group = heads // keys.shape[1]
-            queries = recent.queries.float().reshape(b, keys.shape[1], group * m, d)  # (b, H_kv, g m, d)
-            lse = recent.lse.reshape(b, keys.shape[1], group * m, 1)
-            out = recent.outputs.float().reshape(b, keys.shape[1], group * m, d)
+            kv_heads = keys.shape[1]
+            group = heads // kv_heads
+            queries = recent.queries.float().reshape(b, kv_heads, group * m, d)  # (b, H_kv, g m, d)
+            lse = recent.lse.reshape(b, kv_heads, group * m, 1)
+            out = recent.outputs.float().reshape(b, kv_heads, group * m, d)
             scale = d ** -0.5
             attn = torch.exp((queries @ keys.transpose(-1, -2)) * scale - lse)  # (b, H_kv, g m, n)
             out_norm = out.norm(dim=-1).clamp_min(1e-12)  # (b, H_kv, g m)
@@ -54,27 +54,26 @@ def block_features(cache: CompressedKVCache, index: int, clip: float) -> dict[st
             spread = (values.square().sum(-1)[:, :, None] + out.square().sum(-1)[..., None]
                       - 2 * out @ values.transpose(-1, -2)).clamp_min(0).sqrt()
             block_mass = attn.sum(-1)  # (b, H_kv, g m)
-            mass[layer_idx, 0] = float(block_mass.mean())
             since = (cache.seen - (start + stop) / 2) * heads * b
-            mass[layer_idx, 1] = float(layer.mass[entries].mean() / max(since, 1.0))
+            accumulated = layer.mass[entries].mean() / max(since, 1.0)
             # sum_j a_j (o - v_j) = mass o - A_blk V_blk, (b, H_kv, g m, d)
             removed = (block_mass[..., None] * out - attn @ values).norm(dim=-1) / (1 - block_mass).clamp_min(1e-6)
-            for i, level in enumerate(cache.ladder):
-                if isinstance(level, Evict):
-                    estimate[layer_idx, :, i] = float((removed / out_norm).mean())
-                    continue
-                rebuilt_keys = cache.stored_keys(layer_idx, keys, level, start, stop)
-                rebuilt_values = level.reconstruct(values, cache.bases.values[layer_idx], "value")
-                energy[layer_idx, 0, i] = _kept_energy(keys, rebuilt_keys)
-                energy[layer_idx, 1, i] = _kept_energy(values, rebuilt_values)
-                delta = (queries @ (rebuilt_keys - keys).transpose(-1, -2)) * scale  # (b, H_kv, g m, n)
-                key_change = (attn * delta.abs() * spread).sum(-1)
-                value_change = attn @ (rebuilt_values - values).norm(dim=-1)[..., None]  # (b, H_kv, g m, 1)
-                estimate[layer_idx, 0, i] = float((key_change / out_norm).mean())
-                estimate[layer_idx, 1, i] = float((value_change[..., 0] / out_norm).mean())
-    return {"energy": energy, "estimate": np.log1p(np.minimum(estimate, clip)).astype(np.float32), "mass": mass}
-
-
-def _kept_energy(x: torch.Tensor, rebuilt: torch.Tensor) -> float:
-    total = float(x.square().sum())
-    return 1.0 if total == 0 else max(0.0, 1.0 - float((x - rebuilt).square().sum()) / total)
+            rebuilt_keys = torch.stack([cache.stored_keys(layer_idx, keys, cache.ladder[i], start, stop)
+                                        for i in stored])  # (R', b, H_kv, n, d)
+            rebuilt_values = torch.stack([cache.ladder[i].reconstruct(values, cache.bases.values[layer_idx], "value")
+                                          for i in stored])
+            key_error, value_error = rebuilt_keys - keys, rebuilt_values - values
+            delta = (queries @ key_error.transpose(-1, -2)) * scale  # (R', b, H_kv, g m, n)
+            key_change = (attn * delta.abs() * spread).sum(-1) / out_norm  # (R', b, H_kv, g m)
+            value_change = (attn @ value_error.norm(dim=-1)[..., None])[..., 0] / out_norm
+            energy = torch.zeros(2, len(cache.ladder))
+            estimate = torch.zeros(2, len(cache.ladder))
+            energy[0, stored] = 1 - key_error.square().sum((1, 2, 3, 4)) / keys.square().sum().clamp_min(1e-30)
+            energy[1, stored] = 1 - value_error.square().sum((1, 2, 3, 4)) / values.square().sum().clamp_min(1e-30)
+            estimate[0, stored] = key_change.mean((1, 2, 3))
+            estimate[1, stored] = value_change.mean((1, 2, 3))
+            estimate[:, evicted] = (removed / out_norm).mean()
+            rows.append((energy.clamp(0, 1), estimate, torch.stack([block_mass.mean(), accumulated.float()])))
+    energy, estimate, mass = (torch.stack(parts).cpu().numpy().astype(np.float32) for parts in zip(*rows))
+    return {"energy": energy, "estimate": np.log1p(np.minimum(estimate, clip)).astype(np.float32),
+            "mass": np.clip(mass, 0.0, 1.0)}

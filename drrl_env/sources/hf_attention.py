@@ -14,8 +14,9 @@ on those arguments, so no module state is involved:
 - ``drrl_layer=f``: the call's output is ``f(LayerInputs)`` (H, L, d): a closed-loop episode
   (``episode.py``) decides each layer's ranks from the q, k, v that the ranks of the layers
   before it produced, and returns the output it computed at those ranks.
-- ``drrl_kv=CompressedKVCache``: attention over the compressed KV cache (``kv/attention.py``), which
-  records what the KV observation reads: DRRL-KV-v0 and ``drrl generate``.
+- keys handed out by a ``CompressedKVCache`` (tagged by it, so ``generate`` needs no extra argument):
+  attention over the compressed KV cache (``kv/attention.py``), which records what the KV
+  observation reads: DRRL-KV-v0 and ``drrl generate``.
 - none of these: plain SDPA.
 """
 
@@ -34,6 +35,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from drrl_env.attention.methods.base import LowRankMethod
 from drrl_env.attention.workload import Prefill
 from drrl_env.kv.attention import kv_attention
+from drrl_env.kv.cache import KV_LAYER
 
 ATTENTION = "drrl"
 
@@ -73,11 +75,10 @@ class LowRankPlan:
 def _drrl_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                     attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                     drrl_records: list[dict[str, Any]] | None = None, drrl_plan: LowRankPlan | None = None,
-                    drrl_layer: Callable[[LayerInputs], torch.Tensor] | None = None, drrl_kv: Any = None,
-                    **kwargs: Any):
-    if drrl_kv is not None:
-        return kv_attention(drrl_kv.layers[module.layer_idx], query, key, value,
-                            query.shape[-1] ** -0.5 if scaling is None else float(scaling)), None
+                    drrl_layer: Callable[[LayerInputs], torch.Tensor] | None = None, **kwargs: Any):
+    kv_layer = getattr(key, KV_LAYER, None)
+    if kv_layer is not None:
+        return kv_attention(kv_layer, query, key, value, query.shape[-1] ** -0.5 if scaling is None else float(scaling)), None
     if drrl_layer is not None:
         inputs = LayerInputs(query[0], key[0], value[0], query.shape[-1] ** -0.5 if scaling is None else float(scaling),
                              is_causal(module, attention_mask, query.shape[2], key.shape[2]))

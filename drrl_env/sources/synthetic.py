@@ -20,8 +20,15 @@ import math
 
 import torch
 
-from drrl_env.sources.base import (SPLIT_MODULUS, TEST_BUCKETS, VALIDATION_BUCKETS, AttentionSource, AttentionTrace,
-                                  SourceSpec, split_of)
+from drrl_env.sources.base import (
+    SPLIT_MODULUS,
+    TEST_BUCKETS,
+    VALIDATION_BUCKETS,
+    AttentionSource,
+    AttentionTrace,
+    SourceSpec,
+    split_of,
+)
 
 BLOCK = 64
 GENERATOR_VERSION = 1  # bump when the generator's output changes (invalidates cached analyses)

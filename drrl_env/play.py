@@ -1,0 +1,61 @@
+"""The one episode loop: play a policy through any drrl environment and keep what each step gave.
+
+Every consumer that runs whole episodes (evaluation rows, the planner's rollouts, behaviour
+cloning's dataset, the fixed-rank trade-off table, the KV frontier) calls :func:`play`, so an episode
+means the same thing everywhere: ``reset(options)``, then ``step(act(obs, env))`` until terminated
+or truncated.  ``act`` receives the unwrapped environment too, for references that read the true
+state (oracles); deployable policies use the observation alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+# (observation, unwrapped env) -> action
+Act = Callable[[dict[str, np.ndarray], Any], Any]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step: the observation acted on, the action, the reward and the step's info."""
+
+    observation: dict[str, np.ndarray]
+    action: Any
+    reward: float
+    info: dict[str, Any]
+
+
+def play(env: gym.Env, act: Act, document: int, options: dict[str, Any] | None = None,
+         keep_observations: bool = False) -> list[Step]:
+    """One episode on ``document`` (``options`` adds reset options); observations are kept only when asked
+    (a long episode's observations are large)."""
+    obs, _ = env.reset(options={**(options or {}), "document": int(document)})
+    steps, done = [], False
+    while not done:
+        action = act(obs, env.unwrapped)
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        steps.append(Step(obs if keep_observations else {}, action, float(reward), info))
+        obs, done = next_obs, terminated or truncated
+    return steps
+
+
+def predicting(policy: Any) -> Act:
+    """An ``Act`` from an object with SB3's ``predict`` (trained agents and baselines): deterministic, the
+    recurrent state carried across the episode's steps, masks passed where the policy takes them."""
+    from sb3_contrib import MaskablePPO
+
+    state: dict[str, Any] = {"hidden": None, "start": True}
+
+    def act(obs: dict[str, np.ndarray], env: Any) -> Any:
+        extra = {"action_masks": env.action_masks()} if isinstance(policy, MaskablePPO) else {}
+        action, state["hidden"] = policy.predict(obs, state=state["hidden"], episode_start=np.array([state["start"]]),
+                                                 deterministic=True, **extra)
+        state["start"] = False
+        return action
+
+    return act
