@@ -3,14 +3,21 @@ Stable-Baselines3 / sb3-contrib agents (``sb3_agents.py``) and the Transformer f
 (``transformer_policy.py``)."""
 
 from agents.baselines import (
-                              BASELINES,
-                              EnergyThresholdPolicy,
-                              FixedRankPolicy,
-                              FullRankPolicy,
-                              OraclePolicy,
-                              RandomPolicy,
-                              make_baseline,
+    BASELINES,
+    EnergyThresholdPolicy,
+    FixedRankPolicy,
+    FullRankPolicy,
+    OraclePolicy,
+    RandomPolicy,
+    make_baseline,
 )
 
-__all__ = ["BASELINES", "EnergyThresholdPolicy", "FixedRankPolicy", "FullRankPolicy", "OraclePolicy",
-           "RandomPolicy", "make_baseline"]
+__all__ = [
+    "BASELINES",
+    "EnergyThresholdPolicy",
+    "FixedRankPolicy",
+    "FullRankPolicy",
+    "OraclePolicy",
+    "RandomPolicy",
+    "make_baseline",
+]

@@ -23,8 +23,9 @@ class RankPolicy:
     def act(self, obs: dict[str, np.ndarray]) -> int:
         raise NotImplementedError
 
-    def predict(self, obs: dict[str, np.ndarray], state: Any = None, episode_start: Any = None,
-                deterministic: bool = True) -> tuple[np.ndarray, None]:
+    def predict(
+        self, obs: dict[str, np.ndarray], state: Any = None, episode_start: Any = None, deterministic: bool = True
+    ) -> tuple[np.ndarray, None]:
         return np.asarray(self.act(obs)), None
 
 
@@ -58,8 +59,9 @@ class PerLayerStaticPolicy(RankPolicy):
     def __init__(self, ranks: tuple[int, ...], ranks_per_layer: list[int]) -> None:
         unknown = [r for r in ranks_per_layer if r not in ranks]
         if unknown or not ranks_per_layer:
-            raise ValueError(f"per-layer ranks {ranks_per_layer} must be values of the env's rank grid {list(ranks)}, "
-                             "one per layer")
+            raise ValueError(
+                f"per-layer ranks {ranks_per_layer} must be values of the env's rank grid {list(ranks)}, one per layer"
+            )
         self.index = [ranks.index(r) for r in ranks_per_layer]
         self.name = "static:" + "/".join(map(str, ranks_per_layer))
 
@@ -155,8 +157,17 @@ class OraclePolicy(RankPolicy):
         return int(np.argmax(rewards))
 
 
-BASELINES = ("full", "fixed:R", "static:R0/R1/...", "random", "energy:TAU", "energy-cost:TAU", "budget-greedy:PACE",
-             "oracle", "planner")
+BASELINES = (
+    "full",
+    "fixed:R",
+    "static:R0/R1/...",
+    "random",
+    "energy:TAU",
+    "energy-cost:TAU",
+    "budget-greedy:PACE",
+    "oracle",
+    "planner",
+)
 REFERENCES = ("oracle", "planner")  # read the true attention: upper references, not deployable
 
 
@@ -176,7 +187,9 @@ def make_baseline(spec: str, env: gym.Env, seed: int | None = None) -> RankPolic
         if name == "static" and arg:
             per_layer = [int(r) for r in arg.split("/")]
             if len(per_layer) != env.unwrapped.source.spec.n_layers:
-                raise ValueError(f"give one rank per layer ({env.unwrapped.source.spec.n_layers}), got {len(per_layer)}")
+                raise ValueError(
+                    f"give one rank per layer ({env.unwrapped.source.spec.n_layers}), got {len(per_layer)}"
+                )
             return PerLayerStaticPolicy(ranks, per_layer)
         if name == "random" and not arg:
             return RandomPolicy(seed)

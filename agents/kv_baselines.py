@@ -48,10 +48,20 @@ class KVShape:
     def of(cls, env: Any) -> KVShape:
         env = env.unwrapped
         cache = env.new_cache()
-        sizes = np.array([[level.block_bytes(env.config.block, cache.head_dim, kind) * cache.n_kv_heads
-                           for level in env.ladder] for kind in ("key", "value")])
-        return cls(env.ladder, env.n_layers, sizes, env.budget.cap - env.budget.reserved, env.config.max_seq_len,
-                   env.config.block)
+        sizes = np.array(
+            [
+                [level.block_bytes(env.config.block, cache.head_dim, kind) * cache.n_kv_heads for level in env.ladder]
+                for kind in ("key", "value")
+            ]
+        )
+        return cls(
+            env.ladder,
+            env.n_layers,
+            sizes,
+            env.budget.cap - env.budget.reserved,
+            env.config.max_seq_len,
+            env.config.block,
+        )
 
     def index(self, name: str) -> int:
         names = [level.name for level in self.ladder]
@@ -77,8 +87,9 @@ class KVPolicy:
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
 
-    def predict(self, obs: dict[str, np.ndarray], state: Any = None, episode_start: Any = None,
-                deterministic: bool = True) -> tuple[np.ndarray, None]:
+    def predict(
+        self, obs: dict[str, np.ndarray], state: Any = None, episode_start: Any = None, deterministic: bool = True
+    ) -> tuple[np.ndarray, None]:
         return np.asarray(self.act(obs), dtype=np.int64), None
 
 

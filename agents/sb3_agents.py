@@ -25,22 +25,55 @@ from drrl_env.config import EnvConfig
 from drrl_env.play import play
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
-    "ppo": PPO, "a2c": A2C, "dqn": DQN, "maskable_ppo": MaskablePPO, "recurrent_ppo": RecurrentPPO,
+    "ppo": PPO,
+    "a2c": A2C,
+    "dqn": DQN,
+    "maskable_ppo": MaskablePPO,
+    "recurrent_ppo": RecurrentPPO,
 }
 POLICIES = ("mlp", "transformer")
 
 # Episodes are 24 steps on the default env; rollouts cover several episodes, discounting is mild
 # because a rank choice affects the next segment only through the perturbation term.
 DEFAULT_HYPERPARAMS: dict[str, dict[str, Any]] = {
-    "ppo": {"n_steps": 512, "batch_size": 128, "n_epochs": 5, "learning_rate": 3e-4, "gamma": 0.9,
-            "gae_lambda": 0.9, "ent_coef": 0.01},
-    "maskable_ppo": {"n_steps": 512, "batch_size": 128, "n_epochs": 5, "learning_rate": 3e-4, "gamma": 0.9,
-                     "gae_lambda": 0.9, "ent_coef": 0.01},
-    "recurrent_ppo": {"n_steps": 256, "batch_size": 128, "n_epochs": 5, "learning_rate": 3e-4, "gamma": 0.9,
-                      "gae_lambda": 0.9, "ent_coef": 0.01},
+    "ppo": {
+        "n_steps": 512,
+        "batch_size": 128,
+        "n_epochs": 5,
+        "learning_rate": 3e-4,
+        "gamma": 0.9,
+        "gae_lambda": 0.9,
+        "ent_coef": 0.01,
+    },
+    "maskable_ppo": {
+        "n_steps": 512,
+        "batch_size": 128,
+        "n_epochs": 5,
+        "learning_rate": 3e-4,
+        "gamma": 0.9,
+        "gae_lambda": 0.9,
+        "ent_coef": 0.01,
+    },
+    "recurrent_ppo": {
+        "n_steps": 256,
+        "batch_size": 128,
+        "n_epochs": 5,
+        "learning_rate": 3e-4,
+        "gamma": 0.9,
+        "gae_lambda": 0.9,
+        "ent_coef": 0.01,
+    },
     "a2c": {"n_steps": 24, "learning_rate": 7e-4, "gamma": 0.9, "ent_coef": 0.01},
-    "dqn": {"learning_rate": 5e-4, "buffer_size": 50_000, "learning_starts": 500, "batch_size": 64,
-            "gamma": 0.9, "train_freq": 4, "target_update_interval": 500, "exploration_fraction": 0.3},
+    "dqn": {
+        "learning_rate": 5e-4,
+        "buffer_size": 50_000,
+        "learning_starts": 500,
+        "batch_size": 64,
+        "gamma": 0.9,
+        "train_freq": 4,
+        "target_update_interval": 500,
+        "exploration_fraction": 0.3,
+    },
 }
 TRANSFORMER_KWARGS = {"width": 64, "n_layers": 2, "n_heads": 4}
 # Config fields that do not change the MDP and may differ between training and evaluation.
@@ -50,8 +83,15 @@ DATA_FIELDS = frozenset(EnvConfig.data_fields())
 FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EnvConfig)}  # a saved config's missing fields
 
 
-def make_agent(algo: str, env: gym.Env | Any, policy: str = "mlp", seed: int | None = None,
-               tensorboard_log: str | None = None, verbose: int = 0, **overrides: Any) -> BaseAlgorithm:
+def make_agent(
+    algo: str,
+    env: gym.Env | Any,
+    policy: str = "mlp",
+    seed: int | None = None,
+    tensorboard_log: str | None = None,
+    verbose: int = 0,
+    **overrides: Any,
+) -> BaseAlgorithm:
     """An untrained SB3 model of ``algo`` on ``env`` (a gym env or a VecEnv)."""
     if algo not in ALGORITHMS:
         raise ValueError(f"unknown algo {algo!r}; choose one of {sorted(ALGORITHMS)}")
@@ -64,8 +104,16 @@ def make_agent(algo: str, env: gym.Env | Any, policy: str = "mlp", seed: int | N
         policy_kwargs.setdefault("features_extractor_kwargs", dict(TRANSFORMER_KWARGS))
         policy_kwargs.setdefault("net_arch", [64] if algo == "dqn" else dict(pi=[64], vf=[64]))
     policy_name = "MultiInputLstmPolicy" if algo == "recurrent_ppo" else "MultiInputPolicy"
-    model = ALGORITHMS[algo](policy_name, env, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose,
-                             policy_kwargs=policy_kwargs, device="cpu", **kwargs)
+    model = ALGORITHMS[algo](
+        policy_name,
+        env,
+        seed=seed,
+        tensorboard_log=tensorboard_log,
+        verbose=verbose,
+        policy_kwargs=policy_kwargs,
+        device="cpu",
+        **kwargs,
+    )
     model.drrl_algo = algo
     model.drrl_policy = policy
     model.drrl_env_config = env_config_dict(model.get_env())
@@ -117,8 +165,9 @@ def check_env_config(saved: dict[str, Any], current: dict[str, Any]) -> list[str
     returns the data fields (``EnvConfig.data_fields``) that differ, for the caller to report.  A field
     the saved config lacks (added to ``EnvConfig`` after the agent was trained) counts as its default."""
     saved = {**{k: v for k, v in FIELD_DEFAULTS.items() if k in current}, **saved}
-    differing = sorted(k for k in set(saved) | set(current)
-                       if k not in RUNTIME_FIELDS and saved.get(k) != current.get(k))
+    differing = sorted(
+        k for k in set(saved) | set(current) if k not in RUNTIME_FIELDS and saved.get(k) != current.get(k)
+    )
     meaning = [k for k in differing if k not in DATA_FIELDS]
     if meaning:
         details = ", ".join(f"{k}: trained {saved.get(k)!r}, now {current.get(k)!r}" for k in meaning)
@@ -129,15 +178,23 @@ def check_env_config(saved: dict[str, Any], current: dict[str, Any]) -> list[str
 def oracle_dataset(env: gym.Env, documents: list[int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Observations and the oracle's actions over full episodes on ``documents``."""
     oracle = OraclePolicy(env)
-    steps = [step for doc in documents for step in play(env, lambda obs, _: oracle.act(obs), doc, keep_observations=True)]
+    steps = [
+        step for doc in documents for step in play(env, lambda obs, _: oracle.act(obs), doc, keep_observations=True)
+    ]
     observations, actions = [step.observation for step in steps], [step.action for step in steps]
     stacked = {key: np.stack([o[key] for o in observations]) for key in observations[0]}
     return stacked, np.asarray(actions)
 
 
-def behaviour_cloning(model: BaseAlgorithm, observations: dict[str, np.ndarray], actions: np.ndarray,
-                      epochs: int = 10, batch_size: int = 128, learning_rate: float = 1e-3,
-                      seed: int = 0) -> list[float]:
+def behaviour_cloning(
+    model: BaseAlgorithm,
+    observations: dict[str, np.ndarray],
+    actions: np.ndarray,
+    epochs: int = 10,
+    batch_size: int = 128,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+) -> list[float]:
     """Fit the policy to (observation, action) pairs by maximum likelihood; returns the mean loss per epoch.
 
     Actor-critic policies minimize -log pi(a|s) (``evaluate_actions``); DQN minimizes the cross
@@ -154,7 +211,7 @@ def behaviour_cloning(model: BaseAlgorithm, observations: dict[str, np.ndarray],
         order = rng.permutation(len(actions))
         total = 0.0
         for start in range(0, len(order), batch_size):
-            idx = torch.as_tensor(order[start:start + batch_size])
+            idx = torch.as_tensor(order[start : start + batch_size])
             batch = {k: v[idx] for k, v in obs_tensor.items()}
             if isinstance(model, DQN):
                 logits = policy.q_net(policy.obs_to_tensor(_numpy(batch))[0])
@@ -162,7 +219,9 @@ def behaviour_cloning(model: BaseAlgorithm, observations: dict[str, np.ndarray],
             else:
                 obs_t = policy.obs_to_tensor(_numpy(batch))[0]
                 if isinstance(model, RecurrentPPO):
-                    raise ValueError("behaviour cloning of recurrent policies is not supported; use ppo or maskable_ppo")
+                    raise ValueError(
+                        "behaviour cloning of recurrent policies is not supported; use ppo or maskable_ppo"
+                    )
                 _, log_prob, _ = policy.evaluate_actions(obs_t, act_tensor[idx])
                 loss = -log_prob.mean()
             optimizer.zero_grad()

@@ -37,7 +37,9 @@ class EncoderBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.norm1(x)  # (B, N, width)
-        attended, weights = self.attn(h, h, h, need_weights=True, average_attn_weights=False)  # weights (B, heads, N, N)
+        attended, weights = self.attn(
+            h, h, h, need_weights=True, average_attn_weights=False
+        )  # weights (B, heads, N, N)
         x = x + attended
         return x + self.ff(self.norm2(x)), weights
 
@@ -48,7 +50,9 @@ class RankTransformerExtractor(BaseFeaturesExtractor):
     def __init__(self, observation_space: spaces.Dict, width: int = 64, n_layers: int = 2, n_heads: int = 4) -> None:
         shapes = {key: space.shape for key, space in observation_space.spaces.items()}
         missing = {"q_spectrum", "output_bound", "cost", "context", "action_mask"} - set(shapes)
-        assert not missing, f"RankTransformerExtractor needs a DRRL-v0 observation space; missing keys {sorted(missing)}"
+        assert not missing, (
+            f"RankTransformerExtractor needs a DRRL-v0 observation space; missing keys {sorted(missing)}"
+        )
         assert width % n_heads == 0, f"width={width} must be a multiple of n_heads={n_heads}"
         heads, head_dim = shapes["q_spectrum"]
         n_ranks = shapes["cost"][0]
@@ -68,12 +72,30 @@ class RankTransformerExtractor(BaseFeaturesExtractor):
     def tokens(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, H + R + 1, width) token embeddings before the encoder."""
         batch = obs["context"].shape[0]
-        per_head = torch.cat([obs["q_spectrum"], obs["k_spectrum"], obs["output_bound"], obs["change_bound"],
-                              obs["tail_energy"].flatten(2), obs["band_energy"].flatten(2)], dim=-1)  # (B, H, 2d + 6R)
+        per_head = torch.cat(
+            [
+                obs["q_spectrum"],
+                obs["k_spectrum"],
+                obs["output_bound"],
+                obs["change_bound"],
+                obs["tail_energy"].flatten(2),
+                obs["band_energy"].flatten(2),
+            ],
+            dim=-1,
+        )  # (B, H, 2d + 6R)
         safe = obs["action_mask"].reshape(batch, -1, self.n_ranks).float().mean(1)  # (B, R), per-head masks averaged
-        per_rank = torch.cat([obs["cost"][..., None], obs["layer_bound"], safe[..., None],
-                              obs["output_bound"].mean(1)[..., None], obs["change_bound"].mean(1)[..., None],
-                              obs["tail_energy"].mean(1), obs["band_energy"].mean(1)], dim=-1)  # (B, R, 10)
+        per_rank = torch.cat(
+            [
+                obs["cost"][..., None],
+                obs["layer_bound"],
+                safe[..., None],
+                obs["output_bound"].mean(1)[..., None],
+                obs["change_bound"].mean(1)[..., None],
+                obs["tail_energy"].mean(1),
+                obs["band_energy"].mean(1),
+            ],
+            dim=-1,
+        )  # (B, R, 10)
         head_tokens = self.head_proj(per_head) + self.type_embedding[0]  # (B, H, width)
         rank_tokens = self.rank_proj(per_rank) + self.type_embedding[1] + self.rank_embedding  # (B, R, width)
         context_token = self.context_proj(obs["context"])[:, None] + self.type_embedding[2]  # (B, 1, width)
@@ -87,5 +109,5 @@ class RankTransformerExtractor(BaseFeaturesExtractor):
             weights.append(w.detach())
         self.last_attention = weights
         x = self.norm(x)
-        rank_out = x[:, self.heads:self.heads + self.n_ranks]  # (B, R, width)
+        rank_out = x[:, self.heads : self.heads + self.n_ranks]  # (B, R, width)
         return torch.cat([x[:, -1], rank_out.flatten(1)], dim=-1)  # (B, (R + 1) * width)

@@ -43,20 +43,30 @@ def main() -> None:
             bounds = RelativeBounds.of(analysis, np.inf, privileged).layer_pairs[..., :-1, -1]  # low ranks vs full
             scales[privileged].append(bounds.reshape(-1))
     exact, deployable = (np.concatenate(scales[p]) for p in (True, False))
-    print(f"scale: {len(exact)} (layer, segment, low rank) bounds; exact-output scale / deployable scale: "
-          f"median {np.median(exact / deployable):.2f} (10-90%: {np.percentile(exact / deployable, 10):.2f}"
-          f"-{np.percentile(exact / deployable, 90):.2f})")
+    print(
+        f"scale: {len(exact)} (layer, segment, low rank) bounds; exact-output scale / deployable scale: "
+        f"median {np.median(exact / deployable):.2f} (10-90%: {np.percentile(exact / deployable, 10):.2f}"
+        f"-{np.percentile(exact / deployable, 90):.2f})"
+    )
     for old, new in zip(OLD_THRESHOLDS, NEW_THRESHOLDS):
-        print(f"  masked above {old:g} on the exact scale: {(exact > old).mean():.1%};  above {new:g} on the "
-              f"deployable scale: {(deployable > new).mean():.1%}")
+        print(
+            f"  masked above {old:g} on the exact scale: {(exact > old).mean():.1%};  above {new:g} on the "
+            f"deployable scale: {(deployable > new).mean():.1%}"
+        )
 
-    shapes = {"MiniLM segment": dict(ranks=(4, 32), query_len=128, key_len=512, head_dim=32, n_heads=12, n_kv_heads=12,
-                                     causal=False),
-              "SmolLM2 last segment at 4096": dict(ranks=(8, 64), query_len=512, key_len=4096, head_dim=64, n_heads=9,
-                                                   n_kv_heads=3, causal=True)}
+    shapes = {
+        "MiniLM segment": dict(
+            ranks=(4, 32), query_len=128, key_len=512, head_dim=32, n_heads=12, n_kv_heads=12, causal=False
+        ),
+        "SmolLM2 last segment at 4096": dict(
+            ranks=(8, 64), query_len=512, key_len=4096, head_dim=64, n_heads=9, n_kv_heads=3, causal=True
+        ),
+    }
     for label, shape in shapes.items():
-        shares = {m: feature_flop_ratio(AttentionShape(m, compress_values=True, segment_len=shape["query_len"], **shape))
-                  for m in method_names()}
+        shares = {
+            m: feature_flop_ratio(AttentionShape(m, compress_values=True, segment_len=shape["query_len"], **shape))
+            for m in method_names()
+        }
         print(f"features, {label}: " + ", ".join(f"{m} {v:.1%}" for m, v in shares.items()))
 
     from pydoc_data.topics import topics

@@ -57,31 +57,35 @@ def main() -> None:
             plan = rng.integers(n_docs, size=args.episodes)
             steps, seconds = run(env, list(plan), rng)
             first = list(dict.fromkeys(plan.tolist()))
-            cold_steps, cold_seconds = run(RankSelectionEnv(source=source, cache_dir=None, closed_loop=False),
-                                           first[:8], rng)
-            disk_steps, disk_seconds = run(RankSelectionEnv(source=source, cache_dir=cache, closed_loop=False),
-                                           first[:8], rng)
+            cold_steps, cold_seconds = run(
+                RankSelectionEnv(source=source, cache_dir=None, closed_loop=False), first[:8], rng
+            )
+            disk_steps, disk_seconds = run(
+                RankSelectionEnv(source=source, cache_dir=cache, closed_loop=False), first[:8], rng
+            )
             warm_steps, warm_seconds = run(env, first[:50] * 2, rng)
             if source == "model":
                 closed = RankSelectionEnv(cache_dir=cache)
                 run(closed, first[:8], rng)  # layer 0 of each document in memory
                 closed_steps, closed_seconds = run(closed, first[:8] * 2, rng)
-        print(f"{source:9s}: {n_docs} train documents, {args.episodes} episodes ({len(first)} distinct), "
-              f"{steps} steps")
+        print(f"{source:9s}: {n_docs} train documents, {args.episodes} episodes ({len(first)} distinct), {steps} steps")
         print(f"  cold      {cold_steps / cold_seconds:9.0f} steps/s  (first episode on 8 documents, no cache)")
-        print(f"  disk      {disk_steps / disk_seconds:9.0f} steps/s  (first episode on 8 documents, disk cache filled)")
+        print(
+            f"  disk      {disk_steps / disk_seconds:9.0f} steps/s  (first episode on 8 documents, disk cache filled)"
+        )
         print(f"  warm      {warm_steps / warm_seconds:9.0f} steps/s  (documents already analysed in memory)")
         print(f"  amortized {steps / seconds:9.0f} steps/s  ({args.episodes} episodes from an empty cache)")
         if source == "model":
-            print(f"  closed    {closed_steps / closed_seconds:9.0f} steps/s  (closed loop, 8 documents, layer 0 "
-                  "cached, layers 1.. analysed live)")
+            print(
+                f"  closed    {closed_steps / closed_seconds:9.0f} steps/s  (closed loop, 8 documents, layer 0 "
+                "cached, layers 1.. analysed live)"
+            )
     if args.lm_episodes:
         lm = gym.make("DRRL-LM-v0", split="test").unwrapped
         documents = list(range(min(args.lm_episodes, len(lm.document_names()))))
         run(lm, documents, np.random.default_rng(0))  # warm-up: each document's layer 0 analysed (or read from disk)
         steps, seconds = run(lm, documents, np.random.default_rng(1))
-        print(f"DRRL-LM-v0: closed loop, {len(documents)} test documents, {steps} steps: "
-              f"{steps / seconds:.1f} steps/s")
+        print(f"DRRL-LM-v0: closed loop, {len(documents)} test documents, {steps} steps: {steps / seconds:.1f} steps/s")
 
 
 if __name__ == "__main__":

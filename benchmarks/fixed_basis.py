@@ -32,8 +32,17 @@ from drrl_env.costs.latency import DTYPES, machine_description, time_interleaved
 F = torch.nn.functional
 
 
-def _cases(device: torch.device, dtype: torch.dtype, batch: int, heads: int, kv_heads: int, d: int,
-           ranks: list[int], query_len: int, key_len: int) -> list[Callable[[], torch.Tensor]]:
+def _cases(
+    device: torch.device,
+    dtype: torch.dtype,
+    batch: int,
+    heads: int,
+    kv_heads: int,
+    d: int,
+    ranks: list[int],
+    query_len: int,
+    key_len: int,
+) -> list[Callable[[], torch.Tensor]]:
     """Calls for each rank, then exact attention: one query block of ``query_len`` over ``key_len`` keys
     (prefill when they are equal: causal, everything projected; decode otherwise: cache at width r)."""
     gen = torch.Generator(device=device).manual_seed(0)
@@ -53,9 +62,11 @@ def _cases(device: torch.device, dtype: torch.dtype, batch: int, heads: int, kv_
         p_kq = p_k.repeat_interleave(group, 0)  # (H, d, r): each query head on its K/V head's basis
         p_vq = p_v.repeat_interleave(group, 0)
         if prefill:
+
             def call(p_k=p_k, p_v=p_v, p_kq=p_kq, p_vq=p_vq):
-                out = F.scaled_dot_product_attention(q @ p_kq, k @ p_k, v @ p_v, is_causal=True,
-                                                     scale=d ** -0.5, enable_gqa=True)  # (B, H, L, r)
+                out = F.scaled_dot_product_attention(
+                    q @ p_kq, k @ p_k, v @ p_v, is_causal=True, scale=d**-0.5, enable_gqa=True
+                )  # (B, H, L, r)
                 return out @ p_vq.transpose(-1, -2)  # (B, H, L, d)
         else:
             k_r, v_r = k @ p_k, v @ p_v  # (B, H_kv, N, r): the cache, kept at width r
@@ -63,8 +74,9 @@ def _cases(device: torch.device, dtype: torch.dtype, batch: int, heads: int, kv_
             def call(p_k=p_k, p_v=p_v, p_kq=p_kq, p_vq=p_vq, k_r=k_r, v_r=v_r):
                 new_k, new_v = new_kv @ p_k, new_kv @ p_v  # the new token enters the cache at width r
                 k_r[:, :, -1:], v_r[:, :, -1:] = new_k, new_v
-                out = F.scaled_dot_product_attention(q @ p_kq, k_r, v_r, scale=d ** -0.5, enable_gqa=True)
+                out = F.scaled_dot_product_attention(q @ p_kq, k_r, v_r, scale=d**-0.5, enable_gqa=True)
                 return out @ p_vq.transpose(-1, -2)
+
         calls.append(call)
     calls.append(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=prefill, enable_gqa=True))
     return calls
@@ -84,15 +96,22 @@ def main() -> None:
     args = parser.parse_args()
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     ranks = [int(r) for r in args.ranks.split(",")]
-    print(f"{machine_description(device)}, {args.dtype}; {args.heads} query / {args.kv_heads} K/V heads, "
-          f"head dim {args.head_dim}, batch {args.batch}; ratio to exact SDPA (median of 15 interleaved rounds; spread = IQR/median)")
+    print(
+        f"{machine_description(device)}, {args.dtype}; {args.heads} query / {args.kv_heads} K/V heads, "
+        f"head dim {args.head_dim}, batch {args.batch}; ratio to exact SDPA "
+        "(median of 15 interleaved rounds; spread = IQR/median)"
+    )
     print(f"{'workload':>22} {'exact':>10} " + " ".join(f"{'r=' + str(r):>14}" for r in ranks))
     work = [("prefill", int(n), int(n)) for n in args.prefill.split(",") if n]
     work += [("decode", 1, int(n)) for n in args.decode.split(",") if n]
     with torch.no_grad():
         for name, query_len, key_len in work:
-            timings = time_interleaved(_cases(device, dtype, args.batch, args.heads, args.kv_heads, args.head_dim, ranks,
-                                              query_len, key_len), device, warmup=3, repeats=15)
+            timings = time_interleaved(
+                _cases(device, dtype, args.batch, args.heads, args.kv_heads, args.head_dim, ranks, query_len, key_len),
+                device,
+                warmup=3,
+                repeats=15,
+            )
             exact = timings.seconds[-1].median
             cells = [f"{t.median:5.2f}x ({t.spread:4.0%})" for t in timings.ratios[:-1]]
             unit = f"{exact * 1e3:7.2f} ms" if exact >= 1e-3 else f"{exact * 1e6:7.0f} us"

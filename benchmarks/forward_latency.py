@@ -31,8 +31,11 @@ def main() -> None:
     parser.add_argument("--ranks", default="8,16,32,48", help="fixed ranks to compare with exact attention")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (each runs every plan once)")
     parser.add_argument("--document", type=int, default=0, help="document index in the env's split")
-    parser.add_argument("--pydoc-document", action="store_true",
-                        help="ten long documents of the pydoc topics joined (truncated at max_seq_len)")
+    parser.add_argument(
+        "--pydoc-document",
+        action="store_true",
+        help="ten long documents of the pydoc topics joined (truncated at max_seq_len)",
+    )
     parser.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="env options")
     args = parser.parse_args()
     kwargs = parse_env_kwargs(args.env_kwargs)
@@ -48,20 +51,28 @@ def main() -> None:
     plans = {r: np.full((spec.n_layers, segments), r) for r in ranks}
     for plan in plans.values():  # warm-up
         env.model_outputs(args.document, plan)
-    rounds = np.array([[env.model_outputs(args.document, plan).attention_seconds for plan in plans.values()]
-                       for _ in range(args.rounds)])  # (rounds, plans) seconds
+    rounds = np.array(
+        [
+            [env.model_outputs(args.document, plan).attention_seconds for plan in plans.values()]
+            for _ in range(args.rounds)
+        ]
+    )  # (rounds, plans) seconds
     ratios = rounds / rounds[:, -1:]
     seq_len = env.analysis(args.document).seq_len
-    print(f"{machine_description(env.device)}, dtype of the model float32; model {cfg.model}: {spec.n_layers} layers, "
-          f"{spec.n_heads} query / {spec.n_kv_heads} K/V heads of width {spec.head_dim}, causal={spec.causal}")
-    print(f"document {args.document}: {seq_len} tokens in {segments} segments of {cfg.segment_len}; method "
-          f"{cfg.method}, compress_values={cfg.compress_values}; {args.rounds} rounds after one warm-up")
+    print(
+        f"{machine_description(env.device)}, dtype of the model float32; model {cfg.model}: {spec.n_layers} layers, "
+        f"{spec.n_heads} query / {spec.n_kv_heads} K/V heads of width {spec.head_dim}, causal={spec.causal}"
+    )
+    print(
+        f"document {args.document}: {seq_len} tokens in {segments} segments of {cfg.segment_len}; method "
+        f"{cfg.method}, compress_values={cfg.compress_values}; {args.rounds} rounds after one warm-up"
+    )
     print(f"{'rank':>5} {'attention ms':>13} {'ratio to exact':>15} {'spread':>7}")
     for column, rank in enumerate(ranks):
         ratio = summarize(list(ratios[:, column]))
         print(f"{rank:>5} {np.median(rounds[:, column]) * 1e3:>13.1f} {ratio.median:>15.3f} {ratio.spread:>7.1%}")
     if env.device.type == "cuda":
-        print(f"peak CUDA memory {torch.cuda.max_memory_allocated(env.device) / 2 ** 30:.2f} GiB")
+        print(f"peak CUDA memory {torch.cuda.max_memory_allocated(env.device) / 2**30:.2f} GiB")
 
 
 if __name__ == "__main__":

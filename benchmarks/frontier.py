@@ -32,9 +32,17 @@ from experiments.cli import parse_env_kwargs
 
 def layer_cosines(analysis, n_layers: int, n_heads: int, n_ranks: int) -> np.ndarray:
     """(Ly, R) mean over segments of the attention output's cosine to exact, all heads at one rank."""
-    return np.array([[np.mean([output_error(analysis, layer, s, np.full(n_heads, i)).cosine
-                               for s in range(analysis.n_segments)]) for i in range(n_ranks)]
-                     for layer in range(n_layers)])
+    return np.array(
+        [
+            [
+                np.mean(
+                    [output_error(analysis, layer, s, np.full(n_heads, i)).cosine for s in range(analysis.n_segments)]
+                )
+                for i in range(n_ranks)
+            ]
+            for layer in range(n_layers)
+        ]
+    )
 
 
 def main() -> None:
@@ -49,8 +57,10 @@ def main() -> None:
     args = parser.parse_args()
     kwargs = {**parse_env_kwargs(args.env_kwargs), "split": args.split, "cost_model": "profile"}
     print(f"machine: {machine_description()}; DRRL-LM-v0 {kwargs}")
-    print(f"{'method':>11} {'document':>14} {'plan':>20} {'mean rank':>9} {'ppl ratio':>9} "
-          f"{'forward latency':>15} {'spread':>6} {'profiled cost':>13} {'FLOP ratio':>10}")
+    print(
+        f"{'method':>11} {'document':>14} {'plan':>20} {'mean rank':>9} {'ppl ratio':>9} "
+        f"{'forward latency':>15} {'spread':>6} {'profiled cost':>13} {'FLOP ratio':>10}"
+    )
     for method in args.methods.split(","):
         env = gym.make("DRRL-LM-v0", **{**kwargs, "method": method}).unwrapped
         spec, ranks, store = env.source.spec, env.ranks, env.documents
@@ -69,9 +79,14 @@ def main() -> None:
                     timing = store.attention_latency(doc, plan, rounds=args.rounds)
                     latency = f"{timing.median:15.3f} {timing.spread:6.2f}"
                 segments = range(data.analysis.n_segments)
-                cost, flops = (np.mean([table[s, i] for i in index for s in segments]) for table in (data.costs, data.flops))
-                print(f"{method:>11} {env.document_names()[doc]:>14} {name:>20} {plan.mean():9.1f} {ppl:9.3f} "
-                      f"{latency} {cost:13.3f} {flops:10.3f}", flush=True)
+                cost, flops = (
+                    np.mean([table[s, i] for i in index for s in segments]) for table in (data.costs, data.flops)
+                )
+                print(
+                    f"{method:>11} {env.document_names()[doc]:>14} {name:>20} {plan.mean():9.1f} {ppl:9.3f} "
+                    f"{latency} {cost:13.3f} {flops:10.3f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

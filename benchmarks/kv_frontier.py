@@ -48,9 +48,12 @@ def measure(env: gym.Env, spec: str, documents: int, budget: float) -> dict[str,
             realized.append((info["nll"] - info["exact_nll"]) / info["tokens"])
         fractions.append(steps[-1].info["cache_fraction"])
     varied = np.ptp(estimates) > 0 and np.ptp(realized) > 0
-    return {"ppl_ratio": float(np.exp(excess / tokens)), "bytes": float(np.mean(fractions)),
-            "lowered": float(np.mean(lowered)),
-            "spearman": float(spearmanr(estimates, realized)[0]) if varied else float("nan")}
+    return {
+        "ppl_ratio": float(np.exp(excess / tokens)),
+        "bytes": float(np.mean(fractions)),
+        "lowered": float(np.mean(lowered)),
+        "spearman": float(spearmanr(estimates, realized)[0]) if varied else float("nan"),
+    }
 
 
 def main() -> None:
@@ -66,24 +69,37 @@ def main() -> None:
     parser.add_argument("--env-kwargs", nargs="*", default=[])
     args = parser.parse_args()
     print(f"# DRRL-KV-v0 frontier, {machine_description()}")
-    print(f"# python benchmarks/kv_frontier.py --documents {args.documents} --split {args.split} "
-          f"--max-seq-len {args.max_seq_len} --uniform {args.uniform} --policies {args.policies} "
-          f"--budgets {args.budgets} --key-spaces {args.key_spaces}")
+    print(
+        f"# python benchmarks/kv_frontier.py --documents {args.documents} --split {args.split} "
+        f"--max-seq-len {args.max_seq_len} --uniform {args.uniform} --policies {args.policies} "
+        f"--budgets {args.budgets} --key-spaces {args.key_spaces}"
+    )
     rows = []
-    print(f"{'key space':<10} {'policy':<18} {'budget':>6} {'ppl ratio':>9} {'bytes':>6} {'lowered':>7} {'spearman':>8}")
+    print(
+        f"{'key space':<10} {'policy':<18} {'budget':>6} {'ppl ratio':>9} {'bytes':>6} {'lowered':>7} {'spearman':>8}"
+    )
     for key_space in args.key_spaces.split(","):
-        env = gym.make("DRRL-KV-v0", split=args.split, max_seq_len=args.max_seq_len, key_space=key_space,
-                       **parse_kv_kwargs(args.env_kwargs))
+        env = gym.make(
+            "DRRL-KV-v0",
+            split=args.split,
+            max_seq_len=args.max_seq_len,
+            key_space=key_space,
+            **parse_kv_kwargs(args.env_kwargs),
+        )
         documents = min(args.documents, len(env.unwrapped.document_names()))
-        plan = [(f"uniform:{level}" if level != "evict" else "streaming", 1.0) for level in args.uniform.split(",")
-                if level]
+        plan = [
+            (f"uniform:{level}" if level != "evict" else "streaming", 1.0) for level in args.uniform.split(",") if level
+        ]
         plan += [(spec, float(b)) for b in args.budgets.split(",") for spec in args.policies.split(",") if spec]
         for spec, budget in plan:
             begin = time.perf_counter()
             row = {"key_space": key_space, "policy": spec, "budget": budget, **measure(env, spec, documents, budget)}
             rows.append(row)
-            print(f"{key_space:<10} {spec:<18} {budget:6.2f} {row['ppl_ratio']:9.4f} {row['bytes']:6.3f} "
-                  f"{row['lowered']:7.2f} {row['spearman']:8.2f}   ({time.perf_counter() - begin:.0f} s)", flush=True)
+            print(
+                f"{key_space:<10} {spec:<18} {budget:6.2f} {row['ppl_ratio']:9.4f} {row['bytes']:6.3f} "
+                f"{row['lowered']:7.2f} {row['spearman']:8.2f}   ({time.perf_counter() - begin:.0f} s)",
+                flush=True,
+            )
     if args.plot:
         import matplotlib
 
@@ -95,8 +111,13 @@ def main() -> None:
             mine = [r for r in rows if r["key_space"] == key_space]
             ax.scatter([r["bytes"] for r in mine], [r["ppl_ratio"] for r in mine], marker=marker, label=key_space)
             for r in mine:
-                ax.annotate(f"{r['policy']}@{r['budget']:g}", (r["bytes"], r["ppl_ratio"]), fontsize=6,
-                            xytext=(3, 3 if marker == "o" else -8), textcoords="offset points")
+                ax.annotate(
+                    f"{r['policy']}@{r['budget']:g}",
+                    (r["bytes"], r["ppl_ratio"]),
+                    fontsize=6,
+                    xytext=(3, 3 if marker == "o" else -8),
+                    textcoords="offset points",
+                )
         ax.set_xlabel("cache bytes / exact fp16 cache")
         ax.set_ylabel("perplexity ratio to exact")
         ax.set_yscale("log")

@@ -35,7 +35,7 @@ def exact_forward_seconds(model, ids: torch.Tensor, context: int, block: int, re
         times = []
         for _ in range(repeats):
             begin = time.perf_counter()
-            model(input_ids=ids[None, context:context + block], cache=cache, use_cache=True)
+            model(input_ids=ids[None, context : context + block], cache=cache, use_cache=True)
             times.append(time.perf_counter() - begin)
             cache.crop(context)
         return float(np.median(times))
@@ -73,8 +73,10 @@ def main() -> None:
             ratios.append(step / exact)
             steps_seconds.append(step)
             print(f"{context:8d} {step:8.3f} {exact:8.3f} {step / exact:6.2f}", flush=True)
-    print(f"median ratio {np.median(ratios):.2f} (range {min(ratios):.2f}-{max(ratios):.2f}); "
-          f"{1 / np.mean(steps_seconds):.2f} steps/s")
+    print(
+        f"median ratio {np.median(ratios):.2f} (range {min(ratios):.2f}-{max(ratios):.2f}); "
+        f"{1 / np.mean(steps_seconds):.2f} steps/s"
+    )
 
 
 if __name__ == "__main__":

@@ -38,13 +38,16 @@ def main() -> None:
     lengths, methods = [int(n) for n in args.lengths.split(",")], args.methods.split(",")
     runs = [profile_table(env, methods, lengths, None, refresh=True) for _ in range(args.repeats)]
     print(format_table(env, lengths, runs[0]))
-    seconds = np.stack([[[run[m].profile.seconds(n) for n in lengths] for m in methods]
-                        for run in runs])  # (repeats, methods, lengths, ranks)
+    seconds = np.stack(
+        [[[run[m].profile.seconds(n) for n in lengths] for m in methods] for run in runs]
+    )  # (repeats, methods, lengths, ranks)
     ratios = np.stack([[run[m].measured for m in methods] for run in runs])[..., :-1]  # (..., ranks below full)
     for name, values in (("latency ratios (what the env uses)", ratios), ("absolute medians", seconds)):
         spread = values.max(0) / values.min(0) - 1
-        print(f"spread over {args.repeats} fresh profiles (max/min - 1) of {name}: "
-              f"median {np.median(spread):.1%}, max {spread.max():.1%}")
+        print(
+            f"spread over {args.repeats} fresh profiles (max/min - 1) of {name}: "
+            f"median {np.median(spread):.1%}, max {spread.max():.1%}"
+        )
 
 
 if __name__ == "__main__":

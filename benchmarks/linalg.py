@@ -45,8 +45,10 @@ def streaming_vs_full(device: torch.device, heads: int, d: int) -> None:
         gram = median_seconds(lambda: linalg.Factors.of(x), device)
         upd = median_seconds(update_only, device)
         proj = median_seconds(update_and_project, device)
-        print(f"{length:>6} {svd * 1e3:>11.2f} {gram * 1e3:>18.2f} {upd * 1e3:>8.2f} ({svd / upd:4.0f}x)"
-              f" {proj * 1e3:>8.2f} ({svd / proj:4.1f}x)")
+        print(
+            f"{length:>6} {svd * 1e3:>11.2f} {gram * 1e3:>18.2f} {upd * 1e3:>8.2f} ({svd / upd:4.0f}x)"
+            f" {proj * 1e3:>8.2f} ({svd / proj:4.1f}x)"
+        )
 
 
 def power_vs_exact(device: torch.device, heads: int, d: int) -> None:
@@ -57,13 +59,17 @@ def power_vs_exact(device: torch.device, heads: int, d: int) -> None:
     for iters in (5, 10, 30):
         seconds = median_seconds(lambda: linalg.power_iteration(x, iters), device)
         err = ((truth - linalg.power_iteration(x, iters)[0].double()) / truth).max().item()
-        print(f"  power iteration, {iters:2d} rounds: {seconds * 1e3:6.2f} ms ({exact / seconds:4.1f}x), "
-              f"max relative error {err:.1e}")
+        print(
+            f"  power iteration, {iters:2d} rounds: {seconds * 1e3:6.2f} ms ({exact / seconds:4.1f}x), "
+            f"max relative error {err:.1e}"
+        )
 
 
 def kernels_vs_full(device: torch.device, heads: int, d: int) -> None:
-    print(f"\nlast {SEGMENT}-token segment of a causal sequence, {heads} heads, d={d}: time ratio low-rank / exact "
-          "(factors of K and V given; query factorization included)")
+    print(
+        f"\nlast {SEGMENT}-token segment of a causal sequence, {heads} heads, d={d}: time ratio low-rank / exact "
+        "(factors of K and V given; query factorization included)"
+    )
     ranks = [d * i // 8 for i in range(1, 9)]
     for method in ("svd", "shared_key"):
         for compress in (False, True):
@@ -74,14 +80,18 @@ def kernels_vs_full(device: torch.device, heads: int, d: int) -> None:
                 k, v = torch.randn(2, heads, length, d, device=device)
                 kf, vf = linalg.Factors.of(k), linalg.Factors.of(v)
                 mask = causal_mask(length - SEGMENT, length, length, device)
-                exact = median_seconds(lambda: full_attention(q, k, v, d ** -0.5, mask), device)
+                exact = median_seconds(lambda: full_attention(q, k, v, d**-0.5, mask), device)
                 cells = []
                 for r in ranks:
                     if r == d:
                         cells.append(f"{1.0:<7.2f}")
                         continue
-                    seconds = median_seconds(lambda: get_method(method).attention(
-                        q, kf, v, d ** -0.5, mask, r, v_factors=vf if compress else None), device)
+                    seconds = median_seconds(
+                        lambda: get_method(method).attention(
+                            q, kf, v, d**-0.5, mask, r, v_factors=vf if compress else None
+                        ),
+                        device,
+                    )
                     cells.append(f"{seconds / exact:<7.2f}")
                 print(f"  {length:>6} {exact * 1e3:>9.2f} " + " ".join(cells))
 

@@ -46,8 +46,10 @@ def corpus_table(env: gym.Env) -> None:
         edges = [b for b in BUCKETS if b < cfg.max_seq_len] + [cfg.max_seq_len]
         ranges = [f"{low}-{high - 1}: {sum(low <= n < high for n in kept)}" for low, high in zip(edges, edges[1:])]
         ranges.append(f"{cfg.max_seq_len} (longer, truncated): {sum(n == cfg.max_seq_len for n in kept)}")
-        print(f"  {split:10s} {len(kept):3d} documents ({len(lengths) - len(kept)} shorter left out); "
-              f"tokens {', '.join(ranges)}")
+        print(
+            f"  {split:10s} {len(kept):3d} documents ({len(lengths) - len(kept)} shorter left out); "
+            f"tokens {', '.join(ranges)}"
+        )
 
 
 def energy_ranks(x: torch.Tensor) -> tuple[float, float]:
@@ -69,8 +71,7 @@ def main() -> None:
     kwargs = {**parse_env_kwargs(args.env_kwargs), "split": args.split}
     cache = tempfile.mkdtemp(prefix="drrl-lm-")
     print(f"machine: {machine_description()}")
-    envs = {m: gym.make("DRRL-LM-v0", **{**kwargs, "method": m, "cache_dir": cache})
-            for m in args.methods.split(",")}
+    envs = {m: gym.make("DRRL-LM-v0", **{**kwargs, "method": m, "cache_dir": cache}) for m in args.methods.split(",")}
     first = next(iter(envs.values()))
     base = first.unwrapped
     spec, ranks = base.source.spec, base.ranks
@@ -92,8 +93,10 @@ def main() -> None:
                     steps, done = steps + 1, terminated or truncated
                 timings.append(steps / (time.perf_counter() - start))
             entry = max(Path(cache, "analysis").glob("*.npz"), key=lambda f: f.stat().st_mtime)
-            print(f"  {method:10s} {base.document_names()[doc]:16s} {steps} steps: cold {timings[0]:7.1f} steps/s, "
-                  f"warm {timings[1]:8.0f} steps/s; cache entry {entry.stat().st_size / 1e6:.1f} MB")
+            print(
+                f"  {method:10s} {base.document_names()[doc]:16s} {steps} steps: cold {timings[0]:7.1f} steps/s, "
+                f"warm {timings[1]:8.0f} steps/s; cache entry {entry.stat().st_size / 1e6:.1f} MB"
+            )
 
     print(f"\nspectra: rank keeping 90% / 99% of the energy (mean over heads), document 0, {spec.n_layers} layers")
     trace = base.source.trace(documents[0])
@@ -107,8 +110,16 @@ def main() -> None:
         print("  layer " + " ".join(f"{'r=' + str(r):>6}" for r in ranks))
         analyses = [env.unwrapped.analysis(doc) for doc in documents]
         for layer in range(spec.n_layers):
-            cosines = [np.mean([output_error(a, layer, s, np.full(spec.n_heads, i)).cosine for a in analyses
-                                for s in range(a.n_segments)]) for i in range(len(ranks))]
+            cosines = [
+                np.mean(
+                    [
+                        output_error(a, layer, s, np.full(spec.n_heads, i)).cosine
+                        for a in analyses
+                        for s in range(a.n_segments)
+                    ]
+                )
+                for i in range(len(ranks))
+            ]
             print(f"  {layer:5d} " + " ".join(f"{c:6.3f}" for c in cosines))
 
     print("\nperplexity with one rank in every layer and segment (ratio to exact attention):")

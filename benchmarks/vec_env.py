@@ -21,7 +21,11 @@ from agents.sb3_agents import make_agent
 from drrl_env.costs.latency import machine_description
 from experiments.precompute import precompute
 
-SETUPS = (("1 env", 1, DummyVecEnv), ("2 envs, DummyVecEnv", 2, DummyVecEnv), ("2 envs, SubprocVecEnv", 2, SubprocVecEnv))
+SETUPS = (
+    ("1 env", 1, DummyVecEnv),
+    ("2 envs, DummyVecEnv", 2, DummyVecEnv),
+    ("2 envs, SubprocVecEnv", 2, SubprocVecEnv),
+)
 
 
 def main() -> None:

@@ -69,8 +69,14 @@ class DocumentAnalysis:
     def layer(self, index: int) -> DocumentAnalysis:
         """Layer ``index`` alone (Ly = 1; views of these arrays)."""
         one = slice(index, index + 1)
-        return dataclasses.replace(self, **{f.name: getattr(self, f.name)[one] for f in dataclasses.fields(self)
-                                            if f.name not in ("segments", "key_lens")})
+        return dataclasses.replace(
+            self,
+            **{
+                f.name: getattr(self, f.name)[one]
+                for f in dataclasses.fields(self)
+                if f.name not in ("segments", "key_lens")
+            },
+        )
 
 
 @dataclass(frozen=True)
@@ -104,15 +110,21 @@ class RelativeBounds:
         scale_sq = analysis.out_sq if privileged else analysis.value_sq  # (Ly, S, H)
         pairs = analysis.pair_bound
         head = linalg.relative(pairs, np.sqrt(scale_sq)[..., None, None], clip)
-        layer = linalg.relative(np.sqrt((pairs ** 2).sum(2)), np.sqrt(scale_sq.sum(2))[..., None, None], clip)
-        return cls(pairs, clip, scale_sq, kept, np.sqrt(np.clip(1.0 - kept, 0.0, 1.0)).astype(np.float32),
-                   head, layer)
+        layer = linalg.relative(np.sqrt((pairs**2).sum(2)), np.sqrt(scale_sq.sum(2))[..., None, None], clip)
+        return cls(pairs, clip, scale_sq, kept, np.sqrt(np.clip(1.0 - kept, 0.0, 1.0)).astype(np.float32), head, layer)
 
     def layer(self, index: int) -> RelativeBounds:
         """Layer ``index`` alone (Ly = 1)."""
         one = slice(index, index + 1)
-        return RelativeBounds(self.pair_bound[one], self.clip, self.scale_sq[one], self.kept[one], self.tail[one],
-                              self.head_pairs[one], self.layer_pairs[one])
+        return RelativeBounds(
+            self.pair_bound[one],
+            self.clip,
+            self.scale_sq[one],
+            self.kept[one],
+            self.tail[one],
+            self.head_pairs[one],
+            self.layer_pairs[one],
+        )
 
     def layer_change(self, layer: int, segment: int, start: np.ndarray, stop: np.ndarray) -> float:
         """Bound on ||O_stop - O_start||_F / scale, head h switching rank index start[h] -> stop[h]."""
@@ -120,8 +132,9 @@ class RelativeBounds:
             return float(self.layer_pairs[layer, segment, start[0], stop[0]])
         heads = np.arange(start.shape[0])
         pairs = self.pair_bound[layer, segment, heads, start, stop]  # (H,)
-        return float(linalg.relative(np.sqrt((pairs ** 2).sum()), np.sqrt(self.scale_sq[layer, segment].sum()),
-                                     self.clip))
+        return float(
+            linalg.relative(np.sqrt((pairs**2).sum()), np.sqrt(self.scale_sq[layer, segment].sum()), self.clip)
+        )
 
     def layer_change_to_each_rank(self, layer: int, segment: int, start: np.ndarray) -> np.ndarray:
         """(R,) :meth:`layer_change` from ``start`` (H,) to every rank, all heads alike."""
@@ -129,14 +142,20 @@ class RelativeBounds:
             return self.layer_pairs[layer, segment, start[0]]
         heads = np.arange(start.shape[0])
         pairs = self.pair_bound[layer, segment, heads, start]  # (H, R)
-        return linalg.relative(np.sqrt((pairs ** 2).sum(0)), np.sqrt(self.scale_sq[layer, segment].sum()),
-                               self.clip)
+        return linalg.relative(np.sqrt((pairs**2).sum(0)), np.sqrt(self.scale_sq[layer, segment].sum()), self.clip)
 
 
 @torch.no_grad()
-def analyse(trace: AttentionTrace, workload: Prefill, ranks: tuple[int, ...], method: LowRankMethod,
-            compress_values: bool, *, layer: int | None = None,
-            outputs: list[torch.Tensor] | None = None) -> DocumentAnalysis:
+def analyse(
+    trace: AttentionTrace,
+    workload: Prefill,
+    ranks: tuple[int, ...],
+    method: LowRankMethod,
+    compress_values: bool,
+    *,
+    layer: int | None = None,
+    outputs: list[torch.Tensor] | None = None,
+) -> DocumentAnalysis:
     """Run exact and low-rank attention of every (layer, segment, rank) of ``trace``, segment by
     segment as ``workload`` presents them (all layers at once).
 
@@ -155,18 +174,27 @@ def analyse(trace: AttentionTrace, workload: Prefill, ranks: tuple[int, ...], me
         stats, approxes = [], []
         for rank in ranks:
             approx = exact if rank == d else view.attention(rank, scaling, compress_values, q_factors)
-            stats.append(torch.stack([(approx * exact).sum((-1, -2)), approx.square().sum((-1, -2)),
-                                      (approx - exact).square().sum((-1, -2))]))  # (3, Ly, H)
+            stats.append(
+                torch.stack(
+                    [
+                        (approx * exact).sum((-1, -2)),
+                        approx.square().sum((-1, -2)),
+                        (approx - exact).square().sum((-1, -2)),
+                    ]
+                )
+            )  # (3, Ly, H)
             approxes.append(approx)
         if outputs is not None:
             outputs.append(torch.stack(approxes))  # (R, Ly, H, T, d)
-        per_segment.append({
-            "segment": (view.start, view.stop),
-            "key_len": view.side.key_len,
-            **observation_features(view, rank_index, scaling[..., 0, 0], compress_values, q_factors),
-            "out_sq": exact.square().sum((-1, -2)),
-            "stats": torch.stack(stats, dim=1),  # (3, R, Ly, H)
-        })
+        per_segment.append(
+            {
+                "segment": (view.start, view.stop),
+                "key_len": view.side.key_len,
+                **observation_features(view, rank_index, scaling[..., 0, 0], compress_values, q_factors),
+                "out_sq": exact.square().sum((-1, -2)),
+                "stats": torch.stack(stats, dim=1),  # (3, R, Ly, H)
+            }
+        )
 
     def stacked(key: str) -> torch.Tensor:
         return torch.stack([p[key] for p in per_segment], dim=1)  # (Ly, S, ...)
@@ -177,12 +205,16 @@ def analyse(trace: AttentionTrace, workload: Prefill, ranks: tuple[int, ...], me
     return DocumentAnalysis(
         segments=[p["segment"] for p in per_segment],
         key_lens=np.array([p["key_len"] for p in per_segment]),
-        q_spectrum=_normalized(sv_q), k_spectrum=_normalized(sv_k),
-        kept_q=_kept(sv_q, rank_index), kept_k=_kept(sv_k, rank_index),
+        q_spectrum=_normalized(sv_q),
+        k_spectrum=_normalized(sv_k),
+        kept_q=_kept(sv_q, rank_index),
+        kept_k=_kept(sv_k, rank_index),
         pair_bound=stacked("pair_bound").cpu().numpy(),
         value_sq=stacked("value_sq").cpu().numpy(),
         out_sq=stacked("out_sq").double().cpu().numpy(),
-        dot=stats[0], low_sq=stats[1], err_sq=stats[2],
+        dot=stats[0],
+        low_sq=stats[1],
+        err_sq=stats[2],
     )
 
 

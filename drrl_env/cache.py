@@ -84,8 +84,17 @@ class AnalysisCache:
 
     def __init__(self, root: Path, options: dict[str, Any]) -> None:
         self.folder = Path(root) / "analysis"
-        self.options = json.dumps({"format": FORMAT_VERSION, "code": code_version(), "torch": torch.__version__,
-                                   "transformers": _version("transformers"), **options}, sort_keys=True, default=str)
+        self.options = json.dumps(
+            {
+                "format": FORMAT_VERSION,
+                "code": code_version(),
+                "torch": torch.__version__,
+                "transformers": _version("transformers"),
+                **options,
+            },
+            sort_keys=True,
+            default=str,
+        )
         self.writable = True
 
     def path(self, document_key: str) -> Path:
@@ -109,8 +118,12 @@ class AnalysisCache:
             arrays["segments"] = [tuple(int(x) for x in pair) for pair in arrays["segments"]]
             return DocumentAnalysis(**arrays)
         except Exception as err:  # zipfile, zlib, EOF, key and value errors alike: any damage means recompute
-            warnings.warn(f"drrl: damaged analysis cache entry {path} ({type(err).__name__}: {err}); "
-                          "recomputing and replacing it", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"drrl: damaged analysis cache entry {path} ({type(err).__name__}: {err}); "
+                "recomputing and replacing it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             return None
 
     def put(self, document_key: str, analysis: DocumentAnalysis) -> None:
@@ -123,19 +136,30 @@ class AnalysisCache:
             write_atomic(path, lambda f: np.savez(f, **arrays, **{CHECKSUM: np.array(checksum(arrays))}))
         except OSError as err:
             self.writable = False
-            warnings.warn(f"drrl: cannot write the analysis cache in {self.folder} ({type(err).__name__}: {err}); "
-                          "continuing without the disk cache", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"drrl: cannot write the analysis cache in {self.folder} ({type(err).__name__}: {err}); "
+                "continuing without the disk cache",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
 
-def cached_arrays(root: Path | None, key: dict[str, Any], compute: Callable[[], dict[str, np.ndarray]],
-                  code: tuple[str, ...] = ("kv",)) -> dict[str, np.ndarray]:
+def cached_arrays(
+    root: Path | None,
+    key: dict[str, Any],
+    compute: Callable[[], dict[str, np.ndarray]],
+    code: tuple[str, ...] = ("kv",),
+) -> dict[str, np.ndarray]:
     """A per-document artefact (named arrays) under ``root/artefacts``, content-hashed by ``key``, the
     ``code`` that computes it and the torch and transformers versions; ``compute()`` on a miss or a
     damaged entry (one warning), written atomically.  ``root`` None: no disk cache."""
     if root is None:
         return compute()
-    text = json.dumps({"key": key, "code": code_version(code), "torch": torch.__version__,
-                       "transformers": _version("transformers")}, sort_keys=True, default=str)
+    text = json.dumps(
+        {"key": key, "code": code_version(code), "torch": torch.__version__, "transformers": _version("transformers")},
+        sort_keys=True,
+        default=str,
+    )
     path = Path(root) / "artefacts" / f"{hashlib.sha256(text.encode()).hexdigest()}.npz"
     if path.is_file():
         try:
@@ -145,12 +169,18 @@ def cached_arrays(root: Path | None, key: dict[str, Any], compute: Callable[[], 
                     return arrays
             raise ValueError("checksum mismatch")
         except Exception as err:  # any damage means recompute
-            warnings.warn(f"drrl: damaged artefact {path} ({type(err).__name__}: {err}); recomputing it",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"drrl: damaged artefact {path} ({type(err).__name__}: {err}); recomputing it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     arrays = compute()
     try:
         write_atomic(path, lambda f: np.savez(f, **arrays, **{CHECKSUM: np.array(checksum(arrays))}))
     except OSError as err:
-        warnings.warn(f"drrl: cannot write the artefact cache in {path.parent} ({err}); continuing without it",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"drrl: cannot write the artefact cache in {path.parent} ({err}); continuing without it",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return arrays

@@ -40,20 +40,24 @@ def fit_bases(traces: Iterable[AttentionTrace]) -> tuple[torch.Tensor, torch.Ten
     return keys, values
 
 
-def calibrate(method: CalibratedMethod, source: AttentionSource, documents: int, cache_folder: Path | None,
-              device: torch.device) -> None:
+def calibrate(
+    method: CalibratedMethod, source: AttentionSource, documents: int, cache_folder: Path | None, device: torch.device
+) -> None:
     """Fits ``method``'s bases on documents 0..documents-1 of ``source`` (a training-split source),
     or loads them from ``cache_folder`` (None: no disk cache); they are put on ``device``."""
     count = min(documents, len(source.document_names))
     keys = [source.document_key(i) for i in range(count)]
-    digest = hashlib.sha256(json.dumps({"method": method.bases_name, "code": code_version(),
-                                        "documents": keys}).encode())
+    digest = hashlib.sha256(
+        json.dumps({"method": method.bases_name, "code": code_version(), "documents": keys}).encode()
+    )
     path = None if cache_folder is None else Path(cache_folder) / "calibration" / f"{digest.hexdigest()}.pt"
     bases = load_or_fit(path, lambda: fit_bases(source.trace(i) for i in range(count)))
     method.set_bases(*(basis.to(device) for basis in bases))
 
 
-def load_or_fit(path: Path | None, fit: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+def load_or_fit(
+    path: Path | None, fit: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(key basis, value basis) read from ``path``, or ``fit()`` and written there atomically (None: no disk
     cache); a damaged file is refitted with one warning."""
     bases = _load(path) if path is not None else None
@@ -71,8 +75,11 @@ def _load(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
         data = torch.load(path, weights_only=True)
         return data["keys"], data["values"]
     except Exception as err:  # truncated, emptied or foreign: refit
-        warnings.warn(f"drrl: damaged calibration file {path} ({type(err).__name__}: {err}); refitting",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"drrl: damaged calibration file {path} ({type(err).__name__}: {err}); refitting",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return None
 
 
@@ -80,5 +87,8 @@ def _save(path: Path, bases: tuple[torch.Tensor, torch.Tensor]) -> None:
     try:
         write_atomic(path, lambda f: torch.save({"keys": bases[0].cpu(), "values": bases[1].cpu()}, f))
     except OSError as err:
-        warnings.warn(f"drrl: cannot write the calibration cache {path} ({err}); continuing without it",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"drrl: cannot write the calibration cache {path} ({err}); continuing without it",
+            RuntimeWarning,
+            stacklevel=3,
+        )

@@ -200,8 +200,10 @@ class EnvConfig:
         method = method_for(self.method, self)  # checks the method's own options
         for name, needed in method.requires.items():
             if getattr(self, name) != needed:
-                raise ValueError(f"method={self.method!r} needs {name}={needed} ({method.requires_reason}); "
-                                 f"got {name}={getattr(self, name)!r}")
+                raise ValueError(
+                    f"method={self.method!r} needs {name}={needed} ({method.requires_reason}); "
+                    f"got {name}={getattr(self, name)!r}"
+                )
         _one_of("cost_model", self.cost_model, cost_model_names())
         _one_of("split", self.split, SPLITS)
         _one_of("workload", self.workload, WORKLOADS)
@@ -217,43 +219,71 @@ class EnvConfig:
             object.__setattr__(self, "corpus", tuple(self.corpus))
         if self.ranks is not None:
             object.__setattr__(self, "ranks", coerce_option("ranks", self.ranks))
-        for name in ("segment_len", "min_doc_tokens", "calibration_documents", "synthetic_layers", "synthetic_heads",
-                     "synthetic_kv_heads", "synthetic_head_dim", "synthetic_seq_len",
-                     "synthetic_documents"):
+        for name in (
+            "segment_len",
+            "min_doc_tokens",
+            "calibration_documents",
+            "synthetic_layers",
+            "synthetic_heads",
+            "synthetic_kv_heads",
+            "synthetic_head_dim",
+            "synthetic_seq_len",
+            "synthetic_documents",
+        ):
             _positive_int(name, getattr(self, name))
         if self.max_seq_len is not None:
             _positive_int("max_seq_len", self.max_seq_len)
-        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
-                                         or self.threads < 0):
-            raise ValueError(f"threads must be an integer >= 0 (0 = the cores left idle by other work) or None, "
-                             f"got {self.threads!r}")
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0
+        ):
+            raise ValueError(
+                f"threads must be an integer >= 0 (0 = the cores left idle by other work) or None, got {self.threads!r}"
+            )
         if self.synthetic_heads % self.synthetic_kv_heads:
             raise ValueError(
                 f"synthetic_heads={self.synthetic_heads} must be a multiple of "
-                f"synthetic_kv_heads={self.synthetic_kv_heads} (grouped-query attention)")
+                f"synthetic_kv_heads={self.synthetic_kv_heads} (grouped-query attention)"
+            )
         if self.end_weight is not None:
             _non_negative("end_weight", self.end_weight)
         if self.latency_budget is not None:
             _non_negative("latency_budget", self.latency_budget)
             if self.latency_budget == 0 or self.per_head:
-                raise ValueError(f"latency_budget={self.latency_budget!r} needs a fraction of exact cost > 0 and "
-                                 "per_head=False (one rank per layer and segment)")
+                raise ValueError(
+                    f"latency_budget={self.latency_budget!r} needs a fraction of exact cost > 0 and "
+                    "per_head=False (one rank per layer and segment)"
+                )
         if self.closed_loop and self.source != "model":
-            raise ValueError("closed_loop=True needs source='model': the next layer's inputs come from running the "
-                             "model; pass closed_loop=False (or None) with the synthetic source")
-        for name in ("alpha", "beta", "gamma", "bound_clip", "epsilon", "epsilon_min",
-                     "epsilon_max", "synthetic_decay", "synthetic_head_variety"):
+            raise ValueError(
+                "closed_loop=True needs source='model': the next layer's inputs come from running the "
+                "model; pass closed_loop=False (or None) with the synthetic source"
+            )
+        for name in (
+            "alpha",
+            "beta",
+            "gamma",
+            "bound_clip",
+            "epsilon",
+            "epsilon_min",
+            "epsilon_max",
+            "synthetic_decay",
+            "synthetic_head_variety",
+        ):
             _non_negative(name, getattr(self, name))
         if self.bound_clip == 0:
-            raise ValueError("bound_clip must be > 0: bounds are clipped to [0, bound_clip], and 0 leaves nothing "
-                             "to observe")
+            raise ValueError(
+                "bound_clip must be > 0: bounds are clipped to [0, bound_clip], and 0 leaves nothing to observe"
+            )
         if not self.epsilon_min <= self.epsilon <= self.epsilon_max:
             raise ValueError(
                 f"need epsilon_min <= epsilon <= epsilon_max, got {self.epsilon_min}, "
-                f"{self.epsilon}, {self.epsilon_max}")
+                f"{self.epsilon}, {self.epsilon_max}"
+            )
         if self.end_term_weight > 0 and (self.source != "model" or self.per_head):
-            raise ValueError("end_weight > 0 needs source='model' and per_head=False: the end-of-episode term "
-                             "runs the model with one rank per layer and segment")
+            raise ValueError(
+                "end_weight > 0 needs source='model' and per_head=False: the end-of-episode term "
+                "runs the model with one rank per layer and segment"
+            )
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
 
@@ -281,12 +311,14 @@ class EnvConfig:
         if grid[-1] != head_dim:
             raise ValueError(
                 f"ranks {grid} must end at the head dimension {head_dim} (full rank, always safe); "
-                f"every rank must lie in 1..{head_dim}")
+                f"every rank must lie in 1..{head_dim}"
+            )
         if len(grid) > 1 and self.segment_len < grid[-2]:
             raise ValueError(
                 f"segment_len={self.segment_len} is shorter than rank {grid[-2]}: a segment of "
                 f"{self.segment_len} queries has at most {self.segment_len} singular values; use "
-                f"segment_len >= {grid[-2]} or smaller ranks")
+                f"segment_len >= {grid[-2]} or smaller ranks"
+            )
         return grid
 
     @staticmethod
@@ -397,11 +429,25 @@ def _to_str_tuple(value: Any) -> tuple[str, ...]:
     return tuple(_to_str(v) for v in _sequence(value))
 
 
-_CONVERTERS = {"bool": _to_bool, "int": _to_int, "float": _to_float, "str": _to_str,
-               "tuple[int, ...]": _to_int_tuple, "tuple[str, ...]": _to_str_tuple}
-_DESCRIPTIONS = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string",
-                 "tuple[int, ...]": "a list of integers (e.g. 8,16,64)", "tuple[str, ...]": "a list of strings",
-                 "None": "none"}
+_CONVERTERS = {
+    "bool": _to_bool,
+    "int": _to_int,
+    "float": _to_float,
+    "str": _to_str,
+    "tuple[int, ...]": _to_int_tuple,
+    "tuple[str, ...]": _to_str_tuple,
+}
+_DESCRIPTIONS = {
+    "bool": "true or false",
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "tuple[int, ...]": "a list of integers (e.g. 8,16,64)",
+    "tuple[str, ...]": "a list of strings",
+    "None": "none",
+}
+
+
 def field_kinds_of(config_class: type) -> dict[str, tuple[str, ...]]:
     """field -> the kinds its annotation allows, in the order tried (e.g. "str | tuple[str, ...] | None")."""
     return {f.name: tuple(k.strip() for k in str(f.type).split(" | ")) for f in dataclasses.fields(config_class)}

@@ -44,8 +44,9 @@ class DocumentData:
 class DocumentStore:
     """Analyses the documents of ``source`` under ``config`` on first use and keeps them."""
 
-    def __init__(self, config: EnvConfig, source: AttentionSource, ranks: tuple[int, ...],
-                 cost_model: CostModel) -> None:
+    def __init__(
+        self, config: EnvConfig, source: AttentionSource, ranks: tuple[int, ...], cost_model: CostModel
+    ) -> None:
         self.config, self.source, self.ranks, self.cost_model = config, source, ranks, cost_model
         self.workload = make_workload(config.workload, config.segment_len, config.decode_prompt)
         self.method = method_for(config.method, config)
@@ -93,20 +94,30 @@ class DocumentStore:
             self._first_layers[index] = data
         return data
 
-    def layer(self, inputs: LayerInputs, layer: int,
-              outputs: list[torch.Tensor] | None = None) -> DocumentData:
+    def layer(self, inputs: LayerInputs, layer: int, outputs: list[torch.Tensor] | None = None) -> DocumentData:
         """One layer's data from its live inputs (a closed-loop episode: the q, k, v that the ranks
         chosen for the layers before it produced; Ly = 1).  ``outputs`` receives the low-rank outputs
         of every segment at every rank (``analysis.analyse``)."""
-        trace = AttentionTrace(queries=inputs.query[None].float(), keys=inputs.key[None].float(),
-                               values=inputs.value[None].float(), scaling=torch.tensor([inputs.scaling]),
-                               causal=inputs.causal)  # (1, H, L, d), (1, H_kv, L, d)
-        analysis = analyse(trace, self.workload, self.ranks, self.method, self.config.compress_values, layer=layer,
-                           outputs=outputs)
+        trace = AttentionTrace(
+            queries=inputs.query[None].float(),
+            keys=inputs.key[None].float(),
+            values=inputs.value[None].float(),
+            scaling=torch.tensor([inputs.scaling]),
+            causal=inputs.causal,
+        )  # (1, H, L, d), (1, H_kv, L, d)
+        analysis = analyse(
+            trace, self.workload, self.ranks, self.method, self.config.compress_values, layer=layer, outputs=outputs
+        )
         return self._derived(analysis)
 
-    def layer_output(self, inputs: LayerInputs, layer: int, segments: list[tuple[int, int]], rank_index: np.ndarray,
-                     outputs: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def layer_output(
+        self,
+        inputs: LayerInputs,
+        layer: int,
+        segments: list[tuple[int, int]],
+        rank_index: np.ndarray,
+        outputs: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """The layer's attention output (H, L, d) with head h of decided segment s at rank index
         ``rank_index[s, h]`` (S, H), the rest of the sequence (a decode prompt) exact: taken from
         ``outputs`` (:meth:`layer`'s) where given, else computed through the same segment views."""
@@ -115,20 +126,22 @@ class DocumentStore:
         plan_segments, _ = self.workload.forward_plan(segments, np.zeros((1, len(segments)), dtype=np.int64), d)
         out = torch.empty_like(inputs.query)
         heads = torch.arange(out.shape[0])
-        views = self.workload.views(inputs.query, inputs.key, inputs.value, inputs.causal, self.method, layer=layer,
-                                    segments=plan_segments)
+        views = self.workload.views(
+            inputs.query, inputs.key, inputs.value, inputs.causal, self.method, layer=layer, segments=plan_segments
+        )
         for view in views:
             decided = segments.index((view.start, view.stop)) if (view.start, view.stop) in segments else None
             if decided is None:
-                out[:, view.start:view.stop] = view.attention(d, inputs.scaling, self.config.compress_values)
+                out[:, view.start : view.stop] = view.attention(d, inputs.scaling, self.config.compress_values)
             elif outputs is not None:
                 index = torch.as_tensor(rank_index[decided])
-                out[:, view.start:view.stop] = outputs[decided][index, 0, heads]  # (R, 1, H, T, d) -> (H, T, d)
+                out[:, view.start : view.stop] = outputs[decided][index, 0, heads]  # (R, 1, H, T, d) -> (H, T, d)
             else:
                 for rank in np.unique(ranks[decided]):
                     chosen = torch.as_tensor(ranks[decided] == rank)
-                    out[chosen, view.start:view.stop] = view.attention(int(rank), inputs.scaling,
-                                                                       self.config.compress_values)[chosen]
+                    out[chosen, view.start : view.stop] = view.attention(
+                        int(rank), inputs.scaling, self.config.compress_values
+                    )[chosen]
         return out
 
     def _derived(self, analysis: DocumentAnalysis) -> DocumentData:
@@ -136,20 +149,39 @@ class DocumentStore:
         cfg, spec = self.config, self.source.spec
         problems = [self.workload.cost_problem(a, b, int(n)) for (a, b), n in zip(analysis.segments, analysis.key_lens)]
         shapes = [self.cost_shape(t, self._cost_key_len(n, analysis.seq_len)) for t, n in problems]
-        exact = np.array([attention_flops(cfg.method, spec.head_dim, query_len=s.query_len, key_len=s.key_len,
-                                          head_dim=spec.head_dim, n_heads=spec.n_heads, n_kv_heads=spec.n_kv_heads,
-                                          compress_values=cfg.compress_values, causal=spec.causal) for s in shapes],
-                         dtype=np.float64)
+        exact = np.array(
+            [
+                attention_flops(
+                    cfg.method,
+                    spec.head_dim,
+                    query_len=s.query_len,
+                    key_len=s.key_len,
+                    head_dim=spec.head_dim,
+                    n_heads=spec.n_heads,
+                    n_kv_heads=spec.n_kv_heads,
+                    compress_values=cfg.compress_values,
+                    causal=spec.causal,
+                )
+                for s in shapes
+            ],
+            dtype=np.float64,
+        )
         # the features are computed once per decision, over the segment's T queries and N keys: their share of
         # the segment's exact attention (in decode, of the T tokens' attention, so a per-token cost carries 1/T)
-        decided = [self.cost_shape(b - a, self._cost_key_len(int(n), analysis.seq_len))
-                   for (a, b), n in zip(analysis.segments, analysis.key_lens)]
-        features = np.array([[self.cost_model.feature_ratio(s), feature_flop_ratio(s)] if cfg.feature_cost else [0, 0]
-                             for s in decided])  # (S, 2): cost and FLOP share of the observation's features
-        return DocumentData(analysis, RelativeBounds.of(analysis, cfg.bound_clip, cfg.privileged_observation),
-                            costs=np.stack([self.cost_model.cost_ratios(s) for s in shapes]) + features[:, :1],
-                            flops=np.stack([flop_ratios(s) for s in shapes]) + features[:, 1:],
-                            exact_share=exact / exact.sum())
+        decided = [
+            self.cost_shape(b - a, self._cost_key_len(int(n), analysis.seq_len))
+            for (a, b), n in zip(analysis.segments, analysis.key_lens)
+        ]
+        features = np.array(
+            [[self.cost_model.feature_ratio(s), feature_flop_ratio(s)] if cfg.feature_cost else [0, 0] for s in decided]
+        )  # (S, 2): cost and FLOP share of the observation's features
+        return DocumentData(
+            analysis,
+            RelativeBounds.of(analysis, cfg.bound_clip, cfg.privileged_observation),
+            costs=np.stack([self.cost_model.cost_ratios(s) for s in shapes]) + features[:, :1],
+            flops=np.stack([flop_ratios(s) for s in shapes]) + features[:, 1:],
+            exact_share=exact / exact.sum(),
+        )
 
     def cost_shape(self, query_len: int, key_len: int, method: str | None = None) -> AttentionShape:
         """The attention problem whose cost a segment of ``query_len`` queries and ``key_len`` keys
@@ -161,9 +193,20 @@ class DocumentStore:
         low_rank = self.method if method is None else method_for(method, cfg)
         call, _ = self.workload.cost_problem(0, cfg.segment_len, cfg.segment_len)
         compress = low_rank.requires.get("compress_values", cfg.compress_values)
-        return AttentionShape(low_rank.name, self.ranks, query_len, key_len, spec.head_dim, spec.n_heads,
-                              spec.n_kv_heads, spec.causal, compress, call, tuple(sorted(low_rank.options().items())),
-                              cfg.segment_len)
+        return AttentionShape(
+            low_rank.name,
+            self.ranks,
+            query_len,
+            key_len,
+            spec.head_dim,
+            spec.n_heads,
+            spec.n_kv_heads,
+            spec.causal,
+            compress,
+            call,
+            tuple(sorted(low_rank.options().items())),
+            cfg.segment_len,
+        )
 
     def _cost_key_len(self, key_len: int, seq_len: int) -> int:
         """Keys a segment sees at the length whose cost is reported (``target_seq_len``, if set)."""
@@ -179,8 +222,14 @@ class DocumentStore:
         if ranks is None:
             ranks = np.full((spec.n_layers, len(decided)), spec.head_dim)
         segments, ranks = self.workload.forward_plan(decided, np.asarray(ranks), spec.head_dim)
-        plan = LowRankPlan(ranks, segments, self.workload, self.method, self.config.compress_values,
-                           scored_from=self.workload.scored_from(decided))
+        plan = LowRankPlan(
+            ranks,
+            segments,
+            self.workload,
+            self.method,
+            self.config.compress_values,
+            scored_from=self.workload.scored_from(decided),
+        )
         return self.source.model_outputs(index, plan)
 
     def exact_outputs(self, index: int) -> ModelOutputs:
@@ -201,8 +250,10 @@ class DocumentStore:
         self.model_outputs(index), self.model_outputs(index, ranks)  # warm-up
         ratios: list[float] = []
         for _ in range(attempts):
-            ratios += [self.model_outputs(index, ranks).attention_seconds / self.model_outputs(index).attention_seconds
-                       for _ in range(rounds)]
+            ratios += [
+                self.model_outputs(index, ranks).attention_seconds / self.model_outputs(index).attention_seconds
+                for _ in range(rounds)
+            ]
             timing = summarize(ratios)
             if timing.spread <= LatencyProfile.MAX_SPREAD:
                 break
@@ -215,6 +266,9 @@ def model_level(exact: ModelOutputs, low: ModelOutputs) -> dict[str, float]:
     ``end_perplexity`` and ``exact_perplexity``; else the cosine of the mean-pooled outputs (the
     sentence embedding for MiniLM)."""
     if low.perplexity is not None:
-        return {"end_fidelity": exact.perplexity / low.perplexity, "end_perplexity": low.perplexity,
-                "exact_perplexity": exact.perplexity}
+        return {
+            "end_fidelity": exact.perplexity / low.perplexity,
+            "end_perplexity": low.perplexity,
+            "exact_perplexity": exact.perplexity,
+        }
     return {"end_fidelity": float(torch.nn.functional.cosine_similarity(low.pooled, exact.pooled, dim=0))}

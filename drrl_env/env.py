@@ -162,19 +162,23 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         self.source = make_source(cfg, self.device)
         spec = self.source.spec
         self.ranks: tuple[int, ...] = cfg.rank_grid(spec.head_dim)
-        self.cost_model = make_cost_model(cfg.cost_model, self.device, cfg.dtype, cache_root(cfg.cache_dir),
-                                          cfg.profile_refresh)
+        self.cost_model = make_cost_model(
+            cfg.cost_model, self.device, cfg.dtype, cache_root(cfg.cache_dir), cfg.profile_refresh
+        )
         longest, limit = cfg.target_seq_len or spec.max_seq_len, self.cost_model.max_key_len
         if limit is not None and longest > limit:
-            raise ValueError(f"cost_model={cfg.cost_model!r} measures key lengths up to {limit}; this configuration "
-                             f"needs {longest}; use cost_model='flops' or a shorter target_seq_len")
+            raise ValueError(
+                f"cost_model={cfg.cost_model!r} measures key lengths up to {limit}; this configuration "
+                f"needs {longest}; use cost_model='flops' or a shorter target_seq_len"
+            )
         n_ranks, n_heads = len(self.ranks), spec.n_heads
         self.action_space = spaces.MultiDiscrete([n_ranks] * n_heads) if cfg.per_head else spaces.Discrete(n_ranks)
         mask_shape = (n_heads * n_ranks,) if cfg.per_head else (n_ranks,)
         self.observation_space = observation_space(n_heads, spec.head_dim, n_ranks, cfg.bound_clip, mask_shape)
         if cfg.workload == "decode" and not spec.causal:
-            raise ValueError(f"workload='decode' needs a causal model; {cfg.model!r} attends both ways "
-                             "(use workload='prefill')")
+            raise ValueError(
+                f"workload='decode' needs a causal model; {cfg.model!r} attends both ways (use workload='prefill')"
+            )
         self.documents = DocumentStore(cfg, self.source, self.ranks, self.cost_model)
         self.max_steps = spec.n_layers * len(self.documents.workload.segments(spec.max_seq_len))
         self.weights = RewardWeights(cfg.alpha, 0.0 if cfg.latency_budget is not None else cfg.beta, cfg.gamma)
@@ -207,19 +211,26 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         if budget is not None and cheapest > budget * (1 + 1e-9):
             self._episode.close()
             self._doc = self._episode = None
-            raise ValueError(f"latency_budget={budget} is below the cheapest plan for document {index} "
-                             f"({cheapest:.3f} of exact attention's cost); raise it to at least {cheapest:.3f}")
+            raise ValueError(
+                f"latency_budget={budget} is below the cheapest plan for document {index} "
+                f"({cheapest:.3f} of exact attention's cost); raise it to at least {cheapest:.3f}"
+            )
         self._update_step_state()
-        return self._observation(), {"document": self.source.document_names[self._doc],
-                                     "n_steps": self._n_steps, "action_mask": self._mask.copy()}
+        return self._observation(), {
+            "document": self.source.document_names[self._doc],
+            "n_steps": self._n_steps,
+            "action_mask": self._mask.copy(),
+        }
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], SupportsFloat, bool, bool, dict[str, Any]]:
         if self._doc is None or self._t >= self._n_steps:
-            raise RuntimeError("call reset() before step()" if self._doc is None else
-                               "the episode has ended; call reset()")
+            raise RuntimeError(
+                "call reset() before step()" if self._doc is None else "the episode has ended; call reset()"
+            )
         given = np.asarray(action)
-        if given.dtype.kind not in "iu" or not self.action_space.contains(given.astype(np.int64) if self.config.per_head
-                                                                          else action):
+        if given.dtype.kind not in "iu" or not self.action_space.contains(
+            given.astype(np.int64) if self.config.per_head else action
+        ):
             raise ValueError(f"action {action!r} is not in the action space {self.action_space} (integers only)")
         requested = np.broadcast_to(given.astype(np.int64), (self.source.spec.n_heads,)).copy()  # (H,)
         reward, info, chosen = self._outcome(requested)
@@ -252,22 +263,36 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         cfg, data = self.config, self._data
         layer, segment = divmod(self._t, self._n_segments)
         constrained = cfg.safety or cfg.latency_budget is not None
-        chosen = nearest_safe(requested, self._mask.reshape(len(requested), -1) if cfg.per_head else self._mask) \
-            if constrained else requested
+        chosen = (
+            nearest_safe(requested, self._mask.reshape(len(requested), -1) if cfg.per_head else self._mask)
+            if constrained
+            else requested
+        )
         error = output_error(data.analysis, 0, segment, chosen)
         fidelity, cost = fidelity_value(error, cfg.fidelity_metric), float(data.costs[segment, chosen].mean())
         perturbation = 0.0 if self._prev is None else data.bounds.layer_change(0, segment, self._prev, chosen)
         terms = self.weights.terms(fidelity, cost, perturbation)
-        return float(sum(terms.values())), {
-            "document": self.source.document_names[self._doc], "layer": layer, "segment": segment,
-            "rank": self._ranks_of(chosen), "requested_rank": self._ranks_of(requested),
-            "action_replaced": bool((chosen != requested).any()), "epsilon": self._epsilon,
-            "fidelity": error.cosine, "relative_error": error.relative_error, "reward_fidelity": fidelity,
-            "cost_ratio": cost, "flop_ratio": float(data.flops[segment, chosen].mean()),
-            "perturbation_bound": perturbation,
-            "output_bound": data.bounds.layer_change(0, segment, chosen, np.full_like(chosen, len(self.ranks) - 1)),
-            "reward_terms": terms,
-        }, chosen
+        return (
+            float(sum(terms.values())),
+            {
+                "document": self.source.document_names[self._doc],
+                "layer": layer,
+                "segment": segment,
+                "rank": self._ranks_of(chosen),
+                "requested_rank": self._ranks_of(requested),
+                "action_replaced": bool((chosen != requested).any()),
+                "epsilon": self._epsilon,
+                "fidelity": error.cosine,
+                "relative_error": error.relative_error,
+                "reward_fidelity": fidelity,
+                "cost_ratio": cost,
+                "flop_ratio": float(data.flops[segment, chosen].mean()),
+                "perturbation_bound": perturbation,
+                "output_bound": data.bounds.layer_change(0, segment, chosen, np.full_like(chosen, len(self.ranks) - 1)),
+                "reward_terms": terms,
+            },
+            chosen,
+        )
 
     def candidate_rewards(self) -> np.ndarray:
         """(R,) each rank's reward (all heads alike) at this step, safety applied: reads the true
@@ -297,9 +322,11 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         if self.render_mode != "ansi" or self._doc is None:
             return None
         layer, segment = divmod(min(self._t, self._n_steps - 1), self._n_segments)
-        safe = [r for r, ok in zip(self.ranks, self._mask[-len(self.ranks):]) if ok]
-        return (f"{self.source.document_names[self._doc]} step {self._t}/{self._n_steps} "
-                f"layer {layer} segment {segment} epsilon {self._epsilon:.3g} safe ranks {safe}")
+        safe = [r for r, ok in zip(self.ranks, self._mask[-len(self.ranks) :]) if ok]
+        return (
+            f"{self.source.document_names[self._doc]} step {self._t}/{self._n_steps} "
+            f"layer {layer} segment {segment} epsilon {self._epsilon:.3g} safe ranks {safe}"
+        )
 
     def document_names(self) -> list[str]:
         return self.source.document_names
@@ -322,17 +349,22 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         keeps the budget."""
         cfg, data = self.config, self._data
         layer, segment = divmod(self._t, self._n_segments)
-        self._epsilon = adaptive_epsilon(cfg.epsilon, cfg.epsilon_min, cfg.epsilon_max, self._n_steps,
-                                         self._t, self._spent)
+        self._epsilon = adaptive_epsilon(
+            cfg.epsilon, cfg.epsilon_min, cfg.epsilon_max, self._n_steps, self._t, self._spent
+        )
         threshold = self._epsilon if cfg.safety else np.inf
         bounds = data.bounds
         pairs = bounds.head_pairs[0, segment, ..., -1] if cfg.per_head else bounds.layer_pairs[0, segment, :, -1]
         mask = safe_mask(pairs, threshold)
         if cfg.latency_budget is not None:
             n_layers, cheapest = self.source.spec.n_layers, data.exact_share * data.costs.min(-1)  # (S,)
-            future = cheapest[segment + 1:].sum() + (n_layers - layer - 1) * cheapest.sum()
-            feasible = budget_feasible(self._used / n_layers, data.exact_share[segment] * data.costs[segment] / n_layers,
-                                       future / n_layers, cfg.latency_budget)
+            future = cheapest[segment + 1 :].sum() + (n_layers - layer - 1) * cheapest.sum()
+            feasible = budget_feasible(
+                self._used / n_layers,
+                data.exact_share[segment] * data.costs[segment] / n_layers,
+                future / n_layers,
+                cfg.latency_budget,
+            )
             mask = mask & feasible
             if not mask.any():
                 mask[np.flatnonzero(feasible)[-1]] = True
@@ -343,8 +375,27 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         layer, segment = divmod(min(self._t, self._n_steps - 1), self._n_segments)
         prev_rank = 0.0 if self._prev is None else float(np.mean([self.ranks[i] for i in self._prev])) / spec.head_dim
         used = self._used / spec.n_layers
-        context = context_vector(layer, spec.n_layers, segment, self._n_segments, data.analysis.seq_len,
-                                 spec.max_seq_len, prev_rank, self._epsilon, self.config.bound_clip,
-                                 self._t / self._n_steps, used, 1.0 if budget is None else max(budget - used, 0.0) / budget)
-        return build_observation(data.analysis.q_spectrum[0, segment], data.analysis.k_spectrum[0, segment],
-                                 data.bounds, segment, self._prev, data.costs[segment], context, self._mask)
+        context = context_vector(
+            layer,
+            spec.n_layers,
+            segment,
+            self._n_segments,
+            data.analysis.seq_len,
+            spec.max_seq_len,
+            prev_rank,
+            self._epsilon,
+            self.config.bound_clip,
+            self._t / self._n_steps,
+            used,
+            1.0 if budget is None else max(budget - used, 0.0) / budget,
+        )
+        return build_observation(
+            data.analysis.q_spectrum[0, segment],
+            data.analysis.k_spectrum[0, segment],
+            data.bounds,
+            segment,
+            self._prev,
+            data.costs[segment],
+            context,
+            self._mask,
+        )

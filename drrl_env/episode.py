@@ -142,8 +142,10 @@ class PausedForward:
         if kind == "error":
             raise RuntimeError("the closed-loop forward pass failed") from value
         if kind != expected:
-            raise RuntimeError(f"the closed-loop forward pass gave {kind!r} where {expected!r} was expected: the "
-                               "model made a different number of attention calls than it has layers")
+            raise RuntimeError(
+                f"the closed-loop forward pass gave {kind!r} where {expected!r} was expected: the "
+                "model made a different number of attention calls than it has layers"
+            )
         return value
 
     def next_layer(self) -> LayerInputs:

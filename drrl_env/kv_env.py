@@ -106,9 +106,15 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.render_mode = render_mode
         self.config = cfg = make_kv_config(**kwargs)
         self.device = runtime_device(cfg)
-        self.source = HFAttentionSource(cfg.model, tokenizer=cfg.tokenizer, corpus=cfg.corpus, split=cfg.split,
-                                        max_seq_len=cfg.max_seq_len, min_doc_tokens=cfg.min_doc_tokens,
-                                        device=self.device)
+        self.source = HFAttentionSource(
+            cfg.model,
+            tokenizer=cfg.tokenizer,
+            corpus=cfg.corpus,
+            split=cfg.split,
+            max_seq_len=cfg.max_seq_len,
+            min_doc_tokens=cfg.min_doc_tokens,
+            device=self.device,
+        )
         spec = self.source.spec
         if not self.source.causal_lm:
             raise ValueError(f"DRRL-KV-v0 needs a causal language model; {cfg.model!r} is not one")
@@ -116,36 +122,59 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.ladder = parse_ladder(cfg.levels, spec.head_dim, cfg.block)
         self.evict = next(i for i, level in enumerate(self.ladder) if isinstance(level, Evict))
         root = cache_root(cfg.cache_dir)
-        training = self.source if cfg.split == "train" else HFAttentionSource(
-            cfg.model, tokenizer=cfg.tokenizer, corpus=cfg.corpus, split="train", max_seq_len=cfg.max_seq_len,
-            min_doc_tokens=cfg.min_doc_tokens, device=self.device)
+        training = (
+            self.source
+            if cfg.split == "train"
+            else HFAttentionSource(
+                cfg.model,
+                tokenizer=cfg.tokenizer,
+                corpus=cfg.corpus,
+                split="train",
+                max_seq_len=cfg.max_seq_len,
+                min_doc_tokens=cfg.min_doc_tokens,
+                device=self.device,
+            )
+        )
         self.bases = fit_kv_bases(training, cfg.calibration_documents, cfg.key_space, root)
         self.n_layers, n_levels = spec.n_layers, len(self.ladder)
         probe = self.new_cache()
         self.exact_token_bytes = probe.token_bytes()
-        self._reserved = (cfg.sinks + cfg.window + cfg.block) * self.exact_token_bytes + probe.bases.nbytes(probe.max_rank)
+        self._reserved = (cfg.sinks + cfg.window + cfg.block) * self.exact_token_bytes + probe.bases.nbytes(
+            probe.max_rank
+        )
         self.budget = self.budget_for(cfg.max_seq_len)
         self.max_steps = steps_for(cfg.max_seq_len, cfg.window, cfg.block)
         self._root = root
         self.action_space = spaces.MultiDiscrete([n_levels] * (2 * self.n_layers))
         high = float(np.log1p(cfg.estimate_clip))
-        self.observation_space = spaces.Dict({
-            "energy": spaces.Box(0.0, 1.0, (self.n_layers, 2, n_levels), np.float32),
-            "estimate": spaces.Box(0.0, high, (self.n_layers, 2, n_levels), np.float32),
-            "mass": spaces.Box(0.0, 1.0, (self.n_layers, 2), np.float32),
-            "layer_bytes": spaces.Box(0.0, 1.0, (self.n_layers,), np.float32),
-            "context": spaces.Box(0.0, 10.0, (len(CONTEXT),), np.float32),
-            "action_mask": spaces.Box(0, 1, (2 * self.n_layers * n_levels,), np.int8),
-        })
+        self.observation_space = spaces.Dict(
+            {
+                "energy": spaces.Box(0.0, 1.0, (self.n_layers, 2, n_levels), np.float32),
+                "estimate": spaces.Box(0.0, high, (self.n_layers, 2, n_levels), np.float32),
+                "mass": spaces.Box(0.0, 1.0, (self.n_layers, 2), np.float32),
+                "layer_bytes": spaces.Box(0.0, 1.0, (self.n_layers,), np.float32),
+                "context": spaces.Box(0.0, 10.0, (len(CONTEXT),), np.float32),
+                "action_mask": spaces.Box(0, 1, (2 * self.n_layers * n_levels,), np.int8),
+            }
+        )
         self._episode: KVEpisode | None = None
 
     def new_cache(self, policy=None) -> CompressedKVCache:
         """An empty cache of this configuration (``policy`` decides due blocks itself: generation)."""
         cfg, head_dim = self.config, self.source.spec.head_dim
-        angles = (lambda positions: rotary_angles(self.model, positions, head_dim)) \
-            if cfg.key_space == "pre_rope" else None
-        return CompressedKVCache(self.source.spec.n_layers, ladder=self.ladder, bases=self.bases, block=cfg.block,
-                                 window=cfg.window, sinks=cfg.sinks, policy=policy, angles=angles)
+        angles = (
+            (lambda positions: rotary_angles(self.model, positions, head_dim)) if cfg.key_space == "pre_rope" else None
+        )
+        return CompressedKVCache(
+            self.source.spec.n_layers,
+            ladder=self.ladder,
+            bases=self.bases,
+            block=cfg.block,
+            window=cfg.window,
+            sinks=cfg.sinks,
+            policy=policy,
+            angles=angles,
+        )
 
     def budget_for(self, max_len: int, budget: float | None = None) -> ByteBudget:
         """The byte budget of a sequence of at most ``max_len`` tokens: ``budget`` (default: the config's) of
@@ -156,11 +185,18 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def controller(self, max_len: int | None = None, budget: float | None = None) -> BlockController:
         """A fresh budget controller (one per episode, or per generation of at most ``max_len`` tokens)."""
         max_len = max_len or self.config.max_seq_len
-        return BlockController(self.budget_for(max_len, budget), self.n_layers, self.evict, max_len,
-                               self.config.estimate_clip, self.exact_token_bytes)
+        return BlockController(
+            self.budget_for(max_len, budget),
+            self.n_layers,
+            self.evict,
+            max_len,
+            self.config.estimate_clip,
+            self.exact_token_bytes,
+        )
 
-    def serving_cache(self, act: Callable[[dict[str, np.ndarray]], np.ndarray],
-                      max_len: int) -> tuple[CompressedKVCache, BlockController]:
+    def serving_cache(
+        self, act: Callable[[dict[str, np.ndarray]], np.ndarray], max_len: int
+    ) -> tuple[CompressedKVCache, BlockController]:
         """A cache for generation of at most ``max_len`` tokens whose due blocks ``act`` decides from the same
         observation as the environment's, stored through the same controller (budget, projection)."""
         controller = self.controller(max_len)
@@ -174,8 +210,13 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         """(steps,) summed NLL of each step's predicted tokens with every block stored exact: the reward's
         reference, from the same loop (cached on disk by the document's tokens and the cache's shape)."""
         cfg = self.config
-        key = {"kind": "kv-exact-nll", "document": self.source.document_key(index), "block": cfg.block,
-               "window": cfg.window, "sinks": cfg.sinks}
+        key = {
+            "kind": "kv-exact-nll",
+            "document": self.source.document_key(index),
+            "block": cfg.block,
+            "window": cfg.window,
+            "sinks": cfg.sinks,
+        }
 
         def compute() -> dict[str, np.ndarray]:
             cache = self.new_cache()
@@ -212,18 +253,26 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._t, self._nll, self._exact_sum, self._tokens = 0, 0.0, 0.0, 0
         self._controller = self.controller(budget=budget)
         self._obs = self._controller.observe(self.cache, self.cache.due_block())
-        return self._obs, {"document": self.source.document_names[self._doc],
-                           "action_mask": self._obs["action_mask"].copy()}
+        return self._obs, {
+            "document": self.source.document_names[self._doc],
+            "action_mask": self._obs["action_mask"].copy(),
+        }
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], SupportsFloat, bool, bool, dict[str, Any]]:
         if self._episode is None or self._episode.done:
-            raise RuntimeError("call reset() before step()" if self._episode is None else
-                               "the episode has ended; call reset()")
+            raise RuntimeError(
+                "call reset() before step()" if self._episode is None else "the episode has ended; call reset()"
+            )
         given = np.asarray(action)
-        if given.shape != (2 * self.n_layers,) or given.dtype.kind not in "iu" or not self.action_space.contains(
-                given.astype(np.int64)):
-            raise ValueError(f"action must be {2 * self.n_layers} integers in 0..{len(self.ladder) - 1} (keys of "
-                             f"layers 0..{self.n_layers - 1}, then values); got {action!r}")
+        if (
+            given.shape != (2 * self.n_layers,)
+            or given.dtype.kind not in "iu"
+            or not self.action_space.contains(given.astype(np.int64))
+        ):
+            raise ValueError(
+                f"action must be {2 * self.n_layers} integers in 0..{len(self.ladder) - 1} (keys of "
+                f"layers 0..{self.n_layers - 1}, then values); got {action!r}"
+            )
         index = self.cache.due_block()
         decision = self._controller.store(self.cache, index, given.astype(np.int64))
         nll = self._episode.decode().double()
@@ -235,13 +284,21 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         terminated = self._episode.done
         cache_bytes = self.cache.nbytes()
         info = {
-            "document": self.source.document_names[self._doc], "block": index,
-            "key_levels": decision.key_levels, "value_levels": decision.value_levels,
-            "requested_key_levels": decision.requested[0], "requested_value_levels": decision.requested[1],
-            "projected": decision.projected, "tokens": len(nll), "nll": step_nll, "exact_nll": exact_nll,
+            "document": self.source.document_names[self._doc],
+            "block": index,
+            "key_levels": decision.key_levels,
+            "value_levels": decision.value_levels,
+            "requested_key_levels": decision.requested[0],
+            "requested_value_levels": decision.requested[1],
+            "projected": decision.projected,
+            "tokens": len(nll),
+            "nll": step_nll,
+            "exact_nll": exact_nll,
             "ppl_ratio": float(np.exp((self._nll - self._exact_sum) / self._tokens)),
-            "cache_bytes": cache_bytes, "cache_fraction": cache_bytes / (self.cache.seen * self.exact_token_bytes),
-            "budget_used": self._controller.budget_used, "reward_terms": terms,
+            "cache_bytes": cache_bytes,
+            "cache_fraction": cache_bytes / (self.cache.seen * self.exact_token_bytes),
+            "budget_used": self._controller.budget_used,
+            "reward_terms": terms,
         }
         if not terminated:
             self._obs = self._controller.observe(self.cache, self.cache.due_block())
@@ -255,8 +312,10 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def render(self) -> str | None:
         if self.render_mode != "ansi" or self._episode is None:
             return None
-        return (f"{self.source.document_names[self._doc]} step {self._t} tokens {self.cache.seen} "
-                f"cache {self.cache.nbytes() / 1e6:.2f} MB ({self.cache.nbytes() / self.budget.cap:.0%} of the cap)")
+        return (
+            f"{self.source.document_names[self._doc]} step {self._t} tokens {self.cache.seen} "
+            f"cache {self.cache.nbytes() / 1e6:.2f} MB ({self.cache.nbytes() / self.budget.cap:.0%} of the cap)"
+        )
 
     def document_names(self) -> list[str]:
         return self.source.document_names

@@ -18,29 +18,41 @@ COST_CLIP = 10.0  # cost ratios above this (a rank 10x slower than exact attenti
 CONTEXT_FIELDS = ("layer", "segment", "seq_len", "prev_rank", "epsilon", "progress", "cost_used", "budget_left")
 
 
-def observation_space(n_heads: int, head_dim: int, n_ranks: int, bound_clip: float,
-                      mask_shape: tuple[int, ...]) -> spaces.Dict:
+def observation_space(
+    n_heads: int, head_dim: int, n_ranks: int, bound_clip: float, mask_shape: tuple[int, ...]
+) -> spaces.Dict:
     h, d, r = n_heads, head_dim, n_ranks
     log_clip = float(np.log1p(bound_clip))
     unit = {"low": 0.0, "high": 1.0, "dtype": np.float32}
     logged = {"low": 0.0, "high": log_clip, "dtype": np.float32}
-    return spaces.Dict({
-        "q_spectrum": spaces.Box(shape=(h, d), **unit),
-        "k_spectrum": spaces.Box(shape=(h, d), **unit),
-        "tail_energy": spaces.Box(shape=(h, r, 2), **unit),
-        "band_energy": spaces.Box(shape=(h, r, 2), **unit),
-        "output_bound": spaces.Box(shape=(h, r), **logged),
-        "change_bound": spaces.Box(shape=(h, r), **logged),
-        "layer_bound": spaces.Box(shape=(r, 2), **logged),
-        "cost": spaces.Box(low=0.0, high=COST_CLIP, shape=(r,), dtype=np.float32),
-        "context": spaces.Box(low=0.0, high=max(COST_CLIP, log_clip), shape=(len(CONTEXT_FIELDS),), dtype=np.float32),
-        "action_mask": spaces.MultiBinary(mask_shape),
-    })
+    return spaces.Dict(
+        {
+            "q_spectrum": spaces.Box(shape=(h, d), **unit),
+            "k_spectrum": spaces.Box(shape=(h, d), **unit),
+            "tail_energy": spaces.Box(shape=(h, r, 2), **unit),
+            "band_energy": spaces.Box(shape=(h, r, 2), **unit),
+            "output_bound": spaces.Box(shape=(h, r), **logged),
+            "change_bound": spaces.Box(shape=(h, r), **logged),
+            "layer_bound": spaces.Box(shape=(r, 2), **logged),
+            "cost": spaces.Box(low=0.0, high=COST_CLIP, shape=(r,), dtype=np.float32),
+            "context": spaces.Box(
+                low=0.0, high=max(COST_CLIP, log_clip), shape=(len(CONTEXT_FIELDS),), dtype=np.float32
+            ),
+            "action_mask": spaces.MultiBinary(mask_shape),
+        }
+    )
 
 
-def build_observation(q_spectrum: np.ndarray, k_spectrum: np.ndarray, bounds: RelativeBounds, segment: int,
-                      prev: np.ndarray | None, cost: np.ndarray, context: np.ndarray,
-                      mask: np.ndarray) -> dict[str, np.ndarray]:
+def build_observation(
+    q_spectrum: np.ndarray,
+    k_spectrum: np.ndarray,
+    bounds: RelativeBounds,
+    segment: int,
+    prev: np.ndarray | None,
+    cost: np.ndarray,
+    context: np.ndarray,
+    mask: np.ndarray,
+) -> dict[str, np.ndarray]:
     """The observation of one segment of the current layer: spectra (H, d), the layer's ``bounds``
     (Ly = 1), ``prev`` (H,) the layer's previous rank indices or None, cost (R,), context and mask."""
     layer = 0  # ``bounds`` holds the current layer only
@@ -62,20 +74,42 @@ def build_observation(q_spectrum: np.ndarray, k_spectrum: np.ndarray, bounds: Re
         "band_energy": band.astype(np.float32),
         "output_bound": np.log1p(bounds.head_pairs[layer, segment, :, :, -1]).astype(np.float32),
         "change_bound": np.log1p(change_head).astype(np.float32),
-        "layer_bound": np.log1p(np.stack([bounds.layer_pairs[layer, segment, :, -1], change_layer], -1)
-                                ).astype(np.float32),
+        "layer_bound": np.log1p(np.stack([bounds.layer_pairs[layer, segment, :, -1], change_layer], -1)).astype(
+            np.float32
+        ),
         "cost": cost.clip(0.0, COST_CLIP).astype(np.float32),
         "context": context.astype(np.float32),
         "action_mask": mask.astype(np.int8),
     }
 
 
-def context_vector(layer: int, n_layers: int, segment: int, n_segments: int, seq_len: int, max_seq_len: int,
-                   prev_rank: float, epsilon: float, bound_clip: float, progress: float, cost_used: float,
-                   budget_left: float) -> np.ndarray:
+def context_vector(
+    layer: int,
+    n_layers: int,
+    segment: int,
+    n_segments: int,
+    seq_len: int,
+    max_seq_len: int,
+    prev_rank: float,
+    epsilon: float,
+    bound_clip: float,
+    progress: float,
+    cost_used: float,
+    budget_left: float,
+) -> np.ndarray:
     """(8,) ``CONTEXT_FIELDS``: layer and segment in [0, 1], seq_len / max_seq_len, the layer's
     previous rank / head_dim (0 = none), log1p(min(epsilon, bound_clip)), progress in [0, 1], the
     fraction of the episode's exact attention cost spent so far (clipped to ``COST_CLIP``), and the
     latency budget left as a fraction of the budget (1 without a budget)."""
-    return np.array([layer / max(n_layers - 1, 1), segment / max(n_segments - 1, 1), seq_len / max_seq_len,
-                     prev_rank, np.log1p(min(epsilon, bound_clip)), progress, min(cost_used, COST_CLIP), budget_left])
+    return np.array(
+        [
+            layer / max(n_layers - 1, 1),
+            segment / max(n_segments - 1, 1),
+            seq_len / max_seq_len,
+            prev_rank,
+            np.log1p(min(epsilon, bound_clip)),
+            progress,
+            min(cost_used, COST_CLIP),
+            budget_left,
+        ]
+    )

@@ -30,8 +30,9 @@ class Step:
     info: dict[str, Any]
 
 
-def play(env: gym.Env, act: Act, document: int, options: dict[str, Any] | None = None,
-         keep_observations: bool = False) -> list[Step]:
+def play(
+    env: gym.Env, act: Act, document: int, options: dict[str, Any] | None = None, keep_observations: bool = False
+) -> list[Step]:
     """One episode on ``document`` (``options`` adds reset options); observations are kept only when asked
     (a long episode's observations are large)."""
     obs, _ = env.reset(options={**(options or {}), "document": int(document)})
@@ -53,8 +54,9 @@ def predicting(policy: Any) -> Act:
 
     def act(obs: dict[str, np.ndarray], env: Any) -> Any:
         extra = {"action_masks": env.action_masks()} if isinstance(policy, MaskablePPO) else {}
-        action, state["hidden"] = policy.predict(obs, state=state["hidden"], episode_start=np.array([state["start"]]),
-                                                 deterministic=True, **extra)
+        action, state["hidden"] = policy.predict(
+            obs, state=state["hidden"], episode_start=np.array([state["start"]]), deterministic=True, **extra
+        )
         state["start"] = False
         return action
 

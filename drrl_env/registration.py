@@ -1,4 +1,5 @@
-"""Registration of ``DRRL-v0``, ``DRRL-LM-v0`` and ``DRRL-KV-v0``, and the check that keeps ``max_episode_steps`` honest."""
+"""Registration of ``DRRL-v0``, ``DRRL-LM-v0`` and ``DRRL-KV-v0``, and the check that keeps
+``max_episode_steps`` honest."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ class EpisodeLengthCheck(gym.Wrapper, gym.utils.RecordConstructorArgs):
         if limit is not None and limit < needed:
             raise ValueError(
                 f"this configuration has episodes of up to {needed} steps but max_episode_steps={limit}; "
-                f"pass gym.make({self.spec.id if self.spec else 'DRRL-v0'!r}, max_episode_steps={needed}, ...)")
+                f"pass gym.make({self.spec.id if self.spec else 'DRRL-v0'!r}, max_episode_steps={needed}, ...)"
+            )
         return self.env.reset(**kwargs)
 
 
@@ -52,8 +54,16 @@ def _time_limit(env: gym.Env) -> int | None:
 # The method, cost and beta follow the measurements (README, "Realizable speed"): on this CPU only the
 # calibrated method runs below exact attention at these shapes, and under its measured latency
 # `drrl tradeoff` finds a real trade-off at beta 1 (experiments/results/realizable/tradeoff_lm_closed_loop.txt).
-LM_KWARGS = {"model": "smollm2-135m", "corpus": "stdlib-docs", "max_seq_len": 4096, "min_doc_tokens": 1024,
-             "segment_len": 512, "method": "calibrated", "cost_model": "profile", "beta": 1.0}
+LM_KWARGS = {
+    "model": "smollm2-135m",
+    "corpus": "stdlib-docs",
+    "max_seq_len": 4096,
+    "min_doc_tokens": 1024,
+    "segment_len": 512,
+    "method": "calibrated",
+    "cost_model": "profile",
+    "beta": 1.0,
+}
 SMOLLM2_LAYERS = 30
 # DRRL-KV-v0: SmolLM2-135M's KV cache on the same corpus, blocks of 128 tokens leaving a 128-token window
 # (kv/config.py holds every default); episodes of up to 30 steps at the default 4096 tokens.

@@ -20,8 +20,9 @@ class Registry(Generic[T]):
         if not (isinstance(cls, type) and issubclass(cls, self.base)) or not named:
             raise TypeError(f"{cls!r} must be a {self.base.__name__} subclass with a string `name`")
         if self._classes.get(cls.name, cls) is not cls:
-            raise ValueError(f"{self.option} name {cls.name!r} is already registered by "
-                             f"{self._classes[cls.name].__qualname__}")
+            raise ValueError(
+                f"{self.option} name {cls.name!r} is already registered by {self._classes[cls.name].__qualname__}"
+            )
         self._classes[cls.name] = cls
         return cls
 
@@ -30,6 +31,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._classes:
-            raise ValueError(f"{self.option}={name!r} is not allowed; choose one of {list(self._classes)} "
-                             f"({self.how_to_add})")
+            raise ValueError(
+                f"{self.option}={name!r} is not allowed; choose one of {list(self._classes)} ({self.how_to_add})"
+            )
         return self._classes[name]

@@ -59,8 +59,11 @@ class RewardWeights:
 
     def terms(self, fidelity: F, cost: F, perturbation: F) -> dict[str, F]:
         """Signed contributions that sum to the reward (floats, or arrays of many steps)."""
-        return {"fidelity": self.alpha * fidelity, "cost": -self.beta * cost,
-                "perturbation": -self.gamma * perturbation}
+        return {
+            "fidelity": self.alpha * fidelity,
+            "cost": -self.beta * cost,
+            "perturbation": -self.gamma * perturbation,
+        }
 
     def total(self, fidelity: F, cost: F, perturbation: F) -> F:
         """``alpha * fidelity - beta * cost - gamma * perturbation``."""

@@ -22,8 +22,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def adaptive_epsilon(epsilon: float, epsilon_min: float, epsilon_max: float, n_steps: int,
-                     step: int, spent: float) -> float:
+def adaptive_epsilon(
+    epsilon: float, epsilon_min: float, epsilon_max: float, n_steps: int, step: int, spent: float
+) -> float:
     remaining = max(n_steps - step, 1)
     return float(np.clip((epsilon * n_steps - spent) / remaining, epsilon_min, epsilon_max))
 

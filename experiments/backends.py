@@ -72,13 +72,16 @@ class Backend(ABC):
         self.close()
 
 
-_BACKENDS: Registry[type[Backend]] = Registry(Backend, "backend", "or register one with experiments.backends.register_backend")
+_BACKENDS: Registry[type[Backend]] = Registry(
+    Backend, "backend", "or register one with experiments.backends.register_backend"
+)
 register_backend = _BACKENDS.register
 backend_names = _BACKENDS.names
 
 
 def make_backend(name: str, jobs: int = 1, address: str | None = None) -> Backend:
-    """The backend ``name``: ``local`` runs ``jobs`` processes; ``ray`` connects to ``address`` (None = start Ray here)."""
+    """The backend ``name``: ``local`` runs ``jobs`` processes; ``ray`` connects to ``address`` (None =
+    start Ray here)."""
     if name != "ray" and address is not None:
         raise ValueError(f"--address {address!r} is for --backend ray; backend {name!r} runs on this machine")
     return _BACKENDS.get(name)(jobs=jobs, address=address)
@@ -95,8 +98,10 @@ class LocalBackend(Backend):
 
     def check(self, resources: Resources) -> None:
         if resources.exclusive and self.jobs > 1:
-            raise ValueError("these runs measure latency on this machine: parallel local jobs would measure under "
-                             "each other's load; use --jobs 1, or --backend ray, which gives each run a node to itself")
+            raise ValueError(
+                "these runs measure latency on this machine: parallel local jobs would measure under "
+                "each other's load; use --jobs 1, or --backend ray, which gives each run a node to itself"
+            )
 
     def workers(self) -> int:
         return self.jobs
@@ -127,8 +132,13 @@ class RayBackend(Backend):
             return  # a caller (a test, a notebook) started Ray already: use it as it is
         if address is None:
             self._temp_dir = tempfile.mkdtemp(prefix="drrl-ray-")  # short: Ray's socket paths must fit 107 bytes
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _temp_dir=self._temp_dir,
-                     log_to_driver=True, configure_logging=False)
+            ray.init(
+                num_cpus=os.cpu_count(),
+                include_dashboard=False,
+                _temp_dir=self._temp_dir,
+                log_to_driver=True,
+                configure_logging=False,
+            )
         else:
             ray.init(address=address, log_to_driver=True, configure_logging=False)
 

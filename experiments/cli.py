@@ -95,8 +95,10 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     documents = range(min(args.episodes, len(env.unwrapped.document_names())))
     rows = evaluate(env, policies, documents)
     config = env.unwrapped.config
-    print(f"{args.env_id} on {len(documents)} {args.split} documents; reward = {config.alpha} * fidelity "
-          f"- {config.beta} * cost - {config.gamma} * perturbation; cost model {config.cost_model!r}")
+    print(
+        f"{args.env_id} on {len(documents)} {args.split} documents; reward = {config.alpha} * fidelity "
+        f"- {config.beta} * cost - {config.gamma} * perturbation; cost model {config.cost_model!r}"
+    )
     print(summary_table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps([r.as_dict() for r in rows], indent=1))
@@ -106,9 +108,17 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from experiments.train import TrainConfig, TrainingInterrupted, train
 
-    overrides = {"env_id": args.env_id, "algo": args.algo, "policy": args.policy, "timesteps": args.timesteps, "seed": args.seed,
-                 "n_envs": args.n_envs, "vec_env": args.vec_env, "pretrain_bc": args.pretrain_bc,
-                 "eval_freq": args.eval_freq}
+    overrides = {
+        "env_id": args.env_id,
+        "algo": args.algo,
+        "policy": args.policy,
+        "timesteps": args.timesteps,
+        "seed": args.seed,
+        "n_envs": args.n_envs,
+        "vec_env": args.vec_env,
+        "pretrain_bc": args.pretrain_bc,
+        "eval_freq": args.eval_freq,
+    }
     if args.env_kwargs:
         overrides["env_kwargs"] = parse_env_kwargs(args.env_kwargs)
     if args.resume:
@@ -124,8 +134,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress = sys.stderr.isatty() if args.progress is None else args.progress
         run_dir = train(config, args.logdir, resume=args.resume, progress_bar=progress)
     except TrainingInterrupted as stop:
-        print(f"interrupted: checkpoint saved; continue with --resume {stop.run_dir}" if stop.run_dir else
-              "interrupted before training began: nothing was saved", file=sys.stderr)
+        print(
+            f"interrupted: checkpoint saved; continue with --resume {stop.run_dir}"
+            if stop.run_dir
+            else "interrupted before training began: nothing was saved",
+            file=sys.stderr,
+        )
         return 130
     print(run_dir)
     return 0
@@ -158,8 +172,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         path = path / "model.zip" if path.is_dir() else path
         saved = read_saved_agent(path).get("drrl_env_config", {})
         if args.env_id is None:
-            args.env_id = read_yaml_mapping(run_config, "run config").get("env_id", "DRRL-v0") \
-                if run_config.is_file() else "DRRL-v0"
+            args.env_id = (
+                read_yaml_mapping(run_config, "run config").get("env_id", "DRRL-v0")
+                if run_config.is_file()
+                else "DRRL-v0"
+            )
         trained = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k not in RUNTIME_FIELDS}
         env = gym.make(args.env_id, **{**trained, **env_kwargs, "split": args.split})
         differing = check_env_config(saved, env_config_dict(env))
@@ -198,11 +215,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for policy in policies:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose from {list(POLICIES)}")
-    report = compare(algos, policies, args.seeds, args.timesteps, parse_env_kwargs(args.env_kwargs), Path(args.out),
-                     args.episodes, jobs=args.jobs, pretrain_bc=args.pretrain_bc, tune_documents=args.tune_documents,
-                     env_id=args.env_id, backend=args.backend, address=args.address, cpus_per_run=args.cpus_per_run,
-                     gpus_per_run=args.gpus_per_run, planner=not args.no_planner,
-                     latency_rounds=args.latency_rounds)
+    report = compare(
+        algos,
+        policies,
+        args.seeds,
+        args.timesteps,
+        parse_env_kwargs(args.env_kwargs),
+        Path(args.out),
+        args.episodes,
+        jobs=args.jobs,
+        pretrain_bc=args.pretrain_bc,
+        tune_documents=args.tune_documents,
+        env_id=args.env_id,
+        backend=args.backend,
+        address=args.address,
+        cpus_per_run=args.cpus_per_run,
+        gpus_per_run=args.gpus_per_run,
+        planner=not args.no_planner,
+        latency_rounds=args.latency_rounds,
+    )
     print(report.read_text())
     return 0
 
@@ -211,10 +242,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from experiments.train import TrainConfig
     from experiments.tune import tune
 
-    base = TrainConfig(env_id=args.env_id, algo=args.algo, policy=args.policy, timesteps=args.timesteps, seed=args.seed,
-                       env_kwargs=parse_env_kwargs(args.env_kwargs))
-    zoo = tune(base, args.trials, Path(args.out), backend=args.backend, address=args.address,
-               eval_episodes=args.eval_episodes)
+    base = TrainConfig(
+        env_id=args.env_id,
+        algo=args.algo,
+        policy=args.policy,
+        timesteps=args.timesteps,
+        seed=args.seed,
+        env_kwargs=parse_env_kwargs(args.env_kwargs),
+    )
+    zoo = tune(
+        base, args.trials, Path(args.out), backend=args.backend, address=args.address, eval_episodes=args.eval_episodes
+    )
     print((zoo.parent / "study.md").read_text())
     print(f"best hyperparameters: {zoo}  (train with: drrl train --config {zoo})")
     return 0
@@ -270,8 +308,15 @@ def cmd_precompute(args: argparse.Namespace) -> int:
     from experiments.precompute import precompute
 
     kwargs = {**parse_env_kwargs(args.env_kwargs), "split": args.split}
-    count = precompute(args.env_id, kwargs, args.documents, backend=args.backend, jobs=args.jobs,
-                       address=args.address, report=lambda line: print(line, flush=True))
+    count = precompute(
+        args.env_id,
+        kwargs,
+        args.documents,
+        backend=args.backend,
+        jobs=args.jobs,
+        address=args.address,
+        report=lambda line: print(line, flush=True),
+    )
     print(f"{count} documents of the {args.split} split of {args.env_id} are in the analysis cache")
     return 0
 
@@ -279,22 +324,35 @@ def cmd_precompute(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from drrl_env.registration import RANK_ENV_IDS
 
-    parser = argparse.ArgumentParser(prog="drrl", description="DR-RL rank selection: rollouts, training, "
-                                     "evaluation and comparison on DRRL-v0")
+    parser = argparse.ArgumentParser(
+        prog="drrl", description="DR-RL rank selection: rollouts, training, evaluation and comparison on DRRL-v0"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def backend_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--backend", default="local", choices=backend_names(),
-                       help="where the work runs: local (this machine) or ray (a Ray cluster; pip install -e '.[ray]')")
+        p.add_argument(
+            "--backend",
+            default="local",
+            choices=backend_names(),
+            help="where the work runs: local (this machine) or ray (a Ray cluster; pip install -e '.[ray]')",
+        )
         p.add_argument("--address", help="address of a running Ray cluster (default: start Ray on this machine)")
 
     def env_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--env-id", choices=RANK_ENV_IDS,
-                       help="the registered environment: DRRL-v0 (MiniLM, pydoc text; the default) or DRRL-LM-v0 "
-                            "(SmolLM2-135M, 4096 tokens of standard-library documentation; needs the [llm] extra); "
-                            "train and evaluate --model default to the run's own")
-        p.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
-                       help="environment options (EnvConfig fields) on top of the env id's")
+        p.add_argument(
+            "--env-id",
+            choices=RANK_ENV_IDS,
+            help="the registered environment: DRRL-v0 (MiniLM, pydoc text; the default) or DRRL-LM-v0 "
+            "(SmolLM2-135M, 4096 tokens of standard-library documentation; needs the [llm] extra); "
+            "train and evaluate --model default to the run's own",
+        )
+        p.add_argument(
+            "--env-kwargs",
+            nargs="*",
+            default=[],
+            metavar="KEY=VALUE",
+            help="environment options (EnvConfig fields) on top of the env id's",
+        )
 
     p = sub.add_parser("rollout", help="run baseline policies and print their reward terms")
     p.add_argument("--policies", default=DEFAULT_POLICIES, help=f"comma-separated, of: {', '.join(BASELINES)}")
@@ -310,18 +368,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", help="mlp (SB3's MultiInputPolicy) or transformer (agents/transformer_policy.py)")
     p.add_argument("--timesteps", type=int, help="environment steps to train for")
     p.add_argument("--seed", type=int, help="seed of the agent and the env")
-    p.add_argument("--config", help="YAML file with train settings (experiments/configs/*.yaml), or an RL-Zoo "
-                                    "hyperparameter file such as the ppo.yml that drrl tune writes")
+    p.add_argument(
+        "--config",
+        help="YAML file with train settings (experiments/configs/*.yaml), or an RL-Zoo "
+        "hyperparameter file such as the ppo.yml that drrl tune writes",
+    )
     p.add_argument("--logdir", default="runs", help="folder that receives the run folder (TensorBoard events, model)")
     p.add_argument("--pretrain-bc", type=int, help="behaviour-clone the oracle on N training documents first")
     p.add_argument("--n-envs", type=int, help="environments stepped together per update")
-    p.add_argument("--vec-env", choices=("dummy", "subproc"),
-                   help="how the --n-envs environments step: dummy (in this process, SB3 DummyVecEnv; the default) "
-                        "or subproc (a process each, SB3 SubprocVecEnv)")
+    p.add_argument(
+        "--vec-env",
+        choices=("dummy", "subproc"),
+        help="how the --n-envs environments step: dummy (in this process, SB3 DummyVecEnv; the default) "
+        "or subproc (a process each, SB3 SubprocVecEnv)",
+    )
     p.add_argument("--eval-freq", type=int, help="steps between evaluations on the test split (eval/ tags)")
     p.add_argument("--resume", help="run folder to continue from its checkpoint")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar (default: on when stderr is a terminal)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: on when stderr is a terminal)",
+    )
     env_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -337,32 +405,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="train a grid of agents and write a comparison report")
-    p.add_argument("--algos", default="ppo,a2c,dqn,maskable_ppo",
-                   help="comma-separated algorithms: ppo, a2c, dqn, maskable_ppo, recurrent_ppo")
+    p.add_argument(
+        "--algos",
+        default="ppo,a2c,dqn,maskable_ppo",
+        help="comma-separated algorithms: ppo, a2c, dqn, maskable_ppo, recurrent_ppo",
+    )
     p.add_argument("--policies", default="mlp,transformer", help="comma-separated policies: mlp, transformer")
     p.add_argument("--seeds", type=int, default=3, help="training seeds per (algo, policy): runs use seeds 0..N-1")
     p.add_argument("--timesteps", type=int, default=20_000, help="environment steps per training run")
     p.add_argument("--episodes", type=int, default=16, help="test documents to evaluate on")
     p.add_argument("--jobs", type=int, default=1, help="training processes in parallel (local backend)")
     backend_args(p)
-    p.add_argument("--cpus-per-run", type=float, default=1.0,
-                   help="CPUs each training run declares on Ray (a measured cost model takes a whole node)")
+    p.add_argument(
+        "--cpus-per-run",
+        type=float,
+        default=1.0,
+        help="CPUs each training run declares on Ray (a measured cost model takes a whole node)",
+    )
     p.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each training run declares on Ray")
-    p.add_argument("--pretrain-bc", type=int, default=0,
-                   help="behaviour-clone the oracle on N training documents before RL (0 = no pre-training)")
-    p.add_argument("--tune-documents", type=int, default=16,
-                   help="training documents on which the fixed rank and energy threshold are tuned")
-    p.add_argument("--latency-rounds", type=int, default=3,
-                   help="interleaved rounds of the measured attention latency per row (0 = not measured)")
-    p.add_argument("--no-planner", action="store_true",
-                   help="leave out the non-myopic reference (it replays each test document 1 + layers x ranks times)")
-    p.add_argument("--out", default="experiments/results/latest",
-                   help="folder for runs/, rows.json, compare.json, report.md and plots")
+    p.add_argument(
+        "--pretrain-bc",
+        type=int,
+        default=0,
+        help="behaviour-clone the oracle on N training documents before RL (0 = no pre-training)",
+    )
+    p.add_argument(
+        "--tune-documents",
+        type=int,
+        default=16,
+        help="training documents on which the fixed rank and energy threshold are tuned",
+    )
+    p.add_argument(
+        "--latency-rounds",
+        type=int,
+        default=3,
+        help="interleaved rounds of the measured attention latency per row (0 = not measured)",
+    )
+    p.add_argument(
+        "--no-planner",
+        action="store_true",
+        help="leave out the non-myopic reference (it replays each test document 1 + layers x ranks times)",
+    )
+    p.add_argument(
+        "--out",
+        default="experiments/results/latest",
+        help="folder for runs/, rows.json, compare.json, report.md and plots",
+    )
     env_args(p)
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("tune", help="search an agent's hyperparameters with Optuna (TPE, median pruning), scored on "
-                                    "the validation split; writes an RL-Zoo <algo>.yml")
+    p = sub.add_parser(
+        "tune",
+        help="search an agent's hyperparameters with Optuna (TPE, median pruning), scored on "
+        "the validation split; writes an RL-Zoo <algo>.yml",
+    )
     p.add_argument("--algo", default="ppo", help="ppo, a2c, dqn, maskable_ppo or recurrent_ppo")
     p.add_argument("--policy", default="mlp", help="mlp or transformer")
     p.add_argument("--trials", type=int, default=20, help="hyperparameter sets to try")
@@ -376,21 +472,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="rebuild a comparison's report.md from its rows.json and compare.json")
     p.add_argument("folder", help="a drrl compare output folder (with rows.json and compare.json)")
-    p.add_argument("--model-metrics", action="store_true",
-                   help="re-measure end-of-model fidelity, retrieval and attention latency from the saved ranks")
+    p.add_argument(
+        "--model-metrics",
+        action="store_true",
+        help="re-measure end-of-model fidelity, retrieval and attention latency from the saved ranks",
+    )
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("profile", help="measure and print the latency table of this device, with FLOP ratios")
     p.add_argument("--lengths", default="512,2048,4096,8192", help="key lengths to profile")
-    p.add_argument("--methods", default=",".join(method_names()),
-                   help="comma-separated low-rank methods to profile (default: every registered one)")
+    p.add_argument(
+        "--methods",
+        default=",".join(method_names()),
+        help="comma-separated low-rank methods to profile (default: every registered one)",
+    )
     p.add_argument("--refresh", action="store_true", help="re-measure instead of reusing the cached profile")
     p.add_argument("--out", default=".", help="folder for speedup.png")
     env_args(p)
     p.set_defaults(func=cmd_profile)
 
-    p = sub.add_parser("tradeoff", help="play every fixed rank and tell, per cost weight beta, whether the "
-                       "configuration poses a trade-off (on this device, for measured costs)")
+    p = sub.add_parser(
+        "tradeoff",
+        help="play every fixed rank and tell, per cost weight beta, whether the "
+        "configuration poses a trade-off (on this device, for measured costs)",
+    )
     p.add_argument("--betas", help="comma-separated cost weights to evaluate (default: the env's beta)")
     p.add_argument("--documents", type=int, default=12, help="documents to play (the first N of the split)")
     p.add_argument("--split", default="train", choices=SPLITS, help="documents to play")
@@ -412,8 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="plot one document's spectra and minimal ranks")
     p.add_argument("--document", type=int, default=0, help="document index in the split")
     p.add_argument("--split", default="test", choices=SPLITS, help="the document's split")
-    p.add_argument("--energy", type=float, default=0.9,
-                   help="energy fraction whose minimal rank is plotted per layer and segment")
+    p.add_argument(
+        "--energy", type=float, default=0.9, help="energy fraction whose minimal rank is plotted per layer and segment"
+    )
     p.add_argument("--out", default="inspect", help="folder for the plots")
     env_args(p)
     p.set_defaults(func=cmd_inspect)
@@ -421,9 +527,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Smallest value of each integer flag (by its argparse dest), checked before any work starts.
-MINIMUMS = {"episodes": 1, "seeds": 1, "timesteps": 1, "seed": 0, "documents": 1, "jobs": 1, "pretrain_bc": 0,
-            "trials": 1, "eval_episodes": 1,
-            "tune_documents": 1, "n_envs": 1, "eval_freq": 1, "document": 0}
+MINIMUMS = {
+    "episodes": 1,
+    "seeds": 1,
+    "timesteps": 1,
+    "seed": 0,
+    "documents": 1,
+    "jobs": 1,
+    "pretrain_bc": 0,
+    "trials": 1,
+    "eval_episodes": 1,
+    "tune_documents": 1,
+    "n_envs": 1,
+    "eval_freq": 1,
+    "document": 0,
+}
 
 
 def check_counts(args: argparse.Namespace) -> None:

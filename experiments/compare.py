@@ -100,23 +100,41 @@ def tune_baselines(env_id: str, env_kwargs: dict[str, Any], documents: int) -> l
         score.update({c: float(np.mean([r.reward for r in rows if r.policy == c])) for c in new})
 
     families = [*TUNED_FAMILIES[:3], *(["budget-greedy"] if env.unwrapped.config.latency_budget is not None else [])]
-    scored([f"fixed:{r}" for r in ranks] + [f"{family}:{t}" for family in TUNED_FAMILIES[1:3] for t in ENERGY_LEVELS]
-           + [f"budget-greedy:{p}" for p in PACE_LEVELS if "budget-greedy" in families])
+    scored(
+        [f"fixed:{r}" for r in ranks]
+        + [f"{family}:{t}" for family in TUNED_FAMILIES[1:3] for t in ENERGY_LEVELS]
+        + [f"budget-greedy:{p}" for p in PACE_LEVELS if "budget-greedy" in families]
+    )
     best = {family: max((c for c in score if c.split(":")[0] == family), key=score.get) for family in families}
     per_layer = [int(best["fixed"].split(":")[1])] * n_layers
     for layer in range(n_layers):
-        options = {r: "static:" + "/".join(map(str, per_layer[:layer] + [r] + per_layer[layer + 1:])) for r in ranks}
+        options = {r: "static:" + "/".join(map(str, per_layer[:layer] + [r] + per_layer[layer + 1 :])) for r in ranks}
         scored(list(options.values()))
         per_layer[layer] = max(options, key=lambda r: score[options[r]])
     best["static"] = "static:" + "/".join(map(str, per_layer))
     return [best[family] for family in [*families, "static"]]
 
 
-def compare(algos: list[str], policies: list[str], seeds: int, timesteps: int, env_kwargs: dict[str, Any],
-            out: Path, episodes: int, jobs: int = 1, pretrain_bc: int = 0, tune_documents: int = 16,
-            hyperparams: dict[str, Any] | None = None, env_id: str = "DRRL-v0", backend: str = "local",
-            address: str | None = None, cpus_per_run: float = 1.0, gpus_per_run: float = 0.0,
-            planner: bool = True, latency_rounds: int = 3) -> Path:
+def compare(
+    algos: list[str],
+    policies: list[str],
+    seeds: int,
+    timesteps: int,
+    env_kwargs: dict[str, Any],
+    out: Path,
+    episodes: int,
+    jobs: int = 1,
+    pretrain_bc: int = 0,
+    tune_documents: int = 16,
+    hyperparams: dict[str, Any] | None = None,
+    env_id: str = "DRRL-v0",
+    backend: str = "local",
+    address: str | None = None,
+    cpus_per_run: float = 1.0,
+    gpus_per_run: float = 0.0,
+    planner: bool = True,
+    latency_rounds: int = 3,
+) -> Path:
     """Train ``algos x policies x seeds`` runs under ``out/runs`` and write ``out/report.md``; returns its path.
 
     The runs go to ``backend`` (``experiments/backends.py``): ``local`` with ``jobs`` processes, or
@@ -130,18 +148,35 @@ def compare(algos: list[str], policies: list[str], seeds: int, timesteps: int, e
     ``latency_rounds`` = 0 leaves out the measured attention latency of every row (2 s per row on
     the default env)."""
     config = make_config(**env_kwargs)
-    resources = Resources(cpus=cpus_per_run, gpus=gpus_per_run,
-                          exclusive=cost_model_class(config.cost_model).measures_device)
-    configs = [TrainConfig(env_id=env_id, algo=a, policy=p, timesteps=timesteps, seed=s, env_kwargs=env_kwargs,
-                           pretrain_bc=pretrain_bc, eval_freq=max(timesteps // 4, 1), hyperparams=hyperparams or {})
-               for a in algos for p in policies for s in range(seeds)]
+    resources = Resources(
+        cpus=cpus_per_run, gpus=gpus_per_run, exclusive=cost_model_class(config.cost_model).measures_device
+    )
+    configs = [
+        TrainConfig(
+            env_id=env_id,
+            algo=a,
+            policy=p,
+            timesteps=timesteps,
+            seed=s,
+            env_kwargs=env_kwargs,
+            pretrain_bc=pretrain_bc,
+            eval_freq=max(timesteps // 4, 1),
+            hyperparams=hyperparams or {},
+        )
+        for a in algos
+        for p in policies
+        for s in range(seeds)
+    ]
     if not configs:
         raise ValueError("nothing to train: give at least one algo, one policy and --seeds >= 1")
     with make_backend(backend, jobs=jobs, address=address) as runner:
         runner.check(resources)
         out.mkdir(parents=True, exist_ok=True)
-        print(f"training {len(configs)} runs ({', '.join(sorted({f'{c.algo}-{c.policy}' for c in configs}))}; "
-              f"{seeds} seeds, {timesteps} steps each) in {out / 'runs'} on the {backend} backend", flush=True)
+        print(
+            f"training {len(configs)} runs ({', '.join(sorted({f'{c.algo}-{c.policy}' for c in configs}))}; "
+            f"{seeds} seeds, {timesteps} steps each) in {out / 'runs'} on the {backend} backend",
+            flush=True,
+        )
         run_dirs = runner.map(_train_one, [(c, str((out / "runs").resolve())) for c in configs], resources)
 
     env = gym.make(env_id, **{**env_kwargs, "split": "test"})
@@ -156,20 +191,35 @@ def compare(algos: list[str], policies: list[str], seeds: int, timesteps: int, e
         policies_by_name[name] = load_agent(Path(run_dir) / "model.zip", env)
         method_of[name] = name.split("/")[0]
     selection = select_on_validation(env_id, env_kwargs, policies_by_name, method_of, baselines, episodes)
-    print(f"selected on validation: agent {selection['agent']}, baseline {selection['baseline']}; evaluating "
-          f"{len(policies_by_name)} policies on {len(documents)} test documents", flush=True)
+    print(
+        f"selected on validation: agent {selection['agent']}, baseline {selection['baseline']}; evaluating "
+        f"{len(policies_by_name)} policies on {len(documents)} test documents",
+        flush=True,
+    )
     rows = evaluate(env, policies_by_name, documents)
     if env.unwrapped.config.source == "model" and not env.unwrapped.config.per_head:
         rows = add_model_metrics(env, rows, latency_rounds)
-    meta = {"command": " ".join(shlex.quote(a) for a in sys.argv),
-            "machine": f"{machine_description(env.unwrapped.device)}, device {env.unwrapped.config.device}",
-            "env_id": env_id, "env_config": env_config_dict(env), "method_of": method_of, "baselines": baselines,
-            "n_documents": len(documents), "selection": selection}
+    meta = {
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "machine": f"{machine_description(env.unwrapped.device)}, device {env.unwrapped.config.device}",
+        "env_id": env_id,
+        "env_config": env_config_dict(env),
+        "method_of": method_of,
+        "baselines": baselines,
+        "n_documents": len(documents),
+        "selection": selection,
+    }
     return write_report(rows, meta, out)
 
 
-def select_on_validation(env_id: str, env_kwargs: dict[str, Any], policies: dict[str, Any], method_of: dict[str, str],
-                         baselines: list[str], episodes: int) -> dict[str, Any]:
+def select_on_validation(
+    env_id: str,
+    env_kwargs: dict[str, Any],
+    policies: dict[str, Any],
+    method_of: dict[str, str],
+    baselines: list[str],
+    episodes: int,
+) -> dict[str, Any]:
     """The best agent method and the best deployable baseline by mean reward on the validation split
     (its first ``episodes`` documents), chosen before any test document is played: they make the
     primary comparison.  Returns their names, the validation means and the number of documents."""
@@ -178,11 +228,17 @@ def select_on_validation(env_id: str, env_kwargs: dict[str, Any], policies: dict
     deployable = [b for b in baselines if b not in (*REFERENCES, "random")]
     chosen = {p: policy for p, policy in policies.items() if method_of[p] not in baselines or p in deployable}
     rows = evaluate(env, chosen, documents)
-    means = {m: float(np.mean([r.reward for r in rows if method_of[r.policy] == m]))
-             for m in dict.fromkeys(method_of[p] for p in chosen)}
+    means = {
+        m: float(np.mean([r.reward for r in rows if method_of[r.policy] == m]))
+        for m in dict.fromkeys(method_of[p] for p in chosen)
+    }
     agents = [m for m in means if m not in baselines]
-    return {"agent": max(agents, key=means.get), "baseline": max(deployable, key=means.get),
-            "validation_means": means, "n_validation_documents": len(documents)}
+    return {
+        "agent": max(agents, key=means.get),
+        "baseline": max(deployable, key=means.get),
+        "validation_means": means,
+        "n_validation_documents": len(documents),
+    }
 
 
 def write_report(rows: list[EpisodeSummary], meta: dict[str, Any], out: Path) -> Path:
@@ -192,14 +248,18 @@ def write_report(rows: list[EpisodeSummary], meta: dict[str, Any], out: Path) ->
     method_of, baselines, config = meta["method_of"], meta["baselines"], meta["env_config"]
     selection = meta.get("selection")
     if selection is None:
-        raise ValueError("this comparison predates selection on the validation split (compare.json has no "
-                         "'selection'); run drrl compare again")
+        raise ValueError(
+            "this comparison predates selection on the validation split (compare.json has no "
+            "'selection'); run drrl compare again"
+        )
     table, means = method_table(rows, method_of)
     agents = [m for m in dict.fromkeys(method_of.values()) if m not in baselines]
     deployable = [b for b in baselines if b not in (*REFERENCES, "random")]
     best_agent, best_base = selection["agent"], selection["baseline"]
-    best_static = next((b for b in deployable if b.startswith("static:")),
-                       max((b for b in deployable if b.startswith("fixed") or b == "full"), key=lambda m: means[m]["reward"]))
+    best_static = next(
+        (b for b in deployable if b.startswith("static:")),
+        max((b for b in deployable if b.startswith("fixed") or b == "full"), key=lambda m: means[m]["reward"]),
+    )
     agent_runs = [p for p, m in method_of.items() if m == best_agent]
     documents = sorted({(r.document_index, r.document) for r in rows})
     clusters = [topic_of(name) for _, name in documents]
@@ -208,10 +268,14 @@ def write_report(rows: list[EpisodeSummary], meta: dict[str, Any], out: Path) ->
         return per_document(rows, [p for p, m in method_of.items() if m == method])
 
     primary = paired_comparison(best_agent, best_base, docs_of(best_agent), docs_of(best_base), clusters)
-    secondary = [paired_comparison(m, best_base, docs_of(m), docs_of(best_base), clusters)
-                 for m in agents if m != best_agent]
-    secondary += [paired_comparison(best_agent, ref, docs_of(best_agent), docs_of(ref), clusters)
-                  for ref in REFERENCES if ref in means]
+    secondary = [
+        paired_comparison(m, best_base, docs_of(m), docs_of(best_base), clusters) for m in agents if m != best_agent
+    ]
+    secondary += [
+        paired_comparison(best_agent, ref, docs_of(best_agent), docs_of(ref), clusters)
+        for ref in REFERENCES
+        if ref in means
+    ]
     secondary = [replace(c, p_holm=p) for c, p in zip(secondary, holm([c.p_value for c in secondary]))]
     oracle = means["oracle"]["reward"]
     gap = oracle - means[best_base]["reward"]
@@ -219,41 +283,61 @@ def write_report(rows: list[EpisodeSummary], meta: dict[str, Any], out: Path) ->
     pareto = pareto_plot(means, out / "pareto.png")
     heatmap = rank_heatmap(rows, agent_runs, f"{best_agent}: mean rank per layer and segment", out / "ranks.png")
     lines = [
-        f"# {meta.get('env_id', 'DRRL-v0')} comparison", "",
+        f"# {meta.get('env_id', 'DRRL-v0')} comparison",
+        "",
         f"Command: `{meta['command']}`  ",
-        *([f"Model-level columns (end_fidelity, end_ppl_ratio, retrieval_same, attention_latency_ratio) "
-           f"re-measured by "
-           f"`{meta['remeasured']}`  "] if meta.get("remeasured") else []),
+        *(
+            [
+                f"Model-level columns (end_fidelity, end_ppl_ratio, retrieval_same, attention_latency_ratio) "
+                f"re-measured by "
+                f"`{meta['remeasured']}`  "
+            ]
+            if meta.get("remeasured")
+            else []
+        ),
         f"Machine: {meta['machine']}  ",
         f"Environment: source {config['source']!r}, method {config['method']!r}, cost model "
         f"{config['cost_model']!r}, reward = {config['alpha']} fidelity - {config['beta']} cost - "
-        f"{config['gamma']} perturbation; {meta['n_documents']} test documents, each method on the same ones.", "",
+        f"{config['gamma']} perturbation; {meta['n_documents']} test documents, each method on the same ones.",
+        "",
         "Per method: mean ± 95% Student-t interval over seeds of the per-seed mean over documents "
         "(baselines are deterministic: one run). `oracle` (one-step) and `planner` (non-myopic rollout over "
         "layers, `agents/planner.py`) read the true attention: upper references, not deployable. Fixed rank, "
         f"energy threshold, cost-aware energy threshold and per-layer static ranks were tuned on training "
         f"documents: {', '.join(deployable[1:])}.",
-        "", table, "",
+        "",
+        table,
+        "",
         f"Selection, before the test run, on the first {selection['n_validation_documents']} validation "
         f"documents (mean reward): best agent **{best_agent}** "
         f"({selection['validation_means'][best_agent]:.3f}), strongest deployable baseline **{best_base}** "
         f"({selection['validation_means'][best_base]:.3f}).  ",
-        f"**Primary comparison** (fixed by that selection; agent seeds averaged per document): "
-        f"{primary.sentence()}.", "",
-        "Secondary comparisons (Holm-corrected over these):", "",
-        *[f"- {c.sentence()}." for c in secondary], "",
-        f"On test: oracle {oracle:.3f}; fraction of the baseline-to-oracle gap closed by the best agent: "
-        f"{closed:.2f}.", "",
+        f"**Primary comparison** (fixed by that selection; agent seeds averaged per document): {primary.sentence()}.",
+        "",
+        "Secondary comparisons (Holm-corrected over these):",
+        "",
+        *[f"- {c.sentence()}." for c in secondary],
+        "",
+        f"On test: oracle {oracle:.3f}; fraction of the baseline-to-oracle gap closed by the best agent: {closed:.2f}.",
+        "",
         *(_planner_lines(means, best_agent, best_base, best_static) if "planner" in means else []),
-        f"![Pareto plot]({pareto.name})", "", f"![Rank heatmap]({heatmap.name})", "",
+        f"![Pareto plot]({pareto.name})",
+        "",
+        f"![Rank heatmap]({heatmap.name})",
+        "",
     ]
     noisy = [r for r in rows if (r.attention_latency_spread or 0.0) > LatencyProfile.MAX_SPREAD]
     if noisy:
-        lines += [f"**Unreliable latency:** {len(noisy)} of {len(rows)} rows have attention-latency ratios that "
-                  f"spread more than {LatencyProfile.MAX_SPREAD:.0%} (IQR / median) over their rounds: the machine "
-                  "was busy; re-measure them with `drrl report DIR --model-metrics` on an idle machine.", ""]
-    seeds = {m: mean_ci([np.mean([r.reward for r in rows if r.policy == p]) for p, mm in method_of.items() if mm == m])
-             for m in agents}
+        lines += [
+            f"**Unreliable latency:** {len(noisy)} of {len(rows)} rows have attention-latency ratios that "
+            f"spread more than {LatencyProfile.MAX_SPREAD:.0%} (IQR / median) over their rounds: the machine "
+            "was busy; re-measure them with `drrl report DIR --model-metrics` on an idle machine.",
+            "",
+        ]
+    seeds = {
+        m: mean_ci([np.mean([r.reward for r in rows if r.policy == p]) for p, mm in method_of.items() if mm == m])
+        for m in agents
+    }
     lines += ["Per-seed spread of the agents' mean episode reward (mean ± 95% CI):", ""]
     lines += [f"- {m}: {v[0]:.3f} ± {v[1]:.3f}" for m, v in seeds.items()]
     report = out / "report.md"
@@ -274,9 +358,12 @@ def _planner_lines(means: dict[str, dict[str, float]], best_agent: str, best_bas
 
     span = planner - means[best_base]["reward"]
     where = (means[best_agent]["reward"] - means[best_base]["reward"]) / span if span > 0 else float("nan")
-    return [f"Non-myopic reference: `planner` mean reward {planner:.3f}, {over('oracle')} (the one-step oracle), "
-            f"{over(best_static)} (best static rank), {over(best_base)} (best deployable policy).  The best agent "
-            f"stands at {where:.2f} of the way from {best_base} (0) to the planner (1).", ""]
+    return [
+        f"Non-myopic reference: `planner` mean reward {planner:.3f}, {over('oracle')} (the one-step oracle), "
+        f"{over(best_static)} (best static rank), {over(best_base)} (best deployable policy).  The best agent "
+        f"stands at {where:.2f} of the way from {best_base} (0) to the planner (1).",
+        "",
+    ]
 
 
 def rebuild_report(out: Path, model_metrics: bool = False) -> Path:

@@ -50,8 +50,10 @@ class Run:
         rate = self.new_tokens / self.seconds if self.seconds and self.new_tokens else float("nan")
         fraction = self.cache_bytes / self.exact_bytes if self.exact_bytes else float("nan")
         ppl = "-" if self.perplexity is None else f"{self.perplexity:.3f}"
-        return (f"{self.policy:<18} {rate:9.2f} {self.cache_bytes / 2**20:9.2f} {fraction:8.3f} "
-                f"{self.decide_seconds:8.2f} {ppl:>9}  {self.levels}")
+        return (
+            f"{self.policy:<18} {rate:9.2f} {self.cache_bytes / 2**20:9.2f} {fraction:8.3f} "
+            f"{self.decide_seconds:8.2f} {ppl:>9}  {self.levels}"
+        )
 
 
 HEADER = f"{'policy':<18} {'tokens/s':>9} {'cache MiB':>9} {'of exact':>8} {'decide s':>8} {'ppl':>9}  levels stored"
@@ -61,9 +63,15 @@ def policy_metadata(env: Any) -> dict[str, Any]:
     """What a saved KV agent must share with the cache it serves (its sidecar ``model.kv.json``)."""
     unwrapped = env.unwrapped
     cfg = unwrapped.config
-    return {"model": cfg.model, "levels": [level.name for level in unwrapped.ladder], "n_layers": unwrapped.n_layers,
-            "block": cfg.block, "window": cfg.window, "key_space": cfg.key_space,
-            "observation_version": OBSERVATION_VERSION}
+    return {
+        "model": cfg.model,
+        "levels": [level.name for level in unwrapped.ladder],
+        "n_layers": unwrapped.n_layers,
+        "block": cfg.block,
+        "window": cfg.window,
+        "key_space": cfg.key_space,
+        "observation_version": OBSERVATION_VERSION,
+    }
 
 
 def load_policy(spec: str, env: Any) -> Any:
@@ -79,7 +87,9 @@ def load_policy(spec: str, env: Any) -> Any:
     saved = json.loads(sidecar.read_text())
     for key, value in policy_metadata(env).items():
         if saved.get(key) != value:
-            raise ValueError(f"policy {spec!r} was trained with {key}={saved.get(key)!r}; this cache has {key}={value!r}")
+            raise ValueError(
+                f"policy {spec!r} was trained with {key}={saved.get(key)!r}; this cache has {key}={value!r}"
+            )
     from agents.sb3_agents import load_agent
 
     return load_agent(path)
@@ -87,15 +97,17 @@ def load_policy(spec: str, env: Any) -> Any:
 
 def level_summary(ladder: tuple, blocks: list) -> str:
     """Shares of the stored (layer, kind) decisions at each level, e.g. ``r16 60% evict 40%``."""
-    counts = Counter(ladder[i].name for block in blocks for levels in (block.key_levels, block.value_levels)
-                     for i in levels)
+    counts = Counter(
+        ladder[i].name for block in blocks for levels in (block.key_levels, block.value_levels) for i in levels
+    )
     total = sum(counts.values())
     return " ".join(f"{name} {count / total:.0%}" for name, count in counts.most_common()) if total else "-"
 
 
 @torch.no_grad()
-def run_policy(env: Any, spec: str, prompt: torch.Tensor, max_new: int, score: torch.Tensor | None,
-               progress: bool) -> Run:
+def run_policy(
+    env: Any, spec: str, prompt: torch.Tensor, max_new: int, score: torch.Tensor | None, progress: bool
+) -> Run:
     """Generates ``max_new`` tokens after ``prompt`` (L,) greedily, or with ``score`` (L,) the teacher-forced
     perplexity of its tokens after the first window + block, under policy ``spec``."""
     unwrapped = env.unwrapped
@@ -126,8 +138,9 @@ def run_policy(env: Any, spec: str, prompt: torch.Tensor, max_new: int, score: t
             end = min(stop, scored_from if position == 0 else position + block)
             logits = model(input_ids=ids[:, position:end], cache=cache, use_cache=True).logits[0]
             if score is not None and position >= scored_from:
-                nll.append(torch.nn.functional.cross_entropy(logits.float(), ids[0, position + 1:end + 1],
-                                                             reduction="sum"))
+                nll.append(
+                    torch.nn.functional.cross_entropy(logits.float(), ids[0, position + 1 : end + 1], reduction="sum")
+                )
             position = end
             if progress:
                 print(f"\r  {spec}: {position}/{stop} tokens", end="", file=sys.stderr, flush=True)
@@ -182,13 +195,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if len(ids) < unwrapped.config.window + unwrapped.config.block + 2:
             raise ValueError(f"--eval needs a document of at least window + block + 2 tokens; it has {len(ids)}")
     elif len(ids) + args.max_new_tokens > limit:
-        raise ValueError(f"the prompt ({len(ids)} tokens) plus --max-new-tokens {args.max_new_tokens} is "
-                         f"{len(ids) + args.max_new_tokens} tokens, beyond the {limit} the cache is configured for "
-                         "(--env-kwargs max_seq_len=N raises it, up to the model's positions)")
+        raise ValueError(
+            f"the prompt ({len(ids)} tokens) plus --max-new-tokens {args.max_new_tokens} is "
+            f"{len(ids) + args.max_new_tokens} tokens, beyond the {limit} the cache is configured for "
+            "(--env-kwargs max_seq_len=N raises it, up to the model's positions)"
+        )
     runs = []
-    for spec in (args.compare.split(",") if args.compare else [args.policy]):
-        run = run_policy(env, spec.strip(), ids, args.max_new_tokens, ids if args.eval else None,
-                         progress=len(ids) > 512)
+    for spec in args.compare.split(",") if args.compare else [args.policy]:
+        run = run_policy(
+            env, spec.strip(), ids, args.max_new_tokens, ids if args.eval else None, progress=len(ids) > 512
+        )
         runs.append(run)
         if not args.eval:
             print(f"--- {run.policy}{' (interrupted)' if run.interrupted else ''}\n{run.text}\n")
@@ -202,20 +218,34 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     """Registers ``drrl generate`` on the CLI's subparsers."""
-    p = sub.add_parser("generate", help="generate (or score) text over a KV cache whose blocks a policy stores "
-                                        "(DRRL-KV-v0's cache; needs the [llm] extra for SmolLM2)")
+    p = sub.add_parser(
+        "generate",
+        help="generate (or score) text over a KV cache whose blocks a policy stores "
+        "(DRRL-KV-v0's cache; needs the [llm] extra for SmolLM2)",
+    )
     given = p.add_mutually_exclusive_group(required=True)
     given.add_argument("--prompt-file", help="a UTF-8 text file: the prompt")
     given.add_argument("--prompt", help="the prompt text")
     given.add_argument("--eval", help="score this document's teacher-forced perplexity instead of generating")
     p.add_argument("--model", default="smollm2-135m", help="a causal LM (alias, folder or GGUF file)")
-    p.add_argument("--policy", default="pyramid",
-                   help="a DRRL-KV-v0 baseline (exact, streaming, uniform:LEVEL, h2o:TAU, pyramid, energy:TAU, greedy) "
-                        "or a trained agent's model.zip (with its model.kv.json sidecar)")
+    p.add_argument(
+        "--policy",
+        default="pyramid",
+        help="a DRRL-KV-v0 baseline (exact, streaming, uniform:LEVEL, h2o:TAU, pyramid, energy:TAU, greedy) "
+        "or a trained agent's model.zip (with its model.kv.json sidecar)",
+    )
     p.add_argument("--budget", type=float, default=0.25, help="cache bytes cap, a fraction of the exact fp16 cache")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate after the prompt (greedy)")
-    p.add_argument("--compare", help=f"comma-separated policies run on the same prompt, side by side ({DYNAMIC}: "
-                                     "transformers' DynamicCache with SDPA, exact)")
-    p.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="DRRL-KV-v0 options (KVConfig fields), e.g. levels=evict,r8,int4,exact window=256")
+    p.add_argument(
+        "--compare",
+        help=f"comma-separated policies run on the same prompt, side by side ({DYNAMIC}: "
+        "transformers' DynamicCache with SDPA, exact)",
+    )
+    p.add_argument(
+        "--env-kwargs",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="DRRL-KV-v0 options (KVConfig fields), e.g. levels=evict,r8,int4,exact window=256",
+    )
     p.set_defaults(func=cmd_generate)

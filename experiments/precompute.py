@@ -33,8 +33,15 @@ def analyse_documents(job: tuple[str, dict[str, Any], list[int]]) -> list[str]:
     return [env.document_names()[i] for i in indices]
 
 
-def precompute(env_id: str, env_kwargs: dict[str, Any], documents: int | None = None, backend: str = "local",
-               jobs: int = 1, address: str | None = None, report: Callable[[str], None] | None = None) -> int:
+def precompute(
+    env_id: str,
+    env_kwargs: dict[str, Any],
+    documents: int | None = None,
+    backend: str = "local",
+    jobs: int = 1,
+    address: str | None = None,
+    report: Callable[[str], None] | None = None,
+) -> int:
     """Analyses documents 0..documents-1 of the configured split (all when None) into the disk cache;
     returns how many were analysed."""
     kwargs = {**env_kwargs, "cache_documents": False}

@@ -41,34 +41,42 @@ class MethodTable:
     profile: LatencyProfile
 
 
-def profile_table(env: RankSelectionEnv, methods: list[str], lengths: list[int], cache_root: Path | None,
-                  refresh: bool) -> dict[str, MethodTable]:
+def profile_table(
+    env: RankSelectionEnv, methods: list[str], lengths: list[int], cache_root: Path | None, refresh: bool
+) -> dict[str, MethodTable]:
     """Per method, its :class:`MethodTable` (the profile is measured on first use, then cached)."""
     model = ProfileCostModel(env.device, env.config.dtype, cache_root, refresh)
     tables = {}
     for method in methods:
         profile = model.profile(method_shape(env, method))
         decisions = [env.documents.cost_shape(env.config.segment_len, n, method) for n in lengths]
-        tables[method] = MethodTable(np.stack([profile.ratios(n) for n in lengths]),
-                                     np.stack([flop_ratios(method_shape(env, method, n)) for n in lengths]),
-                                     np.array([profile.feature_ratio(n) for n in lengths]),
-                                     np.array([feature_flop_ratio(shape) for shape in decisions]), profile)
+        tables[method] = MethodTable(
+            np.stack([profile.ratios(n) for n in lengths]),
+            np.stack([flop_ratios(method_shape(env, method, n)) for n in lengths]),
+            np.array([profile.feature_ratio(n) for n in lengths]),
+            np.array([feature_flop_ratio(shape) for shape in decisions]),
+            profile,
+        )
     return tables
 
 
 def format_table(env: RankSelectionEnv, lengths: list[int], tables: dict[str, MethodTable]) -> str:
     spec = env.source.spec
     queries = method_shape(env, env.config.method).query_len
-    lines = [f"{machine_description(env.device)}, dtype {env.config.dtype}; workload {env.config.workload} "
-             f"({queries} queries per call), {spec.n_heads} heads over {spec.n_kv_heads} K/V heads, head_dim "
-             f"{spec.head_dim}, causal={spec.causal}",
-             "latency ratio to exact attention (SDPA), measured (factor upkeep included) / FLOP-predicted;",
-             f"features: the observation's, once per decision of {env.config.segment_len} queries, over the "
-             "decision's exact attention (paid at every rank), measured / FLOP-predicted:"]
+    lines = [
+        f"{machine_description(env.device)}, dtype {env.config.dtype}; workload {env.config.workload} "
+        f"({queries} queries per call), {spec.n_heads} heads over {spec.n_kv_heads} K/V heads, head_dim "
+        f"{spec.head_dim}, causal={spec.causal}",
+        "latency ratio to exact attention (SDPA), measured (factor upkeep included) / FLOP-predicted;",
+        f"features: the observation's, once per decision of {env.config.segment_len} queries, over the "
+        "decision's exact attention (paid at every rank), measured / FLOP-predicted:",
+    ]
     for method, table in tables.items():
         options = "".join(f", {k}={v}" for k, v in table.profile.shape.method_options)
-        lines += [f"method {method} (compress_values={table.profile.shape.compress_values}{options})",
-                  f"{'keys':>6} " + " ".join(f"{'r=' + str(r):>12}" for r in env.ranks) + f" {'features':>13}"]
+        lines += [
+            f"method {method} (compress_values={table.profile.shape.compress_values}{options})",
+            f"{'keys':>6} " + " ".join(f"{'r=' + str(r):>12}" for r in env.ranks) + f" {'features':>13}",
+        ]
         for i, n in enumerate(lengths):
             ranks = " ".join(f"{a:5.2f} / {b:4.2f}" for a, b in zip(table.measured[i], table.flops[i]))
             lines.append(f"{n:>6} {ranks} {table.features[i]:6.3f} / {table.feature_flops[i]:5.3f}")
@@ -79,7 +87,7 @@ def plot_speedups(env: RankSelectionEnv, lengths: list[int], tables: dict[str, M
     fig, axes = plt.subplots(1, len(tables), figsize=(4.5 * len(tables), 4.2), sharey=True, squeeze=False)
     for ax, (method, table) in zip(axes[0], tables.items()):
         for n, m, f in zip(lengths, table.measured, table.flops):
-            line, = ax.plot(env.ranks, 1 / m, marker="o", label=f"measured, {n} keys")
+            (line,) = ax.plot(env.ranks, 1 / m, marker="o", label=f"measured, {n} keys")
             ax.plot(env.ranks, 1 / f, linestyle="--", color=line.get_color(), label=f"FLOPs, {n} keys")
         ax.axhline(1.0, color="grey", linewidth=0.8)
         ax.set_xlabel("rank")

@@ -14,8 +14,17 @@ from scipy import stats  # noqa: E402
 
 from experiments.rollout import EpisodeSummary  # noqa: E402
 
-TABLE_COLUMNS = ("reward", "fidelity", "cost_ratio", "flop_ratio", "mean_rank", "end_fidelity", "end_ppl_ratio",
-                 "retrieval_same", "attention_latency_ratio")
+TABLE_COLUMNS = (
+    "reward",
+    "fidelity",
+    "cost_ratio",
+    "flop_ratio",
+    "mean_rank",
+    "end_fidelity",
+    "end_ppl_ratio",
+    "retrieval_same",
+    "attention_latency_ratio",
+)
 
 
 def mean_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
@@ -57,30 +66,50 @@ class PairedComparison:
 
     def sentence(self) -> str:
         p = f"p = {self.p_value:.4f}" + ("" if self.p_holm is None else f", Holm-adjusted p = {self.p_holm:.4f}")
-        return (f"{self.a} is {self.direction} {self.b} by {self.mean:+.3f} reward per document (median "
-                f"{self.median:+.3f}; 95% CI {self.ci[0]:+.3f} to {self.ci[1]:+.3f}, cluster bootstrap over "
-                f"{self.clusters} topics); ahead on {self.wins} of {self.n} documents, behind on {self.losses}; "
-                f"sign-flip permutation test over topics, {p}")
+        return (
+            f"{self.a} is {self.direction} {self.b} by {self.mean:+.3f} reward per document (median "
+            f"{self.median:+.3f}; 95% CI {self.ci[0]:+.3f} to {self.ci[1]:+.3f}, cluster bootstrap over "
+            f"{self.clusters} topics); ahead on {self.wins} of {self.n} documents, behind on {self.losses}; "
+            f"sign-flip permutation test over topics, {p}"
+        )
 
 
-def paired_comparison(a_name: str, b_name: str, a: np.ndarray, b: np.ndarray, clusters: list[str],
-                      seed: int = 0) -> PairedComparison:
+def paired_comparison(
+    a_name: str, b_name: str, a: np.ndarray, b: np.ndarray, clusters: list[str], seed: int = 0
+) -> PairedComparison:
     """:class:`PairedComparison` of per-document values ``a`` and ``b`` whose documents belong to ``clusters``."""
     diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     groups = sorted(set(clusters))
     sums = np.array([diff[[c == g for c in clusters]].sum() for g in groups])  # (topics,)
     counts = np.array([clusters.count(g) for g in groups], dtype=float)
     if len(groups) > 1 and np.ptp(sums / counts) > 0:
-        ci = stats.bootstrap((sums, counts), lambda s, c, axis: s.sum(axis) / c.sum(axis), paired=True,
-                             vectorized=True, method="percentile", n_resamples=9999, random_state=seed
-                             ).confidence_interval
-        p = stats.permutation_test((sums,), lambda s, axis: s.sum(axis), permutation_type="samples",
-                                   n_resamples=9999, random_state=seed).pvalue
+        ci = stats.bootstrap(
+            (sums, counts),
+            lambda s, c, axis: s.sum(axis) / c.sum(axis),
+            paired=True,
+            vectorized=True,
+            method="percentile",
+            n_resamples=9999,
+            random_state=seed,
+        ).confidence_interval
+        p = stats.permutation_test(
+            (sums,), lambda s, axis: s.sum(axis), permutation_type="samples", n_resamples=9999, random_state=seed
+        ).pvalue
         interval = (float(ci.low), float(ci.high))
     else:  # one topic, or no variation: nothing to resample
         interval, p = (float(diff.mean()), float(diff.mean())), 1.0
-    return PairedComparison(a_name, b_name, float(diff.mean()), float(np.median(diff)), int((diff > 0).sum()),
-                            int((diff < 0).sum()), len(diff), len(groups), interval, float(p))
+    return PairedComparison(
+        a_name,
+        b_name,
+        float(diff.mean()),
+        float(np.median(diff)),
+        int((diff > 0).sum()),
+        int((diff < 0).sum()),
+        len(diff),
+        len(groups),
+        interval,
+        float(p),
+    )
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -124,8 +153,12 @@ def method_table(rows: list[EpisodeSummary], method_of: dict[str, str]) -> tuple
 def per_document(rows: list[EpisodeSummary], policies: list[str], column: str = "reward") -> np.ndarray:
     """Mean over ``policies`` (e.g. the seeds of one method) of ``column``, per document, in document order."""
     documents = sorted({r.document_index for r in rows})
-    return np.array([np.mean([getattr(r, column) for r in rows if r.policy in policies and r.document_index == d])
-                     for d in documents])
+    return np.array(
+        [
+            np.mean([getattr(r, column) for r in rows if r.policy in policies and r.document_index == d])
+            for d in documents
+        ]
+    )
 
 
 def pareto_plot(means: dict[str, dict[str, float]], path: Path) -> Path:

@@ -14,9 +14,20 @@ from drrl_env.documents import model_level
 from drrl_env.play import play, predicting
 from drrl_env.sources.base import ModelOutputs
 
-SUMMARY_COLUMNS = ("reward", "fidelity", "relative_error", "cost_ratio", "flop_ratio", "mean_rank",
-                   "replaced_fraction", "end_fidelity", "end_ppl_ratio", "retrieval_same", "attention_latency_ratio",
-                   "attention_latency_spread")
+SUMMARY_COLUMNS = (
+    "reward",
+    "fidelity",
+    "relative_error",
+    "cost_ratio",
+    "flop_ratio",
+    "mean_rank",
+    "replaced_fraction",
+    "end_fidelity",
+    "end_ppl_ratio",
+    "retrieval_same",
+    "attention_latency_ratio",
+    "attention_latency_spread",
+)
 
 
 @dataclass(frozen=True)
@@ -66,11 +77,22 @@ def run_episode(env: gym.Env, policy, name: str, document: int) -> EpisodeSummar
     for i in infos:
         ranks[i["layer"], i["segment"]] = np.mean(i["rank"])
     return EpisodeSummary(
-        policy=name, document=infos[0]["document"], document_index=document, steps=len(infos),
-        reward=float(sum(rewards)), fidelity_term=total("fidelity"), cost_term=total("cost"),
-        perturbation_term=total("perturbation"), fidelity=mean("fidelity"), relative_error=mean("relative_error"),
-        cost_ratio=mean("cost_ratio"), flop_ratio=mean("flop_ratio"), mean_rank=mean("rank"),
-        replaced_fraction=mean("action_replaced"), ranks=ranks.tolist())
+        policy=name,
+        document=infos[0]["document"],
+        document_index=document,
+        steps=len(infos),
+        reward=float(sum(rewards)),
+        fidelity_term=total("fidelity"),
+        cost_term=total("cost"),
+        perturbation_term=total("perturbation"),
+        fidelity=mean("fidelity"),
+        relative_error=mean("relative_error"),
+        cost_ratio=mean("cost_ratio"),
+        flop_ratio=mean("flop_ratio"),
+        mean_rank=mean("rank"),
+        replaced_fraction=mean("action_replaced"),
+        ranks=ranks.tolist(),
+    )
 
 
 def evaluate(env: gym.Env, policies: dict[str, object], documents: Iterable[int]) -> list[EpisodeSummary]:
@@ -110,9 +132,10 @@ def add_model_metrics(env: gym.Env, rows: list[EpisodeSummary], latency_rounds: 
         ranks = np.asarray(row.ranks, dtype=np.int64)
         plan = (row.document_index, ranks.tobytes())
         if plan not in measured:
-            measured[plan] = (base.model_outputs(row.document_index, ranks),
-                              base.documents.attention_latency(row.document_index, ranks, latency_rounds)
-                              if latency_rounds else None)
+            measured[plan] = (
+                base.model_outputs(row.document_index, ranks),
+                base.documents.attention_latency(row.document_index, ranks, latency_rounds) if latency_rounds else None,
+            )
         outputs, latency = measured[plan]
         end = model_level(exact[row.document_index], outputs)
         i = documents.index(row.document_index)
@@ -120,11 +143,16 @@ def add_model_metrics(env: gym.Env, rows: list[EpisodeSummary], latency_rounds: 
         exact_similarities = exact_matrix @ exact_matrix[i]
         similarities[i] = exact_similarities[i] = -2.0  # the document itself is not a neighbour
         same = float(similarities.argmax() == exact_similarities.argmax()) if len(documents) > 1 else 1.0
-        out.append(replace(row, end_fidelity=end["end_fidelity"],
-                           end_ppl_ratio=end["end_perplexity"] / end["exact_perplexity"] if "end_perplexity" in end
-                           else None,
-                           retrieval_same=same, attention_latency_ratio=latency and latency.median,
-                           attention_latency_spread=latency and latency.spread))
+        out.append(
+            replace(
+                row,
+                end_fidelity=end["end_fidelity"],
+                end_ppl_ratio=end["end_perplexity"] / end["exact_perplexity"] if "end_perplexity" in end else None,
+                retrieval_same=same,
+                attention_latency_ratio=latency and latency.median,
+                attention_latency_spread=latency and latency.spread,
+            )
+        )
     return out
 
 

@@ -72,7 +72,8 @@ class TradeOff:
 
     @property
     def poses_trade_off(self) -> bool:
-        """At least MIN_BEST_RANKS ranks are the one-step best on MIN_SHARE of the steps, and the headroom is MIN_HEADROOM."""
+        """At least MIN_BEST_RANKS ranks are the one-step best on MIN_SHARE of the steps, and the headroom is
+        MIN_HEADROOM."""
         shares = self.one_step_best_counts / self.one_step_best_counts.sum()
         return int((shares >= MIN_SHARE).sum()) >= MIN_BEST_RANKS and self.headroom >= MIN_HEADROOM
 
@@ -90,7 +91,7 @@ def fixed_rank_terms(env: RankSelectionEnv, documents: int) -> FixedRankTerms:
         per_rank: dict[str, list[float]] = {name: [] for name in fields}
         layers = []
         for doc in range(documents):
-            for step in play(env, lambda obs, _: rank_index, doc):
+            for step in play(env, lambda obs, _, index=rank_index: index, doc):
                 info = step.info
                 info["end"] = info["reward_terms"].get("end_fidelity", 0.0)
                 for name in fields:
@@ -105,8 +106,10 @@ def trade_off(terms: FixedRankTerms, beta: float | None = None) -> TradeOff:
     rewards = terms.rewards(beta)  # (R, steps)
     best_step = rewards.argmax(0)  # (steps,)
     counts = np.bincount(best_step, minlength=len(terms.ranks))
-    modes = {int(layer): int(np.bincount(best_step[terms.layers == layer], minlength=len(terms.ranks)).argmax())
-             for layer in np.unique(terms.layers)}
+    modes = {
+        int(layer): int(np.bincount(best_step[terms.layers == layer], minlength=len(terms.ranks)).argmax())
+        for layer in np.unique(terms.layers)
+    }
     mean = rewards.mean(1)
     return TradeOff(mean, int(mean.argmax()), float(rewards.max(0).mean()), counts, modes)
 
@@ -114,13 +117,17 @@ def trade_off(terms: FixedRankTerms, beta: float | None = None) -> TradeOff:
 def format_trade_offs(terms: FixedRankTerms, betas: list[float]) -> str:
     """One line per beta: best fixed rank, one-step-best rank counts, per-layer modes, verdict."""
     ranks = terms.ranks
-    lines = [f"ranks {list(ranks)}; {terms.fidelity.shape[1]} steps per rank",
-             f"mean fidelity term (alpha * fidelity): {np.round(terms.weights.alpha * terms.fidelity.mean(1), 3).tolist()}",
-             f"mean cost ratio to exact attention:    {np.round(terms.cost.mean(1), 3).tolist()}"]
+    lines = [
+        f"ranks {list(ranks)}; {terms.fidelity.shape[1]} steps per rank",
+        f"mean fidelity term (alpha * fidelity): {np.round(terms.weights.alpha * terms.fidelity.mean(1), 3).tolist()}",
+        f"mean cost ratio to exact attention:    {np.round(terms.cost.mean(1), 3).tolist()}",
+    ]
     for beta in betas:
         result = trade_off(terms, beta)
         modes = sorted({ranks[i] for i in result.layer_modes.values()})
-        lines.append(f"beta {beta:g}: best fixed rank {ranks[result.best_fixed]}, oracle headroom "
-                     f"{result.headroom:+.1%}, one-step-best counts {result.one_step_best_counts.tolist()}, "
-                     f"per-layer modes {modes} -> {'trade-off' if result.poses_trade_off else 'no trade-off'}")
+        lines.append(
+            f"beta {beta:g}: best fixed rank {ranks[result.best_fixed]}, oracle headroom "
+            f"{result.headroom:+.1%}, one-step-best counts {result.one_step_best_counts.tolist()}, "
+            f"per-layer modes {modes} -> {'trade-off' if result.poses_trade_off else 'no trade-off'}"
+        )
     return "\n".join(lines)

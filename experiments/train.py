@@ -44,6 +44,7 @@ from experiments.rollout import evaluate
 
 VEC_ENVS = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}  # --vec-env: SB3's vectorized env classes
 
+
 @dataclasses.dataclass
 class TrainConfig:
     """What ``drrl train`` runs; also what a ``--config`` YAML file may set."""
@@ -70,8 +71,16 @@ class TrainConfig:
             raise ValueError(f"unknown algo {self.algo!r}; choose one of {sorted(ALGORITHMS)}")
         if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; choose one of {list(POLICIES)}")
-        for name, low in (("timesteps", 1), ("n_envs", 1), ("eval_episodes", 1), ("eval_freq", 1),
-                          ("checkpoint_freq", 1), ("bc_epochs", 1), ("seed", 0), ("pretrain_bc", 0)):
+        for name, low in (
+            ("timesteps", 1),
+            ("n_envs", 1),
+            ("eval_episodes", 1),
+            ("eval_freq", 1),
+            ("checkpoint_freq", 1),
+            ("bc_epochs", 1),
+            ("seed", 0),
+            ("pretrain_bc", 0),
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -103,19 +112,27 @@ class TrainConfig:
         return f"{self.env_id}__{self.algo}-{self.policy}__{self.seed}__{int(time.time())}"
 
 
-ZOO_KEYS = {"n_timesteps": "timesteps", "n_envs": "n_envs", "env_kwargs": "env_kwargs"}  # RL Zoo key -> TrainConfig field
+ZOO_KEYS = {
+    "n_timesteps": "timesteps",
+    "n_envs": "n_envs",
+    "env_kwargs": "env_kwargs",
+}  # RL Zoo key -> TrainConfig field
 TRANSFORMER_ZOO_KWARGS = (  # RL Zoo evaluates policy_kwargs strings; this one imports the extractor itself
     "dict(features_extractor_class=__import__('agents.transformer_policy', fromlist=['_']).RankTransformerExtractor, "
-    f"features_extractor_kwargs={TRANSFORMER_KWARGS!r})")
+    f"features_extractor_kwargs={TRANSFORMER_KWARGS!r})"
+)
 
 
 def to_zoo(config: TrainConfig) -> dict[str, Any]:
     """``config`` as an RL-Zoo hyperparameter file's mapping ``{env_id: {...}}`` (the file is named
     ``{algo}.yml``): ``n_timesteps``, ``policy``, ``n_envs``, the algorithm's hyperparameters, the
     Transformer extractor as a ``policy_kwargs`` string, and ``env_kwargs`` when there are any."""
-    entry: dict[str, Any] = {"n_timesteps": config.timesteps, "n_envs": config.n_envs,
-                             "policy": "MultiInputLstmPolicy" if config.algo == "recurrent_ppo" else "MultiInputPolicy",
-                             **config.hyperparams}
+    entry: dict[str, Any] = {
+        "n_timesteps": config.timesteps,
+        "n_envs": config.n_envs,
+        "policy": "MultiInputLstmPolicy" if config.algo == "recurrent_ppo" else "MultiInputPolicy",
+        **config.hyperparams,
+    }
     if config.policy == "transformer":
         entry["policy_kwargs"] = TRANSFORMER_ZOO_KWARGS
     if config.env_kwargs:
@@ -129,26 +146,37 @@ def from_zoo(data: dict[str, Any], algo: str, path: str | Path) -> dict[str, Any
     if not isinstance(entry, dict) or "n_timesteps" not in entry:
         raise ValueError(f"RL-Zoo file {str(path)!r}: {env_id} must map to hyperparameters with n_timesteps")
     if algo not in ALGORITHMS:
-        raise ValueError(f"RL-Zoo file {str(path)!r} does not say its algorithm: name it <algo>.yml "
-                         f"({', '.join(sorted(ALGORITHMS))}) or pass --algo")
+        raise ValueError(
+            f"RL-Zoo file {str(path)!r} does not say its algorithm: name it <algo>.yml "
+            f"({', '.join(sorted(ALGORITHMS))}) or pass --algo"
+        )
     entry = dict(entry)
     policy_kwargs = entry.pop("policy_kwargs", None)
     if policy_kwargs not in (None, TRANSFORMER_ZOO_KWARGS):
-        raise ValueError(f"RL-Zoo file {str(path)!r}: policy_kwargs {policy_kwargs!r} is not one drrl builds; "
-                         "leave it out (mlp policy) or use the Transformer's as drrl tune writes it")
+        raise ValueError(
+            f"RL-Zoo file {str(path)!r}: policy_kwargs {policy_kwargs!r} is not one drrl builds; "
+            "leave it out (mlp policy) or use the Transformer's as drrl tune writes it"
+        )
     entry.pop("policy", None)
     fields = {field: entry.pop(key) for key, field in ZOO_KEYS.items() if key in entry}
     if isinstance(fields["timesteps"], float) and fields["timesteps"].is_integer():
         fields["timesteps"] = int(fields["timesteps"])  # the zoo writes 1e5 as !!float
-    return {"env_id": env_id, "algo": algo, "policy": "mlp" if policy_kwargs is None else "transformer",
-            **fields, "hyperparams": entry}
+    return {
+        "env_id": env_id,
+        "algo": algo,
+        "policy": "mlp" if policy_kwargs is None else "transformer",
+        **fields,
+        "hyperparams": entry,
+    }
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     """The mapping in YAML file ``path`` (empty file: {}), or a ValueError naming the file and the problem."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{what} {str(path)!r} is not a file" if path.exists() else f"{what} {str(path)!r} does not exist")
+        raise ValueError(
+            f"{what} {str(path)!r} is not a file" if path.exists() else f"{what} {str(path)!r} does not exist"
+        )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
@@ -212,8 +240,10 @@ class HeldOutEvalCallback(BaseCallback):
     def evaluate(self) -> dict[str, float]:
         documents = range(min(self.episodes, len(self.eval_env.unwrapped.document_names())))
         rows = evaluate(self.eval_env, {"agent": self.model}, documents)
-        summary = {key: float(np.mean([getattr(r, key) for r in rows]))
-                   for key in ("reward", "fidelity", "cost_ratio", "flop_ratio", "mean_rank")}
+        summary = {
+            key: float(np.mean([getattr(r, key) for r in rows]))
+            for key in ("reward", "fidelity", "cost_ratio", "flop_ratio", "mean_rank")
+        }
         for key, value in summary.items():
             self.logger.record(f"eval/{key}", value)
         self.logger.dump(self.num_timesteps)
@@ -251,8 +281,13 @@ def resolved_settings(config: TrainConfig) -> dict[str, Any]:
     return yaml.safe_load(yaml.safe_dump(settings))
 
 
-def train(config: TrainConfig, logdir: str | Path = "runs", resume: str | Path | None = None,
-          progress_bar: bool = False, on_eval: EvalListener | None = None) -> Path:
+def train(
+    config: TrainConfig,
+    logdir: str | Path = "runs",
+    resume: str | Path | None = None,
+    progress_bar: bool = False,
+    on_eval: EvalListener | None = None,
+) -> Path:
     """Train one agent; returns its run folder (holding ``model.zip``, ``config.yaml``, events).
 
     ``resume``: a run folder to continue from its checkpoint; its ``progress.csv`` keeps the rows
@@ -263,12 +298,18 @@ def train(config: TrainConfig, logdir: str | Path = "runs", resume: str | Path |
     run_dir, model, logger = None, None, None
     try:
         env_kwargs = {**config.env_kwargs, "split": "train", "render_mode": None}  # SB3 would ask for rgb_array
-        vec_env = make_vec_env(config.env_id, n_envs=config.n_envs, seed=config.seed, env_kwargs=env_kwargs,
-                               vec_env_cls=VEC_ENVS[config.vec_env])
+        vec_env = make_vec_env(
+            config.env_id,
+            n_envs=config.n_envs,
+            seed=config.seed,
+            env_kwargs=env_kwargs,
+            vec_env_cls=VEC_ENVS[config.vec_env],
+        )
         eval_env = gym.make(config.env_id, **{**config.env_kwargs, "split": "validation"})
         if resume is not None:
-            checkpoint = next((p for p in (Path(resume) / "checkpoint.zip", Path(resume) / "model.zip") if p.exists()),
-                              None)
+            checkpoint = next(
+                (p for p in (Path(resume) / "checkpoint.zip", Path(resume) / "model.zip") if p.exists()), None
+            )
             if checkpoint is None:
                 raise ValueError(f"run folder {str(resume)!r} has no checkpoint.zip or model.zip to resume from")
             model, run_dir = load_agent(checkpoint, vec_env), Path(resume)
@@ -284,8 +325,14 @@ def train(config: TrainConfig, logdir: str | Path = "runs", resume: str | Path |
         if config.pretrain_bc and resume is None:
             _pretrain(model, config)
         evaluator = HeldOutEvalCallback(eval_env, config.eval_freq, config.eval_episodes, on_eval)
-        callbacks = CallbackList([DrrlMetricsCallback(), evaluator, CheckpointCallback(run_dir, config.checkpoint_freq),
-                                  _HParamsCallback(config)])
+        callbacks = CallbackList(
+            [
+                DrrlMetricsCallback(),
+                evaluator,
+                CheckpointCallback(run_dir, config.checkpoint_freq),
+                _HParamsCallback(config),
+            ]
+        )
         remaining = max(config.timesteps - model.num_timesteps, 0)
         model.learn(remaining, callback=callbacks, reset_num_timesteps=resume is None, progress_bar=progress_bar)
         evaluator.evaluate()
@@ -342,8 +389,9 @@ def _pretrain(model: BaseAlgorithm, config: TrainConfig) -> None:
     env = gym.make(config.env_id, **{**config.env_kwargs, "split": "train"})
     documents = list(range(min(config.pretrain_bc, len(env.unwrapped.document_names()))))
     observations, actions = oracle_dataset(env, documents)
-    for epoch, loss in enumerate(behaviour_cloning(model, observations, actions, epochs=config.bc_epochs,
-                                                   seed=config.seed)):
+    for epoch, loss in enumerate(
+        behaviour_cloning(model, observations, actions, epochs=config.bc_epochs, seed=config.seed)
+    ):
         model.logger.record("bc/loss", loss)
         model.logger.dump(epoch)
 
@@ -356,8 +404,13 @@ class _HParamsCallback(BaseCallback):
         self.config = config
 
     def _on_training_start(self) -> None:
-        hparams = {"algo": self.config.algo, "policy": self.config.policy, "seed": self.config.seed,
-                   "n_envs": self.config.n_envs, "pretrain_bc": self.config.pretrain_bc}
+        hparams = {
+            "algo": self.config.algo,
+            "policy": self.config.policy,
+            "seed": self.config.seed,
+            "n_envs": self.config.n_envs,
+            "pretrain_bc": self.config.pretrain_bc,
+        }
         hparams.update({k: v for k, v in self.model.drrl_env_config.items() if isinstance(v, (int, float, str, bool))})
         metrics = {"eval/reward": 0.0, "eval/fidelity": 0.0, "eval/cost_ratio": 0.0}
         self.logger.record("hparams", HParam(hparams, metrics), exclude=("stdout", "log", "json", "csv"))

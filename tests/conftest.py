@@ -14,15 +14,24 @@ import torch  # noqa: E402
 
 def drrl(*args, cwd, check=True) -> subprocess.CompletedProcess:
     """Runs the ``drrl`` command in a subprocess (as a user would), in folder ``cwd``."""
-    result = subprocess.run([sys.executable, "-m", "experiments.cli", *map(str, args)], cwd=cwd,
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.cli", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=900
+    )
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
-SYNTHETIC = {"source": "synthetic", "synthetic_layers": 2, "synthetic_heads": 4, "synthetic_kv_heads": 2,
-             "synthetic_head_dim": 16, "synthetic_seq_len": 192, "segment_len": 64, "synthetic_documents": 10}
+SYNTHETIC = {
+    "source": "synthetic",
+    "synthetic_layers": 2,
+    "synthetic_heads": 4,
+    "synthetic_kv_heads": 2,
+    "synthetic_head_dim": 16,
+    "synthetic_seq_len": 192,
+    "segment_len": 64,
+    "synthetic_documents": 10,
+}
 
 
 @pytest.fixture(scope="session")
@@ -55,8 +64,9 @@ def _tiny_llama(tmp_path_factory, tokenizer, name: str, causal_lm: bool, **sizes
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 
     torch.manual_seed(0)
-    config = LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         vocab_size=len(tokenizer), **sizes)
+    config = LlamaConfig(
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer), **sizes
+    )
     model = (LlamaForCausalLM if causal_lm else LlamaModel)(config)
     return _save_tiny(tmp_path_factory, name, model, tokenizer)
 
@@ -64,15 +74,29 @@ def _tiny_llama(tmp_path_factory, tokenizer, name: str, causal_lm: bool, **sizes
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory, minilm_tokenizer) -> str:
     """A Llama base model with grouped-query attention and rotary embeddings (no language-model head)."""
-    return _tiny_llama(tmp_path_factory, minilm_tokenizer, "llama", False, hidden_size=128, intermediate_size=256,
-                       max_position_embeddings=256)
+    return _tiny_llama(
+        tmp_path_factory,
+        minilm_tokenizer,
+        "llama",
+        False,
+        hidden_size=128,
+        intermediate_size=256,
+        max_position_embeddings=256,
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_causal_llama(tmp_path_factory, minilm_tokenizer) -> str:
     """A LlamaForCausalLM: perplexity is defined."""
-    return _tiny_llama(tmp_path_factory, minilm_tokenizer, "causal-llama", True, hidden_size=64,
-                       intermediate_size=128, max_position_embeddings=512)
+    return _tiny_llama(
+        tmp_path_factory,
+        minilm_tokenizer,
+        "causal-llama",
+        True,
+        hidden_size=64,
+        intermediate_size=128,
+        max_position_embeddings=512,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -89,4 +113,3 @@ def default_env():
 def _private_analysis_cache(tmp_path_factory):
     """Each test session gets its own on-disk analysis cache (nothing leaks between runs)."""
     os.environ["DRRL_CACHE_DIR"] = str(tmp_path_factory.mktemp("drrl-cache"))
-

@@ -21,7 +21,9 @@ def env():
 
 
 def test_baselines_act_within_the_mask_and_the_oracle_is_best_per_step(env):
-    policies = {name: make_baseline(name, env, seed=0) for name in ("full", "fixed:8", "random", "energy:0.9", "oracle")}
+    policies = {
+        name: make_baseline(name, env, seed=0) for name in ("full", "fixed:8", "random", "energy:0.9", "oracle")
+    }
     obs, _ = env.reset(options={"document": 0})
     done = False
     while not done:
@@ -46,8 +48,15 @@ def test_energy_threshold_picks_the_smallest_rank_that_keeps_tau():
     assert EnergyThresholdPolicy(1.0).act(obs) == 3
 
 
-@pytest.mark.parametrize("spec,message", [("fixed:5", "not in the env's rank grid"), ("energy:2", "must lie in"),
-                                          ("greedy", "unknown baseline"), ("fixed", "unknown baseline")])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("fixed:5", "not in the env's rank grid"),
+        ("energy:2", "must lie in"),
+        ("greedy", "unknown baseline"),
+        ("fixed", "unknown baseline"),
+    ],
+)
 def test_bad_baselines_are_rejected(env, spec, message):
     with pytest.raises(ValueError, match=message):
         make_baseline(spec, env)
@@ -57,8 +66,10 @@ def test_evaluation_uses_the_same_documents_for_every_policy(env):
     rows = evaluate(env, {"full": make_baseline("full", env), "fixed:8": make_baseline("fixed:8", env)}, range(2))
     assert [r.document for r in rows[:2]] == [r.document for r in rows[2:]]
     full = [r for r in rows if r.policy == "full"]
-    assert all(r.fidelity == pytest.approx(1.0) and r.cost_ratio == pytest.approx(r.flop_ratio) and r.cost_ratio > 1
-               for r in full)  # exact attention plus the observation's features
+    assert all(
+        r.fidelity == pytest.approx(1.0) and r.cost_ratio == pytest.approx(r.flop_ratio) and r.cost_ratio > 1
+        for r in full
+    )  # exact attention plus the observation's features
     assert "| fixed:8 | 2 |" in summary_table(rows)
 
 
@@ -84,7 +95,10 @@ def test_fixed_rank_terms_rebuild_the_env_reward():
 
 def test_env_kwargs_parsing():
     assert parse_env_kwargs(["beta=0.5", "source=synthetic", "ranks=(8, 64)"]) == {
-        "beta": 0.5, "source": "synthetic", "ranks": (8, 64)}
+        "beta": 0.5,
+        "source": "synthetic",
+        "ranks": (8, 64),
+    }
     with pytest.raises(ValueError, match="key=value"):
         parse_env_kwargs(["beta"])
 
@@ -99,12 +113,27 @@ def test_rollout_command_writes_rows(tmp_path):
 
 
 def test_rollout_command_reports_bad_input_in_one_line():
-    result = subprocess.run([sys.executable, "-m", "experiments.cli", "rollout", "--policies", "greedy",
-                             "--env-kwargs", "source='synthetic'"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.cli",
+            "rollout",
+            "--policies",
+            "greedy",
+            "--env-kwargs",
+            "source='synthetic'",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["drrl rollout: error: unknown baseline 'greedy'; choose one of "
-                                                  "['full', 'fixed:R', 'static:R0/R1/...', 'random', 'energy:TAU', "
-                                                  "'energy-cost:TAU', 'budget-greedy:PACE', 'oracle', 'planner']"]
+    assert result.stderr.strip().splitlines() == [
+        "drrl rollout: error: unknown baseline 'greedy'; choose one of "
+        "['full', 'fixed:R', 'static:R0/R1/...', 'random', 'energy:TAU', "
+        "'energy-cost:TAU', 'budget-greedy:PACE', 'oracle', 'planner']"
+    ]
 
 
 def test_every_cli_flag_has_help():
@@ -113,6 +142,10 @@ def test_every_cli_flag_has_help():
     from experiments.cli import build_parser
 
     subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
-    bare = [(name, a.option_strings or a.dest) for name, sub in subcommands.items() for a in sub._actions
-            if not isinstance(a, argparse._HelpAction) and not a.help]
+    bare = [
+        (name, a.option_strings or a.dest)
+        for name, sub in subcommands.items()
+        for a in sub._actions
+        if not isinstance(a, argparse._HelpAction) and not a.help
+    ]
     assert bare == []

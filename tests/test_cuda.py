@@ -12,8 +12,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_cuda_profile_and_env(dtype, tmp_path):
-    env = RankSelectionEnv(**SYNTHETIC, device="cuda", cost_model="profile", dtype=dtype, cache_dir=str(tmp_path),
-                           feature_cost=False)  # full rank then costs exactly exact attention
+    env = RankSelectionEnv(
+        **SYNTHETIC, device="cuda", cost_model="profile", dtype=dtype, cache_dir=str(tmp_path), feature_cost=False
+    )  # full rank then costs exactly exact attention
     obs, _ = env.reset(seed=0)
     assert np.isfinite(obs["cost"]).all() and obs["cost"][-1] == 1.0
     _, reward, _, _, _ = env.step(0)
@@ -37,8 +38,15 @@ def test_cuda_analysis_matches_cpu():
 def test_cuda_low_rank_forward(tiny_llama):
     """Full rank through the segment-wise forward reproduces the exact model on CUDA; a low-rank plan
     changes the output, and the attention time is measured on the device."""
-    env = RankSelectionEnv(model=tiny_llama, corpus=["Low rank attention on a GPU. " * 20], split="all",
-                           segment_len=32, min_doc_tokens=16, device="cuda", cache_dir=None)
+    env = RankSelectionEnv(
+        model=tiny_llama,
+        corpus=["Low rank attention on a GPU. " * 20],
+        split="all",
+        segment_len=32,
+        min_doc_tokens=16,
+        device="cuda",
+        cache_dir=None,
+    )
     outputs = env.model_outputs(0)
     exact, seconds = outputs.pooled, outputs.attention_seconds
     ids = env.source.token_ids(0)[None].cuda()
@@ -60,8 +68,11 @@ def test_cuda_fixed_basis_methods_match_cpu(method, queries):
     from drrl_env.attention.methods import get_method
 
     gen = torch.Generator().manual_seed(0)
-    q, k, v = torch.randn(6, queries, 16, generator=gen), torch.randn(2, 64, 16, generator=gen), torch.randn(
-        2, 64, 16, generator=gen)
+    q, k, v = (
+        torch.randn(6, queries, 16, generator=gen),
+        torch.randn(2, 64, 16, generator=gen),
+        torch.randn(2, 64, 16, generator=gen),
+    )
     bases = get_method(method).timing_instance(2, 16, torch.device("cpu"), torch.float32).bases
     outputs = []
     for device in (torch.device("cpu"), torch.device("cuda")):
@@ -70,6 +81,15 @@ def test_cuda_fixed_basis_methods_match_cpu(method, queries):
         keys.update(k.to(device))
         values.update(v.to(device))
         compress = low_rank.requires.get("compress_values", True)
-        outputs.append(low_rank.attention(q.to(device), low_rank.factorize(keys, "keys", 0), v.to(device), 0.25, None,
-                                          4, v_factors=low_rank.factorize(values, "values", 0) if compress else None))
+        outputs.append(
+            low_rank.attention(
+                q.to(device),
+                low_rank.factorize(keys, "keys", 0),
+                v.to(device),
+                0.25,
+                None,
+                4,
+                v_factors=low_rank.factorize(values, "values", 0) if compress else None,
+            )
+        )
     torch.testing.assert_close(outputs[1].cpu(), outputs[0], atol=1e-4, rtol=1e-4)

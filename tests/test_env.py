@@ -49,8 +49,10 @@ def test_checkers_pass_on_default_model(default_env):
 
 
 def test_make_with_module_prefix_needs_no_prior_import():
-    code = ("import gymnasium as gym; env = gym.make('drrl_env:DRRL-v0', source='synthetic'); "
-            "obs, info = env.reset(seed=0); print(env.spec.id, env.spec.max_episode_steps, sorted(obs))")
+    code = (
+        "import gymnasium as gym; env = gym.make('drrl_env:DRRL-v0', source='synthetic'); "
+        "obs, info = env.reset(seed=0); print(env.spec.id, env.spec.max_episode_steps, sorted(obs))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
     assert out.stdout.startswith("DRRL-v0 24 ['action_mask', 'band_energy'")
 
@@ -99,8 +101,11 @@ def test_documents_are_analysed_once_and_cached_in_memory_and_on_disk(monkeypatc
     for (a, _, _), (b, _, _) in zip(again, first[0]):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
-    _rollout(RankSelectionEnv(**{**SYNTHETIC, "segment_len": 96}, cache_dir=str(tmp_path)), lambda obs: 0,
-             options={"document": 1})
+    _rollout(
+        RankSelectionEnv(**{**SYNTHETIC, "segment_len": 96}, cache_dir=str(tmp_path)),
+        lambda obs: 0,
+        options={"document": 1},
+    )
     assert len(calls) == 2  # other options, other entry
     for entry in (tmp_path / "analysis").glob("*.npz"):
         entry.write_bytes(b"corrupt")
@@ -115,9 +120,12 @@ def test_fidelity_rises_with_rank(source, default_env):
     means = []
     for rank_index in range(len(env.ranks)):
         heads = np.full(env.source.spec.n_heads, rank_index)
-        values = [output_error(env.analysis(doc), layer, seg, heads).cosine
-                  for doc in range(4) for layer in range(env.source.spec.n_layers)
-                  for seg in range(env.analysis(doc).n_segments)]
+        values = [
+            output_error(env.analysis(doc), layer, seg, heads).cosine
+            for doc in range(4)
+            for layer in range(env.source.spec.n_layers)
+            for seg in range(env.analysis(doc).n_segments)
+        ]
         means.append(np.mean(values))
     assert means == sorted(means) and means[-1] == pytest.approx(1.0) and means[0] < 0.99
 
@@ -192,21 +200,24 @@ def test_max_episode_steps_too_small_for_the_configuration_is_reported():
     ok.reset(seed=0)
 
 
-@pytest.mark.parametrize("kwargs,error,message", [
-    ({"model": "/no/such/model-folder"}, ValueError, "cannot load model"),
-    ({"source": "synthetic", "ranks": (4, 8)}, ValueError, "must end at the head dimension 64"),
-    ({"source": "synthetic", "ranks": (8, 4, 64)}, ValueError, "ascending"),
-    ({"source": "synthetic", "ranks": (0, 64)}, ValueError, "positive"),
-    ({"source": "synthetic", "segment_len": 16}, ValueError, "segment_len=16 is shorter than rank 56"),
-    ({"alpha": float("nan")}, ValueError, "alpha must be a finite number"),
-    ({"beta": float("inf")}, ValueError, "beta must be a finite number"),
-    ({"method": "cur"}, ValueError, "method='cur' is not allowed"),
-    ({"corpus": []}, ValueError, "holds no text"),
-    ({"corpus": ["too short"], "split": "all"}, ValueError, "min_doc_tokens=64"),
-    ({"colour": "red"}, TypeError, "unknown DRRL-v0 option"),
-    ({"device": "tpu"}, ValueError, "device must be"),
-    ({"epsilon": 1.0, "epsilon_min": 2.0}, ValueError, "epsilon_min <= epsilon"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,message",
+    [
+        ({"model": "/no/such/model-folder"}, ValueError, "cannot load model"),
+        ({"source": "synthetic", "ranks": (4, 8)}, ValueError, "must end at the head dimension 64"),
+        ({"source": "synthetic", "ranks": (8, 4, 64)}, ValueError, "ascending"),
+        ({"source": "synthetic", "ranks": (0, 64)}, ValueError, "positive"),
+        ({"source": "synthetic", "segment_len": 16}, ValueError, "segment_len=16 is shorter than rank 56"),
+        ({"alpha": float("nan")}, ValueError, "alpha must be a finite number"),
+        ({"beta": float("inf")}, ValueError, "beta must be a finite number"),
+        ({"method": "cur"}, ValueError, "method='cur' is not allowed"),
+        ({"corpus": []}, ValueError, "holds no text"),
+        ({"corpus": ["too short"], "split": "all"}, ValueError, "min_doc_tokens=64"),
+        ({"colour": "red"}, TypeError, "unknown DRRL-v0 option"),
+        ({"device": "tpu"}, ValueError, "device must be"),
+        ({"epsilon": 1.0, "epsilon_min": 2.0}, ValueError, "epsilon_min <= epsilon"),
+    ],
+)
 def test_bad_configuration_fails_at_construction(kwargs, error, message):
     with pytest.raises(error, match=message):
         RankSelectionEnv(**kwargs)
@@ -235,15 +246,26 @@ def test_actions_outside_the_space_are_rejected():
 
 def test_degenerate_attention_gives_finite_observations_and_rewards():
     zeros = torch.zeros(1, 2, 32, 8)
-    for queries, keys in [(zeros, torch.randn(1, 1, 32, 8)), (torch.randn(1, 2, 32, 8), zeros[:, :1]),
-                          (torch.ones(1, 2, 32, 8), torch.ones(1, 1, 32, 8))]:
+    for queries, keys in [
+        (zeros, torch.randn(1, 1, 32, 8)),
+        (torch.randn(1, 2, 32, 8), zeros[:, :1]),
+        (torch.ones(1, 2, 32, 8), torch.ones(1, 1, 32, 8)),
+    ]:
         trace = AttentionTrace(queries, keys, torch.randn(1, 1, 32, 8), torch.tensor([0.35]), False)
         ranks = (2, 4, 8)
         result = analyse(trace, Prefill(16), ranks, get_method("svd"), compress_values=True)
         bounds = RelativeBounds.of(result, clip=1000.0)
         for seg in range(result.n_segments):
-            obs = build_observation(result.q_spectrum[0, seg], result.k_spectrum[0, seg], bounds.layer(0), seg,
-                                    np.array([0, 1]), np.ones(3), np.zeros(8), np.ones(3))
+            obs = build_observation(
+                result.q_spectrum[0, seg],
+                result.k_spectrum[0, seg],
+                bounds.layer(0),
+                seg,
+                np.array([0, 1]),
+                np.ones(3),
+                np.zeros(8),
+                np.ones(3),
+            )
             assert all(np.isfinite(v).all() for v in obs.values())
             for r in range(3):
                 error = output_error(result, 0, seg, np.full(2, r))
@@ -252,7 +274,7 @@ def test_degenerate_attention_gives_finite_observations_and_rewards():
 
 def test_repeated_tokens_stay_finite():
     env = RankSelectionEnv(corpus=["the " * 300], split="all")
-    for obs, reward, info in _rollout(env, lambda obs: 0, seed=0):
+    for obs, reward, _ in _rollout(env, lambda obs: 0, seed=0):
         assert math.isfinite(reward) and all(np.isfinite(v).all() for v in obs.values())
 
 

@@ -15,9 +15,26 @@ SYNTHETIC_ARGS = [f"{k}={v!r}" for k, v in SYNTHETIC.items()]
 def trained_run(tmp_path_factory):
     """A tiny Transformer-PPO run with behaviour cloning on the synthetic env."""
     root = tmp_path_factory.mktemp("train")
-    out = drrl("train", "--algo", "ppo", "--policy", "transformer", "--timesteps", 256, "--seed", 3,
-               "--eval-freq", 128, "--pretrain-bc", 2, "--logdir", root / "runs", "--env-kwargs", *SYNTHETIC_ARGS,
-               cwd=Path(__file__).parents[1])
+    out = drrl(
+        "train",
+        "--algo",
+        "ppo",
+        "--policy",
+        "transformer",
+        "--timesteps",
+        256,
+        "--seed",
+        3,
+        "--eval-freq",
+        128,
+        "--pretrain-bc",
+        2,
+        "--logdir",
+        root / "runs",
+        "--env-kwargs",
+        *SYNTHETIC_ARGS,
+        cwd=Path(__file__).parents[1],
+    )
     return Path(out.stdout.strip().splitlines()[-1])
 
 
@@ -28,16 +45,29 @@ def test_train_writes_model_config_and_tensorboard_events(trained_run):
     events = EventAccumulator(str(trained_run))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    for tag in ("drrl/fidelity", "drrl/cost_ratio", "drrl/flop_ratio", "drrl/mean_rank", "drrl/rank_layer_0",
-                "drrl/masked_fraction", "drrl/perturbation", "drrl/reward_terms/fidelity", "eval/reward",
-                "bc/loss", "rollout/ep_rew_mean"):
+    for tag in (
+        "drrl/fidelity",
+        "drrl/cost_ratio",
+        "drrl/flop_ratio",
+        "drrl/mean_rank",
+        "drrl/rank_layer_0",
+        "drrl/masked_fraction",
+        "drrl/perturbation",
+        "drrl/reward_terms/fidelity",
+        "eval/reward",
+        "bc/loss",
+        "rollout/ep_rew_mean",
+    ):
         assert tag in tags, sorted(tags)
     bc = [e.value for e in events.Scalars("bc/loss")]
     assert len(bc) == 20 and bc[-1] < bc[0]
-    plugins = {value.metadata.plugin_data.plugin_name
-               for file in trained_run.glob("events.out.tfevents.*")
-               for event in EventFileLoader(str(file)).Load() if event.HasField("summary")
-               for value in event.summary.value}
+    plugins = {
+        value.metadata.plugin_data.plugin_name
+        for file in trained_run.glob("events.out.tfevents.*")
+        for event in EventFileLoader(str(file)).Load()
+        if event.HasField("summary")
+        for value in event.summary.value
+    }
     assert "hparams" in plugins  # the HParams tab
 
 
@@ -52,8 +82,17 @@ def test_evaluate_a_run_and_a_baseline(trained_run, tmp_path):
     rows = json.loads((tmp_path / "agent" / "episodes.json").read_text())
     assert len(rows) == 2 and all(r["steps"] > 0 for r in rows)
     assert "reward" in (tmp_path / "agent" / "episodes.csv").read_text().splitlines()[0]
-    out = drrl("evaluate", "--baseline", "fixed:32", "--episodes", 2, "--env-kwargs", *SYNTHETIC_ARGS,
-               "synthetic_head_dim=64", cwd=tmp_path)
+    out = drrl(
+        "evaluate",
+        "--baseline",
+        "fixed:32",
+        "--episodes",
+        2,
+        "--env-kwargs",
+        *SYNTHETIC_ARGS,
+        "synthetic_head_dim=64",
+        cwd=tmp_path,
+    )
     assert "| fixed:32 | 2 |" in out.stdout
 
 
@@ -67,8 +106,26 @@ def test_evaluate_on_the_default_env_reports_model_level_metrics(tmp_path):
 
 def test_compare_writes_a_filled_report_and_plots(tmp_path):
     out = tmp_path / "cmp"
-    drrl("compare", "--algos", "ppo,dqn", "--policies", "mlp,transformer", "--seeds", 2, "--timesteps", 128,
-         "--episodes", 2, "--tune-documents", 2, "--out", out, "--env-kwargs", *SYNTHETIC_ARGS, cwd=tmp_path)
+    drrl(
+        "compare",
+        "--algos",
+        "ppo,dqn",
+        "--policies",
+        "mlp,transformer",
+        "--seeds",
+        2,
+        "--timesteps",
+        128,
+        "--episodes",
+        2,
+        "--tune-documents",
+        2,
+        "--out",
+        out,
+        "--env-kwargs",
+        *SYNTHETIC_ARGS,
+        cwd=tmp_path,
+    )
     report = (out / "report.md").read_text()
     for method in ("ppo-mlp", "ppo-transformer", "dqn-mlp", "dqn-transformer", "oracle", "full"):
         assert f"| {method} |" in report
@@ -84,8 +141,24 @@ def test_compare_writes_a_filled_report_and_plots(tmp_path):
 
 def test_compare_on_the_default_env(tmp_path):
     out = tmp_path / "cmp"
-    drrl("compare", "--algos", "ppo", "--policies", "mlp", "--seeds", 1, "--timesteps", 64, "--episodes", 2,
-         "--tune-documents", 2, "--out", out, cwd=tmp_path)
+    drrl(
+        "compare",
+        "--algos",
+        "ppo",
+        "--policies",
+        "mlp",
+        "--seeds",
+        1,
+        "--timesteps",
+        64,
+        "--episodes",
+        2,
+        "--tune-documents",
+        2,
+        "--out",
+        out,
+        cwd=tmp_path,
+    )
     report = (out / "report.md").read_text()
     assert "| ppo-mlp | 1 |" in report and "end_fidelity" in report and "Non-myopic reference: `planner`" in report
     rows = json.loads((out / "rows.json").read_text())
@@ -104,8 +177,9 @@ def test_inspect_writes_plots(tmp_path):
 
 
 def test_profile_prints_measured_and_flop_ratios_and_plots(tmp_path):
-    out = drrl("profile", "--lengths", "64,128", "--out", tmp_path, "--env-kwargs", *SYNTHETIC_ARGS,
-               cwd=tmp_path).stdout
+    out = drrl(
+        "profile", "--lengths", "64,128", "--out", tmp_path, "--env-kwargs", *SYNTHETIC_ARGS, cwd=tmp_path
+    ).stdout
     rows = [line.split() for line in out.splitlines() if line.strip().split(" ")[0] in ("64", "128")]
     assert len(rows) == 8 and all(row[-6:-3] == ["1.00", "/", "1.00"] for row in rows)  # 4 methods; full rank 1 / 1
     assert all(float(row[-3]) > 0 and float(row[-1]) > 0 for row in rows)  # the features, measured / FLOPs
@@ -122,18 +196,21 @@ def test_tradeoff_reports_each_beta(tmp_path):
     assert lines[-1].startswith("beta 100: best fixed rank 2") and lines[-1].endswith("no trade-off")
 
 
-@pytest.mark.parametrize("args,message", [
-    (["tradeoff", "--documents", "0"], "--documents must be >= 1, got 0"),
-    (["compare", "--jobs", "2", "--env-kwargs", "cost_model='profile'"], "use --jobs 1"),
-    (["train", "--algo", "sac"], "unknown algo 'sac'"),
-    (["train", "--policy", "cnn"], "unknown policy 'cnn'"),
-    (["train", "--config", "missing.yaml"], "config file 'missing.yaml' does not exist"),
-    (["evaluate", "--baseline", "greedy"], "unknown baseline 'greedy'"),
-    (["evaluate", "--model", "no-such-run"], "no saved agent at"),
-    (["compare", "--algos", "sac"], "unknown algo 'sac'"),
-    (["rollout", "--env-kwargs", "colour=1"], "unknown DRRL-v0 option"),
-    (["train", "--resume", "no-such-run"], "is not a run folder"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["tradeoff", "--documents", "0"], "--documents must be >= 1, got 0"),
+        (["compare", "--jobs", "2", "--env-kwargs", "cost_model='profile'"], "use --jobs 1"),
+        (["train", "--algo", "sac"], "unknown algo 'sac'"),
+        (["train", "--policy", "cnn"], "unknown policy 'cnn'"),
+        (["train", "--config", "missing.yaml"], "config file 'missing.yaml' does not exist"),
+        (["evaluate", "--baseline", "greedy"], "unknown baseline 'greedy'"),
+        (["evaluate", "--model", "no-such-run"], "no saved agent at"),
+        (["compare", "--algos", "sac"], "unknown algo 'sac'"),
+        (["rollout", "--env-kwargs", "colour=1"], "unknown DRRL-v0 option"),
+        (["train", "--resume", "no-such-run"], "is not a run folder"),
+    ],
+)
 def test_bad_cli_input_exits_nonzero_with_one_line(tmp_path, args, message):
     result = drrl(*args, cwd=tmp_path, check=False)
     assert result.returncode == 2
@@ -144,5 +221,6 @@ def test_bad_cli_input_exits_nonzero_with_one_line(tmp_path, args, message):
 def test_evaluating_a_model_on_another_env_config_fails_cleanly(trained_run, tmp_path):
     result = drrl("evaluate", "--model", trained_run, "--env-kwargs", "beta=0.9", cwd=tmp_path, check=False)
     assert result.returncode == 2
-    assert result.stderr.strip() == ("drrl evaluate: error: the agent was trained on another env config "
-                                     "(beta: trained 0.55, now 0.9)")
+    assert result.stderr.strip() == (
+        "drrl evaluate: error: the agent was trained on another env config (beta: trained 0.55, now 0.9)"
+    )

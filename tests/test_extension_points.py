@@ -19,8 +19,9 @@ class LeadingCoordinates(LowRankMethod):
 
     name = "test_leading_coordinates"
 
-    def query_key(self, q: torch.Tensor, k_factors: Factors, rank: int,
-                  q_factors: Factors | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def query_key(
+        self, q: torch.Tensor, k_factors: Factors, rank: int, q_factors: Factors | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         keys = k_factors.left @ k_factors.right  # (..., N, d)
         return q[..., :rank], keys[..., :rank]
 
@@ -53,8 +54,17 @@ def test_a_registered_method_runs_an_episode():
         assert env.observation_space.contains(obs)
     assert np.isfinite(total) and max(fidelities) < 1.0  # rank 2 of 16 coordinates is not exact
     assert obs["output_bound"].max() == pytest.approx(np.log1p(1000.0))  # unknown bound shown clipped
-    flops = attention_flops("test_leading_coordinates", 2, query_len=64, key_len=128, head_dim=16, n_heads=4,
-                            n_kv_heads=2, compress_values=True, causal=True)
+    flops = attention_flops(
+        "test_leading_coordinates",
+        2,
+        query_len=64,
+        key_len=128,
+        head_dim=16,
+        n_heads=4,
+        n_kv_heads=2,
+        compress_values=True,
+        causal=True,
+    )
     assert flops > 0
     assert isinstance(get_method("test_leading_coordinates"), LeadingCoordinates)
 
@@ -70,8 +80,9 @@ def test_a_registered_cost_model_is_asked_for_its_capabilities():
     obs, _ = env.reset(seed=0)
     features = obs["cost"][-1] - 1.0  # every rank also pays the observation's features (their FLOP share)
     assert features > 0
-    np.testing.assert_allclose(obs["cost"], [0.5 + features] * (len(env.unwrapped.ranks) - 1) + [1.0 + features],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        obs["cost"], [0.5 + features] * (len(env.unwrapped.ranks) - 1) + [1.0 + features], rtol=1e-6
+    )
     assert not env.spec.nondeterministic
     with pytest.raises(ValueError, match="measures key lengths up to 256"):
         gym.make("DRRL-v0", **{**SYNTHETIC, "synthetic_seq_len": 512}, cost_model="test_constant")

@@ -14,18 +14,29 @@ def _random_config(rng: np.random.Generator) -> dict:
     segment_len = int(rng.choice([16, 32, 48]))
     ranks = sorted(set(rng.integers(1, head_dim, size=int(rng.integers(1, 5))).tolist()) | {head_dim})
     return {
-        "source": "synthetic", "synthetic_layers": int(rng.integers(1, 4)), "synthetic_heads": kv_heads * int(rng.integers(1, 3)),
-        "synthetic_kv_heads": kv_heads, "synthetic_head_dim": head_dim,
-        "synthetic_seq_len": int(rng.integers(segment_len, 4 * segment_len)), "synthetic_documents": 4,
-        "synthetic_decay": float(rng.uniform(0, 2)), "synthetic_causal": bool(rng.integers(2)),
-        "synthetic_seed": int(rng.integers(1000)), "segment_len": segment_len,
+        "source": "synthetic",
+        "synthetic_layers": int(rng.integers(1, 4)),
+        "synthetic_heads": kv_heads * int(rng.integers(1, 3)),
+        "synthetic_kv_heads": kv_heads,
+        "synthetic_head_dim": head_dim,
+        "synthetic_seq_len": int(rng.integers(segment_len, 4 * segment_len)),
+        "synthetic_documents": 4,
+        "synthetic_decay": float(rng.uniform(0, 2)),
+        "synthetic_causal": bool(rng.integers(2)),
+        "synthetic_seed": int(rng.integers(1000)),
+        "segment_len": segment_len,
         "ranks": tuple(r for r in ranks if r <= segment_len or r == head_dim),
-        "per_head": bool(rng.integers(2)), "method": str(rng.choice(["svd", "shared_key"])),
-        "compress_values": bool(rng.integers(2)), "safety": bool(rng.integers(2)),
+        "per_head": bool(rng.integers(2)),
+        "method": str(rng.choice(["svd", "shared_key"])),
+        "compress_values": bool(rng.integers(2)),
+        "safety": bool(rng.integers(2)),
         "fidelity_metric": str(rng.choice(["cosine", "one_minus_error"])),
-        "beta": float(rng.uniform(0, 3)), "gamma": float(rng.uniform(0, 1)), "bound_clip": float(rng.uniform(1, 1e4)),
+        "beta": float(rng.uniform(0, 3)),
+        "gamma": float(rng.uniform(0, 1)),
+        "bound_clip": float(rng.uniform(1, 1e4)),
         "target_seq_len": None if rng.integers(2) else int(rng.integers(64, 8192)),
-        "split": "all", "cache_dir": None,
+        "split": "all",
+        "cache_dir": None,
     }
 
 

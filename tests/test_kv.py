@@ -21,8 +21,17 @@ def _texts():
     return tuple(text for _, text in sorted(topics.items()) if len(text) > 4000)[:8]
 
 
-KV_KWARGS = {"corpus": _texts(), "split": "all", "max_seq_len": 384, "min_doc_tokens": 200, "block": 32,
-             "window": 64, "levels": LEVELS, "calibration_documents": 2, "budget": 0.5}
+KV_KWARGS = {
+    "corpus": _texts(),
+    "split": "all",
+    "max_seq_len": 384,
+    "min_doc_tokens": 200,
+    "block": 32,
+    "window": 64,
+    "levels": LEVELS,
+    "calibration_documents": 2,
+    "budget": 0.5,
+}
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +91,7 @@ def test_the_cache_at_exact_levels_reproduces_the_models_own_forward(kv_env):
             if cache.due_block() is not None:
                 full = np.full(env.n_layers, len(env.ladder) - 1)
                 cache.store(cache.due_block(), full, full)
-            outs.append(model(input_ids=ids[:, start:start + 32], cache=cache).logits[0])
+            outs.append(model(input_ids=ids[:, start : start + 32], cache=cache).logits[0])
     assert torch.allclose(torch.cat(outs), reference, atol=1e-4, rtol=1e-4)
 
 
@@ -110,8 +119,12 @@ def test_checkers_pass_and_the_spec_matches(kv_env):
 
 def test_all_exact_levels_earn_zero_and_keep_the_exact_perplexity(tiny_causal_llama):
     short = tuple(text[:1500] for text in _texts())  # documents well below max_seq_len: the cap holds them exact
-    env = gym.make("DRRL-KV-v0", model=tiny_causal_llama, max_episode_steps=20,
-                   **{**KV_KWARGS, "budget": 1.0, "max_seq_len": 512, "corpus": short})
+    env = gym.make(
+        "DRRL-KV-v0",
+        model=tiny_causal_llama,
+        max_episode_steps=20,
+        **{**KV_KWARGS, "budget": 1.0, "max_seq_len": 512, "corpus": short},
+    )
     top = len(env.unwrapped.ladder) - 1
     steps = _play(env, lambda obs: np.full(env.action_space.shape, top))
     assert all(not info["projected"] for _, info in steps)
@@ -128,20 +141,32 @@ def test_the_budget_is_never_exceeded_under_random_actions(kv_env):
             assert sum(info["reward_terms"].values()) == pytest.approx(reward)
 
 
-@pytest.mark.parametrize("action, message", [
-    (np.full(4, 6), "integers in 0..5"), (np.zeros(3, dtype=int), "4 integers"), (np.full(4, 0.5), "integers"),
-])
+@pytest.mark.parametrize(
+    "action, message",
+    [
+        (np.full(4, 6), "integers in 0..5"),
+        (np.zeros(3, dtype=int), "4 integers"),
+        (np.full(4, 0.5), "integers"),
+    ],
+)
 def test_bad_actions_get_one_line_errors(kv_env, action, message):
     kv_env.reset(options={"document": 0})
     with pytest.raises(ValueError, match=message):
         kv_env.step(action)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"window": 48}, "multiple of block"), ({"budget": 0}, r"in \(0, 1\]"), ({"levels": "r4,exact"}, "start with 'evict'"),
-    ({"key_space": "rope"}, "key_space"), ({"sinks": 40}, "at most block"), ({"colour": 1}, "unknown DRRL-KV-v0"),
-    ({"budget": 0.05}, "cannot hold the sinks"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"window": 48}, "multiple of block"),
+        ({"budget": 0}, r"in \(0, 1\]"),
+        ({"levels": "r4,exact"}, "start with 'evict'"),
+        ({"key_space": "rope"}, "key_space"),
+        ({"sinks": 40}, "at most block"),
+        ({"colour": 1}, "unknown DRRL-KV-v0"),
+        ({"budget": 0.05}, "cannot hold the sinks"),
+    ],
+)
 def test_bad_configurations_fail_at_construction(tiny_causal_llama, kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         gym.make("DRRL-KV-v0", model=tiny_causal_llama, **{**KV_KWARGS, **kwargs})
@@ -165,7 +190,7 @@ def test_the_observation_reads_no_future_token(kv_env):
     ids = env.source._token_ids[0]
     saved = ids.clone()
     try:
-        ids[64 + 32 + 32:] = (ids[64 + 32 + 32:] + 7) % 1000  # every token the first two observations do not see
+        ids[64 + 32 + 32 :] = (ids[64 + 32 + 32 :] + 7) % 1000  # every token the first two observations do not see
         again, _ = env.reset(options={"document": 0})
         again_step, *_ = env.step(np.full(4, 3))
     finally:
@@ -174,8 +199,9 @@ def test_the_observation_reads_no_future_token(kv_env):
         assert np.array_equal(first[key], again[key]) and np.array_equal(second_step[key], again_step[key]), key
 
 
-@pytest.mark.parametrize("spec", ["exact", "streaming", "uniform:r8", "uniform:int4", "h2o:1", "pyramid",
-                                  "energy:0.9", "greedy"])
+@pytest.mark.parametrize(
+    "spec", ["exact", "streaming", "uniform:r8", "uniform:int4", "h2o:1", "pyramid", "energy:0.9", "greedy"]
+)
 def test_every_baseline_plays_an_episode_within_the_budget(kv_env, spec):
     policy = make_kv_baseline(spec, kv_env)
     steps = _play(kv_env, lambda obs: policy.predict(obs)[0])
@@ -219,16 +245,40 @@ def test_drrl_generate_compares_policies_and_refuses_bad_input(tiny_causal_llama
         (corpus / f"t{i}.txt").write_text(text)
     prompt = tmp_path / "prompt.txt"
     prompt.write_text(_texts()[0][:1200])
-    common = ["--model", tiny_causal_llama, "--budget", "0.5", "--env-kwargs", f"corpus={corpus}", "split=all",
-              "max_seq_len=384", "min_doc_tokens=200", "block=32", "window=64", f"levels={LEVELS}",
-              "calibration_documents=2"]
-    out = drrl("generate", "--prompt-file", prompt, "--max-new-tokens", "40", "--compare", "dynamic,uniform:r4,h2o:1",
-               *common, cwd=tmp_path).stdout
-    table = out[out.index("policy "):].splitlines()
+    common = [
+        "--model",
+        tiny_causal_llama,
+        "--budget",
+        "0.5",
+        "--env-kwargs",
+        f"corpus={corpus}",
+        "split=all",
+        "max_seq_len=384",
+        "min_doc_tokens=200",
+        "block=32",
+        "window=64",
+        f"levels={LEVELS}",
+        "calibration_documents=2",
+    ]
+    out = drrl(
+        "generate",
+        "--prompt-file",
+        prompt,
+        "--max-new-tokens",
+        "40",
+        "--compare",
+        "dynamic,uniform:r4,h2o:1",
+        *common,
+        cwd=tmp_path,
+    ).stdout
+    table = out[out.index("policy ") :].splitlines()
     assert [row.split()[0] for row in table[1:]] == ["dynamic", "uniform:r4", "h2o:1"]
     assert "r4 " in table[2] and "int8" not in table[2]  # the plan, lowered to evict where the budget ends
-    for extra, message in [(["--budget", "0"], "--budget must be"), (["--max-new-tokens", "400"], "beyond the 384"),
-                           (["--policy", "lru", "--max-new-tokens", "40"], "unknown DRRL-KV-v0 baseline")]:
+    for extra, message in [
+        (["--budget", "0"], "--budget must be"),
+        (["--max-new-tokens", "400"], "beyond the 384"),
+        (["--policy", "lru", "--max-new-tokens", "40"], "unknown DRRL-KV-v0 baseline"),
+    ]:
         result = drrl("generate", "--prompt-file", prompt, *common, *extra, cwd=tmp_path, check=False)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     empty = tmp_path / "empty.txt"

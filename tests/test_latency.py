@@ -13,8 +13,18 @@ from drrl_env.costs import AttentionShape
 from drrl_env.costs.latency import LatencyMeasurer, LatencyProfile
 from drrl_env.env import RankSelectionEnv
 
-SHAPE = AttentionShape("svd", (4, 16), query_len=64, key_len=64, head_dim=16, n_heads=4, n_kv_heads=2, causal=True,
-                       compress_values=True, segment_len=64)
+SHAPE = AttentionShape(
+    "svd",
+    (4, 16),
+    query_len=64,
+    key_len=64,
+    head_dim=16,
+    n_heads=4,
+    n_kv_heads=2,
+    causal=True,
+    compress_values=True,
+    segment_len=64,
+)
 
 
 def test_profile_is_cached_on_disk_and_reused(tmp_path):
@@ -47,12 +57,14 @@ def test_profile_key_changes_with_device_and_threads(tmp_path, monkeypatch):
 def test_profile_interpolates_between_profiled_lengths(tmp_path):
     profile = LatencyProfile(SHAPE, "float32", LatencyMeasurer(torch.device("cpu"), warmup=1, repeats=3), tmp_path)
     assert profile.grid(64) == [64] and profile.grid(100) == [64, 128] and profile.grid(1000) == [512, 1024]
-    profile.table = {64: {"seconds": [1.0, 2.0], "ratios": [0.5, 1.0]},
-                     128: {"seconds": [3.0, 6.0], "ratios": [0.7, 1.0]}}
+    profile.table = {
+        64: {"seconds": [1.0, 2.0], "ratios": [0.5, 1.0]},
+        128: {"seconds": [3.0, 6.0], "ratios": [0.7, 1.0]},
+    }
     np.testing.assert_allclose(profile.seconds(96), [2.0, 4.0])
     np.testing.assert_allclose(profile.ratios(96), [0.6, 1.0])
     with pytest.raises(ValueError, match="outside the profile's range"):
-        profile.grid(10 ** 6)
+        profile.grid(10**6)
 
 
 def test_flop_model_is_deterministic_and_measured_models_mark_the_spec():
@@ -83,12 +95,15 @@ def test_target_seq_len_reports_cost_at_the_deployment_length():
     assert info["flop_ratio"] == pytest.approx(cost_target[0], rel=1e-6)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"cost_model": "measured"}, "cost_model='measured' is not allowed"),
-    ({"dtype": "float64"}, "dtype='float64' is not allowed"),
-    ({"cost_model": "profile", "target_seq_len": 10 ** 6}, "measures key lengths up to 65536"),
-    ({"target_seq_len": 0}, "target_seq_len must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"cost_model": "measured"}, "cost_model='measured' is not allowed"),
+        ({"dtype": "float64"}, "dtype='float64' is not allowed"),
+        ({"cost_model": "profile", "target_seq_len": 10**6}, "measures key lengths up to 65536"),
+        ({"target_seq_len": 0}, "target_seq_len must be a positive integer"),
+    ],
+)
 def test_bad_latency_options(kwargs, message):
     with pytest.raises(ValueError, match=message):
         RankSelectionEnv(**SYNTHETIC, **kwargs)
@@ -96,7 +111,17 @@ def test_bad_latency_options(kwargs, message):
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_low_precision_kernels_are_timed(dtype):
-    shape = AttentionShape("shared_key", (4, 16), query_len=32, key_len=64, head_dim=16, n_heads=2, n_kv_heads=2,
-                           causal=False, compress_values=True, segment_len=32)
+    shape = AttentionShape(
+        "shared_key",
+        (4, 16),
+        query_len=32,
+        key_len=64,
+        head_dim=16,
+        n_heads=2,
+        n_kv_heads=2,
+        causal=False,
+        compress_values=True,
+        segment_len=32,
+    )
     timing = LatencyMeasurer(torch.device("cpu"), warmup=1, repeats=3).time_ranks(shape, dtype).seconds[0]
     assert timing.median > 0 and timing.repeats == 3

@@ -18,7 +18,9 @@ def _random_qkv(seed, heads, t, n, d, decay=0.7):
     sigma = torch.arange(1, d + 1, dtype=torch.float32) ** -decay * 3
 
     def draw(rows):
-        return (torch.randn(heads, rows, d, generator=gen) * sigma) @ torch.linalg.qr(torch.randn(d, d, generator=gen))[0]
+        return (torch.randn(heads, rows, d, generator=gen) * sigma) @ torch.linalg.qr(torch.randn(d, d, generator=gen))[
+            0
+        ]
 
     return draw(t), draw(n), torch.randn(heads, n, d, generator=gen)
 
@@ -80,7 +82,9 @@ def test_low_rank_scores_match_their_definition(method):
     assert torch.allclose(got.double(), want, atol=1e-3)
 
 
-@pytest.mark.parametrize("method,compress", [("svd", False), ("svd", True), ("shared_key", False), ("shared_key", True)])
+@pytest.mark.parametrize(
+    "method,compress", [("svd", False), ("svd", True), ("shared_key", False), ("shared_key", True)]
+)
 def test_matmul_flops_come_from_rank_r_factors(method, compress):
     """The counted matmuls of one kernel call are the rank-r products, far below the 4TNd of exact attention.
 
@@ -147,19 +151,23 @@ def test_output_bound_holds_on_a_sweep_of_shapes(method, compress):
         q = q * float(rng.uniform(0.2, 4))  # sharp and flat softmax
         causal = bool(seed % 2)
         mask = causal_mask(n - t, n, n) if causal else None
-        s = d ** -0.5
+        s = d**-0.5
         low_rank = _method(method, 2, d)
         qf, (kf, vf) = Factors.of(q), _method_factors(low_rank, k, v)
         ranks = torch.tensor(sorted({1, d // 4, d // 2, d}))
         values = linalg.StreamingFactors()
         values.update(v)
-        bound = linalg.output_bound_pairs(low_rank.score_change_sq(qf, kf, ranks), torch.tensor(s),
-                                          values.centered_norm())
+        bound = linalg.output_bound_pairs(
+            low_rank.score_change_sq(qf, kf, ranks), torch.tensor(s), values.centered_norm()
+        )
         if compress:
             bound = bound + low_rank.value_change(vf, ranks, t)
-        outputs = [full_attention(q, k, v, s, mask) if r == d else
-                   low_rank.attention(q, kf, v, s, mask, r, v_factors=vf if compress else None)
-                   for r in ranks.tolist()]
+        outputs = [
+            full_attention(q, k, v, s, mask)
+            if r == d
+            else low_rank.attention(q, kf, v, s, mask, r, v_factors=vf if compress else None)
+            for r in ranks.tolist()
+        ]
         for a in range(len(ranks)):
             for b in range(len(ranks)):
                 measured = torch.linalg.matrix_norm((outputs[a] - outputs[b]).double())
@@ -210,13 +218,27 @@ def test_streaming_factors_track_a_full_svd_of_the_prefix():
     """Synthetic keys, 8192 tokens in 128-token segments: retained energy within 1e-4 of a full SVD."""
     from drrl_env.sources.synthetic import SyntheticSource
 
-    keys = SyntheticSource(n_layers=1, n_heads=2, n_kv_heads=2, head_dim=64, seq_len=8192, decay=1.0,
-                           head_variety=0.5, causal=True, n_documents=1, seed=0).trace(0).keys[0]  # (2, L, 64)
+    keys = (
+        SyntheticSource(
+            n_layers=1,
+            n_heads=2,
+            n_kv_heads=2,
+            head_dim=64,
+            seq_len=8192,
+            decay=1.0,
+            head_variety=0.5,
+            causal=True,
+            n_documents=1,
+            seed=0,
+        )
+        .trace(0)
+        .keys[0]
+    )  # (2, L, 64)
     stream = linalg.StreamingFactors(refresh_every=16)
     for start in range(0, 8192, 128):
-        stream.update(keys[:, start:start + 128])
+        stream.update(keys[:, start : start + 128])
         if start % 2048 == 0 or start + 128 == 8192:
-            exact = _lapack_factors(keys[:, :start + 128])
+            exact = _lapack_factors(keys[:, : start + 128])
             for rank in (8, 32):
                 angle, energy_error = linalg.subspace_error(stream.factors(), exact, rank)
                 assert (energy_error < 1e-4).all() and (angle < 1e-3).all()
@@ -255,16 +277,18 @@ def test_output_bound_holds_on_real_minilm_attention(default_env):
             for seg in range(data.analysis.n_segments):
                 for index in range(len(env.ranks)):
                     per_head = np.sqrt(data.analysis.err_sq[layer, seg, index])  # (H,)
-                    assert (per_head <= data.analysis.pair_bound[layer, seg, np.arange(heads), index, -1]
-                            * (1 + 1e-4) + 1e-6).all()
+                    assert (
+                        per_head
+                        <= data.analysis.pair_bound[layer, seg, np.arange(heads), index, -1] * (1 + 1e-4) + 1e-6
+                    ).all()
 
 
 def test_streaming_factors_on_real_minilm_keys(default_env):
     keys = default_env.unwrapped.source.trace(0).keys  # (6, 12, L, 32)
     stream = linalg.StreamingFactors()
     for start in range(0, keys.shape[2], 64):
-        stream.update(keys[:, :, start:start + 64])
-        exact = _lapack_factors(keys[:, :, :start + 64])
+        stream.update(keys[:, :, start : start + 64])
+        exact = _lapack_factors(keys[:, :, : start + 64])
         for rank in (4, 16):
             _, energy_error = linalg.subspace_error(stream.factors(), exact, rank)
             assert (energy_error < 1e-4).all()

@@ -13,8 +13,10 @@ from drrl_env.env import RankSelectionEnv
 from experiments.rollout import run_episode
 from tests.conftest import SYNTHETIC
 
-TEXTS = ["Attention decides what each token reads from the others. " * 12,
-         "Low-rank factors trade a little fidelity for a lot of speed when heads are wide. " * 10]
+TEXTS = [
+    "Attention decides what each token reads from the others. " * 12,
+    "Low-rank factors trade a little fidelity for a lot of speed when heads are wide. " * 10,
+]
 PRIVILEGED = ("out_sq", "dot", "low_sq", "err_sq")  # the analysis' fields that need exact attention
 STEP_FEATURES = ("q_spectrum", "k_spectrum", "tail_energy", "output_bound", "layer_bound")
 
@@ -23,8 +25,9 @@ def _garbled_analyse(*args, **kwargs):
     """``analyse`` whose privileged fields (exact output norms, fidelity statistics) are garbage."""
     analysis = _REAL_ANALYSE(*args, **kwargs)
     rng = np.random.default_rng(7)
-    return dataclasses.replace(analysis, **{name: rng.uniform(0.1, 1e4, getattr(analysis, name).shape)
-                                            for name in PRIVILEGED})
+    return dataclasses.replace(
+        analysis, **{name: rng.uniform(0.1, 1e4, getattr(analysis, name).shape) for name in PRIVILEGED}
+    )
 
 
 _REAL_ANALYSE = drrl_env.documents.analyse
@@ -45,8 +48,15 @@ def test_observation_and_mask_do_not_read_the_exact_output(monkeypatch, privileg
     """(a) Deployable by default: garbage in place of everything derived from the exact attention
     output leaves every observation and mask of a closed-loop episode unchanged; with
     ``privileged_observation=True`` it does not (so the test can fail)."""
-    kwargs = {"corpus": TEXTS, "split": "all", "min_doc_tokens": 16, "segment_len": 32, "cache_dir": None,
-              "max_seq_len": 96, "privileged_observation": privileged}
+    kwargs = {
+        "corpus": TEXTS,
+        "split": "all",
+        "min_doc_tokens": 16,
+        "segment_len": 32,
+        "cache_dir": None,
+        "max_seq_len": 96,
+        "privileged_observation": privileged,
+    }
     actions = [0, 3, 7, 1, 5, 2, 6, 4]
 
     def play():
@@ -69,7 +79,7 @@ def test_closed_loop_layer_inputs_follow_the_ranks_chosen_before():
         segments = info["n_steps"] // env.source.spec.n_layers
         first_of_layer_1 = {}
         for layer_0_action in (0, len(env.ranks) - 1):
-            first_of_layer_1[layer_0_action] = _observations(env, lambda t: layer_0_action)[segments]
+            first_of_layer_1[layer_0_action] = _observations(env, lambda t, action=layer_0_action: action)[segments]
         low, full = first_of_layer_1.values()
         assert any(not np.array_equal(low[k], full[k]) for k in STEP_FEATURES) == differs
 
@@ -77,11 +87,22 @@ def test_closed_loop_layer_inputs_follow_the_ranks_chosen_before():
 def test_closed_loop_at_full_rank_is_the_open_loop_episode():
     """With exact attention everywhere, every layer's live inputs are the captured ones: the same
     observations and rewards as open loop, and the end term is the exact model's (fidelity 1)."""
-    kwargs = {"corpus": TEXTS, "split": "all", "min_doc_tokens": 16, "segment_len": 32, "cache_dir": None,
-              "max_seq_len": 96, "end_weight": 1.0}
+    kwargs = {
+        "corpus": TEXTS,
+        "split": "all",
+        "min_doc_tokens": 16,
+        "segment_len": 32,
+        "cache_dir": None,
+        "max_seq_len": 96,
+        "end_weight": 1.0,
+    }
     full = len(RankSelectionEnv(**kwargs, closed_loop=False).ranks) - 1
-    rows = {closed: run_episode(RankSelectionEnv(**kwargs, closed_loop=closed), make_baseline("full", RankSelectionEnv(
-        **kwargs)), "full", 0) for closed in (False, True)}
+    rows = {
+        closed: run_episode(
+            RankSelectionEnv(**kwargs, closed_loop=closed), make_baseline("full", RankSelectionEnv(**kwargs)), "full", 0
+        )
+        for closed in (False, True)
+    }
     assert rows[True].reward == pytest.approx(rows[False].reward, abs=1e-6)
     opened, closed = (_observations(RankSelectionEnv(**kwargs, closed_loop=c), lambda t: full) for c in (False, True))
     for a, b in zip(opened, closed):
@@ -90,8 +111,7 @@ def test_closed_loop_at_full_rank_is_the_open_loop_episode():
 
 
 def test_an_abandoned_closed_loop_episode_leaves_no_thread():
-    env = RankSelectionEnv(corpus=TEXTS, split="all", min_doc_tokens=16, segment_len=32, cache_dir=None,
-                           max_seq_len=96)
+    env = RankSelectionEnv(corpus=TEXTS, split="all", min_doc_tokens=16, segment_len=32, cache_dir=None, max_seq_len=96)
     before = threading.active_count()
     for _ in range(3):
         env.reset(options={"document": 1})
@@ -133,8 +153,9 @@ def test_an_impossible_budget_fails_at_reset_with_the_minimum():
 
 def test_planner_is_never_behind_the_one_step_oracle():
     """The rollout planner's episode starts from the one-step oracle's and keeps the best one seen."""
-    env = RankSelectionEnv(corpus=TEXTS, split="all", min_doc_tokens=16, segment_len=32, max_seq_len=96,
-                           cache_dir=None, ranks=(4, 16, 32))
+    env = RankSelectionEnv(
+        corpus=TEXTS, split="all", min_doc_tokens=16, segment_len=32, max_seq_len=96, cache_dir=None, ranks=(4, 16, 32)
+    )
     planner, oracle = make_baseline("planner", env), make_baseline("oracle", env)
     for doc in range(2):
         planned, greedy = run_episode(env, planner, "planner", doc), run_episode(env, oracle, "oracle", doc)
@@ -161,7 +182,12 @@ def test_the_greedy_allocator_fills_the_budget_without_breaking_it():
     for doc in range(3):
         earned = {}
         for name in ("budget-greedy:1", "fixed:2"):
-            policy, (obs, _), done, earned[name] = make_baseline(name, env), env.reset(options={"document": doc}), False, 0.0
+            policy, (obs, _), done, earned[name] = (
+                make_baseline(name, env),
+                env.reset(options={"document": doc}),
+                False,
+                0.0,
+            )
             while not done:
                 obs, reward, done, _, info = env.step(policy.predict(obs)[0])
                 earned[name] += reward
@@ -175,8 +201,17 @@ def test_the_greedy_allocator_fills_the_budget_without_breaking_it():
 def test_a_closed_loop_decode_episode_at_full_rank_keeps_the_exact_perplexity(tiny_causal_llama):
     """Decode: the prompt runs exactly through the same views; at full rank the episode's own forward
     pass gives the exact model's perplexity (end fidelity 1)."""
-    env = RankSelectionEnv(model=tiny_causal_llama, corpus=TEXTS, split="all", min_doc_tokens=16, segment_len=16,
-                           max_seq_len=96, cache_dir=None, workload="decode", end_weight=1.0)
+    env = RankSelectionEnv(
+        model=tiny_causal_llama,
+        corpus=TEXTS,
+        split="all",
+        min_doc_tokens=16,
+        segment_len=16,
+        max_seq_len=96,
+        cache_dir=None,
+        workload="decode",
+        end_weight=1.0,
+    )
     assert env.config.closed
     obs, _ = env.reset(options={"document": 0})
     done = False

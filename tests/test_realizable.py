@@ -16,8 +16,9 @@ from drrl_env.costs.flops import attention_flops, feature_flop_ratio
 from drrl_env.costs.latency import LatencyMeasurer
 from drrl_env.env import RankSelectionEnv
 
-CORPUS = [f"Document {i} says that attention at long context is where low rank may pay, case {i}. " * 12
-          for i in range(10)]
+CORPUS = [
+    f"Document {i} says that attention at long context is where low rank may pay, case {i}. " * 12 for i in range(10)
+]
 
 
 def test_bases_come_from_the_training_split_and_are_cached(tmp_path, monkeypatch):
@@ -60,8 +61,11 @@ def test_the_timed_segment_computes_what_the_env_computes(method, causal):
     """The timer's segment (prefix state built untimed, upkeep replayed) gives the output of the
     same segment in the env's segment loop, at every rank."""
     gen = torch.Generator().manual_seed(1)
-    q, k, v = torch.randn(4, 96, 16, generator=gen), torch.randn(2, 96, 16, generator=gen), torch.randn(2, 96, 16,
-                                                                                                     generator=gen)
+    q, k, v = (
+        torch.randn(4, 96, 16, generator=gen),
+        torch.randn(2, 96, 16, generator=gen),
+        torch.randn(2, 96, 16, generator=gen),
+    )
     low_rank = get_method(method).timing_instance(2, 16, torch.device("cpu"), torch.float32)
     compress = low_rank.requires.get("compress_values", True)
     workload = Prefill(32)
@@ -76,23 +80,41 @@ def test_the_timed_segment_computes_what_the_env_computes(method, causal):
 
 
 def test_calibrated_latency_profile_has_a_ratio_per_rank():
-    shape = AttentionShape("calibrated", (4, 8, 16), query_len=32, key_len=128, head_dim=16, n_heads=4,
-                           n_kv_heads=2, causal=True, compress_values=True, segment_len=32)
+    shape = AttentionShape(
+        "calibrated",
+        (4, 8, 16),
+        query_len=32,
+        key_len=128,
+        head_dim=16,
+        n_heads=4,
+        n_kv_heads=2,
+        causal=True,
+        compress_values=True,
+        segment_len=32,
+    )
     timings = LatencyMeasurer(torch.device("cpu"), warmup=1, repeats=3).time_ranks(shape, "float32")
     assert len(timings.ratios) == 3 and timings.ratios[-1].median == 1.0
     assert all(t.median > 0 for t in timings.ratios)
 
 
 def test_calibrated_runs_in_the_model_forward(tiny_causal_llama):
-    env = RankSelectionEnv(model=tiny_causal_llama, corpus=CORPUS, segment_len=32, min_doc_tokens=16,
-                           method="calibrated", calibration_documents=2, split="train", cache_dir=None)
+    env = RankSelectionEnv(
+        model=tiny_causal_llama,
+        corpus=CORPUS,
+        segment_len=32,
+        min_doc_tokens=16,
+        method="calibrated",
+        calibration_documents=2,
+        split="train",
+        cache_dir=None,
+    )
     layers, segments = env.source.spec.n_layers, env.analysis(0).n_segments
     exact = env.documents.exact_outputs(0).perplexity
     full = env.model_outputs(0, np.full((layers, segments), env.source.spec.head_dim)).perplexity
     low = env.model_outputs(0, np.full((layers, segments), env.ranks[1])).perplexity
     assert full == pytest.approx(exact, rel=1e-6) and np.isfinite(low) and low != pytest.approx(exact, rel=1e-6)
     env.reset(options={"document": 0})
-    _, reward, *_ , info = env.step(1)
+    _, reward, *_, info = env.step(1)
     assert np.isfinite(reward) and -1 <= info["fidelity"] <= 1
 
 
@@ -116,8 +138,17 @@ def test_decode_windows_follow_an_exact_prompt():
 
 
 def test_a_decode_episode_on_a_causal_lm(tiny_causal_llama):
-    kwargs = dict(model=tiny_causal_llama, corpus=CORPUS, segment_len=32, min_doc_tokens=16, split="train",
-                  cache_dir=None, workload="decode", method="calibrated", calibration_documents=2)
+    kwargs = dict(
+        model=tiny_causal_llama,
+        corpus=CORPUS,
+        segment_len=32,
+        min_doc_tokens=16,
+        split="train",
+        cache_dir=None,
+        workload="decode",
+        method="calibrated",
+        calibration_documents=2,
+    )
     env = RankSelectionEnv(**kwargs, end_weight=1.0)
     analysis = env.analysis(0)
     assert analysis.segments[0][0] >= 32 and all(b - a <= 48 for a, b in analysis.segments)
@@ -159,8 +190,11 @@ def test_loki_attends_exactly_over_the_keys_its_rank_r_scores_choose(queries, ca
     """One query (the decode step: gathered keys) and a block (masked exact attention) both equal
     top-k attention computed by hand, grouped-query heads included; f = 1 is exact attention."""
     gen = torch.Generator().manual_seed(3)
-    q, k, v = torch.randn(6, queries, 16, generator=gen), torch.randn(2, 64, 16, generator=gen), torch.randn(
-        2, 64, 16, generator=gen)
+    q, k, v = (
+        torch.randn(6, queries, 16, generator=gen),
+        torch.randn(2, 64, 16, generator=gen),
+        torch.randn(2, 64, 16, generator=gen),
+    )
     stream = linalg.StreamingFactors()
     stream.update(k)
     mask = causal_mask(64 - queries, 64, 64) if causal else None
@@ -175,9 +209,18 @@ def test_loki_attends_exactly_over_the_keys_its_rank_r_scores_choose(queries, ca
 def test_loki_is_counted_as_a_decode_method():
     """Per decode token loki attends over k keys (FLOPs well below exact); a prefill block runs masked
     exact attention, so it costs more than exact.  The FLOPs follow k."""
+
     def ratio(query_len, fraction):
-        kw = dict(query_len=query_len, key_len=4096, head_dim=64, n_heads=9, n_kv_heads=3, compress_values=False,
-                  causal=True, options={"loki_keys": fraction})
+        kw = dict(
+            query_len=query_len,
+            key_len=4096,
+            head_dim=64,
+            n_heads=9,
+            n_kv_heads=3,
+            compress_values=False,
+            causal=True,
+            options={"loki_keys": fraction},
+        )
         return attention_flops("loki", 16, **kw) / attention_flops("loki", 64, **kw)
 
     assert ratio(1, 0.125) < ratio(1, 0.25) < 0.6 and ratio(512, 0.25) > 1
@@ -190,8 +233,16 @@ def test_loki_config_says_what_it_needs(tiny_causal_llama, tmp_path, monkeypatch
         RankSelectionEnv(**SYNTHETIC, method="loki", compress_values=False, cache_dir=None)
     with pytest.raises(ValueError, match="loki_keys"):
         RankSelectionEnv(**SYNTHETIC, method="loki", compress_values=False, safety=False, loki_keys=1.5)
-    kwargs = dict(model=tiny_causal_llama, corpus=CORPUS, segment_len=32, min_doc_tokens=16, split="train",
-                  cache_dir=str(tmp_path), workload="decode", calibration_documents=2)
+    kwargs = dict(
+        model=tiny_causal_llama,
+        corpus=CORPUS,
+        segment_len=32,
+        min_doc_tokens=16,
+        split="train",
+        cache_dir=str(tmp_path),
+        workload="decode",
+        calibration_documents=2,
+    )
     calibrated = RankSelectionEnv(**kwargs, method="calibrated")
     monkeypatch.setattr("drrl_env.calibration.fit_bases", lambda traces: pytest.fail("loki refitted the bases"))
     env = RankSelectionEnv(**kwargs, method="loki", compress_values=False, safety=False, loki_keys=0.5)
@@ -229,5 +280,8 @@ def test_the_observation_features_are_timed_and_charged(tmp_path, monkeypatch):
     (start, stop), keys = data.analysis.segments[0], int(data.analysis.key_lens[0])
     share = env.documents.cost_model.feature_ratio(env.documents.cost_shape(stop - start, keys))
     assert timed and share > 0
-    np.testing.assert_allclose(data.costs[0] - share, env.documents.cost_model.cost_ratios(
-        env.documents.cost_shape(stop - start, keys)), rtol=1e-6)
+    np.testing.assert_allclose(
+        data.costs[0] - share,
+        env.documents.cost_model.cost_ratios(env.documents.cost_shape(stop - start, keys)),
+        rtol=1e-6,
+    )

@@ -46,7 +46,7 @@ def test_damaged_cache_entries_are_recomputed_and_replaced(tmp_path, damage):
         entry.write_bytes(b"")
     else:
         middle = len(data) // 2
-        data[middle:middle + 64] = bytes(255 - b for b in data[middle:middle + 64])
+        data[middle : middle + 64] = bytes(255 - b for b in data[middle : middle + 64])
         entry.write_bytes(bytes(data))
     with pytest.warns(RuntimeWarning, match=f"damaged analysis cache entry {entry}"):
         _episodes(RankSelectionEnv(**SYNTHETIC, cache_dir=str(tmp_path)))
@@ -70,8 +70,18 @@ def test_unwritable_or_deleted_cache_folder_degrades_to_no_caching(tmp_path):
 
 
 # 3. A truncated latency-profile JSON is reported by name and re-measured; the profile keeps the spread.
-SHAPE = AttentionShape("shared_key", (4, 16), query_len=32, key_len=32, head_dim=16, n_heads=2, n_kv_heads=2,
-                       causal=True, compress_values=True, segment_len=32)
+SHAPE = AttentionShape(
+    "shared_key",
+    (4, 16),
+    query_len=32,
+    key_len=32,
+    head_dim=16,
+    n_heads=2,
+    n_kv_heads=2,
+    causal=True,
+    compress_values=True,
+    segment_len=32,
+)
 
 
 def test_truncated_latency_profile_is_named_and_re_measured(tmp_path):
@@ -105,8 +115,14 @@ def test_noisy_profile_points_are_re_measured_then_flagged(tmp_path, monkeypatch
 
 
 def test_the_same_plan_measures_alike_in_one_process(tiny_llama):
-    env = RankSelectionEnv(model=tiny_llama, corpus=["Measured twice, cut once. " * 40], split="all",
-                           segment_len=32, min_doc_tokens=16, cache_dir=None)
+    env = RankSelectionEnv(
+        model=tiny_llama,
+        corpus=["Measured twice, cut once. " * 40],
+        split="all",
+        segment_len=32,
+        min_doc_tokens=16,
+        cache_dir=None,
+    )
     ranks = np.full((env.source.spec.n_layers, env.analysis(0).n_segments), env.ranks[1])
     first = env.documents.attention_latency(0, ranks, rounds=7)
     second = env.documents.attention_latency(0, ranks, rounds=7)
@@ -118,7 +134,8 @@ def test_the_same_plan_measures_alike_in_one_process(tiny_llama):
 def test_data_fields_may_differ_from_training_but_the_mdp_may_not():
     trained = {"corpus": None, "max_seq_len": None, "beta": 0.55, "split": "train"}
     assert check_env_config(trained, {**trained, "corpus": "my_texts/", "split": "test"}) == [
-        "corpus (trained None, now 'my_texts/')"]
+        "corpus (trained None, now 'my_texts/')"
+    ]
     with pytest.raises(ValueError, match="beta: trained 0.55, now 0.9"):
         check_env_config(trained, {**trained, "corpus": "my_texts/", "beta": 0.9})
     # a field added after the agent was trained counts as its default
@@ -135,8 +152,9 @@ def test_interrupt_before_training_says_nothing_was_saved(tmp_path, monkeypatch,
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train, "make_vec_env", interrupted)
-    code = cli.main(["train", "--algo", "ppo", "--timesteps", "64", "--logdir", str(tmp_path), "--env-kwargs",
-                     *SYNTHETIC_ARGS])
+    code = cli.main(
+        ["train", "--algo", "ppo", "--timesteps", "64", "--logdir", str(tmp_path), "--env-kwargs", *SYNTHETIC_ARGS]
+    )
     assert code == 130 and "nothing was saved" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
 
@@ -148,8 +166,9 @@ def test_interrupt_during_training_names_the_run_folder(tmp_path, monkeypatch, c
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train.DrrlMetricsCallback, "_on_step", interrupted)
-    code = cli.main(["train", "--algo", "ppo", "--timesteps", "64", "--logdir", str(tmp_path), "--env-kwargs",
-                     *SYNTHETIC_ARGS])
+    code = cli.main(
+        ["train", "--algo", "ppo", "--timesteps", "64", "--logdir", str(tmp_path), "--env-kwargs", *SYNTHETIC_ARGS]
+    )
     run = next(tmp_path.iterdir())
     assert code == 130 and f"--resume {run}" in capsys.readouterr().err
     assert (run / "checkpoint.zip").exists()
@@ -158,13 +177,14 @@ def test_interrupt_during_training_names_the_run_folder(tmp_path, monkeypatch, c
 def test_resume_keeps_the_progress_rows_written_before(tmp_path):
     from experiments.train import TrainConfig, train
 
-    config = TrainConfig(algo="a2c", timesteps=96, eval_freq=1000, env_kwargs=dict(SYNTHETIC),
-                         hyperparams={"n_steps": 16})
+    config = TrainConfig(
+        algo="a2c", timesteps=96, eval_freq=1000, env_kwargs=dict(SYNTHETIC), hyperparams={"n_steps": 16}
+    )
     run = train(config, tmp_path)
     before = (run / "progress.csv").read_text().splitlines()
     train(TrainConfig(**{**config.__dict__, "timesteps": 192}), resume=run)
     after = (run / "progress.csv").read_text().splitlines()
-    assert len(after) > len(before) > 1 and after[1:len(before)] == before[1:]
+    assert len(after) > len(before) > 1 and after[1 : len(before)] == before[1:]
     assert not (run / "progress.before-resume.csv").exists()
 
 
@@ -172,8 +192,17 @@ def test_compare_rerun_reuses_finished_runs_and_redoes_killed_ones(tmp_path):
     from experiments.compare import compare
 
     def run_grid():
-        compare(["a2c"], ["mlp"], 2, 48, dict(SYNTHETIC), tmp_path, episodes=1, tune_documents=1,
-                hyperparams={"n_steps": 16})
+        compare(
+            ["a2c"],
+            ["mlp"],
+            2,
+            48,
+            dict(SYNTHETIC),
+            tmp_path,
+            episodes=1,
+            tune_documents=1,
+            hyperparams={"n_steps": 16},
+        )
         return sorted((tmp_path / "runs").iterdir())
 
     first, killed = run_grid()
@@ -192,8 +221,10 @@ def test_compare_rerun_reuses_finished_runs_and_redoes_killed_ones(tmp_path):
 def _tiny_run(tmp_path) -> Path:
     from experiments.train import TrainConfig, train
 
-    return train(TrainConfig(algo="a2c", timesteps=32, eval_freq=1000, env_kwargs=dict(SYNTHETIC),
-                             hyperparams={"n_steps": 16}), tmp_path / "runs")
+    return train(
+        TrainConfig(algo="a2c", timesteps=32, eval_freq=1000, env_kwargs=dict(SYNTHETIC), hyperparams={"n_steps": 16}),
+        tmp_path / "runs",
+    )
 
 
 def test_bad_files_are_one_line_errors(tmp_path, tiny_llama):
@@ -231,9 +262,11 @@ def test_option_values_are_typed_or_refused():
     env = gym.make("DRRL-v0", **SYNTHETIC, safety="false", per_head="false")
     assert env.unwrapped.config.safety is False and isinstance(env.action_space, gym.spaces.Discrete)
     assert coerce_option("ranks", "4,8,16") == (4, 8, 16)
-    for name, value, message in [("ranks", (8.7, 16), "ranks must be a list of integers"),
-                                 ("bound_clip", 0, "bound_clip must be > 0"),
-                                 ("device", 1, "device must be a string")]:
+    for name, value, message in [
+        ("ranks", (8.7, 16), "ranks must be a list of integers"),
+        ("bound_clip", 0, "bound_clip must be > 0"),
+        ("device", 1, "device must be a string"),
+    ]:
         with pytest.raises(ValueError, match=message):
             gym.make("DRRL-v0", **SYNTHETIC, **{name: value})
 
@@ -249,11 +282,14 @@ def test_actions_and_options_are_strict():
         env.reset(options={"document": True})
 
 
-@pytest.mark.parametrize("args,message", [
-    (["train", "--eval-freq", "0"], "--eval-freq must be >= 1, got 0"),
-    (["rollout", "--episodes", "-3"], "--episodes must be >= 1, got -3"),
-    (["compare", "--seeds", "0", "--out", "cmp"], "--seeds must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "--eval-freq", "0"], "--eval-freq must be >= 1, got 0"),
+        (["rollout", "--episodes", "-3"], "--episodes must be >= 1, got -3"),
+        (["compare", "--seeds", "0", "--out", "cmp"], "--seeds must be >= 1, got 0"),
+    ],
+)
 def test_counts_are_checked_before_any_work(tmp_path, args, message):
     result = drrl(*args, cwd=tmp_path, check=False)
     assert result.returncode == 2 and message in result.stderr

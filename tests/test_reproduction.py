@@ -12,12 +12,28 @@ from experiments.rollout import run_episode
 ROWS = Path(__file__).parent.parent / "experiments" / "results" / "compare_default" / "rows.json"
 # the first version's MDP, which made those rows: open loop, bounds relative to the exact output, attention-only
 # cost, its thresholds
-LEGACY = {"closed_loop": False, "privileged_observation": True, "feature_cost": False, "epsilon": 300.0,
-          "epsilon_min": 150.0, "epsilon_max": 600.0}
+LEGACY = {
+    "closed_loop": False,
+    "privileged_observation": True,
+    "feature_cost": False,
+    "epsilon": 300.0,
+    "epsilon_min": 150.0,
+    "epsilon_max": 600.0,
+}
 POLICIES = ("full", "fixed:8", "energy:0.8", "oracle")
 DOCUMENTS = ("attribute-access#0", "binary#0", "formatstrings#3")  # test documents of the first version's split
-FIELDS = ("reward", "fidelity_term", "cost_term", "perturbation_term", "fidelity", "relative_error", "cost_ratio",
-          "flop_ratio", "mean_rank", "replaced_fraction")
+FIELDS = (
+    "reward",
+    "fidelity_term",
+    "cost_term",
+    "perturbation_term",
+    "fidelity",
+    "relative_error",
+    "cost_ratio",
+    "flop_ratio",
+    "mean_rank",
+    "replaced_fraction",
+)
 
 
 def _first_version_text(name: str) -> str:

@@ -10,8 +10,13 @@ from agents.sb3_agents import ALGORITHMS, behaviour_cloning, load_agent, make_ag
 from agents.transformer_policy import RankTransformerExtractor
 from drrl_env.env import RankSelectionEnv
 
-SMALL = {"ppo": {"n_steps": 64, "batch_size": 32}, "maskable_ppo": {"n_steps": 64, "batch_size": 32},
-         "recurrent_ppo": {"n_steps": 64, "batch_size": 32}, "a2c": {}, "dqn": {"learning_starts": 50}}
+SMALL = {
+    "ppo": {"n_steps": 64, "batch_size": 32},
+    "maskable_ppo": {"n_steps": 64, "batch_size": 32},
+    "recurrent_ppo": {"n_steps": 64, "batch_size": 32},
+    "a2c": {},
+    "dqn": {"learning_starts": 50},
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +34,9 @@ def test_every_algorithm_and_policy_learns(request, env, algo, policy, source, s
     assert model.num_timesteps >= steps
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"per_head": True}, {"ranks": (4, 16)}, {"synthetic_heads": 2,
-                                                                                  "synthetic_kv_heads": 1}])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"per_head": True}, {"ranks": (4, 16)}, {"synthetic_heads": 2, "synthetic_kv_heads": 1}]
+)
 def test_transformer_extractor_fits_any_env_config(kwargs):
     space = RankSelectionEnv(**{**SYNTHETIC, **kwargs}).observation_space
     extractor = RankTransformerExtractor(space, width=32, n_layers=2, n_heads=4)

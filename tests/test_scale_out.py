@@ -19,8 +19,23 @@ from drrl_env.cache import AnalysisCache
 from experiments.backends import import_ray
 
 SYNTHETIC_ARGS = [f"{k}={v}" for k, v in SYNTHETIC.items()]
-TINY_GRID = ["--algos", "a2c", "--policies", "mlp", "--seeds", 2, "--timesteps", 48, "--episodes", 2,
-             "--tune-documents", 1, "--env-kwargs", *SYNTHETIC_ARGS, "cache_dir=none"]
+TINY_GRID = [
+    "--algos",
+    "a2c",
+    "--policies",
+    "mlp",
+    "--seeds",
+    2,
+    "--timesteps",
+    48,
+    "--episodes",
+    2,
+    "--tune-documents",
+    1,
+    "--env-kwargs",
+    *SYNTHETIC_ARGS,
+    "cache_dir=none",
+]
 
 
 def _rows(folder: Path) -> dict:
@@ -60,16 +75,23 @@ envs.close()
 
 def test_async_vector_env_in_a_fresh_process(tmp_path):
     """The README's one-liner, default context (fork on Linux), as a user's script runs it."""
-    result = subprocess.run([sys.executable, "-c", ASYNC_ONE_LINER], capture_output=True, text=True, timeout=300,
-                            cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", ASYNC_ONE_LINER], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert result.returncode == 0 and result.stdout.strip() == "(2,)", result.stderr[-2000:]
 
 
 def test_async_vector_env_steps_every_copy():
     """In a process that has run torch work already, workers must not be forked (OpenMP's thread pool
     does not survive a fork): spawn them."""
-    envs = gym.make_vec("DRRL-v0", num_envs=2, vectorization_mode="async", vector_kwargs={"context": "spawn"},
-                        **SYNTHETIC, cache_dir=None)
+    envs = gym.make_vec(
+        "DRRL-v0",
+        num_envs=2,
+        vectorization_mode="async",
+        vector_kwargs={"context": "spawn"},
+        **SYNTHETIC,
+        cache_dir=None,
+    )
     try:
         observations, _ = envs.reset(seed=0)
         assert observations["action_mask"].shape[0] == 2
@@ -81,8 +103,25 @@ def test_async_vector_env_steps_every_copy():
 
 
 def test_train_with_subprocess_envs(tmp_path):
-    drrl("train", "--algo", "ppo", "--timesteps", 64, "--n-envs", 2, "--vec-env", "subproc", "--eval-freq", 64,
-         "--logdir", tmp_path, "--env-kwargs", *SYNTHETIC_ARGS, "cache_dir=none", cwd=tmp_path)
+    drrl(
+        "train",
+        "--algo",
+        "ppo",
+        "--timesteps",
+        64,
+        "--n-envs",
+        2,
+        "--vec-env",
+        "subproc",
+        "--eval-freq",
+        64,
+        "--logdir",
+        tmp_path,
+        "--env-kwargs",
+        *SYNTHETIC_ARGS,
+        "cache_dir=none",
+        cwd=tmp_path,
+    )
     assert list(tmp_path.glob("DRRL-v0__ppo-mlp__0__*/model.zip"))
 
 

@@ -10,13 +10,22 @@ from drrl_env.sources.corpus import MIN_SHARED_PARAGRAPH, load_corpus
 from drrl_env.sources.hf import HFAttentionSource
 from drrl_env.sources.synthetic import SyntheticSource
 
-TEXTS = ["The quick brown fox jumps over the lazy dog. " * 12, "Attention is all you need, they said. " * 14,
-         "Low rank approximations save work when the spectrum decays. " * 10]
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog. " * 12,
+    "Attention is all you need, they said. " * 14,
+    "Low rank approximations save work when the spectrum decays. " * 10,
+]
 
 
 def _source(model, corpus=TEXTS, **kw):
-    kw = {"tokenizer": None, "split": "all", "max_seq_len": None, "min_doc_tokens": 16,
-          "device": torch.device("cpu"), **kw}
+    kw = {
+        "tokenizer": None,
+        "split": "all",
+        "max_seq_len": None,
+        "min_doc_tokens": 16,
+        "device": torch.device("cpu"),
+        **kw,
+    }
     return HFAttentionSource(model, corpus=corpus, **kw)
 
 
@@ -31,8 +40,9 @@ def _attention_input_of_o_proj(model, module_path, token_ids):
     return seen["x"]
 
 
-@pytest.mark.parametrize("fixture,o_proj", [("tiny_llama", "layers.0.self_attn.o_proj"),
-                                            ("tiny_gpt2", "h.0.attn.c_proj")])
+@pytest.mark.parametrize(
+    "fixture,o_proj", [("tiny_llama", "layers.0.self_attn.o_proj"), ("tiny_gpt2", "h.0.attn.c_proj")]
+)
 def test_captured_qkv_reproduce_the_models_causal_attention(request, fixture, o_proj):
     source = _source(request.getfixturevalue(fixture))
     spec = source.spec
@@ -62,7 +72,7 @@ def test_default_model_is_bundled_minilm_and_bidirectional():
     assert source.spec.n_layers == 6 and source.spec.n_heads == 12 and source.spec.head_dim == 32
     assert source.spec.max_seq_len == 512 and not source.spec.causal
     trace = source.trace(0)
-    assert torch.allclose(trace.scaling, torch.full((6,), 32 ** -0.5))
+    assert torch.allclose(trace.scaling, torch.full((6,), 32**-0.5))
 
 
 def test_documents_are_truncated_to_max_seq_len():
@@ -74,8 +84,18 @@ def test_documents_are_truncated_to_max_seq_len():
 
 def test_synthetic_source_is_seeded_and_its_decay_controls_the_spectrum():
     def make(decay, seed=0):
-        return SyntheticSource(n_layers=1, n_heads=2, n_kv_heads=1, head_dim=16, seq_len=128, decay=decay,
-                               head_variety=0.0, causal=True, n_documents=5, seed=seed)
+        return SyntheticSource(
+            n_layers=1,
+            n_heads=2,
+            n_kv_heads=1,
+            head_dim=16,
+            seq_len=128,
+            decay=decay,
+            head_variety=0.0,
+            causal=True,
+            n_documents=5,
+            seed=seed,
+        )
 
     a, b = make(1.0).trace(3), make(1.0).trace(3)
     assert torch.equal(a.queries, b.queries) and torch.equal(a.keys, b.keys)
@@ -83,18 +103,33 @@ def test_synthetic_source_is_seeded_and_its_decay_controls_the_spectrum():
 
     def top4_energy(trace):
         sv = torch.linalg.svdvals(trace.keys[0, 0])
-        return float((sv[:4] ** 2).sum() / (sv ** 2).sum())
+        return float((sv[:4] ** 2).sum() / (sv**2).sum())
 
     assert top4_energy(make(2.0).trace(0)) > top4_energy(make(0.5).trace(0)) + 0.2
-    long = SyntheticSource(n_layers=1, n_heads=1, n_kv_heads=1, head_dim=8, seq_len=8192, decay=1.0,
-                           head_variety=0.5, causal=True, n_documents=1, seed=0).trace(0)
+    long = SyntheticSource(
+        n_layers=1,
+        n_heads=1,
+        n_kv_heads=1,
+        head_dim=8,
+        seq_len=8192,
+        decay=1.0,
+        head_variety=0.5,
+        causal=True,
+        n_documents=1,
+        seed=0,
+    ).trace(0)
     assert long.seq_len == 8192
 
 
 def _long_paragraphs(documents) -> set[str]:
-    """Every normalized paragraph of MIN_SHARED_PARAGRAPH characters or more, written out here (not the module's helper)."""
-    return {" ".join(p.split()) for d in documents for p in d.text.split("\n\n")
-            if len(" ".join(p.split())) >= MIN_SHARED_PARAGRAPH}
+    """Every normalized paragraph of MIN_SHARED_PARAGRAPH characters or more, written out here (not the
+    module's helper)."""
+    return {
+        " ".join(p.split())
+        for d in documents
+        for p in d.text.split("\n\n")
+        if len(" ".join(p.split())) >= MIN_SHARED_PARAGRAPH
+    }
 
 
 def _assert_leak_free(corpus) -> dict[str, list]:
@@ -125,8 +160,7 @@ def test_a_users_corpus_is_made_leak_free(tmp_path):
     """A file that repeats another is left out; a paragraph two files share stays in one split."""
     shared = "A paragraph that two of the user's files hold, long enough to count as shared text between them."
     own = "Own text of file {}, long enough to be a paragraph of its own that is worth keeping in this file."
-    texts = {f"f{i}.txt": f"{own.format(i)}\n\n{shared}"
-             for i in range(40)}
+    texts = {f"f{i}.txt": f"{own.format(i)}\n\n{shared}" for i in range(40)}
     texts["copy.txt"] = texts["f0.txt"]
     for name, text in texts.items():
         (tmp_path / name).write_text(text)
@@ -144,8 +178,10 @@ def test_corpus_from_folder_and_file(tmp_path):
     assert load_corpus(str(tmp_path / "a.txt"), "all")[0].text == "first paragraph\n\nsecond paragraph"
 
 
-@pytest.mark.parametrize("corpus,message", [([], "holds no text"), (["ok", "  "], "non-empty string"),
-                                            ("/no/such/path", "neither a file nor a folder")])
+@pytest.mark.parametrize(
+    "corpus,message",
+    [([], "holds no text"), (["ok", "  "], "non-empty string"), ("/no/such/path", "neither a file nor a folder")],
+)
 def test_bad_corpora_are_rejected(corpus, message):
     with pytest.raises(ValueError, match=message):
         load_corpus(corpus, "all")

@@ -18,8 +18,12 @@ def test_the_sign_flip_test_is_exact_over_topics():
     rng = np.random.default_rng(1)
     diff = rng.normal(0.3, 1.0, 6)
     result = paired_comparison("a", "b", diff, np.zeros(6), [f"t{i}" for i in range(6)])
-    flips = np.array([np.abs((np.array(signs) * diff).sum()) >= np.abs(diff.sum()) - 1e-12
-                      for signs in itertools.product((1, -1), repeat=6)])
+    flips = np.array(
+        [
+            np.abs((np.array(signs) * diff).sum()) >= np.abs(diff.sum()) - 1e-12
+            for signs in itertools.product((1, -1), repeat=6)
+        ]
+    )
     assert result.p_value == pytest.approx(flips.mean())
 
 

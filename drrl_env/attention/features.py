@@ -10,8 +10,13 @@ from drrl_env.attention.linalg import Factors
 from drrl_env.attention.workload import SegmentView
 
 
-def observation_features(view: SegmentView, ranks: torch.Tensor, scaling: torch.Tensor | float,
-                         compress_values: bool, q_factors: Factors | None = None) -> dict[str, torch.Tensor]:
+def observation_features(
+    view: SegmentView,
+    ranks: torch.Tensor,
+    scaling: torch.Tensor | float,
+    compress_values: bool,
+    q_factors: Factors | None = None,
+) -> dict[str, torch.Tensor]:
     """What one decision's observation is computed from, all of it deployable (the segment's q, k, v
     and the method's factors, never the exact output): the spectra ``sv_q``, ``sv_k`` (..., H, d),
     the pairwise output bounds ``pair_bound`` (..., H, R, R) (``linalg.output_bound_pairs``, plus the
@@ -28,18 +33,26 @@ def observation_features(view: SegmentView, ranks: torch.Tensor, scaling: torch.
     keys = side.key_factors
     change_sq = method.score_change_sq(q_factors, keys, ranks)  # (..., H, R, R) or None
     if change_sq is None:  # no score-change identity: bounds unknown (infinite, shown clipped)
-        pair_bound = torch.full((*view.queries.shape[:-2], len(ranks), len(ranks)), torch.inf, dtype=torch.float64,
-                                device=view.queries.device)
+        pair_bound = torch.full(
+            (*view.queries.shape[:-2], len(ranks), len(ranks)),
+            torch.inf,
+            dtype=torch.float64,
+            device=view.queries.device,
+        )
         pair_bound.diagonal(dim1=-2, dim2=-1).zero_()  # (..., H, R, R)
     else:
         value_norm = linalg.expand_heads(side.value_norm, heads, -1)  # (..., H)
         pair_bound = linalg.output_bound_pairs(change_sq, scaling, value_norm)  # (..., H, R, R)
         if compress_values:
             pair_bound = pair_bound + linalg.expand_heads(
-                method.value_change(side.value_factors, ranks, view.stop - view.start), heads)
-    return {"sv_q": _pad(q_factors.sv, d), "sv_k": _pad(linalg.expand_heads(keys.sv, heads, -2), d),
-            "pair_bound": pair_bound,
-            "value_sq": (view.stop - view.start) * linalg.expand_heads(side.value_mean_square, heads, -1)}
+                method.value_change(side.value_factors, ranks, view.stop - view.start), heads
+            )
+    return {
+        "sv_q": _pad(q_factors.sv, d),
+        "sv_k": _pad(linalg.expand_heads(keys.sv, heads, -2), d),
+        "pair_bound": pair_bound,
+        "value_sq": (view.stop - view.start) * linalg.expand_heads(side.value_mean_square, heads, -1),
+    }
 
 
 def _pad(sv: torch.Tensor, width: int) -> torch.Tensor:

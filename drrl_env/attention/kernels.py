@@ -21,8 +21,13 @@ def causal_mask(start: int, stop: int, n_keys: int, device: torch.device | None 
     return torch.arange(n_keys, device=device)[None, :] <= rows
 
 
-def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: torch.Tensor | float,
-           mask: torch.Tensor | None) -> torch.Tensor:
+def attend(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    scaling: torch.Tensor | float,
+    mask: torch.Tensor | None,
+) -> torch.Tensor:
     """softmax(scaling * query keys^T) values, masked entries excluded, by the fused kernel.
 
     query (..., T, e), keys (..., N, e), values (..., N, f) -> (..., T, f); ``scaling`` a float
@@ -35,12 +40,14 @@ def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scalin
         query, scaling = query * scaling.to(query.dtype), 1.0  # per-layer factors: fold into the query
     lead = query.dim()
     query, keys, values = (x.reshape((1,) * (4 - x.dim()) + x.shape) for x in (query, keys, values))
-    out = torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scaling,
-                                                           enable_gqa=keys.shape[1] != query.shape[1])
-    return out.reshape(out.shape[4 - lead:]) if lead < 4 else out
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, keys, values, attn_mask=mask, scale=scaling, enable_gqa=keys.shape[1] != query.shape[1]
+    )
+    return out.reshape(out.shape[4 - lead :]) if lead < 4 else out
 
 
-def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: torch.Tensor | float,
-                   mask: torch.Tensor | None) -> torch.Tensor:
+def full_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: torch.Tensor | float, mask: torch.Tensor | None
+) -> torch.Tensor:
     """Exact attention.  q (..., T, d), k, v (..., N, d) -> (..., T, d)."""
     return attend(q, k, v, scaling, mask)

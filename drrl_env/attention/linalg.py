@@ -91,8 +91,9 @@ def expand_heads(x: torch.Tensor, n_heads: int, dim: int = -3) -> torch.Tensor:
     return x if group == 1 else x.repeat_interleave(group, dim=dim)
 
 
-def randomized_factors(x: torch.Tensor, rank: int, oversample: int = 8, power_iters: int = 2,
-                       generator: torch.Generator | None = None) -> Factors:
+def randomized_factors(
+    x: torch.Tensor, rank: int, oversample: int = 8, power_iters: int = 2, generator: torch.Generator | None = None
+) -> Factors:
     """Top-``rank`` factors of x (..., n, d) by a randomized range finder (Halko et al. 2011).
 
     Y = X Omega (Omega: d x (rank + oversample) Gaussian), ``power_iters`` rounds of
@@ -122,7 +123,7 @@ class RowBuffer:
 
     @property
     def rows(self) -> torch.Tensor | None:
-        return None if self._storage is None else self._storage[..., :self.n, :]
+        return None if self._storage is None else self._storage[..., : self.n, :]
 
     def view(self) -> RowBuffer:
         copy = RowBuffer()
@@ -134,9 +135,9 @@ class RowBuffer:
         if self._storage is None or self.n + t > self._storage.shape[-2]:
             grown = block.new_empty(*block.shape[:-2], max(2 * (self.n + t), 64), block.shape[-1])
             if self.n:
-                grown[..., :self.n, :] = self._storage[..., :self.n, :]
+                grown[..., : self.n, :] = self._storage[..., : self.n, :]
             self._storage = grown
-        self._storage[..., self.n:self.n + t, :] = block
+        self._storage[..., self.n : self.n + t, :] = block
         self.n += t
 
 
@@ -201,9 +202,11 @@ class StreamingFactors:
         if self.rows is None:
             raise RuntimeError("StreamingFactors.projected() before any update()")
         n = self._rows.n
-        _, done = self._projections.setdefault(id(basis), (basis, RowBuffer()))  # the basis kept alive: id stays its own
+        _, done = self._projections.setdefault(
+            id(basis), (basis, RowBuffer())
+        )  # the basis kept alive: id stays its own
         if done.n < n:
-            done.append(self.rows[..., done.n:, :] @ basis)
+            done.append(self.rows[..., done.n :, :] @ basis)
         return done.rows[..., :n, :]
 
     def update(self, block: torch.Tensor) -> None:
@@ -237,7 +240,7 @@ class StreamingFactors:
                 rows = self.rows.double()
                 moments.gram, moments.row_sum = rows.transpose(-1, -2) @ rows, rows.sum(-2)
             else:
-                block = self.rows[..., moments.n:, :].double()
+                block = self.rows[..., moments.n :, :].double()
                 moments.gram = moments.gram + block.transpose(-1, -2) @ block
                 moments.row_sum = moments.row_sum + block.sum(-2)
             moments.n, moments.folds = n, moments.folds + 1
@@ -261,15 +264,18 @@ class StreamingFactors:
 def subspace_error(approx: Factors, exact: Factors, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(largest principal angle in radians, relative error of the retained energy) of the top-``rank``
     right singular subspaces of two factorizations of the same matrix.  Both (...)."""
-    cosines = torch.linalg.svdvals(approx.right[..., :rank, :].double() @ exact.right[..., :rank, :].double().transpose(-1, -2))
+    cosines = torch.linalg.svdvals(
+        approx.right[..., :rank, :].double() @ exact.right[..., :rank, :].double().transpose(-1, -2)
+    )
     angle = torch.arccos(cosines[..., -1].clamp(-1.0, 1.0))
     kept_a = (approx.sv[..., :rank].double() ** 2).sum(-1)
     kept_e = (exact.sv[..., :rank].double() ** 2).sum(-1)
     return angle, (kept_a - kept_e).abs() / kept_e.clamp_min(TINY)
 
 
-def power_iteration(x: torch.Tensor, iters: int = 30, generator: torch.Generator | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def power_iteration(
+    x: torch.Tensor, iters: int = 30, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top singular triplet (sigma_1 (...), u (..., n), v (..., d)) of x (..., n, d), batched.
 
     A fixed number of rounds v <- X^T X v / ||X^T X v||.  The estimate never exceeds sigma_1 and,
@@ -314,8 +320,7 @@ def band_norm(energy: torch.Tensor) -> torch.Tensor:
     return diff.abs().clamp_min(0).sqrt()
 
 
-def score_energy(sv_q: torch.Tensor, right_q: torch.Tensor, sv_k: torch.Tensor,
-                 right_k: torch.Tensor) -> torch.Tensor:
+def score_energy(sv_q: torch.Tensor, right_q: torch.Tensor, sv_k: torch.Tensor, right_k: torch.Tensor) -> torch.Tensor:
     """W_ij = (sigma^Q_i sigma^K_j a^Q_i . a^K_j)^2, the score energy of each pair of singular triplets.
 
     sv_q (..., m_q), right_q (..., m_q, d), sv_k (..., m_k), right_k (..., m_k, d) from the SVDs of
@@ -344,7 +349,7 @@ def value_change_bound(sv_v: torch.Tensor, ranks: torch.Tensor, query_len: int) 
     """
     padded = torch.nn.functional.pad(sv_v.double(), (0, 1))  # (..., d + 1), sigma_{d+1} = 0
     low = torch.minimum(ranks[:, None], ranks[None, :])  # (R, R)
-    bound = query_len ** 0.5 * padded[..., low]  # (..., R, R); padded[r] = sigma_{r+1}
+    bound = query_len**0.5 * padded[..., low]  # (..., R, R); padded[r] = sigma_{r+1}
     return bound * (1 - torch.eye(len(ranks), dtype=bound.dtype, device=bound.device))
 
 

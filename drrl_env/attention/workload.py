@@ -47,8 +47,9 @@ class KeySide:
     """The keys and values visible to a segment (snapshots of the streams), per K/V head, and
     their factors by ``method`` for ``layer``, computed on first use."""
 
-    def __init__(self, keys: linalg.StreamingFactors, values: linalg.StreamingFactors, method: LowRankMethod,
-                 layer: int | None) -> None:
+    def __init__(
+        self, keys: linalg.StreamingFactors, values: linalg.StreamingFactors, method: LowRankMethod, layer: int | None
+    ) -> None:
         self._key_stream, self._value_stream = keys.snapshot(), values.snapshot()
         self.method, self.layer = method, layer
 
@@ -105,8 +106,9 @@ class SegmentView:
     side: KeySide
     mask: torch.Tensor | None
 
-    def attention(self, rank: int, scaling: torch.Tensor | float, compress_values: bool,
-                  q_factors: Factors | None = None) -> torch.Tensor:
+    def attention(
+        self, rank: int, scaling: torch.Tensor | float, compress_values: bool, q_factors: Factors | None = None
+    ) -> torch.Tensor:
         """The segment's attention output (..., H, T, d) at ``rank`` (head_dim = exact attention).
 
         ``q_factors``: ``Factors.of(queries)`` when the caller has it (reused by methods that factor
@@ -115,8 +117,16 @@ class SegmentView:
         side = self.side
         if rank >= self.queries.shape[-1]:
             return full_attention(self.queries, side.keys, side.values, scaling, self.mask)
-        return side.method.attention(self.queries, side.key_factors, side.values, scaling, self.mask, rank,
-                                     v_factors=side.value_factors if compress_values else None, q_factors=q_factors)
+        return side.method.attention(
+            self.queries,
+            side.key_factors,
+            side.values,
+            scaling,
+            self.mask,
+            rank,
+            v_factors=side.value_factors if compress_values else None,
+            q_factors=q_factors,
+        )
 
 
 @dataclass(frozen=True)
@@ -145,8 +155,9 @@ class Prefill:
         """The decisions' segments of a sequence of ``seq_len`` tokens."""
         return segment_bounds(seq_len, self.segment_len)
 
-    def forward_plan(self, segments: list[tuple[int, int]], ranks: np.ndarray,
-                     head_dim: int) -> tuple[list[tuple[int, int]], np.ndarray]:
+    def forward_plan(
+        self, segments: list[tuple[int, int]], ranks: np.ndarray, head_dim: int
+    ) -> tuple[list[tuple[int, int]], np.ndarray]:
         """What a model forward runs for decisions ``ranks`` (Ly, S) over ``segments``: the same."""
         return segments, ranks
 
@@ -159,9 +170,17 @@ class Prefill:
         ``key_len`` keys it sees: the whole segment over all of them."""
         return stop - start, key_len
 
-    def views(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, causal: bool,
-              method: LowRankMethod, *, layer: int | None = None,
-              segments: list[tuple[int, int]] | None = None) -> Iterator[SegmentView]:
+    def views(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        causal: bool,
+        method: LowRankMethod,
+        *,
+        layer: int | None = None,
+        segments: list[tuple[int, int]] | None = None,
+    ) -> Iterator[SegmentView]:
         """A view per segment (default: :meth:`segments` of the key length), computed by ``method``
         with the state of ``layer`` (None: every layer, stacked on the leading dim).
 
@@ -183,8 +202,16 @@ class Prefill:
             mask = causal_mask(start, stop, stop, queries.device) if causal else None
             yield SegmentView(start, stop, queries[..., start:stop, :], side, mask)
 
-    def timed_segment(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, causal: bool,
-                      method: LowRankMethod, compress_values: bool, ranks: tuple[int, ...]) -> TimedSegment:
+    def timed_segment(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        causal: bool,
+        method: LowRankMethod,
+        compress_values: bool,
+        ranks: tuple[int, ...],
+    ) -> TimedSegment:
         """The last segment of a sequence, as the timer runs it: queries (..., H, T, d) are the last
         T positions of keys and values (..., H_kv, N, d); the state before the segment (the prefix
         [0, N - T) already in the streams, projected at every rank where the method projects) is
@@ -193,8 +220,8 @@ class Prefill:
         low = [r for r in ranks if r < queries.shape[-1]]
         before_keys, before_values = linalg.StreamingFactors(), linalg.StreamingFactors()
         if causal and n > t:
-            before_keys.update(keys[..., :n - t, :])
-            before_values.update(values[..., :n - t, :])
+            before_keys.update(keys[..., : n - t, :])
+            before_values.update(values[..., : n - t, :])
             prefix = KeySide(before_keys, before_values, method, 0)
             for rank in low:
                 prefix.upkeep(compress_values, rank)  # the cache the segment extends
@@ -220,7 +247,6 @@ class Prefill:
         return TimedSegment(SegmentView(n - t, n, queries, side, mask), upkeep, 1.0 if causal else t / n)
 
 
-
 class Decode(Prefill):
     """Teacher-forced decoding after an exact prompt (causal models only).
 
@@ -243,12 +269,15 @@ class Decode(Prefill):
     def segments(self, seq_len: int) -> list[tuple[int, int]]:
         prompt = max(self.segment_len, int(seq_len * self.prompt_fraction) // self.segment_len * self.segment_len)
         if seq_len - prompt < 1:
-            raise ValueError(f"a {seq_len}-token document leaves nothing to decode after a {prompt}-token prompt; "
-                             f"lower decode_prompt ({self.prompt_fraction}) or segment_len, or raise min_doc_tokens")
+            raise ValueError(
+                f"a {seq_len}-token document leaves nothing to decode after a {prompt}-token prompt; "
+                f"lower decode_prompt ({self.prompt_fraction}) or segment_len, or raise min_doc_tokens"
+            )
         return [(prompt + a, prompt + b) for a, b in segment_bounds(seq_len - prompt, self.segment_len)]
 
-    def forward_plan(self, segments: list[tuple[int, int]], ranks: np.ndarray,
-                     head_dim: int) -> tuple[list[tuple[int, int]], np.ndarray]:
+    def forward_plan(
+        self, segments: list[tuple[int, int]], ranks: np.ndarray, head_dim: int
+    ) -> tuple[list[tuple[int, int]], np.ndarray]:
         """The prompt as one more segment at full rank, then the windows at their ranks."""
         prompt = np.full((ranks.shape[0], 1), head_dim, dtype=ranks.dtype)
         return [(0, segments[0][0]), *segments], np.concatenate([prompt, ranks], axis=1)

@@ -64,8 +64,9 @@ class CostModel(ABC):
     measures_device: ClassVar[bool]
     max_key_len: ClassVar[int | None] = None
 
-    def __init__(self, device: torch.device, dtype: str = "float32", cache_root: Path | None = None,
-                 refresh: bool = False) -> None:
+    def __init__(
+        self, device: torch.device, dtype: str = "float32", cache_root: Path | None = None, refresh: bool = False
+    ) -> None:
         self.device, self.dtype, self.cache_root, self.refresh = device, dtype, cache_root, refresh
 
     @abstractmethod
@@ -83,12 +84,14 @@ class CostModel(ABC):
 
 
 _COST_MODELS: Registry[type[CostModel]] = Registry(
-    CostModel, "cost_model", "or register a CostModel subclass with drrl_env.costs.register_cost_model")
+    CostModel, "cost_model", "or register a CostModel subclass with drrl_env.costs.register_cost_model"
+)
 register_cost_model = _COST_MODELS.register
 cost_model_names = _COST_MODELS.names
 cost_model_class = _COST_MODELS.get  # the class: its capabilities are class attributes
 
 
-def make_cost_model(name: str, device: torch.device, dtype: str = "float32", cache_root: Path | None = None,
-                    refresh: bool = False) -> CostModel:
+def make_cost_model(
+    name: str, device: torch.device, dtype: str = "float32", cache_root: Path | None = None, refresh: bool = False
+) -> CostModel:
     return cost_model_class(name)(device, dtype, cache_root, refresh)

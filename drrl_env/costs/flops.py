@@ -11,9 +11,19 @@ from drrl_env.attention.methods.base import SOFTMAX_FLOPS
 from drrl_env.costs.base import AttentionShape, CostModel, register_cost_model
 
 
-def attention_flops(method: str, rank: int, *, query_len: int, key_len: int, head_dim: int,
-                    n_heads: int, n_kv_heads: int, compress_values: bool, causal: bool,
-                    options: dict[str, Any] | None = None) -> int:
+def attention_flops(
+    method: str,
+    rank: int,
+    *,
+    query_len: int,
+    key_len: int,
+    head_dim: int,
+    n_heads: int,
+    n_kv_heads: int,
+    compress_values: bool,
+    causal: bool,
+    options: dict[str, Any] | None = None,
+) -> int:
     """Floating-point operations to compute one segment's attention output at ``rank``.
 
     Exact attention (rank == head_dim): per head 2TNd (scores) + 5TN (softmax) + 2TNd (A V).
@@ -40,19 +50,37 @@ def feature_flop_ratio(shape: AttentionShape) -> float:
     every step, whatever rank is chosen) / FLOPs of exact attention."""
     method = get_method(shape.method, **dict(shape.method_options))
     per_query, per_kv = method.feature_flops(shape.query_len, shape.key_len, shape.head_dim, shape.causal)
-    exact = attention_flops(shape.method, shape.head_dim, query_len=shape.query_len, key_len=shape.key_len,
-                            head_dim=shape.head_dim, n_heads=shape.n_heads, n_kv_heads=shape.n_kv_heads,
-                            compress_values=shape.compress_values, causal=shape.causal)
+    exact = attention_flops(
+        shape.method,
+        shape.head_dim,
+        query_len=shape.query_len,
+        key_len=shape.key_len,
+        head_dim=shape.head_dim,
+        n_heads=shape.n_heads,
+        n_kv_heads=shape.n_kv_heads,
+        compress_values=shape.compress_values,
+        causal=shape.causal,
+    )
     return (shape.n_heads * per_query + shape.n_kv_heads * per_kv) / exact
 
 
 def flop_ratios(shape: AttentionShape) -> np.ndarray:
     """(R,) FLOPs at each rank / FLOPs of exact attention."""
-    flops = [attention_flops(shape.method, r, query_len=shape.query_len, key_len=shape.key_len,
-                             head_dim=shape.head_dim, n_heads=shape.n_heads, n_kv_heads=shape.n_kv_heads,
-                             compress_values=shape.compress_values, causal=shape.causal,
-                             options=dict(shape.method_options))
-             for r in shape.ranks]
+    flops = [
+        attention_flops(
+            shape.method,
+            r,
+            query_len=shape.query_len,
+            key_len=shape.key_len,
+            head_dim=shape.head_dim,
+            n_heads=shape.n_heads,
+            n_kv_heads=shape.n_kv_heads,
+            compress_values=shape.compress_values,
+            causal=shape.causal,
+            options=dict(shape.method_options),
+        )
+        for r in shape.ranks
+    ]
     return np.asarray(flops, dtype=np.float64) / flops[-1]
 
 

@@ -104,31 +104,37 @@ class LatencyMeasurer:
         h, t, n, d = shape.n_heads, shape.query_len, shape.key_len, shape.head_dim
         w = min(shape.decision_queries, n)  # the queries one decision's features cover
         q = torch.randn(h, max(t, w), d, generator=gen, device=self.device).to(DTYPES[dtype])  # (H, T, d)
-        k, v = torch.randn(2, shape.n_kv_heads, n, d, generator=gen,
-                           device=self.device).to(DTYPES[dtype])  # (H_kv, N, d) each
-        method = get_method(shape.method, **dict(shape.method_options)).timing_instance(shape.n_kv_heads, d,
-                                                                                          self.device, DTYPES[dtype])
+        k, v = torch.randn(2, shape.n_kv_heads, n, d, generator=gen, device=self.device).to(
+            DTYPES[dtype]
+        )  # (H_kv, N, d) each
+        method = get_method(shape.method, **dict(shape.method_options)).timing_instance(
+            shape.n_kv_heads, d, self.device, DTYPES[dtype]
+        )
+
         def timed(queries: int) -> TimedSegment:
-            return Prefill(queries).timed_segment(q[:, -queries:], k, v, shape.causal, method, shape.compress_values,
-                                                  shape.ranks)
+            return Prefill(queries).timed_segment(
+                q[:, -queries:], k, v, shape.causal, method, shape.compress_values, shape.ranks
+            )
 
         segment = timed(t)  # the call whose cost a step reports ...
         decision = segment if w == t else timed(w)  # ... and the decision's segment (prefill: the same one)
         low, ranks = len(shape.ranks) - 1, len(shape.ranks)  # the ranks below full each also pay their upkeep
-        calls = [partial(segment.view.attention, rank, d ** -0.5, shape.compress_values) for rank in shape.ranks]
+        calls = [partial(segment.view.attention, rank, d**-0.5, shape.compress_values) for rank in shape.ranks]
         upkeeps = [partial(segment.upkeep, rank) for rank in shape.ranks[:low]]
-        features = _feature_calls(decision, torch.tensor(shape.ranks), d ** -0.5, shape.compress_values)
-        rounds = time_interleaved([*calls, *upkeeps, *features], self.device, self.warmup,
-                                  self.repeats).rounds  # (repeats, 2R - 1 + 3) seconds
-        rounds[:, :low] += segment.upkeep_share * rounds[:, ranks:ranks + low]
+        features = _feature_calls(decision, torch.tensor(shape.ranks), d**-0.5, shape.compress_values)
+        rounds = time_interleaved(
+            [*calls, *upkeeps, *features], self.device, self.warmup, self.repeats
+        ).rounds  # (repeats, 2R - 1 + 3) seconds
+        rounds[:, :low] += segment.upkeep_share * rounds[:, ranks : ranks + low]
         fresh, upkeep, warm = rounds[:, -3:].T  # features after an upkeep, the upkeep alone, features again
         per_decision = warm + decision.upkeep_share * (fresh - upkeep - warm)  # the K/V side's part: its share
         exact_per_decision = rounds[:, ranks - 1] * w / t  # decode: w one-token calls
         return RankTimings.of(rounds[:, :ranks], per_decision.clip(min=0) / exact_per_decision)
 
 
-def _feature_calls(decision: TimedSegment, ranks: torch.Tensor, scaling: float,
-                   compress_values: bool) -> list[Callable[[], object]]:
+def _feature_calls(
+    decision: TimedSegment, ranks: torch.Tensor, scaling: float, compress_values: bool
+) -> list[Callable[[], object]]:
     """Three calls whose times give the features' cost (``attention/features.py``) for one
     decision: the features on a fresh K/V side right after its upkeep (at the lowest rank), that
     upkeep alone, and the features again on a side whose K/V-side features are cached.  The first
@@ -141,8 +147,11 @@ def _feature_calls(decision: TimedSegment, ranks: torch.Tensor, scaling: float,
     def fresh() -> None:
         observation_features(replace(decision.view, side=decision.upkeep(rank)), ranks, scaling, compress_values)
 
-    return [fresh, partial(decision.upkeep, rank),
-            partial(observation_features, warm_view, ranks, scaling, compress_values)]
+    return [
+        fresh,
+        partial(decision.upkeep, rank),
+        partial(observation_features, warm_view, ranks, scaling, compress_values),
+    ]
 
 
 @dataclass(frozen=True)
@@ -157,20 +166,23 @@ class RankTimings:
 
     @classmethod
     def of(cls, rounds: np.ndarray, features: np.ndarray | None = None) -> RankTimings:
-        return cls([summarize(list(column)) for column in rounds.T],
-                   [summarize(list(column)) for column in (rounds / rounds[:, -1:]).T], rounds,
-                   None if features is None else summarize(list(features)))
+        return cls(
+            [summarize(list(column)) for column in rounds.T],
+            [summarize(list(column)) for column in (rounds / rounds[:, -1:]).T],
+            rounds,
+            None if features is None else summarize(list(features)),
+        )
 
 
-def time_interleaved(calls: list[Callable[[], object]], device: torch.device, warmup: int,
-                     repeats: int) -> RankTimings:
+def time_interleaved(calls: list[Callable[[], object]], device: torch.device, warmup: int, repeats: int) -> RankTimings:
     """Times ``calls`` in ``repeats`` interleaved rounds (each round runs every call once) after
     ``warmup`` runs of each; the ratio of each call to the last one is taken within each round, so
     that a drift of the machine's speed between rounds cancels."""
     for call in calls:
         time_call(call, device, warmup, 0)
-    return RankTimings.of(np.array([[time_call(call, device, 0, 1).median for call in calls]
-                                    for _ in range(repeats)]))  # (repeats, calls) seconds
+    return RankTimings.of(
+        np.array([[time_call(call, device, 0, 1).median for call in calls] for _ in range(repeats)])
+    )  # (repeats, calls) seconds
 
 
 def summarize(samples: list[float]) -> Timing:
@@ -189,8 +201,7 @@ def device_key(device: torch.device) -> dict[str, str | int]:
 def machine_description(device: torch.device | None = None) -> str:
     """One line naming the hardware a figure was measured on, for benchmark and report headers."""
     key = device_key(device or torch.device("cpu"))
-    return (f"{key['device']}, {os.cpu_count()} CPU cores, torch {key['torch']} "
-            f"({key['threads']} threads)")
+    return f"{key['device']}, {os.cpu_count()} CPU cores, torch {key['torch']} ({key['threads']} threads)"
 
 
 def _cpu_name() -> str:
@@ -213,12 +224,25 @@ class LatencyProfile:
     MAX_SPREAD = 0.25  # a grid point whose ratios spread more (IQR / median) is re-measured ...
     ATTEMPTS = 3  # ... up to this many times in all; the least spread one is kept, flagged if still above
 
-    def __init__(self, shape: AttentionShape, dtype: str, measurer: LatencyMeasurer, cache_root: Path | None,
-                 refresh: bool = False) -> None:
+    def __init__(
+        self,
+        shape: AttentionShape,
+        dtype: str,
+        measurer: LatencyMeasurer,
+        cache_root: Path | None,
+        refresh: bool = False,
+    ) -> None:
         self.shape, self.dtype, self.measurer = shape, dtype, measurer
         kind = {k: v for k, v in asdict(shape).items() if k not in ("key_len", "segment_len")}
-        self.key = {**device_key(measurer.device), **kind, "ranks": list(shape.ranks), "dtype": dtype,
-                    "warmup": measurer.warmup, "repeats": measurer.repeats, "format": self.FORMAT}
+        self.key = {
+            **device_key(measurer.device),
+            **kind,
+            "ranks": list(shape.ranks),
+            "dtype": dtype,
+            "warmup": measurer.warmup,
+            "repeats": measurer.repeats,
+            "format": self.FORMAT,
+        }
         digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:24]
         self.path = None if cache_root is None else Path(cache_root) / "latency" / f"{digest}.json"
         # key length -> {"seconds": median seconds per rank, "ratios": median within-round ratio to full rank,
@@ -242,8 +266,11 @@ class LatencyProfile:
                 float(entry["feature_ratio"])
             return table
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-            warnings.warn(f"drrl: damaged latency profile {self.path} ({type(err).__name__}: {err}); re-measuring it",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"drrl: damaged latency profile {self.path} ({type(err).__name__}: {err}); re-measuring it",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             return {}
 
     def grid(self, key_len: int) -> list[int]:
@@ -291,12 +318,20 @@ class LatencyProfile:
                 break
         spread, timings = best
         if spread > self.MAX_SPREAD:
-            warnings.warn(f"drrl: latency ratios at {key_len} keys spread {spread:.0%} (IQR / median) after "
-                          f"{self.ATTEMPTS} attempts; the machine is busy, and the profile marks them unreliable",
-                          RuntimeWarning, stacklevel=4)
-        return {"seconds": [float(t.median) for t in timings.seconds], "ratios": [float(t.median) for t in timings.ratios],
-                "ratio_spreads": [float(t.spread) for t in timings.ratios], "rounds": int(timings.ratios[0].repeats),
-                "feature_ratio": float(timings.features.median), "unreliable": bool(spread > self.MAX_SPREAD)}
+            warnings.warn(
+                f"drrl: latency ratios at {key_len} keys spread {spread:.0%} (IQR / median) after "
+                f"{self.ATTEMPTS} attempts; the machine is busy, and the profile marks them unreliable",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return {
+            "seconds": [float(t.median) for t in timings.seconds],
+            "ratios": [float(t.median) for t in timings.ratios],
+            "ratio_spreads": [float(t.spread) for t in timings.ratios],
+            "rounds": int(timings.ratios[0].repeats),
+            "feature_ratio": float(timings.features.median),
+            "unreliable": bool(spread > self.MAX_SPREAD),
+        }
 
     @property
     def unreliable(self) -> list[int]:
@@ -307,9 +342,13 @@ class LatencyProfile:
         if self.path is None:
             return
         try:
-            write_atomic(self.path, lambda f: json.dump({"key": self.key, "table": self.table}, f, indent=1),
-                         binary=False)
+            write_atomic(
+                self.path, lambda f: json.dump({"key": self.key, "table": self.table}, f, indent=1), binary=False
+            )
         except OSError as err:
             self.path = None  # keep measuring in memory
-            warnings.warn(f"drrl: cannot write the latency profile ({type(err).__name__}: {err}); "
-                          "continuing without saving it", RuntimeWarning, stacklevel=4)
+            warnings.warn(
+                f"drrl: cannot write the latency profile ({type(err).__name__}: {err}); continuing without saving it",
+                RuntimeWarning,
+                stacklevel=4,
+            )

@@ -21,8 +21,9 @@ class MeasuredCostModel(CostModel):
     max_key_len = MAX_PROFILE_LEN
     warmup, repeats = 5, 31
 
-    def __init__(self, device: torch.device, dtype: str = "float32", cache_root: Path | None = None,
-                 refresh: bool = False) -> None:
+    def __init__(
+        self, device: torch.device, dtype: str = "float32", cache_root: Path | None = None, refresh: bool = False
+    ) -> None:
         super().__init__(device, dtype, cache_root, refresh)
         self.measurer = LatencyMeasurer(device, warmup=self.warmup, repeats=self.repeats)
 
@@ -33,8 +34,9 @@ class ProfileCostModel(MeasuredCostModel):
 
     name = "profile"
 
-    def __init__(self, device: torch.device, dtype: str = "float32", cache_root: Path | None = None,
-                 refresh: bool = False) -> None:
+    def __init__(
+        self, device: torch.device, dtype: str = "float32", cache_root: Path | None = None, refresh: bool = False
+    ) -> None:
         super().__init__(device, dtype, cache_root, refresh)
         self.profiles: dict[AttentionShape, LatencyProfile] = {}
 

@@ -22,8 +22,9 @@ from drrl_env.kv.cache import CompressedLayer
 CHUNK = 256
 
 
-def kv_attention(layer: CompressedLayer, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                 scaling: float) -> torch.Tensor:
+def kv_attention(
+    layer: CompressedLayer, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
+) -> torch.Tensor:
     """O (b, q, H, d) for ``query`` (b, H, q, d) over ``key``, ``value`` (b, H_kv, S, d); records as above."""
     b, heads, q, d = query.shape
     kv_heads, stored = key.shape[1], key.shape[2]

@@ -48,8 +48,9 @@ def rotary_angles(model: torch.nn.Module, positions: torch.Tensor, head_dim: int
     """(cos, sin), each (n, d) float32, of the model's rotary embedding at ``positions`` (n,)."""
     rotary = getattr(getattr(model, "model", model), "rotary_emb", None)
     if rotary is None:
-        raise ValueError(f"{type(model).__name__} has no rotary embedding (model.rotary_emb); "
-                         "use key_space='post_rope'")
+        raise ValueError(
+            f"{type(model).__name__} has no rotary embedding (model.rotary_emb); use key_space='post_rope'"
+        )
     probe = torch.zeros(1, len(positions), head_dim, device=positions.device)
     cos, sin = rotary(probe, positions[None])
     return cos[0].float(), sin[0].float()
@@ -86,8 +87,9 @@ def fit_kv_bases(source, documents: int, key_space: str, cache_folder: Path | No
         for i in range(count):
             trace = source.trace(i)
             if key_space == "pre_rope":
-                cos, sin = rotary_angles(source.model, torch.arange(trace.keys.shape[-2], device=trace.keys.device),
-                                         trace.keys.shape[-1])
+                cos, sin = rotary_angles(
+                    source.model, torch.arange(trace.keys.shape[-2], device=trace.keys.device), trace.keys.shape[-1]
+                )
                 trace = dataclasses.replace(trace, keys=unrotate(trace.keys, cos, sin))
             yield trace
 

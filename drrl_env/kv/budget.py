@@ -31,8 +31,10 @@ class ByteBudget:
 
     def __post_init__(self) -> None:
         if self.reserved > self.cap:
-            raise ValueError(f"the budget of {self.cap} bytes cannot hold the sinks, window, decoding block and bases "
-                             f"({self.reserved} bytes); raise budget, or shorten window or block")
+            raise ValueError(
+                f"the budget of {self.cap} bytes cannot hold the sinks, window, decoding block and bases "
+                f"({self.reserved} bytes); raise budget, or shorten window or block"
+            )
 
     def left(self, stored: int) -> int:
         """Bytes still free for blocks when ``stored`` bytes of blocks are stored."""
@@ -48,8 +50,9 @@ def block_bytes(key_levels: np.ndarray, value_levels: np.ndarray, level_bytes: n
     return int(total.sum())
 
 
-def project(key_levels: np.ndarray, value_levels: np.ndarray, level_bytes: np.ndarray, left: int,
-            evict: int | None) -> tuple[np.ndarray, np.ndarray]:
+def project(
+    key_levels: np.ndarray, value_levels: np.ndarray, level_bytes: np.ndarray, left: int, evict: int | None
+) -> tuple[np.ndarray, np.ndarray]:
     """The executed (key levels, value levels) (Ly,): the request lowered until it fits in ``left``
     bytes (module docstring); unchanged when it fits."""
     levels = np.stack([np.asarray(key_levels, dtype=np.int64), np.asarray(value_levels, dtype=np.int64)])  # (2, Ly)
@@ -57,8 +60,11 @@ def project(key_levels: np.ndarray, value_levels: np.ndarray, level_bytes: np.nd
         gone = (levels == evict).any(0)
         levels[:, gone] = evict
     while block_bytes(levels[0], levels[1], level_bytes, evict) > left:
-        stored = np.where(levels == evict, -1, np.take_along_axis(level_bytes, levels, axis=1)) \
-            if evict is not None else np.take_along_axis(level_bytes, levels, axis=1)
+        stored = (
+            np.where(levels == evict, -1, np.take_along_axis(level_bytes, levels, axis=1))
+            if evict is not None
+            else np.take_along_axis(level_bytes, levels, axis=1)
+        )
         flat = stored.reshape(-1)
         pick = len(flat) - 1 - int(np.argmax(flat[::-1]))  # the last of the largest
         kind, layer = divmod(pick, levels.shape[1])

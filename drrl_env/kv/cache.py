@@ -55,8 +55,11 @@ class RecentQueries:
             both = new if old is None else torch.cat([old, new], dim=axis)
             return both.narrow(axis, max(0, both.shape[axis] - self.limit), min(self.limit, both.shape[axis]))
 
-        self.queries, self.lse, self.outputs = (keep(self.queries, queries, -2), keep(self.lse, lse, -1),
-                                                keep(self.outputs, outputs, -2))
+        self.queries, self.lse, self.outputs = (
+            keep(self.queries, queries, -2),
+            keep(self.lse, lse, -1),
+            keep(self.outputs, outputs, -2),
+        )
 
 
 class CompressedLayer(DynamicLayer):
@@ -119,8 +122,10 @@ class CompressedLayer(DynamicLayer):
             self.values[:, :, entries] = values.to(self.values.dtype)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        raise NotImplementedError("CompressedKVCache shares one decision per block across the batch: beam search, "
-                                  "assisted decoding and other reorderings are not supported")
+        raise NotImplementedError(
+            "CompressedKVCache shares one decision per block across the batch: beam search, "
+            "assisted decoding and other reorderings are not supported"
+        )
 
 
 @dataclass
@@ -137,9 +142,18 @@ class StoredBlock:
 class CompressedKVCache(Cache):
     """See the module docstring.  ``angles(positions) -> (cos, sin)`` is needed for pre-RoPE bases."""
 
-    def __init__(self, n_layers: int, *, ladder: tuple[Level, ...], bases: KVBases, block: int, window: int,
-                 sinks: int, policy: BlockPolicy | None = None,
-                 angles: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+    def __init__(
+        self,
+        n_layers: int,
+        *,
+        ladder: tuple[Level, ...],
+        bases: KVBases,
+        block: int,
+        window: int,
+        sinks: int,
+        policy: BlockPolicy | None = None,
+        angles: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> None:
         if window % block or window < 0 or block < 1:
             raise ValueError(f"window={window} must be a non-negative multiple of block={block}")
         if not 0 <= sinks <= block:
@@ -189,14 +203,17 @@ class CompressedKVCache(Cache):
         sequences of the batch), keys then values."""
         start, stop = self.block_positions(index)
         heads = self.n_kv_heads * self.batch
-        return np.array([[level.block_bytes(stop - start, self.head_dim, kind) * heads for level in self.ladder]
-                         for kind in KINDS])
+        return np.array(
+            [[level.block_bytes(stop - start, self.head_dim, kind) * heads for level in self.ladder] for kind in KINDS]
+        )
 
     def store(self, index: int, key_levels: np.ndarray, value_levels: np.ndarray) -> StoredBlock:
         """Stores due block ``index`` at ladder indices ``key_levels``, ``value_levels`` (Ly,) per layer."""
         if index != len(self.blocks) or self.due_block() != index:
-            raise RuntimeError(f"block {index} is not due (next undecided: {len(self.blocks)}, "
-                               f"tokens seen: {self.seen}); blocks are stored once, in order, after leaving the window")
+            raise RuntimeError(
+                f"block {index} is not due (next undecided: {len(self.blocks)}, "
+                f"tokens seen: {self.seen}); blocks are stored once, in order, after leaving the window"
+            )
         key_levels, value_levels = np.asarray(key_levels, dtype=np.int64), np.asarray(value_levels, dtype=np.int64)
         start, stop = self.block_positions(index)
         nbytes = 0
@@ -210,8 +227,10 @@ class CompressedKVCache(Cache):
             values = value_level.reconstruct(layer.values[:, :, entries], self.bases.values[layer_idx], "value")
             layer.replace(entries, keys, values)
             heads = self.n_kv_heads * self.batch
-            nbytes += heads * (key_level.block_bytes(stop - start, self.head_dim, "key")
-                               + value_level.block_bytes(stop - start, self.head_dim, "value"))
+            nbytes += heads * (
+                key_level.block_bytes(stop - start, self.head_dim, "key")
+                + value_level.block_bytes(stop - start, self.head_dim, "value")
+            )
         block = StoredBlock(start, stop, key_levels, value_levels, nbytes)
         self.blocks.append(block)
         return block
@@ -235,5 +254,8 @@ class CompressedKVCache(Cache):
     def nbytes(self) -> int:
         """Bytes a deployment stores now: exact tokens (sinks, window, undecided), stored blocks, the bases."""
         decided = sum(block.stop - block.start for block in self.blocks)
-        return ((self.seen - decided) * self.token_bytes() + sum(block.nbytes for block in self.blocks)
-                + self.bases.nbytes(self.max_rank))
+        return (
+            (self.seen - decided) * self.token_bytes()
+            + sum(block.nbytes for block in self.blocks)
+            + self.bases.nbytes(self.max_rank)
+        )

@@ -99,10 +99,11 @@ class KVConfig:
         names = [part.strip() for part in self.levels.split(",")]
         [parse_level(name) for name in names]
         if names[0] != "evict":
-            raise ValueError(f"levels={self.levels!r} must start with 'evict': evicting is always legal, "
-                             "so the budget can always be kept")
-        if not (isinstance(self.budget, (int, float)) and not isinstance(self.budget, bool)
-                and 0 < self.budget <= 1):
+            raise ValueError(
+                f"levels={self.levels!r} must start with 'evict': evicting is always legal, "
+                "so the budget can always be kept"
+            )
+        if not (isinstance(self.budget, (int, float)) and not isinstance(self.budget, bool) and 0 < self.budget <= 1):
             raise ValueError(f"budget must be a fraction of the exact cache in (0, 1], got {self.budget!r}")
         for name in ("beta", "estimate_clip"):
             value = getattr(self, name)

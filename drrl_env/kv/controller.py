@@ -13,8 +13,13 @@ from drrl_env.kv.budget import ByteBudget, block_bytes, dimension_mask, project
 from drrl_env.kv.cache import CompressedKVCache
 from drrl_env.kv.observation import block_features
 
-CONTEXT = ("block start / max_seq_len", "tokens seen / max_seq_len", "budget used", "budget left (of the free part)",
-           "the block's exact bytes / bytes left (clipped at 10)")
+CONTEXT = (
+    "block start / max_seq_len",
+    "tokens seen / max_seq_len",
+    "budget used",
+    "budget left (of the free part)",
+    "the block's exact bytes / bytes left (clipped at 10)",
+)
 
 
 @dataclass(frozen=True)
@@ -32,8 +37,9 @@ class Decision:
 class BlockController:
     """Observes due blocks and stores them within ``budget`` (``kv/budget.py``) for one document."""
 
-    def __init__(self, budget: ByteBudget, n_layers: int, evict: int, max_seq_len: int, clip: float,
-                 token_bytes: int) -> None:
+    def __init__(
+        self, budget: ByteBudget, n_layers: int, evict: int, max_seq_len: int, clip: float, token_bytes: int
+    ) -> None:
         self.budget, self.n_layers, self.evict = budget, n_layers, evict
         self.max_seq_len, self.clip, self.token_bytes = max_seq_len, clip, token_bytes
         self.stored = 0
@@ -53,11 +59,22 @@ class BlockController:
         exact_layer = self.max_seq_len * self.token_bytes / self.n_layers
         free = self.budget.cap - self.budget.reserved
         start, _ = cache.block_positions(index)
-        context = np.array([start / self.max_seq_len, cache.seen / self.max_seq_len, self.budget_used,
-                            max(left, 0) / free, min(float(sizes[:, -1].sum()) * self.n_layers / max(left, 1), 10.0)],
-                           dtype=np.float32)
-        return {**features, "layer_bytes": np.minimum(self.layer_bytes / exact_layer, 1.0).astype(np.float32),
-                "context": np.clip(context, 0.0, 10.0), "action_mask": mask}
+        context = np.array(
+            [
+                start / self.max_seq_len,
+                cache.seen / self.max_seq_len,
+                self.budget_used,
+                max(left, 0) / free,
+                min(float(sizes[:, -1].sum()) * self.n_layers / max(left, 1), 10.0),
+            ],
+            dtype=np.float32,
+        )
+        return {
+            **features,
+            "layer_bytes": np.minimum(self.layer_bytes / exact_layer, 1.0).astype(np.float32),
+            "context": np.clip(context, 0.0, 10.0),
+            "action_mask": mask,
+        }
 
     def store(self, cache: CompressedKVCache, index: int, action: np.ndarray) -> Decision:
         """Stores due block ``index`` at ``action`` (2 Ly,) ladder indices (keys, then values), projected
@@ -67,8 +84,14 @@ class BlockController:
         keys, values = project(requested[0], requested[1], sizes, self.budget.left(self.stored), self.evict)
         block = cache.store(index, keys, values)
         self.stored += block.nbytes
-        self.layer_bytes += np.where((keys == self.evict) | (values == self.evict), 0,
-                                     sizes[0, keys] + sizes[1, values])
+        self.layer_bytes += np.where(
+            (keys == self.evict) | (values == self.evict), 0, sizes[0, keys] + sizes[1, values]
+        )
         top = np.full(self.n_layers, sizes.shape[1] - 1)
-        return Decision(keys, values, requested, bool((keys != requested[0]).any() or (values != requested[1]).any()),
-                        block.nbytes / block_bytes(top, top, sizes, None))
+        return Decision(
+            keys,
+            values,
+            requested,
+            bool((keys != requested[0]).any() or (values != requested[1]).any()),
+            block.nbytes / block_bytes(top, top, sizes, None),
+        )

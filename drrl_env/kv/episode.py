@@ -30,8 +30,10 @@ class KVEpisode:
         self.ids = token_ids.to(next(model.parameters()).device)[None]  # (1, L)
         self.prompt = cache.window + cache.block
         if self.ids.shape[1] < self.prompt + 2:
-            raise ValueError(f"a document of {self.ids.shape[1]} tokens is shorter than the prompt (window + block = "
-                             f"{self.prompt}) plus 2; raise min_doc_tokens or shorten window and block")
+            raise ValueError(
+                f"a document of {self.ids.shape[1]} tokens is shorter than the prompt (window + block = "
+                f"{self.prompt}) plus 2; raise min_doc_tokens or shorten window and block"
+            )
         self.position = 0
 
     @property
@@ -41,11 +43,13 @@ class KVEpisode:
     @torch.no_grad()
     def _forward(self, stop: int) -> torch.Tensor:
         """Runs inputs [position, stop) and returns their next-token NLL (stop - position,)."""
-        inputs = self.ids[:, self.position:stop]
-        logits = self.model(input_ids=inputs, cache=self.cache, use_cache=True,
-                            logits_to_keep=0).logits[0]  # (n, vocab)
-        nll = torch.nn.functional.cross_entropy(logits.float(), self.ids[0, self.position + 1:stop + 1],
-                                                reduction="none")
+        inputs = self.ids[:, self.position : stop]
+        logits = self.model(input_ids=inputs, cache=self.cache, use_cache=True, logits_to_keep=0).logits[
+            0
+        ]  # (n, vocab)
+        nll = torch.nn.functional.cross_entropy(
+            logits.float(), self.ids[0, self.position + 1 : stop + 1], reduction="none"
+        )
         self.position = stop
         return nll
 

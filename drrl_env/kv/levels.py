@@ -108,13 +108,16 @@ class Quantized(Level):
     def reconstruct(self, x: torch.Tensor, basis: torch.Tensor, kind: str) -> torch.Tensor:
         axis = -2 if kind == "key" else -1  # keys: min/max over tokens per channel; values: over channels per token
         low, high = x.amin(axis, keepdim=True), x.amax(axis, keepdim=True)
-        scale = (high - low).clamp_min(1e-8) / (2 ** self.bits - 1)
+        scale = (high - low).clamp_min(1e-8) / (2**self.bits - 1)
         return torch.round((x - low) / scale) * scale + low
 
 
-_PATTERNS = ((re.compile(r"evict"), lambda m: Evict()), (re.compile(r"exact"), lambda m: Exact()),
-             (re.compile(r"r([1-9][0-9]*)"), lambda m: Rank(int(m.group(1)))),
-             (re.compile(r"int(2|4|8)"), lambda m: Quantized(int(m.group(1)))))
+_PATTERNS = (
+    (re.compile(r"evict"), lambda m: Evict()),
+    (re.compile(r"exact"), lambda m: Exact()),
+    (re.compile(r"r([1-9][0-9]*)"), lambda m: Rank(int(m.group(1)))),
+    (re.compile(r"int(2|4|8)"), lambda m: Quantized(int(m.group(1)))),
+)
 
 
 def parse_level(text: str) -> Level:
@@ -123,8 +126,9 @@ def parse_level(text: str) -> Level:
         match = pattern.fullmatch(text.strip())
         if match:
             return build(match)
-    raise ValueError(f"level {text!r} is not allowed; use 'evict', 'exact', 'r<rank>' (e.g. r16) or 'int<bits>' "
-                     "with bits 2, 4 or 8")
+    raise ValueError(
+        f"level {text!r} is not allowed; use 'evict', 'exact', 'r<rank>' (e.g. r16) or 'int<bits>' with bits 2, 4 or 8"
+    )
 
 
 def parse_ladder(levels: str | tuple[str, ...] | list[str], head_dim: int, block: int) -> tuple[Level, ...]:
@@ -143,6 +147,8 @@ def parse_ladder(levels: str | tuple[str, ...] | list[str], head_dim: int, block
         sizes = [level.block_bytes(block, head_dim, kind) for level in ladder]
         if sizes != sorted(sizes):
             order = sorted(ladder, key=lambda lv: lv.block_bytes(block, head_dim, kind))
-            raise ValueError(f"levels must be in ascending bytes ({kind}s of a {block}-token block); "
-                             f"got {[lv.name for lv in ladder]}, use {','.join(lv.name for lv in order)}")
+            raise ValueError(
+                f"levels must be in ascending bytes ({kind}s of a {block}-token block); "
+                f"got {[lv.name for lv in ladder]}, use {','.join(lv.name for lv in order)}"
+            )
     return ladder

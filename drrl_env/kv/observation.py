@@ -1,7 +1,8 @@
 """The deployable features of the block that leaves the window, per layer and storage level.
 
 For layer l, block X_K, X_V (H_kv, n, d) (exact: they are still in the window), and the layer's
-most recent queries Q (H, m, d) (m = ``cache.RECENT_QUERIES``) with their log-normalizers lse and outputs o (``RecentQueries``):
+most recent queries Q (H, m, d) (m = ``cache.RECENT_QUERIES``) with their log-normalizers lse and
+outputs o (``RecentQueries``):
 
 - ``energy[l, kind, i]`` = 1 - ||X - X_i||_F^2 / ||X||_F^2: the energy level i keeps (X_i its
   reconstruction; 0 for evict, 1 for exact).  For a rank level this is the block's spectrum in the
@@ -47,21 +48,30 @@ def block_features(cache: CompressedKVCache, index: int, clip: float) -> dict[st
             queries = recent.queries.float().reshape(b, kv_heads, group * m, d)  # (b, H_kv, g m, d)
             lse = recent.lse.reshape(b, kv_heads, group * m, 1)
             out = recent.outputs.float().reshape(b, kv_heads, group * m, d)
-            scale = d ** -0.5
+            scale = d**-0.5
             attn = torch.exp((queries @ keys.transpose(-1, -2)) * scale - lse)  # (b, H_kv, g m, n)
             out_norm = out.norm(dim=-1).clamp_min(1e-12)  # (b, H_kv, g m)
             # ||v_j - o|| = sqrt(||v_j||^2 + ||o||^2 - 2 v_j.o), (b, H_kv, g m, n)
-            spread = (values.square().sum(-1)[:, :, None] + out.square().sum(-1)[..., None]
-                      - 2 * out @ values.transpose(-1, -2)).clamp_min(0).sqrt()
+            spread = (
+                (
+                    values.square().sum(-1)[:, :, None]
+                    + out.square().sum(-1)[..., None]
+                    - 2 * out @ values.transpose(-1, -2)
+                )
+                .clamp_min(0)
+                .sqrt()
+            )
             block_mass = attn.sum(-1)  # (b, H_kv, g m)
             since = (cache.seen - (start + stop) / 2) * heads * b
             accumulated = layer.mass[entries].mean() / max(since, 1.0)
             # sum_j a_j (o - v_j) = mass o - A_blk V_blk, (b, H_kv, g m, d)
             removed = (block_mass[..., None] * out - attn @ values).norm(dim=-1) / (1 - block_mass).clamp_min(1e-6)
-            rebuilt_keys = torch.stack([cache.stored_keys(layer_idx, keys, cache.ladder[i], start, stop)
-                                        for i in stored])  # (R', b, H_kv, n, d)
-            rebuilt_values = torch.stack([cache.ladder[i].reconstruct(values, cache.bases.values[layer_idx], "value")
-                                          for i in stored])
+            rebuilt_keys = torch.stack(
+                [cache.stored_keys(layer_idx, keys, cache.ladder[i], start, stop) for i in stored]
+            )  # (R', b, H_kv, n, d)
+            rebuilt_values = torch.stack(
+                [cache.ladder[i].reconstruct(values, cache.bases.values[layer_idx], "value") for i in stored]
+            )
             key_error, value_error = rebuilt_keys - keys, rebuilt_values - values
             delta = (queries @ key_error.transpose(-1, -2)) * scale  # (R', b, H_kv, g m, n)
             key_change = (attn * delta.abs() * spread).sum(-1) / out_norm  # (R', b, H_kv, g m)
@@ -75,5 +85,8 @@ def block_features(cache: CompressedKVCache, index: int, clip: float) -> dict[st
             estimate[:, evicted] = (removed / out_norm).mean()
             rows.append((energy.clamp(0, 1), estimate, torch.stack([block_mass.mean(), accumulated.float()])))
     energy, estimate, mass = (torch.stack(parts).cpu().numpy().astype(np.float32) for parts in zip(*rows))
-    return {"energy": energy, "estimate": np.log1p(np.minimum(estimate, clip)).astype(np.float32),
-            "mass": np.clip(mass, 0.0, 1.0)}
+    return {
+        "energy": energy,
+        "estimate": np.log1p(np.minimum(estimate, clip)).astype(np.float32),
+        "mass": np.clip(mass, 0.0, 1.0),
+    }

@@ -15,8 +15,15 @@ from drrl_env.config import EnvConfig
 from drrl_env.sources.base import AttentionSource, AttentionTrace, SourceSpec
 from drrl_env.sources.synthetic import SyntheticSource
 
-__all__ = ["AttentionSource", "AttentionTrace", "SourceSpec", "SyntheticSource", "make_source", "resolve_device",
-           "runtime_device"]
+__all__ = [
+    "AttentionSource",
+    "AttentionTrace",
+    "SourceSpec",
+    "SyntheticSource",
+    "make_source",
+    "resolve_device",
+    "runtime_device",
+]
 
 
 def runtime_device(cfg: EnvConfig) -> torch.device:
@@ -42,21 +49,37 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={name!r} was asked for but CUDA is not available; use 'cpu' or 'auto'")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device={name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                         f"numbered from 0")
+        raise ValueError(
+            f"device={name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0"
+        )
     return device
 
 
 def make_source(cfg: EnvConfig, device: torch.device) -> AttentionSource:
     """The source that ``cfg.source`` names, built from the config's source options."""
     if cfg.source == "synthetic":
-        return SyntheticSource(n_layers=cfg.synthetic_layers, n_heads=cfg.synthetic_heads,
-                               n_kv_heads=cfg.synthetic_kv_heads, head_dim=cfg.synthetic_head_dim,
-                               seq_len=cfg.max_seq_len or cfg.synthetic_seq_len, decay=cfg.synthetic_decay,
-                               head_variety=cfg.synthetic_head_variety, causal=cfg.synthetic_causal,
-                               n_documents=cfg.synthetic_documents, seed=cfg.synthetic_seed,
-                               split=cfg.split, device=device)
+        return SyntheticSource(
+            n_layers=cfg.synthetic_layers,
+            n_heads=cfg.synthetic_heads,
+            n_kv_heads=cfg.synthetic_kv_heads,
+            head_dim=cfg.synthetic_head_dim,
+            seq_len=cfg.max_seq_len or cfg.synthetic_seq_len,
+            decay=cfg.synthetic_decay,
+            head_variety=cfg.synthetic_head_variety,
+            causal=cfg.synthetic_causal,
+            n_documents=cfg.synthetic_documents,
+            seed=cfg.synthetic_seed,
+            split=cfg.split,
+            device=device,
+        )
     from drrl_env.sources.hf import HFAttentionSource
 
-    return HFAttentionSource(cfg.model, tokenizer=cfg.tokenizer, corpus=cfg.corpus, split=cfg.split,
-                             max_seq_len=cfg.max_seq_len, min_doc_tokens=cfg.min_doc_tokens, device=device)
+    return HFAttentionSource(
+        cfg.model,
+        tokenizer=cfg.tokenizer,
+        corpus=cfg.corpus,
+        split=cfg.split,
+        max_seq_len=cfg.max_seq_len,
+        min_doc_tokens=cfg.min_doc_tokens,
+        device=device,
+    )

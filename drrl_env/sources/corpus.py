@@ -79,13 +79,18 @@ def load_corpus(corpus: str | Sequence[str] | None, split: str = "all") -> list[
         else:
             raise ValueError(
                 f"corpus {corpus!r} is neither a file nor a folder; pass a text file, a folder of "
-                "*.txt files, a list of strings, or None for the built-in pydoc corpus")
-        documents = [d for name, text in leak_free(tuple((f.name, _read_text(f)) for f in files))
-                     for d in _cut(name, text)]
+                "*.txt files, a list of strings, or None for the built-in pydoc corpus"
+            )
+        documents = [
+            d for name, text in leak_free(tuple((f.name, _read_text(f)) for f in files)) for d in _cut(name, text)
+        ]
         origin = corpus
     else:
-        documents = [Document(f"doc-{i}", f"doc-{i}", text) for i, text in enumerate(corpus)
-                     if isinstance(text, str) and text.strip()]
+        documents = [
+            Document(f"doc-{i}", f"doc-{i}", text)
+            for i, text in enumerate(corpus)
+            if isinstance(text, str) and text.strip()
+        ]
         if len(documents) != len(corpus):
             raise ValueError("every corpus entry must be a non-empty string")
         origin = f"a list of {len(corpus)} strings"
@@ -97,7 +102,8 @@ def load_corpus(corpus: str | Sequence[str] | None, split: str = "all") -> list[
     if not chosen:
         raise ValueError(
             f"corpus {origin} has no {split!r} documents ({len(documents)} in all); a document is "
-            f"a test document when crc32(group) % 10 is 0-2, a validation one when it is 3-4; use split='all'")
+            f"a test document when crc32(group) % 10 is 0-2, a validation one when it is 3-4; use split='all'"
+        )
     return chosen
 
 
@@ -105,17 +111,100 @@ STDLIB_DOCS = "stdlib-docs"
 # Modules whose rendered documentation forms the long-context corpus: importable on every platform
 # CPython supports, without side effects, most of them 1,000 tokens or more of text.
 STDLIB_MODULES = (
-    "argparse", "ast", "asyncio", "base64", "bisect", "calendar", "cmd", "codecs", "collections", "colorsys",
-    "concurrent.futures", "configparser", "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal",
-    "difflib", "doctest", "email.message", "enum", "filecmp", "fractions", "ftplib", "functools", "getopt",
-    "gettext", "glob", "gzip", "hashlib", "heapq", "hmac", "html.parser", "http.client", "http.server", "imaplib",
-    "inspect", "io", "ipaddress", "itertools", "json", "logging", "lzma", "mailbox", "math", "mimetypes",
-    "numbers", "operator", "optparse", "os", "pathlib", "pickle", "pickletools", "platform", "poplib", "pprint",
-    "queue", "random", "re", "sched", "secrets", "selectors", "shelve", "shlex", "shutil", "smtplib", "socket",
-    "socketserver", "sqlite3", "statistics", "string", "struct", "subprocess", "tarfile", "tempfile",
-    "textwrap", "threading", "timeit", "tokenize", "traceback", "types", "typing", "unittest", "urllib.parse",
-    "urllib.request", "uuid", "warnings", "wave", "weakref", "xml.dom.minidom", "xml.etree.ElementTree",
-    "zipfile", "zoneinfo",
+    "argparse",
+    "ast",
+    "asyncio",
+    "base64",
+    "bisect",
+    "calendar",
+    "cmd",
+    "codecs",
+    "collections",
+    "colorsys",
+    "concurrent.futures",
+    "configparser",
+    "contextlib",
+    "copy",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "difflib",
+    "doctest",
+    "email.message",
+    "enum",
+    "filecmp",
+    "fractions",
+    "ftplib",
+    "functools",
+    "getopt",
+    "gettext",
+    "glob",
+    "gzip",
+    "hashlib",
+    "heapq",
+    "hmac",
+    "html.parser",
+    "http.client",
+    "http.server",
+    "imaplib",
+    "inspect",
+    "io",
+    "ipaddress",
+    "itertools",
+    "json",
+    "logging",
+    "lzma",
+    "mailbox",
+    "math",
+    "mimetypes",
+    "numbers",
+    "operator",
+    "optparse",
+    "os",
+    "pathlib",
+    "pickle",
+    "pickletools",
+    "platform",
+    "poplib",
+    "pprint",
+    "queue",
+    "random",
+    "re",
+    "sched",
+    "secrets",
+    "selectors",
+    "shelve",
+    "shlex",
+    "shutil",
+    "smtplib",
+    "socket",
+    "socketserver",
+    "sqlite3",
+    "statistics",
+    "string",
+    "struct",
+    "subprocess",
+    "tarfile",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "timeit",
+    "tokenize",
+    "traceback",
+    "types",
+    "typing",
+    "unittest",
+    "urllib.parse",
+    "urllib.request",
+    "uuid",
+    "warnings",
+    "wave",
+    "weakref",
+    "xml.dom.minidom",
+    "xml.etree.ElementTree",
+    "zipfile",
+    "zoneinfo",
 )
 MIN_SHARED_PARAGRAPH = 80  # characters: shorter paragraphs ("Return self==value.") may repeat across splits
 
@@ -167,8 +256,7 @@ def leak_free(groups: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
     for name, text in groups:
         if name in kept:
             split = _split_of_group(name)
-            out.append((name, "\n\n".join(p for p in text.split("\n\n")
-                                           if home.get(_normalized(p), split) == split)))
+            out.append((name, "\n\n".join(p for p in text.split("\n\n") if home.get(_normalized(p), split) == split)))
     return out
 
 
@@ -185,8 +273,10 @@ def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"corpus file {str(path)!r} is not UTF-8 text (byte {err.start}: {err.reason}); "
-                         "convert it to UTF-8 or leave it out") from err
+        raise ValueError(
+            f"corpus file {str(path)!r} is not UTF-8 text (byte {err.start}: {err.reason}); "
+            "convert it to UTF-8 or leave it out"
+        ) from err
 
 
 def _cut(group: str, text: str) -> list[Document]:

@@ -28,9 +28,17 @@ class HFAttentionSource(AttentionSource):
     to ``max_seq_len`` (default: the model's position limit).
     """
 
-    def __init__(self, model: str, *, tokenizer: str | None, corpus: str | Sequence[str] | None,
-                 split: str, max_seq_len: int | None, min_doc_tokens: int,
-                 device: torch.device) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        tokenizer: str | None,
+        corpus: str | Sequence[str] | None,
+        split: str,
+        max_seq_len: int | None,
+        min_doc_tokens: int,
+        device: torch.device,
+    ) -> None:
         self.device = device
         self.model, self.tokenizer = load_model(model, tokenizer)
         self.causal_lm = type(self.model).__name__.endswith("ForCausalLM")
@@ -53,21 +61,30 @@ class HFAttentionSource(AttentionSource):
         if not self._token_ids:
             raise ValueError(
                 f"no document of the corpus ({len(documents)} in split {split!r}) has at least "
-                f"min_doc_tokens={min_doc_tokens} tokens; lower min_doc_tokens or pass longer texts")
+                f"min_doc_tokens={min_doc_tokens} tokens; lower min_doc_tokens or pass longer texts"
+            )
         probe = self._capture(self._token_ids[0][: min(16, len(self._token_ids[0]))])
         if not probe:
             raise ValueError(
                 f"model {model!r} ({type(self.model).__name__}) never called the attention registry; "
-                "its attention cannot be captured (it must honour config._attn_implementation)")
+                "its attention cannot be captured (it must honour config._attn_implementation)"
+            )
         first = probe[0]
         heads, kv_heads = first["query"].shape[0], first["key"].shape[0]
         shapes = {(r["query"].shape[0], r["key"].shape[0], r["query"].shape[-1]) for r in probe}
         if len(shapes) != 1 or heads % kv_heads:
-            raise ValueError(f"model {model!r} has attention shapes {sorted(shapes)} that differ by layer; "
-                             "the environment needs the same heads and head_dim in every layer")
-        self.spec = SourceSpec(n_layers=len(probe), n_heads=heads, n_kv_heads=kv_heads,
-                               head_dim=first["query"].shape[-1], max_seq_len=seq_len,
-                               causal=first["causal"])
+            raise ValueError(
+                f"model {model!r} has attention shapes {sorted(shapes)} that differ by layer; "
+                "the environment needs the same heads and head_dim in every layer"
+            )
+        self.spec = SourceSpec(
+            n_layers=len(probe),
+            n_heads=heads,
+            n_kv_heads=kv_heads,
+            head_dim=first["query"].shape[-1],
+            max_seq_len=seq_len,
+            causal=first["causal"],
+        )
 
     @property
     def document_names(self) -> list[str]:
@@ -102,8 +119,9 @@ class HFAttentionSource(AttentionSource):
             raise RuntimeError(f"expected {self.spec.n_layers} attention calls, saw {plan.calls}")
         return ModelOutputs(pooled, perplexity, plan.seconds)
 
-    def steered_outputs(self, index: int, layer: Callable[[LayerInputs], torch.Tensor],
-                        scored_from: int) -> ModelOutputs:
+    def steered_outputs(
+        self, index: int, layer: Callable[[LayerInputs], torch.Tensor], scored_from: int
+    ) -> ModelOutputs:
         """The model on document ``index`` with every attention call's output given by ``layer``
         (a closed-loop episode, ``episode.py``); attention time is not measured (0)."""
         pooled, perplexity = self._forward(index, scored_from, drrl_layer=layer)

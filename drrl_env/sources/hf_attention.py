@@ -72,46 +72,71 @@ class LowRankPlan:
     seconds: float = 0.0
 
 
-def _drrl_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                    attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-                    drrl_records: list[dict[str, Any]] | None = None, drrl_plan: LowRankPlan | None = None,
-                    drrl_layer: Callable[[LayerInputs], torch.Tensor] | None = None, **kwargs: Any):
+def _drrl_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    drrl_records: list[dict[str, Any]] | None = None,
+    drrl_plan: LowRankPlan | None = None,
+    drrl_layer: Callable[[LayerInputs], torch.Tensor] | None = None,
+    **kwargs: Any,
+):
     kv_layer = getattr(key, KV_LAYER, None)
     if kv_layer is not None:
-        return kv_attention(kv_layer, query, key, value, query.shape[-1] ** -0.5 if scaling is None else float(scaling)), None
+        return kv_attention(
+            kv_layer, query, key, value, query.shape[-1] ** -0.5 if scaling is None else float(scaling)
+        ), None
     if drrl_layer is not None:
-        inputs = LayerInputs(query[0], key[0], value[0], query.shape[-1] ** -0.5 if scaling is None else float(scaling),
-                             is_causal(module, attention_mask, query.shape[2], key.shape[2]))
+        inputs = LayerInputs(
+            query[0],
+            key[0],
+            value[0],
+            query.shape[-1] ** -0.5 if scaling is None else float(scaling),
+            is_causal(module, attention_mask, query.shape[2], key.shape[2]),
+        )
         return drrl_layer(inputs).to(query.dtype).transpose(0, 1)[None], None  # (H, L, d) -> (1, L, H, d)
     if drrl_plan is not None:
-        return _low_rank(drrl_plan, query, key, value, query.shape[-1] ** -0.5 if scaling is None else scaling,
-                         is_causal(module, attention_mask, query.shape[2], key.shape[2])), None
+        return _low_rank(
+            drrl_plan,
+            query,
+            key,
+            value,
+            query.shape[-1] ** -0.5 if scaling is None else scaling,
+            is_causal(module, attention_mask, query.shape[2], key.shape[2]),
+        ), None
     if drrl_records is not None:
-        drrl_records.append({
-            "query": query[0].detach(),  # (H, L, d)
-            "key": key[0].detach(),  # (H_kv, L, d)
-            "value": value[0].detach(),  # (H_kv, L, d)
-            "scaling": query.shape[-1] ** -0.5 if scaling is None else float(scaling),
-            "causal": is_causal(module, attention_mask, query.shape[2], key.shape[2]),
-        })
-    return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
-                                  **kwargs)
+        drrl_records.append(
+            {
+                "query": query[0].detach(),  # (H, L, d)
+                "key": key[0].detach(),  # (H_kv, L, d)
+                "value": value[0].detach(),  # (H_kv, L, d)
+                "scaling": query.shape[-1] ** -0.5 if scaling is None else float(scaling),
+                "causal": is_causal(module, attention_mask, query.shape[2], key.shape[2]),
+            }
+        )
+    return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 
 
 AttentionInterface.register(ATTENTION, _drrl_attention)
 
 
-def _low_rank(plan: LowRankPlan, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
-              causal: bool) -> torch.Tensor:
+def _low_rank(
+    plan: LowRankPlan, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, causal: bool
+) -> torch.Tensor:
     """The call's attention at the plan's ranks for this layer (batch of one) -> (1, L, H, d)."""
     layer, plan.calls = plan.calls, plan.calls + 1
     _synchronize(query.device)  # CUDA runs asynchronously: time the kernels, not their launches
     begin = time.perf_counter()
     q = query[0]  # (H, L, d)
     out = torch.empty_like(q)
-    for segment, view in enumerate(plan.workload.views(q, key[0], value[0], causal, plan.method, layer=layer,
-                                                       segments=plan.segments)):
-        out[:, view.start:view.stop] = view.attention(int(plan.ranks[layer, segment]), scaling, plan.compress_values)
+    for segment, view in enumerate(
+        plan.workload.views(q, key[0], value[0], causal, plan.method, layer=layer, segments=plan.segments)
+    ):
+        out[:, view.start : view.stop] = view.attention(int(plan.ranks[layer, segment]), scaling, plan.compress_values)
     _synchronize(query.device)
     plan.seconds += time.perf_counter() - begin
     return out.transpose(0, 1)[None]  # (1, L, H, d)
@@ -131,5 +156,7 @@ def is_causal(module: torch.nn.Module, mask: torch.Tensor | None, q_len: int, k_
         return False
     if torch.equal(allowed, torch.ones(q_len, k_len, dtype=torch.bool, device=mask.device).tril()):
         return True
-    raise ValueError("the model's attention mask is neither full nor causal (sliding window or padding?); "
-                     "the environment supports full and causal attention only")
+    raise ValueError(
+        "the model's attention mask is neither full nor causal (sliding window or padding?); "
+        "the environment supports full and causal attention only"
+    )

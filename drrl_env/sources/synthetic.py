@@ -35,10 +35,22 @@ GENERATOR_VERSION = 1  # bump when the generator's output changes (invalidates c
 
 
 class SyntheticSource(AttentionSource):
-    def __init__(self, *, n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int,
-                 seq_len: int, decay: float, head_variety: float, causal: bool,
-                 n_documents: int, seed: int, split: str = "all",
-                 device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        n_layers: int,
+        n_heads: int,
+        n_kv_heads: int,
+        head_dim: int,
+        seq_len: int,
+        decay: float,
+        head_variety: float,
+        causal: bool,
+        n_documents: int,
+        seed: int,
+        split: str = "all",
+        device: torch.device | None = None,
+    ) -> None:
         self.spec = SourceSpec(n_layers, n_heads, n_kv_heads, head_dim, seq_len, causal)
         self.decay = decay
         self.head_variety = head_variety
@@ -46,17 +58,21 @@ class SyntheticSource(AttentionSource):
         self.device = device or torch.device("cpu")
         self._ids = [i for i in range(n_documents) if split in ("all", split_of(i))]
         if not self._ids:
-            raise ValueError(f"synthetic_documents={n_documents} leaves no {split!r} document "
-                             f"(draw i belongs to the split of bucket i % {SPLIT_MODULUS}: test {TEST_BUCKETS}, "
-                             f"validation {VALIDATION_BUCKETS}, else train); raise synthetic_documents")
+            raise ValueError(
+                f"synthetic_documents={n_documents} leaves no {split!r} document "
+                f"(draw i belongs to the split of bucket i % {SPLIT_MODULUS}: test {TEST_BUCKETS}, "
+                f"validation {VALIDATION_BUCKETS}, else train); raise synthetic_documents"
+            )
 
     @property
     def document_names(self) -> list[str]:
         return [f"synthetic-{i}" for i in self._ids]
 
     def document_key(self, index: int) -> str:
-        return (f"synthetic v{GENERATOR_VERSION} {self.spec} decay={self.decay} variety={self.head_variety} "
-                f"seed={self.seed} id={self._ids[index]}")
+        return (
+            f"synthetic v{GENERATOR_VERSION} {self.spec} decay={self.decay} variety={self.head_variety} "
+            f"seed={self.seed} id={self._ids[index]}"
+        )
 
     def trace(self, index: int) -> AttentionTrace:
         spec = self.spec
@@ -69,7 +85,7 @@ class SyntheticSource(AttentionSource):
         power = self.decay * torch.exp(self.head_variety * (head_g + block_g))  # (n_layers, h_kv, n_blocks)
         index_d = torch.arange(1, d + 1, dtype=torch.float32)
         sigma = index_d ** -power[..., None]  # (n_layers, h_kv, n_blocks, d)
-        sigma = sigma / sigma.norm(dim=-1, keepdim=True) * d ** 0.5  # E|q|^2 = d
+        sigma = sigma / sigma.norm(dim=-1, keepdim=True) * d**0.5  # E|q|^2 = d
         sigma = sigma.repeat_interleave(BLOCK, dim=2)[:, :, :length]  # (n_layers, h_kv, L, d)
 
         def draw(n_heads: int) -> torch.Tensor:
@@ -80,6 +96,7 @@ class SyntheticSource(AttentionSource):
         queries = draw(spec.n_heads)  # (n_layers, n_heads, L, d)
         keys = draw(h_kv)  # (n_layers, h_kv, L, d)
         values = torch.randn(n_layers, h_kv, length, d, generator=gen)
-        scaling = torch.full((n_layers,), d ** -0.5)
-        return AttentionTrace(queries.to(self.device), keys.to(self.device), values.to(self.device),
-                              scaling, spec.causal)
+        scaling = torch.full((n_layers,), d**-0.5)
+        return AttentionTrace(
+            queries.to(self.device), keys.to(self.device), values.to(self.device), scaling, spec.causal
+        )

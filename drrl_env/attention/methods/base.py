@@ -63,7 +63,7 @@ class LowRankMethod(ABC):
         projecting the N rows on the top r vectors 2Ndr); bidirectional, the factorization of all N
         rows (2Nd^2 + 9d^3 + 2Ndr) is made once and the segment is charged its share T/N."""
         t, n, d, r = query_len, key_len, head_dim, rank
-        eig = EIGH_FLOPS_PER_D3 * d ** 3
+        eig = EIGH_FLOPS_PER_D3 * d**3
         return 2 * t * d * d + eig + 2 * n * d * r if causal else (2 * n * d * d + eig + 2 * n * d * r) * t / n
 
     def feature_flops(self, query_len: int, key_len: int, head_dim: int, causal: bool) -> tuple[float, float]:
@@ -76,13 +76,14 @@ class LowRankMethod(ABC):
         once for all N/T segments, the segment's share T/N.  The keys' spectrum comes with their
         factorization (its upkeep)."""
         t, n, d = query_len, key_len, head_dim
-        q_spectrum = 0 if self.factors_queries else 4 * t * d * d + EIGH_FLOPS_PER_D3 * d ** 3
-        from_gram = EIGH_FLOPS_PER_D3 * d ** 3 + d * d + d
+        q_spectrum = 0 if self.factors_queries else 4 * t * d * d + EIGH_FLOPS_PER_D3 * d**3
+        from_gram = EIGH_FLOPS_PER_D3 * d**3 + d * d + d
         per_kv = 2 * t * d * d + from_gram if causal else (2 * n * d * d + from_gram) * t / n
-        return q_spectrum + 2 * d ** 3 + 3 * d * d, per_kv
+        return q_spectrum + 2 * d**3 + 3 * d * d, per_kv
 
-    def timing_instance(self, n_kv_heads: int, head_dim: int, device: torch.device, dtype: torch.dtype
-                        ) -> LowRankMethod:
+    def timing_instance(
+        self, n_kv_heads: int, head_dim: int, device: torch.device, dtype: torch.dtype
+    ) -> LowRankMethod:
         """The method as the latency timer runs it on random data (a calibrated method gets random
         bases of the right shape: its cost does not depend on what the bases hold)."""
         return self
@@ -92,8 +93,9 @@ class LowRankMethod(ABC):
         return ""
 
     @abstractmethod
-    def query_key(self, q: torch.Tensor, k_factors: Factors, rank: int,
-                  q_factors: Factors | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def query_key(
+        self, q: torch.Tensor, k_factors: Factors, rank: int, q_factors: Factors | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Width-r query and key factors whose product is the rank-r scores / s.
         q (..., H, T, d) and key factors per K/V head (..., H_kv, N, .) -> ((..., H, T, r),
         (..., H_kv, N, r)); ``q_factors`` is ``Factors.of(q)`` when the caller already has it (a
@@ -110,9 +112,15 @@ class LowRankMethod(ABC):
         are then infinite and the safety mask keeps full rank only).  Default: |B(a) - B(b)| from
         :meth:`kept_score_energy`."""
         heads = q_factors.right.shape[-3]
-        kept = self.kept_score_energy(linalg.score_energy(q_factors.sv, q_factors.right,
-                                                          linalg.expand_heads(k_factors.sv, heads, -2),
-                                                          linalg.expand_heads(k_factors.right, heads)), ranks)
+        kept = self.kept_score_energy(
+            linalg.score_energy(
+                q_factors.sv,
+                q_factors.right,
+                linalg.expand_heads(k_factors.sv, heads, -2),
+                linalg.expand_heads(k_factors.right, heads),
+            ),
+            ranks,
+        )
         return None if kept is None else (kept[..., :, None] - kept[..., None, :]).abs()
 
     def value_change(self, v_factors: Factors, ranks: torch.Tensor, query_len: int) -> torch.Tensor:
@@ -125,16 +133,24 @@ class LowRankMethod(ABC):
     def query_side_flops(self, rank: int, query_len: int, key_len: int, head_dim: int) -> int:
         """FLOPs per query head of the segment's query-side factor work and of the score product."""
 
-    def output_side_flops(self, rank: int, query_len: int, key_len: int, head_dim: int,
-                          compress_values: bool) -> int:
+    def output_side_flops(self, rank: int, query_len: int, key_len: int, head_dim: int, compress_values: bool) -> int:
         """FLOPs per query head of the softmax and of A V: 5TN + 2TNd, or with compressed values
         2TNr + 2Trd (the weights meet the (N x r) factor, then the (r x d) one)."""
         t, n, d, r = query_len, key_len, head_dim, rank
         return SOFTMAX_FLOPS * t * n + (2 * t * n * r + 2 * t * r * d if compress_values else 2 * t * n * d)
 
-    def attention(self, q: torch.Tensor, k_factors: Factors, values: torch.Tensor, scaling: torch.Tensor | float,
-                  mask: torch.Tensor | None, rank: int, *, v_factors: Factors | None = None,
-                  q_factors: Factors | None = None) -> torch.Tensor:
+    def attention(
+        self,
+        q: torch.Tensor,
+        k_factors: Factors,
+        values: torch.Tensor,
+        scaling: torch.Tensor | float,
+        mask: torch.Tensor | None,
+        rank: int,
+        *,
+        v_factors: Factors | None = None,
+        q_factors: Factors | None = None,
+    ) -> torch.Tensor:
         """One segment's attention at ``rank``.  q (..., H, T, d), values (..., H_kv, N, d) -> (..., H, T, d).
 
         ``v_factors`` compresses the values to rank r as well; ``q_factors`` (``Factors.of(q)``)
@@ -148,7 +164,8 @@ class LowRankMethod(ABC):
 
 
 _METHODS: Registry[type[LowRankMethod]] = Registry(
-    LowRankMethod, "method", "or register a LowRankMethod subclass with drrl_env.attention.register_method")
+    LowRankMethod, "method", "or register a LowRankMethod subclass with drrl_env.attention.register_method"
+)
 register_method = _METHODS.register
 method_names = _METHODS.names
 method_class = _METHODS.get  # the class: its capabilities and needs are class attributes

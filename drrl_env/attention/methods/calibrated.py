@@ -47,8 +47,9 @@ class CalibratedMethod(SharedKeyMethod):
     def set_bases(self, keys: torch.Tensor, values: torch.Tensor) -> CalibratedMethod:
         """Use these bases (Ly, H_kv, d, d) each, orthonormal columns by descending calibration energy."""
         if keys.shape != values.shape or keys.dim() != 4 or keys.shape[-1] != keys.shape[-2]:
-            raise ValueError(f"bases must both be (layers, kv_heads, d, d), got {tuple(keys.shape)} and "
-                             f"{tuple(values.shape)}")
+            raise ValueError(
+                f"bases must both be (layers, kv_heads, d, d), got {tuple(keys.shape)} and {tuple(values.shape)}"
+            )
         self.bases = {"keys": keys, "values": values}
         self._per_layer = {which: list(basis.unbind(0)) for which, basis in self.bases.items()}  # stable objects:
         self._prefixes = {}  # the projection caches are keyed by the basis tensor
@@ -64,8 +65,10 @@ class CalibratedMethod(SharedKeyMethod):
     def basis(self, which: str, layer: int | None) -> torch.Tensor:
         """(Ly, H_kv, d, d) for every layer (layer None), or (H_kv, d, d) for one."""
         if self.bases is None:
-            raise RuntimeError("method 'calibrated' has no bases yet: the env fits them on training documents "
-                               "(drrl_env.calibration.calibrate) before use")
+            raise RuntimeError(
+                "method 'calibrated' has no bases yet: the env fits them on training documents "
+                "(drrl_env.calibration.calibrate) before use"
+            )
         return self.bases[which] if layer is None else self._per_layer[which][layer]
 
     def factorize(self, stream: StreamingFactors, which: str, layer: int | None) -> BasisFactors:
@@ -83,13 +86,14 @@ class CalibratedMethod(SharedKeyMethod):
         per_query, per_kv = super().feature_flops(query_len, key_len, head_dim, causal)
         t, n, d = query_len, key_len, head_dim
         gram = 2 * t * d * d if causal else 2 * n * d * d * t / n
-        return per_query + 6 * d ** 3, per_kv + gram + 8 * d ** 3 * (1 if causal else t / n)
+        return per_query + 6 * d**3, per_kv + gram + 8 * d**3 * (1 if causal else t / n)
 
     def score_change_sq(self, q_factors: Factors, k_factors: Factors, ranks: torch.Tensor) -> torch.Tensor:
         heads = q_factors.right.shape[-3]
         basis = expand_heads(k_factors.right.double(), heads)  # (..., H, d, d): row i = b_i
-        q_gram = q_factors.right.double().transpose(-1, -2) @ (q_factors.sv.double()[..., :, None] ** 2
-                                                               * q_factors.right.double())  # Q^T Q (..., H, d, d)
+        q_gram = q_factors.right.double().transpose(-1, -2) @ (
+            q_factors.sv.double()[..., :, None] ** 2 * q_factors.right.double()
+        )  # Q^T Q (..., H, d, d)
         k_gram = k_factors.gram  # (..., H_kv, d, d): (K B)^T (K B)
         w = (basis @ q_gram @ basis.transpose(-1, -2)) * expand_heads(k_gram, heads)
         return _band_block_sums(w, ranks)
@@ -97,10 +101,11 @@ class CalibratedMethod(SharedKeyMethod):
     def value_change(self, v_factors: Factors, ranks: torch.Tensor, query_len: int) -> torch.Tensor:
         energy = torch.nn.functional.pad(v_factors.sv.double() ** 2, (1, 0)).cumsum(-1)[..., ranks]  # (..., R)
         band = (energy[..., :, None] - energy[..., None, :]).abs().sqrt()  # ||V C_band||_F
-        return query_len ** 0.5 * band
+        return query_len**0.5 * band
 
-    def timing_instance(self, n_kv_heads: int, head_dim: int, device: torch.device, dtype: torch.dtype
-                        ) -> CalibratedMethod:
+    def timing_instance(
+        self, n_kv_heads: int, head_dim: int, device: torch.device, dtype: torch.dtype
+    ) -> CalibratedMethod:
         gen = torch.Generator(device=device).manual_seed(0)
         random = torch.randn(2, 1, n_kv_heads, head_dim, head_dim, generator=gen, device=device)
         keys, values = torch.linalg.qr(random)[0].to(dtype)  # orthonormal, any: the cost does not depend on them

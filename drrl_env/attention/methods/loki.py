@@ -44,23 +44,35 @@ class LokiMethod(CalibratedMethod):
     name = "loki"
     config_options = ("loki_keys",)
     requires = {"compress_values": False, "safety": False}
-    requires_reason = ("loki attends over exact values, and has no perturbation bound (its error depends on the "
-                       "scores of the keys it leaves out, which it never computes)")
+    requires_reason = (
+        "loki attends over exact values, and has no perturbation bound (its error depends on the "
+        "scores of the keys it leaves out, which it never computes)"
+    )
 
     def __init__(self, loki_keys: float = 0.25) -> None:
         super().__init__()
         if isinstance(loki_keys, bool) or not isinstance(loki_keys, (int, float)) or not 0 < loki_keys <= 1:
-            raise ValueError(f"loki_keys is the fraction of visible keys each query attends to, in (0, 1]; "
-                             f"got {loki_keys!r}")
+            raise ValueError(
+                f"loki_keys is the fraction of visible keys each query attends to, in (0, 1]; got {loki_keys!r}"
+            )
         self.loki_keys = float(loki_keys)
 
     def top_k(self, key_len: int) -> int:
         """Keys each query attends to among ``key_len``: ceil(f N), at least 1."""
         return min(key_len, max(1, math.ceil(self.loki_keys * key_len)))
 
-    def attention(self, q: torch.Tensor, k_factors: BasisFactors, values: torch.Tensor, scaling: torch.Tensor | float,
-                  mask: torch.Tensor | None, rank: int, *, v_factors: Factors | None = None,
-                  q_factors: Factors | None = None) -> torch.Tensor:
+    def attention(
+        self,
+        q: torch.Tensor,
+        k_factors: BasisFactors,
+        values: torch.Tensor,
+        scaling: torch.Tensor | float,
+        mask: torch.Tensor | None,
+        rank: int,
+        *,
+        v_factors: Factors | None = None,
+        q_factors: Factors | None = None,
+    ) -> torch.Tensor:
         """q (..., H, T, d), values (..., H_kv, N, d) -> (..., H, T, d) (module docstring)."""
         if v_factors is not None:
             raise ValueError("method 'loki' attends over exact values: run it with compress_values=False")
@@ -68,8 +80,10 @@ class LokiMethod(CalibratedMethod):
         keys = k_factors.rows  # (..., H_kv, N, d)
         heads, t, n = q.shape[-3], q.shape[-2], keys.shape[-2]
         group = heads // keys.shape[-3]
-        approx = (query.reshape(*query.shape[:-3], -1, group * t, query.shape[-1])  # (..., H_kv, G T, r)
-                  @ keys_r.transpose(-1, -2)).view(*query.shape[:-1], n)  # (..., H_kv, r, N) -> (..., H, T, N)
+        approx = (
+            query.reshape(*query.shape[:-3], -1, group * t, query.shape[-1])  # (..., H_kv, G T, r)
+            @ keys_r.transpose(-1, -2)
+        ).view(*query.shape[:-1], n)  # (..., H_kv, r, N) -> (..., H, T, N)
         chosen = self.top_k(n)
         if t == 1 and mask is None:  # one query: attend over the gathered keys
             index = approx.topk(chosen, dim=-1, sorted=False).indices  # (..., H, 1, k)
@@ -89,8 +103,7 @@ class LokiMethod(CalibratedMethod):
         attended = self.top_k(n) if t == 1 else n
         return 2 * t * d * r + 2 * t * n * r + SELECT_FLOPS_PER_KEY * t * n + 2 * t * attended * d
 
-    def output_side_flops(self, rank: int, query_len: int, key_len: int, head_dim: int,
-                          compress_values: bool) -> int:
+    def output_side_flops(self, rank: int, query_len: int, key_len: int, head_dim: int, compress_values: bool) -> int:
         """Softmax and A V over the attended keys: 5Tk + 2Tkd (one query; k = N for a masked block)."""
         attended = self.top_k(key_len) if query_len == 1 else key_len
         return SOFTMAX_FLOPS * query_len * attended + 2 * query_len * attended * head_dim
@@ -101,8 +114,8 @@ class LokiMethod(CalibratedMethod):
         the values' scale (d), all of it when causal; bidirectional, the Gram matrices of all N
         rows (2Nd^2 each) and the rest once for all segments, the segment's share T/N."""
         t, n, d = query_len, key_len, head_dim
-        per_kv = 4 * t * d * d + 4 * d ** 3 + d if causal else (4 * n * d * d + 4 * d ** 3 + d) * t / n
-        return 4 * t * d * d + EIGH_FLOPS_PER_D3 * d ** 3, per_kv
+        per_kv = 4 * t * d * d + 4 * d**3 + d if causal else (4 * n * d * d + 4 * d**3 + d) * t / n
+        return 4 * t * d * d + EIGH_FLOPS_PER_D3 * d**3, per_kv
 
 
 def _gather(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

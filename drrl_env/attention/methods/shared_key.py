@@ -18,8 +18,9 @@ from drrl_env.attention.methods.base import LowRankMethod, register_method
 class SharedKeyMethod(LowRankMethod):
     name = "shared_key"
 
-    def query_key(self, q: torch.Tensor, k_factors: Factors, rank: int,
-                  q_factors: Factors | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def query_key(
+        self, q: torch.Tensor, k_factors: Factors, rank: int, q_factors: Factors | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         k_left, k_right = k_factors.truncate(rank)  # (..., H_kv, N, r), (..., H_kv, r, d)
         return q @ expand_heads(k_right, q.shape[-3]).transpose(-1, -2), k_left  # (..., H, T, d) @ (..., H, d, r)
 

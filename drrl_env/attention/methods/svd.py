@@ -20,8 +20,9 @@ class SvdMethod(LowRankMethod):
     name = "svd"
     factors_queries = True
 
-    def query_key(self, q: torch.Tensor, k_factors: Factors, rank: int,
-                  q_factors: Factors | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def query_key(
+        self, q: torch.Tensor, k_factors: Factors, rank: int, q_factors: Factors | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         k_left, k_right = k_factors.truncate(rank)  # (..., H_kv, N, r), (..., H_kv, r, d)
         q_left, q_right = (q_factors or Factors.of(q)).truncate(rank)  # (..., H, T, r), (..., H, r, d)
         core = q_right @ expand_heads(k_right, q.shape[-3]).transpose(-1, -2)  # (..., H, r, r)
@@ -33,4 +34,6 @@ class SvdMethod(LowRankMethod):
 
     def query_side_flops(self, rank: int, query_len: int, key_len: int, head_dim: int) -> int:
         t, n, d, r = query_len, key_len, head_dim, rank
-        return (2 * t * d * d + EIGH_FLOPS_PER_D3 * d ** 3 + 2 * t * d * r) + (2 * t * r * r + 2 * r * r * d + 2 * t * n * r)
+        return (2 * t * d * d + EIGH_FLOPS_PER_D3 * d**3 + 2 * t * d * r) + (
+            2 * t * r * r + 2 * r * r * d + 2 * t * n * r
+        )
