@@ -37,7 +37,7 @@ def exact_forward_seconds(model, ids: torch.Tensor, context: int, block: int, re
             begin = time.perf_counter()
             model(input_ids=ids[None, context : context + block], cache=cache, use_cache=True)
             times.append(time.perf_counter() - begin)
-            cache.crop(context)
+            cache.crop(-block)  # back to the context: negative counts are tokens removed
         return float(np.median(times))
     finally:
         model.set_attn_implementation("drrl")

@@ -19,8 +19,7 @@ from drrl_env.costs import AttentionShape, CostModel
 from drrl_env.costs.flops import attention_flops, feature_flop_ratio, flop_ratios
 from drrl_env.costs.latency import LatencyProfile, Timing, summarize
 from drrl_env.sources import make_source
-from drrl_env.sources.base import AttentionSource, AttentionTrace, ModelOutputs
-from drrl_env.sources.hf_attention import LayerInputs, LowRankPlan
+from drrl_env.sources.base import AttentionSource, AttentionTrace, LayerInputs, LowRankPlan, ModelOutputs
 
 
 @dataclass(frozen=True)

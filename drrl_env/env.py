@@ -101,12 +101,15 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
     (``safety.py``) are masked (``action_masks()``, ``info["action_mask"]``).  With
     ``latency_budget=b`` ranks after which no plan could end the episode within b of exact
     attention's cost are masked too (where no safe rank keeps the budget, the highest rank that
-    does is allowed), so ``info["budget_used"]`` never exceeds b; a budget below the cheapest plan
-    fails at ``reset``.  A masked action is replaced by the smallest allowed rank above it (or the
-    largest below, where none is above) and ``info["action_replaced"]`` says so.
+    does is allowed), so ``info["budget_used"]`` never exceeds b.  A document whose cheapest plan
+    costs more than b plays under that plan's cost instead (``reset``'s info: ``budget``, the
+    episode's, and ``budget_clamped``), so no document fails mid-run.  A masked action is replaced
+    by the smallest allowed rank above it (or the largest below, where none is above) and
+    ``info["action_replaced"]`` says so.
 
     ## Info
-    ``reset`` gives ``document`` (name), ``n_steps`` and ``action_mask``.  ``step`` gives:
+    ``reset`` gives ``document`` (name), ``n_steps``, ``action_mask``, ``budget`` (the episode's latency
+    budget, None without one) and ``budget_clamped``.  ``step`` gives:
 
     | key                | meaning (units)                                                          |
     |--------------------|--------------------------------------------------------------------------|
@@ -208,18 +211,15 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         self._layer_choices = np.zeros((self._n_segments, spec.n_heads), dtype=np.int64)  # (S, H) rank indices
         budget = self.config.latency_budget
         cheapest = float(self._data.exact_share @ self._data.costs.min(-1))  # every layer alike
-        if budget is not None and cheapest > budget * (1 + 1e-9):
-            self._episode.close()
-            self._doc = self._episode = None
-            raise ValueError(
-                f"latency_budget={budget} is below the cheapest plan for document {index} "
-                f"({cheapest:.3f} of exact attention's cost); raise it to at least {cheapest:.3f}"
-            )
+        # a document whose cheapest plan costs more than the budget plays at that plan's cost (said in info)
+        self._budget = None if budget is None else max(budget, cheapest)
         self._update_step_state()
         return self._observation(), {
             "document": self.source.document_names[self._doc],
             "n_steps": self._n_steps,
             "action_mask": self._mask.copy(),
+            "budget": self._budget,
+            "budget_clamped": budget is not None and cheapest > budget,
         }
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], SupportsFloat, bool, bool, dict[str, Any]]:
@@ -356,14 +356,14 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         bounds = data.bounds
         pairs = bounds.head_pairs[0, segment, ..., -1] if cfg.per_head else bounds.layer_pairs[0, segment, :, -1]
         mask = safe_mask(pairs, threshold)
-        if cfg.latency_budget is not None:
+        if self._budget is not None:
             n_layers, cheapest = self.source.spec.n_layers, data.exact_share * data.costs.min(-1)  # (S,)
             future = cheapest[segment + 1 :].sum() + (n_layers - layer - 1) * cheapest.sum()
             feasible = budget_feasible(
                 self._used / n_layers,
                 data.exact_share[segment] * data.costs[segment] / n_layers,
                 future / n_layers,
-                cfg.latency_budget,
+                self._budget,
             )
             mask = mask & feasible
             if not mask.any():
@@ -371,7 +371,7 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         self._mask = mask.reshape(-1)
 
     def _observation(self) -> dict[str, np.ndarray]:
-        spec, data, budget = self.source.spec, self._data, self.config.latency_budget
+        spec, data, budget = self.source.spec, self._data, self._budget
         layer, segment = divmod(min(self._t, self._n_steps - 1), self._n_segments)
         prev_rank = 0.0 if self._prev is None else float(np.mean([self.ranks[i] for i in self._prev])) / spec.head_dim
         used = self._used / spec.n_layers

@@ -27,8 +27,7 @@ import numpy as np
 import torch
 
 from drrl_env.documents import DocumentData, DocumentStore, model_level
-from drrl_env.sources.base import ModelOutputs
-from drrl_env.sources.hf_attention import LayerInputs
+from drrl_env.sources.base import LayerInputs, ModelOutputs
 
 
 class Episode(ABC):

@@ -14,9 +14,9 @@ from drrl_env.cache import cache_root, cached_arrays
 from drrl_env.kv.bases import fit_kv_bases, rotary_angles
 from drrl_env.kv.budget import ByteBudget
 from drrl_env.kv.cache import CompressedKVCache
-from drrl_env.kv.config import make_kv_config
+from drrl_env.kv.config import make_kv_config, steps_for
 from drrl_env.kv.controller import CONTEXT, BlockController
-from drrl_env.kv.episode import KVEpisode, steps_for
+from drrl_env.kv.episode import KVEpisode
 from drrl_env.kv.levels import Evict, parse_ladder
 from drrl_env.sources import runtime_device
 from drrl_env.sources.hf import HFAttentionSource

@@ -12,8 +12,7 @@ from gymnasium.wrappers import TimeLimit
 from drrl_env.attention.workload import segment_bounds
 from drrl_env.config import EnvConfig, default_max_episode_steps
 from drrl_env.costs import cost_model_class
-from drrl_env.kv.config import KVConfig
-from drrl_env.kv.episode import steps_for
+from drrl_env.kv.config import KVConfig, steps_for
 
 
 class EpisodeLengthCheck(gym.Wrapper, gym.utils.RecordConstructorArgs):

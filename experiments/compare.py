@@ -25,6 +25,7 @@ from drrl_env.costs import cost_model_class
 from drrl_env.costs.latency import LatencyProfile, machine_description
 from experiments.backends import PARALLEL_ENV, Resources, make_backend
 from experiments.report import (
+    constant_plans,
     holm,
     mean_ci,
     method_table,
@@ -200,7 +201,7 @@ def compare(
     if env.unwrapped.config.source == "model" and not env.unwrapped.config.per_head:
         rows = add_model_metrics(env, rows, latency_rounds)
     meta = {
-        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "command": " ".join(["drrl", *(shlex.quote(a) for a in sys.argv[1:])]),  # relative: no install path
         "machine": f"{machine_description(env.unwrapped.device)}, device {env.unwrapped.config.device}",
         "env_id": env_id,
         "env_config": env_config_dict(env),
@@ -253,6 +254,7 @@ def write_report(rows: list[EpisodeSummary], meta: dict[str, Any], out: Path) ->
             "'selection'); run drrl compare again"
         )
     table, means = method_table(rows, method_of)
+    constant = {m: r for m, r in constant_plans(rows, method_of).items() if m not in baselines}
     agents = [m for m in dict.fromkeys(method_of.values()) if m not in baselines]
     deployable = [b for b in baselines if b not in (*REFERENCES, "random")]
     best_agent, best_base = selection["agent"], selection["baseline"]
@@ -308,6 +310,16 @@ def write_report(rows: list[EpisodeSummary], meta: dict[str, Any], out: Path) ->
         "",
         table,
         "",
+        *(
+            [
+                "**Constant plans:** "
+                + "; ".join(f"{m} took rank {r:g} at every step of every document" for m, r in constant.items())
+                + " (no choice per segment was learned).",
+                "",
+            ]
+            if constant
+            else []
+        ),
         f"Selection, before the test run, on the first {selection['n_validation_documents']} validation "
         f"documents (mean reward): best agent **{best_agent}** "
         f"({selection['validation_means'][best_agent]:.3f}), strongest deployable baseline **{best_base}** "

@@ -161,12 +161,26 @@ def per_document(rows: list[EpisodeSummary], policies: list[str], column: str = 
     )
 
 
+def constant_plans(rows: list[EpisodeSummary], method_of: dict[str, str]) -> dict[str, float]:
+    """Methods that took one rank at every step of every document (a policy collapsed onto a constant
+    plan: it learned nothing per segment), with that mean rank."""
+    constant = {}
+    for method in dict.fromkeys(method_of.values()):
+        taken = {rank for r in rows if method_of.get(r.policy) == method for layer in r.ranks for rank in layer}
+        if len(taken) == 1:
+            constant[method] = taken.pop()
+    return constant
+
+
 def pareto_plot(means: dict[str, dict[str, float]], path: Path) -> Path:
-    """Cost ratio (x) vs fidelity (y), one point per method."""
+    """Cost ratio (x) vs fidelity (y), one point per method; methods on the same point share one label."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
+    points: dict[tuple[float, float], list[str]] = {}
     for method, m in means.items():
-        ax.scatter(m["cost_ratio"], m["fidelity"], s=30)
-        ax.annotate(method, (m["cost_ratio"], m["fidelity"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        points.setdefault((round(m["cost_ratio"], 4), round(m["fidelity"], 4)), []).append(method)
+    for (cost, fidelity), methods in points.items():
+        ax.scatter(cost, fidelity, s=30)
+        ax.annotate(" = ".join(methods), (cost, fidelity), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("cost ratio to exact attention (cost model)")
     ax.set_ylabel("attention fidelity (cosine)")
     ax.set_title("DRRL-v0 test documents: cost vs fidelity")

@@ -4,22 +4,22 @@ reward and ``drrl generate`` run.
 For queries Q (b, H, q, d) of the newest q tokens and the layer's stored keys and values
 (b, H_kv, S, d), whose last q entries are those tokens' own:
 
-    A = softmax(Q K^T * scaling + M),  O = A V,  lse = logsumexp(Q K^T * scaling + M)
+    O = softmax(Q K^T * scaling + M) V        (PyTorch's SDPA, grouped-query heads read in place)
 
 with M = -inf where a new token would see a later new token (every stored token precedes the
-queries).  Grouped-query heads read their K/V head in place (no expansion).  Besides O it records,
-in the layer, the attention mass every stored token received (summed over batch, heads and
-queries) and the queries with their lse and outputs (``RecentQueries``): what the observation of
-the next leaving block reads.  Queries are processed in chunks of ``CHUNK`` to bound memory.
+queries).  Besides O it records, in the layer, what the observation of the next leaving block
+reads, from the newest ``RECENT_QUERIES`` queries only (all of them when decoding one token at a
+time): their scores' log-normalizers lse = logsumexp(Q_m K^T * scaling + M), their outputs, and the
+attention mass they give each stored token (summed over batch, heads and those queries: H2O's
+accumulated signal, sampled from each forward's newest queries).  The scores of those queries are
+computed once more for this (m x S per head, a fraction m / q of the attention's work).
 """
 
 from __future__ import annotations
 
 import torch
 
-from drrl_env.kv.cache import CompressedLayer
-
-CHUNK = 256
+from drrl_env.kv.cache import RECENT_QUERIES, CompressedLayer
 
 
 def kv_attention(
@@ -29,23 +29,16 @@ def kv_attention(
     b, heads, q, d = query.shape
     kv_heads, stored = key.shape[1], key.shape[2]
     group = heads // kv_heads
-    outputs, lses = [], []
-    mass = torch.zeros(stored, device=query.device, dtype=torch.float32)
-    for begin in range(0, q, CHUNK):
-        end = min(q, begin + CHUNK)
-        chunk = query[:, :, begin:end].reshape(b, kv_heads, group * (end - begin), d)  # (b, H_kv, g c, d)
-        scores = (chunk @ key.transpose(-1, -2)).float() * scaling  # (b, H_kv, g c, S)
-        # query i of the new tokens sees stored entries up to S - q + i
-        rows = torch.arange(begin, end, device=query.device).repeat(group)  # (g c,)
-        visible = torch.arange(stored, device=query.device)[None, :] <= (stored - q + rows)[:, None]  # (g c, S)
-        scores = scores.masked_fill(~visible, float("-inf"))
-        lse = torch.logsumexp(scores, dim=-1, keepdim=True)  # (b, H_kv, g c, 1)
-        probs = torch.exp(scores - lse)
-        mass += probs.sum(dim=(0, 1, 2))
-        out = (probs.to(value.dtype) @ value).reshape(b, heads, end - begin, d)  # (b, H, c, d)
-        outputs.append(out)
-        lses.append(lse.reshape(b, heads, end - begin))
-    out = torch.cat(outputs, dim=2)  # (b, H, q, d)
-    layer.mass += mass
-    layer.recent.add(query.detach(), torch.cat(lses, dim=2), out.detach())
+    positions = torch.arange(stored, device=query.device)
+    visible = positions[None, :] <= (stored - q + torch.arange(q, device=query.device))[:, None]  # (q, S)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=visible, scale=scaling, enable_gqa=group > 1
+    )  # (b, H, q, d)
+    m = min(q, RECENT_QUERIES)
+    recent = query[:, :, q - m :].reshape(b, kv_heads, group * m, d)  # (b, H_kv, g m, d)
+    scores = (recent @ key.transpose(-1, -2)).float() * scaling  # (b, H_kv, g m, S)
+    scores = scores.masked_fill(~visible[q - m :].repeat(group, 1), float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1, keepdim=True)  # (b, H_kv, g m, 1)
+    layer.mass += torch.exp(scores - lse).sum(dim=(0, 1, 2))
+    layer.recent.add(query[:, :, q - m :].detach(), lse.reshape(b, heads, m), out[:, :, q - m :].detach())
     return out.transpose(1, 2).contiguous()  # (b, q, H, d)

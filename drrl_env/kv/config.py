@@ -122,3 +122,8 @@ def make_kv_config(**overrides: Any) -> KVConfig:
     if isinstance(overrides.get("corpus"), list):
         overrides["corpus"] = tuple(overrides["corpus"])
     return KVConfig(**{k: coerce_option(k, v, KVConfig) for k, v in overrides.items()})
+
+
+def steps_for(length: int, window: int, block: int) -> int:
+    """Steps of a document of ``length`` tokens: ceil((length - 1 - window - block) / block) (``kv/episode.py``)."""
+    return max(0, -(-(length - 1 - window - block) // block))

@@ -63,8 +63,3 @@ class KVEpisode:
         if self.cache.due_block() is not None:
             raise RuntimeError(f"block {self.cache.due_block()} has left the window undecided; store it first")
         return self._forward(min(self.position + self.cache.block, self.ids.shape[1] - 1))
-
-
-def steps_for(length: int, window: int, block: int) -> int:
-    """Steps of a document of ``length`` tokens (module docstring)."""
-    return max(0, -(-(length - 1 - window - block) // block))

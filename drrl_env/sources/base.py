@@ -1,12 +1,19 @@
-"""What every attention source gives the environment: per-layer, per-head q, k, v of a document."""
+"""What every attention source gives the environment: per-layer, per-head q, k, v of a document, and
+the records that pass between the environment and a model's attention calls (``LayerInputs``,
+``LowRankPlan``); no transformers import, so the synthetic source never loads it."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
+
+if TYPE_CHECKING:  # annotations only: the attention layer is not imported by the sources' base
+    from drrl_env.attention.methods.base import LowRankMethod
+    from drrl_env.attention.workload import Prefill
 
 SPLIT_MODULUS = 10  # items hash to buckets 0..9: 0-2 test, 3-4 validation, 5-9 train (30/20/50)
 TEST_BUCKETS, VALIDATION_BUCKETS = (0, 1, 2), (3, 4)  # a wide test split: >= 48 pydoc documents from >= 15 topics
@@ -98,3 +105,35 @@ class AttentionSource(ABC):
     def model_outputs(self, index: int, plan: Any) -> ModelOutputs:
         """The model's outputs on document ``index`` with a rank plan applied (model sources only)."""
         raise ValueError(f"{type(self).__name__} runs no model: model-level outputs need source='model'")
+
+
+@dataclass(frozen=True)
+class LayerInputs:
+    """One attention call's inputs (batch of one): query (H, L, d), key and value (H_kv, L, d)."""
+
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    scaling: float
+    causal: bool
+
+
+@dataclass
+class LowRankPlan:
+    """Ranks to apply in a forward pass: ``ranks[layer, segment]`` (head_dim = exact attention), over
+    ``workload``'s ``segments``.
+
+    ``seconds`` accumulates the wall time spent in attention (all layers; on CUDA the device is
+    synchronized before and after each call, so kernels are timed, not their launches).
+    ``scored_from``: the first position whose next-token loss the perplexity counts (a decode
+    workload scores the decoded tokens only).
+    """
+
+    ranks: np.ndarray
+    segments: list[tuple[int, int]]
+    workload: Prefill
+    method: LowRankMethod
+    compress_values: bool
+    scored_from: int = 0
+    calls: int = 0
+    seconds: float = 0.0

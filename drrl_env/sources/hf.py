@@ -15,9 +15,8 @@ from typing import Any
 
 import torch
 
-from drrl_env.sources.base import AttentionSource, AttentionTrace, ModelOutputs, SourceSpec
+from drrl_env.sources.base import AttentionSource, AttentionTrace, LayerInputs, LowRankPlan, ModelOutputs, SourceSpec
 from drrl_env.sources.corpus import load_corpus
-from drrl_env.sources.hf_attention import LayerInputs, LowRankPlan
 from drrl_env.sources.hf_loading import load_model, model_fingerprint, position_limit
 
 

@@ -24,52 +24,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from drrl_env.attention.methods.base import LowRankMethod
-from drrl_env.attention.workload import Prefill
 from drrl_env.kv.attention import kv_attention
 from drrl_env.kv.cache import KV_LAYER
+from drrl_env.sources.base import LayerInputs, LowRankPlan
 
 ATTENTION = "drrl"
-
-
-@dataclass(frozen=True)
-class LayerInputs:
-    """One attention call's inputs (batch of one): query (H, L, d), key and value (H_kv, L, d)."""
-
-    query: torch.Tensor
-    key: torch.Tensor
-    value: torch.Tensor
-    scaling: float
-    causal: bool
-
-
-@dataclass
-class LowRankPlan:
-    """Ranks to apply in a forward pass: ``ranks[layer, segment]`` (head_dim = exact attention), over
-    ``workload``'s ``segments``.
-
-    ``seconds`` accumulates the wall time spent in attention (all layers; on CUDA the device is
-    synchronized before and after each call, so kernels are timed, not their launches).
-    ``scored_from``: the first position whose next-token loss the perplexity counts (a decode
-    workload scores the decoded tokens only).
-    """
-
-    ranks: np.ndarray
-    segments: list[tuple[int, int]]
-    workload: Prefill
-    method: LowRankMethod
-    compress_values: bool
-    scored_from: int = 0
-    calls: int = 0
-    seconds: float = 0.0
 
 
 def _drrl_attention(
