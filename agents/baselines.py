@@ -6,27 +6,12 @@ so evaluators treat them exactly like trained SB3 models.
 
 from __future__ import annotations
 
-from typing import Any
-
 import gymnasium as gym
 import numpy as np
 
-from drrl_env.env import RankSelectionEnv
+from agents.planner import RolloutPlannerPolicy
+from agents.policy import OraclePolicy, RankPolicy
 from drrl_env.observation import CONTEXT_FIELDS
-
-
-class RankPolicy:
-    """Base class: subclasses implement :meth:`act`."""
-
-    name = "policy"
-
-    def act(self, obs: dict[str, np.ndarray]) -> int:
-        raise NotImplementedError
-
-    def predict(
-        self, obs: dict[str, np.ndarray], state: Any = None, episode_start: Any = None, deterministic: bool = True
-    ) -> tuple[np.ndarray, None]:
-        return np.asarray(self.act(obs)), None
 
 
 class FullRankPolicy(RankPolicy):
@@ -143,20 +128,6 @@ class BudgetGreedyPolicy(RankPolicy):
             rank = int(max(better, key=lambda r: (kept[r] - kept[rank]) / (cost[r] - cost[rank])))
 
 
-class OraclePolicy(RankPolicy):
-    """Takes the safe rank with the best one-step reward on the true attention (an upper
-    reference, not deployable: it reads the env's exact outputs, not the observation)."""
-
-    name = "oracle"
-
-    def __init__(self, env: gym.Env) -> None:
-        self.env: RankSelectionEnv = env.unwrapped
-
-    def act(self, obs: dict[str, np.ndarray]) -> int:
-        rewards = np.where(obs["action_mask"].astype(bool), self.env.candidate_rewards(), -np.inf)
-        return int(np.argmax(rewards))
-
-
 BASELINES = (
     "full",
     "fixed:R",
@@ -205,8 +176,6 @@ def make_baseline(spec: str, env: gym.Env, seed: int | None = None) -> RankPolic
         if name == "oracle" and not arg:
             return OraclePolicy(env)
         if name == "planner" and not arg:
-            from agents.planner import RolloutPlannerPolicy  # it imports this module
-
             return RolloutPlannerPolicy(env)
     except ValueError as err:
         raise ValueError(f"baseline {spec!r}: {err}") from err

@@ -23,7 +23,7 @@ import dataclasses
 import gymnasium as gym
 import numpy as np
 
-from agents.baselines import OraclePolicy, RankPolicy
+from agents.policy import OraclePolicy, RankPolicy
 from drrl_env.env import RankSelectionEnv
 from drrl_env.play import play
 

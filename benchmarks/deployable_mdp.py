@@ -23,7 +23,7 @@ import numpy as np
 from drrl_env.analysis import RelativeBounds
 from drrl_env.attention.methods import method_names
 from drrl_env.costs.base import AttentionShape
-from drrl_env.costs.flops import feature_flop_ratio
+from drrl_env.costs.counting import feature_flop_ratio
 from drrl_env.env import RankSelectionEnv
 from drrl_env.sources.corpus import load_corpus
 

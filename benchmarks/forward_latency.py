@@ -23,7 +23,7 @@ import torch
 
 from drrl_env.costs.latency import machine_description, summarize
 from drrl_env.env import RankSelectionEnv
-from experiments.cli import parse_env_kwargs
+from experiments.options import parse_env_kwargs
 
 
 def main() -> None:

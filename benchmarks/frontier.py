@@ -27,7 +27,7 @@ import numpy as np
 import drrl_env  # noqa: F401
 from drrl_env.costs.latency import machine_description
 from drrl_env.reward import output_error
-from experiments.cli import parse_env_kwargs
+from experiments.options import parse_env_kwargs
 
 
 def layer_cosines(analysis, n_layers: int, n_heads: int, n_ranks: int) -> np.ndarray:

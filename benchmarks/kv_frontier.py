@@ -29,7 +29,7 @@ import drrl_env  # noqa: F401
 from agents.kv_baselines import make_kv_baseline
 from drrl_env.costs.latency import machine_description
 from drrl_env.play import play, predicting
-from experiments.cli import parse_kv_kwargs
+from experiments.options import parse_kv_kwargs
 
 
 def measure(env: gym.Env, spec: str, documents: int, budget: float) -> dict[str, float]:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import drrl_env  # noqa: F401
-from experiments.cli import parse_env_kwargs
+from experiments.options import parse_env_kwargs
 from experiments.profile import format_table, profile_table
 
 

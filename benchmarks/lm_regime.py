@@ -31,7 +31,7 @@ import drrl_env  # noqa: F401
 from drrl_env.costs.latency import machine_description
 from drrl_env.reward import output_error
 from drrl_env.sources.corpus import load_corpus
-from experiments.cli import parse_env_kwargs
+from experiments.options import parse_env_kwargs
 
 BUCKETS = (1024, 2048, 4096, 8192)
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from drrl_env.attention.methods import method_for, method_names
-from drrl_env.attention.workload import WORKLOADS
+from drrl_env.attention.workload import workload_names
 from drrl_env.costs import cost_model_names
 
 ANALYSIS = {"analysis": True}  # the field shapes a document's analysis: it keys the on-disk cache
@@ -206,7 +206,7 @@ class EnvConfig:
                 )
         _one_of("cost_model", self.cost_model, cost_model_names())
         _one_of("split", self.split, SPLITS)
-        _one_of("workload", self.workload, WORKLOADS)
+        _one_of("workload", self.workload, workload_names())
         if not isinstance(self.decode_prompt, (int, float)) or not 0 < self.decode_prompt < 1:
             raise ValueError(f"decode_prompt must be a fraction in (0, 1), got {self.decode_prompt!r}")
         _one_of("fidelity_metric", self.fidelity_metric, FIDELITY_METRICS)

@@ -16,7 +16,7 @@ from drrl_env.cache import AnalysisCache, cache_root
 from drrl_env.calibration import calibrate
 from drrl_env.config import EnvConfig
 from drrl_env.costs import AttentionShape, CostModel
-from drrl_env.costs.flops import attention_flops, feature_flop_ratio, flop_ratios
+from drrl_env.costs.counting import attention_flops, feature_flop_ratio, flop_ratios
 from drrl_env.costs.latency import LatencyProfile, Timing, summarize
 from drrl_env.sources import make_source
 from drrl_env.sources.base import AttentionSource, AttentionTrace, LayerInputs, LowRankPlan, ModelOutputs

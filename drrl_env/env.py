@@ -16,6 +16,7 @@ from drrl_env.costs import make_cost_model
 from drrl_env.documents import DocumentStore
 from drrl_env.episode import ClosedLoop, Episode, OpenLoop
 from drrl_env.observation import build_observation, context_vector, observation_space
+from drrl_env.play import choose_document
 from drrl_env.reward import RewardWeights, fidelity_value, output_error
 from drrl_env.safety import adaptive_epsilon, budget_feasible, nearest_safe, safe_mask
 from drrl_env.sources import make_source, runtime_device
@@ -192,13 +193,7 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
         super().reset(seed=seed)
         if self.spec is not None and not self.cost_model.deterministic and not self.spec.nondeterministic:
             self.spec = dataclasses.replace(self.spec, nondeterministic=True)  # measured time in the reward
-        n_docs = len(self.source.document_names)
-        index = (options or {}).get("document")
-        if index is None:
-            index = int(self.np_random.integers(n_docs))
-        elif isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < n_docs:
-            raise ValueError(f"options['document']={index!r} must be an integer in 0..{n_docs - 1}")
-        self._doc = int(index)
+        self._doc = choose_document(options, len(self.source.document_names), self.np_random)
         if self._episode is not None:
             self._episode.close()
         self._episode = (ClosedLoop if self.config.closed else OpenLoop)(self.documents, self._doc)

@@ -18,6 +18,7 @@ from drrl_env.kv.config import make_kv_config, steps_for
 from drrl_env.kv.controller import CONTEXT, BlockController
 from drrl_env.kv.episode import KVEpisode
 from drrl_env.kv.levels import Evict, parse_ladder
+from drrl_env.play import choose_document
 from drrl_env.sources import runtime_device
 from drrl_env.sources.hf import HFAttentionSource
 
@@ -236,13 +237,7 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        n_docs = len(self.source.document_names)
-        index = (options or {}).get("document")
-        if index is None:
-            index = int(self.np_random.integers(n_docs))
-        elif isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < n_docs:
-            raise ValueError(f"options['document']={index!r} must be an integer in 0..{n_docs - 1}")
-        self._doc = int(index)
+        self._doc = choose_document(options, len(self.source.document_names), self.np_random)
         self._exact = self.exact_nll(self._doc)
         self.cache = self.new_cache()
         self._episode = KVEpisode(self.model, self.source.token_ids(self._doc), self.cache)

@@ -30,6 +30,16 @@ class Step:
     info: dict[str, Any]
 
 
+def choose_document(options: dict[str, Any] | None, n_documents: int, rng: np.random.Generator) -> int:
+    """The document of a ``reset``: ``options["document"]`` (checked), else one drawn with the env's ``rng``."""
+    index = (options or {}).get("document")
+    if index is None:
+        return int(rng.integers(n_documents))
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < n_documents:
+        raise ValueError(f"options['document']={index!r} must be an integer in 0..{n_documents - 1}")
+    return int(index)
+
+
 def play(
     env: gym.Env, act: Act, document: int, options: dict[str, Any] | None = None, keep_observations: bool = False
 ) -> list[Step]:

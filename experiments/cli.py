@@ -30,43 +30,9 @@ from agents.baselines import BASELINES
 from drrl_env.attention.methods import method_names
 from drrl_env.config import SPLITS
 from experiments.backends import backend_names
+from experiments.options import parse_env_kwargs
 
 DEFAULT_POLICIES = "random,fixed:8,fixed:16,full,energy:0.9,oracle"
-
-
-def parse_env_kwargs(pairs: list[str]) -> dict[str, Any]:
-    """``["beta=0.5", "safety=false"]`` -> ``{"beta": 0.5, "safety": False}``: each value converted to
-    its option's type by ``drrl_env.config.coerce_option`` (the same conversion as ``gym.make``'s).
-    ``max_episode_steps`` passes through to ``gym.make``."""
-    from drrl_env.config import coerce_option
-
-    kwargs: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--env-kwargs entry {pair!r} is not of the form key=value")
-        if key == "max_episode_steps":
-            if not value.isdigit() or int(value) < 1:
-                raise ValueError(f"--env-kwargs {pair!r}: max_episode_steps must be a positive integer")
-            kwargs[key] = int(value)
-        else:
-            quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
-            kwargs[key] = coerce_option(key, value[1:-1] if quoted else value)  # source='synthetic' as Python writes it
-    return kwargs
-
-
-def parse_kv_kwargs(pairs: list[str]) -> dict[str, Any]:
-    """``--env-kwargs`` for DRRL-KV-v0: each value converted to its ``KVConfig`` field's type."""
-    from drrl_env.config import coerce_option
-    from drrl_env.kv.config import KVConfig
-
-    kwargs: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--env-kwargs entry {pair!r} is not of the form key=value")
-        kwargs[key] = coerce_option(key, value, KVConfig)
-    return kwargs
 
 
 def env_kwargs(args: argparse.Namespace) -> dict[str, Any]:

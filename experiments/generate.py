@@ -176,7 +176,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import gymnasium as gym
 
     import drrl_env  # noqa: F401
-    from experiments.cli import parse_kv_kwargs
+    from experiments.options import parse_kv_kwargs
 
     if not 0 < args.budget <= 1:
         raise ValueError(f"--budget must be a fraction of the exact cache in (0, 1], got {args.budget}")

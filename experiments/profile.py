@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from drrl_env.costs import AttentionShape  # noqa: E402
-from drrl_env.costs.flops import feature_flop_ratio, flop_ratios  # noqa: E402
+from drrl_env.costs.counting import feature_flop_ratio, flop_ratios  # noqa: E402
 from drrl_env.costs.latency import LatencyProfile, device_key, machine_description  # noqa: E402
 from drrl_env.costs.measured import ProfileCostModel  # noqa: E402
 from drrl_env.env import RankSelectionEnv  # noqa: E402

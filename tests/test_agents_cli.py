@@ -10,7 +10,8 @@ from conftest import SYNTHETIC
 
 from agents.baselines import EnergyThresholdPolicy, make_baseline
 from drrl_env.env import RankSelectionEnv
-from experiments.cli import main, parse_env_kwargs
+from experiments.cli import main
+from experiments.options import parse_env_kwargs
 from experiments.rollout import evaluate, summary_table
 from experiments.trade_off import fixed_rank_terms, trade_off
 

@@ -10,7 +10,7 @@ import drrl_env  # noqa: F401
 from drrl_env.attention import LowRankMethod, get_method, register_method
 from drrl_env.attention.linalg import Factors
 from drrl_env.costs import CostModel, register_cost_model
-from drrl_env.costs.flops import attention_flops
+from drrl_env.costs.counting import attention_flops
 
 
 @register_method

@@ -10,7 +10,7 @@ from drrl_env.attention import linalg
 from drrl_env.attention.kernels import attend, causal_mask, full_attention
 from drrl_env.attention.linalg import Factors
 from drrl_env.attention.methods import get_method
-from drrl_env.costs.flops import attention_flops
+from drrl_env.costs.counting import attention_flops
 
 
 def _random_qkv(seed, heads, t, n, d, decay=0.7):

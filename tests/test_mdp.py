@@ -170,7 +170,7 @@ def test_planner_is_never_behind_the_one_step_oracle():
 def test_every_step_pays_for_its_observation():
     """With feature_cost (the default) each rank's cost is the attention's plus the FLOP share of the
     observation's features, the same for every rank; full rank then costs more than exact attention."""
-    from drrl_env.costs.flops import feature_flop_ratio
+    from drrl_env.costs.counting import feature_flop_ratio
 
     paid, free = (RankSelectionEnv(**SYNTHETIC, feature_cost=charged) for charged in (True, False))
     obs_paid, _ = paid.reset(options={"document": 0})

@@ -12,7 +12,7 @@ from drrl_env.attention.kernels import causal_mask, full_attention
 from drrl_env.attention.methods import get_method
 from drrl_env.attention.workload import Prefill
 from drrl_env.costs import AttentionShape
-from drrl_env.costs.flops import attention_flops, feature_flop_ratio
+from drrl_env.costs.counting import attention_flops, feature_flop_ratio
 from drrl_env.costs.latency import LatencyMeasurer
 from drrl_env.env import RankSelectionEnv
 

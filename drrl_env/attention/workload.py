@@ -32,6 +32,7 @@ from drrl_env.attention import linalg
 from drrl_env.attention.kernels import causal_mask, full_attention
 from drrl_env.attention.linalg import Factors
 from drrl_env.attention.methods.base import LowRankMethod
+from drrl_env.registry import Registry
 
 
 def segment_bounds(seq_len: int, segment_len: int) -> list[tuple[int, int]]:
@@ -144,12 +145,25 @@ class TimedSegment:
 
 
 class Prefill:
-    """The whole sequence at once, segment by segment (module docstring)."""
+    """The whole sequence at once, segment by segment (module docstring); the base of every workload.
+
+    A workload is a subclass registered with :func:`register_workload` under its ``name`` (the
+    ``workload`` option).  Its contract: ``from_options`` builds it from the config's segment length
+    and prompt fraction; ``segments`` gives the decisions; ``forward_plan`` and ``scored_from`` say
+    what a model forward runs and scores for them; ``cost_problem`` gives the attention call whose
+    cost a decision reports.  ``views`` and ``timed_segment`` (the shared segment loop) are
+    inherited, so the reward, the forward and the timer stay one code path.
+    """
 
     name = "prefill"
 
     def __init__(self, segment_len: int) -> None:
         self.segment_len = segment_len
+
+    @classmethod
+    def from_options(cls, segment_len: int, prompt_fraction: float) -> Prefill:
+        """The workload from the config's ``segment_len`` and ``decode_prompt``."""
+        return cls(segment_len)
 
     def segments(self, seq_len: int) -> list[tuple[int, int]]:
         """The decisions' segments of a sequence of ``seq_len`` tokens."""
@@ -262,6 +276,10 @@ class Decode(Prefill):
 
     name = "decode"
 
+    @classmethod
+    def from_options(cls, segment_len: int, prompt_fraction: float) -> Decode:
+        return cls(segment_len, prompt_fraction)
+
     def __init__(self, segment_len: int, prompt_fraction: float) -> None:
         super().__init__(segment_len)
         self.prompt_fraction = prompt_fraction
@@ -290,11 +308,16 @@ class Decode(Prefill):
         return 1, (start + stop + 1) // 2
 
 
-WORKLOADS = {"prefill": Prefill, "decode": Decode}
+_WORKLOADS: Registry[type[Prefill]] = Registry(
+    Prefill, "workload", "or register a Prefill subclass with drrl_env.attention.workload.register_workload"
+)
+register_workload = _WORKLOADS.register
+workload_names = _WORKLOADS.names
+register_workload(Prefill)
+register_workload(Decode)
 
 
 def make_workload(name: str, segment_len: int, prompt_fraction: float) -> Prefill:
-    """The workload ``name`` (``WORKLOADS``) with the config's segment length and prompt fraction."""
-    if name == "decode":
-        return Decode(segment_len, prompt_fraction)
-    return Prefill(segment_len)
+    """The registered workload ``name`` with the config's segment length and prompt fraction; an unknown
+    name is a ``ValueError`` that lists the known ones."""
+    return _WORKLOADS.get(name).from_options(segment_len, prompt_fraction)

@@ -1,4 +1,5 @@
-"""What a rank costs: cost models by name (``base.py``), FLOPs (``flops.py``), measured latency
+"""What a rank costs: cost models by name (``base.py``), FLOP counts (``counting.py``) and the FLOP cost
+model (``flops.py``), measured latency
 (``latency.py`` measures, ``measured.py`` serves it as a cost)."""
 
 from drrl_env.costs import flops, measured  # noqa: F401  (registers the built-ins)

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from drrl_env.costs.counting import feature_flop_ratio
 from drrl_env.registry import Registry
 
 
@@ -77,9 +78,7 @@ class CostModel(ABC):
         """Cost of the observation's features for one decision (paid at every step, whatever the
         rank) / cost of the decision's exact attention; ``shape`` is the decision's problem (its
         ``query_len`` queries over ``key_len`` keys; in decode, a window of tokens).  Default: their
-        FLOP share (``flops.feature_flop_ratio``); the measured models time them."""
-        from drrl_env.costs.flops import feature_flop_ratio  # flops.py registers a subclass of this class
-
+        FLOP share (``counting.feature_flop_ratio``); the measured models time them."""
         return feature_flop_ratio(shape)
 
 
