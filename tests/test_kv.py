@@ -285,3 +285,19 @@ def test_drrl_generate_compares_policies_and_refuses_bad_input(tiny_causal_llama
     empty.write_text("  \n")
     result = drrl("generate", "--prompt-file", empty, *common, cwd=tmp_path, check=False)
     assert result.returncode == 2 and "prompt is empty" in result.stderr
+
+
+def test_a_saved_agent_for_another_ladder_is_refused_in_one_line(kv_env, tmp_path):
+    import json
+
+    from experiments.generate import load_policy, policy_metadata
+
+    agent = tmp_path / "model.zip"
+    agent.write_bytes(b"not loaded: the sidecar is checked first")
+    meta = {**policy_metadata(kv_env), "levels": ["evict", "r16", "exact"]}
+    (tmp_path / "model.kv.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"trained with levels=\['evict', 'r16', 'exact'\]; this cache has levels="):
+        load_policy(str(agent), kv_env)
+    (tmp_path / "model.kv.json").unlink()
+    with pytest.raises(FileNotFoundError, match="sidecar model.kv.json"):
+        load_policy(str(agent), kv_env)
