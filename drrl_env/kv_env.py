@@ -89,7 +89,7 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     | ppl_ratio        | running perplexity ratio stored / exact over the episode's scored tokens |
     | cache_bytes      | bytes the cache stores now (exact tokens, blocks, bases)             |
     | cache_fraction   | cache_bytes / the exact cache of the tokens seen                      |
-    | budget_used      | cache_bytes at the end of the episode's worst case / cap (<= 1)       |
+    | budget_used      | (reserved + stored block bytes) / cap: never above 1                 |
     | reward_terms     | {"excess_nll", "bytes"}, signed, summing to the reward               |
 
     ## Arguments
