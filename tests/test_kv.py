@@ -161,6 +161,7 @@ def test_bad_actions_get_one_line_errors(kv_env, action, message):
         ({"window": 48}, "multiple of block"),
         ({"budget": 0}, r"in \(0, 1\]"),
         ({"levels": "r4,exact"}, "start with 'evict'"),
+        ({"levels": "evict,r4"}, "end with 'exact'"),
         ({"key_space": "rope"}, "key_space"),
         ({"sinks": 40}, "at most block"),
         ({"colour": 1}, "unknown DRRL-KV-v0"),

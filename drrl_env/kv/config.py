@@ -40,7 +40,8 @@ class KVConfig:
         window: recent tokens kept exact (a multiple of ``block``).
         sinks: first tokens kept exact for good (at most ``block``).
         levels: the ladder, comma-separated in ascending bytes, starting with ``evict``
-            (``kv/levels.py``: ``evict``, ``r<R>``, ``int<B>``, ``exact``); keys and values each take one.
+            (``kv/levels.py``: ``evict``, ``r<R>``, ``int<B>``, ``exact``), ending with ``exact`` (the
+            reward's reference); keys and values each take one.
         key_space: ``"pre_rope"`` (keys projected on a basis of un-rotated keys, rotated back once when
             stored) or ``"post_rope"`` (``kv/bases.py``).
         calibration_documents: training documents the bases are fitted on (never validation or test).
@@ -97,7 +98,12 @@ class KVConfig:
         if self.key_space not in KEY_SPACES:
             raise ValueError(f"key_space={self.key_space!r} is not allowed; choose one of {list(KEY_SPACES)}")
         names = [part.strip() for part in self.levels.split(",")]
-        [parse_level(name) for name in names]
+        for name in names:
+            parse_level(name)  # one-line error for a malformed level
+        if names[-1] != "exact":
+            raise ValueError(
+                f"levels={self.levels!r} must end with 'exact': the reward's reference stores blocks exact"
+            )
         if names[0] != "evict":
             raise ValueError(
                 f"levels={self.levels!r} must start with 'evict': evicting is always legal, "
