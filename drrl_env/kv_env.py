@@ -8,6 +8,7 @@ from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium import spaces
 
 from drrl_env.cache import cache_root, cached_arrays
@@ -17,7 +18,9 @@ from drrl_env.kv.cache import CompressedKVCache
 from drrl_env.kv.config import make_kv_config, steps_for
 from drrl_env.kv.controller import CONTEXT, BlockController
 from drrl_env.kv.episode import KVEpisode
+from drrl_env.kv.fast import FastDocument
 from drrl_env.kv.levels import Evict, parse_ladder
+from drrl_env.kv.output_errors import output_errors
 from drrl_env.play import choose_document
 from drrl_env.sources import runtime_device
 from drrl_env.sources.hf import HFAttentionSource
@@ -162,10 +165,7 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
 
     def new_cache(self, policy=None) -> CompressedKVCache:
         """An empty cache of this configuration (``policy`` decides due blocks itself: generation)."""
-        cfg, head_dim = self.config, self.source.spec.head_dim
-        angles = (
-            (lambda positions: rotary_angles(self.model, positions, head_dim)) if cfg.key_space == "pre_rope" else None
-        )
+        cfg = self.config
         return CompressedKVCache(
             self.source.spec.n_layers,
             ladder=self.ladder,
@@ -174,8 +174,15 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             window=cfg.window,
             sinks=cfg.sinks,
             policy=policy,
-            angles=angles,
+            angles=self._angles(),
         )
+
+    def _angles(self) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+        """positions (n,) -> the model's rotary (cos, sin) (n, d), for pre-RoPE bases; None for post-RoPE ones."""
+        if self.config.key_space != "pre_rope":
+            return None
+        head_dim = self.source.spec.head_dim
+        return lambda positions: rotary_angles(self.model, positions, head_dim)
 
     def budget_for(self, max_len: int, budget: float | None = None) -> ByteBudget:
         """The byte budget of a sequence of at most ``max_len`` tokens: ``budget`` (default: the config's) of
@@ -232,6 +239,47 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             return {"nll": np.array(sums)}
 
         return cached_arrays(self._root, key, compute)["nll"]
+
+    def output_errors(self, index: int) -> np.ndarray:
+        """``D`` (steps, Ly, 2, R, steps) of document ``index`` (``kv/output_errors.py``): the fast mode's features,
+        from the exact run (cached on disk like ``exact_nll``)."""
+        cfg = self.config
+        key = {
+            "kind": "kv-output-errors",
+            "document": self.source.document_key(index),
+            "block": cfg.block,
+            "window": cfg.window,
+            "sinks": cfg.sinks,
+            "levels": cfg.levels,
+            "key_space": cfg.key_space,
+            "calibration": [cfg.calibration_documents, str(cfg.corpus), cfg.max_seq_len, cfg.min_doc_tokens],
+        }
+
+        def compute() -> dict[str, np.ndarray]:
+            trace = self.source.trace(index)
+            angles = self._angles()
+            positions = torch.arange(trace.seq_len, device=self.device)
+            errors = output_errors(
+                trace,
+                self.bases,
+                self.ladder,
+                cfg.block,
+                cfg.window,
+                cfg.sinks,
+                None if angles is None else angles(positions),
+            )
+            return {"errors": errors}
+
+        return cached_arrays(self._root, key, compute)["errors"]
+
+    def fast_document(self, index: int, sensitivity: np.ndarray, budget: float | None = None) -> FastDocument:
+        """Document ``index`` in the fast mode (``kv/fast.py``) with fitted ``sensitivity`` (Ly, 3), under
+        ``budget`` (default: the config's)."""
+        errors = self.output_errors(index)
+        probe = self.new_cache()
+        sizes = np.stack([probe.level_bytes(s) for s in range(errors.shape[0])])  # (steps, 2, R)
+        cap = self.budget_for(self.config.max_seq_len, budget)
+        return FastDocument.of(errors, sensitivity, sizes, cap.cap - cap.reserved, self.evict)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)

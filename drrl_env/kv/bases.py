@@ -24,6 +24,7 @@ import torch
 
 from drrl_env.cache import code_version
 from drrl_env.calibration import fit_bases, load_or_fit
+from drrl_env.kv.levels import Level
 
 KEY_SPACES = ("post_rope", "pre_rope")
 
@@ -66,6 +67,24 @@ class KVBases:
 
     def to(self, device: torch.device) -> KVBases:
         return dataclasses.replace(self, keys=self.keys.to(device), values=self.values.to(device))
+
+    def rebuild_keys(
+        self, layer: int, keys: torch.Tensor, level: Level, angles: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> torch.Tensor | None:
+        """What attention reads for post-RoPE ``keys`` (..., H_kv, n, d) of ``layer`` stored at ``level``, rebuilt
+        in the key space: pre-RoPE keys are un-rotated at their positions' ``angles`` (cos, sin) (n, d),
+        rebuilt, and rotated back.  None: evicted."""
+        basis = self.keys[layer]
+        if self.key_space == "post_rope":
+            return level.reconstruct(keys, basis, "key")
+        if angles is None:
+            raise ValueError("pre-RoPE key bases need the keys' rotary angles")
+        rebuilt = level.reconstruct(unrotate(keys, *angles), basis, "key")
+        return None if rebuilt is None else rotate(rebuilt, *angles)
+
+    def rebuild_values(self, layer: int, values: torch.Tensor, level: Level) -> torch.Tensor | None:
+        """What attention reads for ``values`` (..., H_kv, n, d) of ``layer`` stored at ``level``; None: evicted."""
+        return level.reconstruct(values, self.values[layer], "value")
 
     def nbytes(self, max_rank: int) -> int:
         """fp16 bytes of the bases a deployment stores: the top ``max_rank`` columns of each, keys and values."""

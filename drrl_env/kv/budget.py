@@ -59,6 +59,9 @@ def project(
     if evict is not None:
         gone = (levels == evict).any(0)
         levels[:, gone] = evict
+        cheapest = sum(min(b for i, b in enumerate(row) if i != evict) for row in level_bytes)
+        if left < cheapest:  # no layer can store anything: the loop below would evict them all, one rung at a time
+            return np.full_like(levels[0], evict), np.full_like(levels[1], evict)
     while block_bytes(levels[0], levels[1], level_bytes, evict) > left:
         stored = (
             np.where(levels == evict, -1, np.take_along_axis(level_bytes, levels, axis=1))

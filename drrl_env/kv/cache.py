@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from drrl_env.kv.bases import KVBases, rotate, unrotate
+from drrl_env.kv.bases import KVBases
 from drrl_env.kv.levels import FP16_BYTES, KINDS, Evict, Level
 
 RECENT_QUERIES = 32  # queries each layer keeps for the observation (the newest ones)
@@ -223,8 +223,10 @@ class CompressedKVCache(Cache):
             if isinstance(key_level, Evict) or isinstance(value_level, Evict):
                 layer.replace(entries, None, None)
                 continue
-            keys = self.stored_keys(layer_idx, layer.keys[:, :, entries], key_level, start, stop)
-            values = value_level.reconstruct(layer.values[:, :, entries], self.bases.values[layer_idx], "value")
+            keys = self.bases.rebuild_keys(
+                layer_idx, layer.keys[:, :, entries], key_level, self.block_angles(start, stop)
+            )
+            values = self.bases.rebuild_values(layer_idx, layer.values[:, :, entries], value_level)
             layer.replace(entries, keys, values)
             heads = self.n_kv_heads * self.batch
             nbytes += heads * (
@@ -235,16 +237,14 @@ class CompressedKVCache(Cache):
         self.blocks.append(block)
         return block
 
-    def stored_keys(self, layer_idx: int, keys: torch.Tensor, level: Level, start: int, stop: int) -> torch.Tensor:
-        """What attention reads for post-RoPE ``keys`` (b, H_kv, n, d) stored at ``level``: in the basis's key
-        space (pre-RoPE keys are un-rotated at their positions, rebuilt and rotated back once)."""
-        basis = self.bases.keys[layer_idx]
+    def block_angles(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The rotary (cos, sin) (n, d) of positions [start, stop) for pre-RoPE bases (computed once per block)."""
         if self.bases.key_space == "post_rope":
-            return level.reconstruct(keys, basis, "key")
+            return None
         if self._angles[0] != (start, stop):
-            self._angles = ((start, stop), self.angles(torch.arange(start, stop, device=keys.device)))
-        cos, sin = self._angles[1]
-        return rotate(level.reconstruct(unrotate(keys, cos, sin), basis, "key"), cos, sin)
+            device = self.layers[0].device
+            self._angles = ((start, stop), self.angles(torch.arange(start, stop, device=device)))
+        return self._angles[1]
 
     # -- bytes ----------------------------------------------------------------------------------------
     def token_bytes(self) -> int:

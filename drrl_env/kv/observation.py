@@ -66,11 +66,12 @@ def block_features(cache: CompressedKVCache, index: int, clip: float) -> dict[st
             accumulated = layer.mass[entries].mean() / max(since, 1.0)
             # sum_j a_j (o - v_j) = mass o - A_blk V_blk, (b, H_kv, g m, d)
             removed = (block_mass[..., None] * out - attn @ values).norm(dim=-1) / (1 - block_mass).clamp_min(1e-6)
+            angles = cache.block_angles(start, stop)
             rebuilt_keys = torch.stack(
-                [cache.stored_keys(layer_idx, keys, cache.ladder[i], start, stop) for i in stored]
+                [cache.bases.rebuild_keys(layer_idx, keys, cache.ladder[i], angles) for i in stored]
             )  # (R', b, H_kv, n, d)
             rebuilt_values = torch.stack(
-                [cache.ladder[i].reconstruct(values, cache.bases.values[layer_idx], "value") for i in stored]
+                [cache.bases.rebuild_values(layer_idx, values, cache.ladder[i]) for i in stored]
             )
             key_error, value_error = rebuilt_keys - keys, rebuilt_values - values
             delta = (queries @ key_error.transpose(-1, -2)) * scale  # (R', b, H_kv, g m, n)

@@ -1,0 +1,123 @@
+"""DRRL-KV-v0's fast mode: the output errors it is built on, its fit, its execution of requests, and the
+searches that use it (``kv/output_errors.py``, ``kv/fast.py``, ``agents/kv_search.py``)."""
+
+import numpy as np
+import pytest
+import torch
+
+from test_kv import KV_KWARGS
+
+
+@pytest.fixture(scope="module")
+def kv_env(tiny_causal_llama):
+    import gymnasium as gym
+
+    import drrl_env  # noqa: F401
+
+    return gym.make("DRRL-KV-v0", model=tiny_causal_llama, **KV_KWARGS).unwrapped
+
+
+def test_output_errors_match_the_attention_recomputed_with_one_block_changed(kv_env):
+    errors = kv_env.output_errors(0)  # (steps, Ly, 2, R, steps)
+    steps = errors.shape[0]
+    assert errors.shape == (steps, kv_env.n_layers, 2, len(kv_env.ladder), steps)
+    assert not errors[..., -1, :].any() and (errors >= 0).all()
+    trace = kv_env.source.trace(0)
+    cfg, layer, s = kv_env.config, 1, 2
+    start, stop = s * cfg.block, (s + 1) * cfg.block
+    first = cfg.window + cfg.block * (s + 1)
+    query, keys, values = trace.queries[layer, :, :-1], trace.keys[layer, :, :-1], trace.values[layer, :, :-1]
+    group = query.shape[0] // keys.shape[0]
+
+    def outputs(k, v, hide=None):
+        visible = torch.ones(len(k[0]), len(k[0]), dtype=torch.bool).tril()
+        if hide is not None:
+            visible[:, hide] = False
+        return torch.nn.functional.scaled_dot_product_attention(
+            query, k, v, attn_mask=visible, scale=float(trace.scaling[layer]), enable_gqa=group > 1
+        )[:, first:]
+
+    def per_step(change):
+        energy = change.square().sum((0, 2))  # (queries,)
+        owner = (torch.arange(first, len(keys[0])) - cfg.window - cfg.block) // cfg.block
+        return torch.zeros(steps, dtype=torch.float64).index_add_(0, owner, energy.double()).numpy()
+
+    exact = outputs(keys, values)
+    r4 = [level.name for level in kv_env.ladder].index("r4")
+    angles = kv_env._angles()(torch.arange(start, stop))
+    rebuilt = keys.clone()
+    rebuilt[:, start:stop] = kv_env.bases.rebuild_keys(layer, keys[:, start:stop], kv_env.ladder[r4], angles)
+    np.testing.assert_allclose(
+        errors[s, layer, 0, r4], per_step(outputs(rebuilt, values) - exact), rtol=1e-3, atol=1e-9
+    )
+    rebuilt = values.clone()
+    rebuilt[:, start:stop] = kv_env.bases.rebuild_values(layer, values[:, start:stop], kv_env.ladder[r4])
+    np.testing.assert_allclose(errors[s, layer, 1, r4], per_step(outputs(keys, rebuilt) - exact), rtol=1e-3, atol=1e-9)
+    gone = per_step(outputs(keys, values, hide=slice(start, stop)) - exact)
+    np.testing.assert_allclose(errors[s, layer, :, kv_env.evict], np.stack([gone, gone]), rtol=1e-3, atol=1e-9)
+
+
+def test_the_fit_recovers_a_sensitivity_that_generated_the_excess():
+    from drrl_env.kv.fast import fit_sensitivity, step_features
+
+    rng = np.random.default_rng(0)
+    errors = rng.uniform(0, 1, size=(5, 3, 2, 4, 5))
+    errors[..., -1, :] = 0
+    truth = rng.uniform(0.5, 2.0, size=(3, 3))
+    features = [step_features(errors, rng.integers(0, 4, size=(5, 2, 3)), 0) for _ in range(12)]
+    excess = [np.einsum("ulc,lc->u", f, truth) for f in features]
+    np.testing.assert_allclose(fit_sensitivity(features, excess), truth, rtol=1e-6)
+
+
+def test_the_fast_document_of_the_environment_prices_exact_at_zero_and_keeps_the_budget(kv_env):
+    fast = kv_env.fast_document(0, np.ones((kv_env.n_layers, 3)), budget=0.5)
+    top = len(kv_env.ladder) - 1
+    assert fast.excess(np.full((fast.steps, 2, kv_env.n_layers), top)) == 0.0
+    executed = fast.execute(np.full((2, kv_env.n_layers), top))
+    assert fast.bytes_of(executed) <= fast.free and (executed < top).any()
+    assert fast.predict(np.full((2, kv_env.n_layers), kv_env.evict)) > 0
+
+
+def _synthetic_document(rng, steps=6, n_layers=3, levels=4, free=3000):
+    from drrl_env.kv.fast import FastDocument
+
+    effects = np.sort(rng.uniform(0, 1, size=(steps, n_layers, 2, levels)), axis=-1)[
+        ..., ::-1
+    ].copy()  # dearer is better
+    effects[..., -1] = 0.0  # the anchor: everything exact
+    sizes = np.tile(np.array([0, 40, 90, 160]), (steps, 2, 1))
+    return FastDocument(effects, sizes, free, evict=0)
+
+
+def test_the_fast_mode_executes_requests_as_the_environment_projects_them():
+    from drrl_env.kv.budget import project
+
+    doc = _synthetic_document(np.random.default_rng(1))
+    request = np.full((2, 3), 3)
+    executed = doc.execute(request)
+    spent = 0
+    for s in range(doc.steps):
+        expected = project(request[0], request[1], doc.level_bytes[s], doc.free - spent, 0)
+        np.testing.assert_array_equal(executed[s], np.stack(expected))
+        spent += doc.bytes_of(executed[s : s + 1], first=s)
+    assert doc.bytes_of(executed) <= doc.free and executed[0].min() == 3 and executed[-1].max() == 0
+    assert doc.excess(np.full((doc.steps, 2, 3), 3)) == 0.0
+    by_hand = sum(
+        doc.effects[s, layer, 0, 0] if 0 in (k, v) else doc.effects[s, layer, 0, k] + doc.effects[s, layer, 1, v]
+        for s in range(doc.steps)
+        for layer, (k, v) in enumerate(executed[s].T)
+    )
+    assert doc.predict(request) == pytest.approx(by_hand) and by_hand > 0
+
+
+def test_the_hindsight_plan_fits_the_budget_and_beats_every_static_request():
+    from agents.kv_search import best_dynamic, best_static
+
+    doc = _synthetic_document(np.random.default_rng(2))
+    dynamic = best_dynamic(doc)
+    assert dynamic.shape == (doc.steps, 2, doc.n_layers) and doc.bytes_of(dynamic) <= doc.free
+    np.testing.assert_array_equal(doc.execute(dynamic), dynamic)  # it fits: the projection leaves it alone
+    static = best_static([doc])
+    assert doc.excess(dynamic) <= doc.predict(static) + 1e-9
+    for level in range(4):
+        assert doc.predict(static) <= doc.predict(np.full((2, doc.n_layers), level)) + 1e-9
