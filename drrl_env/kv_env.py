@@ -20,6 +20,7 @@ from drrl_env.kv.controller import CONTEXT, BlockController
 from drrl_env.kv.episode import KVEpisode
 from drrl_env.kv.fast import FastDocument
 from drrl_env.kv.levels import Evict, parse_ladder
+from drrl_env.kv.observation import block_features
 from drrl_env.kv.output_errors import output_errors
 from drrl_env.play import choose_document
 from drrl_env.sources import runtime_device
@@ -216,29 +217,44 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
 
     def exact_nll(self, index: int) -> np.ndarray:
         """(steps,) summed NLL of each step's predicted tokens with every block stored exact: the reward's
-        reference, from the same loop (cached on disk by the document's tokens and the cache's shape)."""
+        reference, from the same loop (``exact_run``)."""
+        return self.exact_run(index)["nll"]
+
+    def exact_features(self, index: int) -> dict[str, np.ndarray]:
+        """The block part of the observation (``energy``, ``estimate``, ``mass``; a leading steps axis) of each
+        step of the all-exact episode (``exact_run``): what the fast mode shows an agent."""
+        return {name: values for name, values in self.exact_run(index).items() if name != "nll"}
+
+    def exact_run(self, index: int) -> dict[str, np.ndarray]:
+        """Document ``index`` decoded with every block stored exact: each step's summed NLL (``nll``) and the
+        block features the observation showed (``kv/observation.py``); cached on disk by the document's
+        tokens and the cache's shape."""
         cfg = self.config
         key = {
-            "kind": "kv-exact-nll",
+            "kind": "kv-exact-run",
             "document": self.source.document_key(index),
             "block": cfg.block,
             "window": cfg.window,
             "sinks": cfg.sinks,
+            "levels": cfg.levels,
+            "key_space": cfg.key_space,
+            "estimate_clip": cfg.estimate_clip,
+            "calibration": [cfg.calibration_documents, str(cfg.corpus), cfg.max_seq_len, cfg.min_doc_tokens],
         }
 
         def compute() -> dict[str, np.ndarray]:
             cache = self.new_cache()
-            exact = len(self.ladder) - 1
+            exact = np.full(self.n_layers, len(self.ladder) - 1)
             episode = KVEpisode(self.model, self.source.token_ids(index), cache)
             episode.prefill()
-            sums = []
+            sums, features = [], []
             while not episode.done:
-                full = np.full(self.n_layers, exact)
-                cache.store(cache.due_block(), full, full)
+                features.append(block_features(cache, cache.due_block(), cfg.estimate_clip))
+                cache.store(cache.due_block(), exact, exact)
                 sums.append(float(episode.decode().double().sum()))
-            return {"nll": np.array(sums)}
+            return {"nll": np.array(sums), **{name: np.stack([f[name] for f in features]) for name in features[0]}}
 
-        return cached_arrays(self._root, key, compute)["nll"]
+        return cached_arrays(self._root, key, compute)
 
     def output_errors(self, index: int) -> np.ndarray:
         """``D`` (steps, Ly, 2, R, steps) of document ``index`` (``kv/output_errors.py``): the fast mode's features,

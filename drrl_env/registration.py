@@ -1,4 +1,4 @@
-"""Registration of ``DRRL-v0``, ``DRRL-LM-v0`` and ``DRRL-KV-v0``, and the check that keeps
+"""Registration of ``DRRL-v0``, ``DRRL-LM-v0``, ``DRRL-KV-v0`` and its fast mode ``DRRL-KV-fast-v0``, and the check that keeps
 ``max_episode_steps`` honest."""
 
 from __future__ import annotations
@@ -88,9 +88,13 @@ def register_envs() -> None:
         nondeterministic=not cost_model_class(LM_KWARGS["cost_model"]).deterministic,
         additional_wrappers=wrappers,
     )
-    register(
-        id="DRRL-KV-v0",
-        entry_point="drrl_env.kv_env:KVCacheEnv",
-        max_episode_steps=steps_for(KV_DEFAULTS.max_seq_len, KV_DEFAULTS.window, KV_DEFAULTS.block),
-        additional_wrappers=wrappers,
-    )
+    for env_id, entry_point in (
+        ("DRRL-KV-v0", "drrl_env.kv_env:KVCacheEnv"),
+        ("DRRL-KV-fast-v0", "drrl_env.kv_fast_env:KVFastEnv"),
+    ):
+        register(
+            id=env_id,
+            entry_point=entry_point,
+            max_episode_steps=steps_for(KV_DEFAULTS.max_seq_len, KV_DEFAULTS.window, KV_DEFAULTS.block),
+            additional_wrappers=wrappers,
+        )

@@ -121,3 +121,35 @@ def test_the_hindsight_plan_fits_the_budget_and_beats_every_static_request():
     assert doc.excess(dynamic) <= doc.predict(static) + 1e-9
     for level in range(4):
         assert doc.predict(static) <= doc.predict(np.full((2, doc.n_layers), level)) + 1e-9
+
+
+@pytest.fixture(scope="module")
+def fast_env(tiny_causal_llama, tmp_path_factory):
+    import gymnasium as gym
+
+    path = tmp_path_factory.mktemp("fast") / "sensitivity.npz"
+    np.savez(path, sensitivity=np.full((2, 3), 0.5))
+    return gym.make(
+        "DRRL-KV-fast-v0", model=tiny_causal_llama, sensitivity=str(path), max_episode_steps=20, **KV_KWARGS
+    )
+
+
+def test_the_fast_environment_passes_the_checkers_and_sums_to_the_fast_prediction(fast_env, kv_env):
+    from gymnasium.utils.env_checker import check_env
+
+    check_env(fast_env.unwrapped)
+    assert fast_env.observation_space == kv_env.observation_space and fast_env.action_space == kv_env.action_space
+    obs, _ = fast_env.reset(options={"document": 1, "budget": 0.5})
+    exact = kv_env.exact_features(1)
+    np.testing.assert_array_equal(obs["energy"], exact["energy"][0])
+    request = np.concatenate([np.full(2, 4), np.full(2, 3)])  # keys int8, values r8 in both layers
+    total, done, executed = 0.0, False, []
+    while not done:
+        obs, reward, done, truncated, info = fast_env.step(request)
+        total += reward
+        executed.append(np.stack([info["key_levels"], info["value_levels"]]))
+    fast = kv_env.fast_document(1, np.full((2, 3), 0.5), budget=0.5)
+    assert total == pytest.approx(-fast.predict(request.reshape(2, 2)))
+    np.testing.assert_array_equal(np.stack(executed), fast.execute(request.reshape(2, 2)))
+    with pytest.raises(ValueError, match="sensitivity=None must name"):
+        type(fast_env.unwrapped)(model="unused")

@@ -52,17 +52,23 @@ class BlockController:
 
     def observe(self, cache: CompressedKVCache, index: int) -> dict[str, np.ndarray]:
         """The observation of due block ``index`` (``KVCacheEnv``'s observation space)."""
-        features = block_features(cache, index, self.clip)
-        sizes = cache.level_bytes(index)
+        start, _ = cache.block_positions(index)
+        return {
+            **block_features(cache, index, self.clip),
+            **self.budget_view(cache.level_bytes(index), start, cache.seen),
+        }
+
+    def budget_view(self, sizes: np.ndarray, start: int, seen: int) -> dict[str, np.ndarray]:
+        """The byte part of the observation of a block starting at ``start`` whose layers store ``sizes``
+        (2, R) bytes per level, with ``seen`` tokens seen: layer bytes, context, the dimension mask."""
         left = self.budget.left(self.stored)
         mask = dimension_mask(sizes, left, self.n_layers, self.evict).reshape(-1).astype(np.int8)
         exact_layer = self.max_seq_len * self.token_bytes / self.n_layers
         free = self.budget.cap - self.budget.reserved
-        start, _ = cache.block_positions(index)
         context = np.array(
             [
                 start / self.max_seq_len,
-                cache.seen / self.max_seq_len,
+                seen / self.max_seq_len,
                 self.budget_used,
                 max(left, 0) / free,
                 min(float(sizes[:, -1].sum()) * self.n_layers / max(left, 1), 10.0),
@@ -70,7 +76,6 @@ class BlockController:
             dtype=np.float32,
         )
         return {
-            **features,
             "layer_bytes": np.minimum(self.layer_bytes / exact_layer, 1.0).astype(np.float32),
             "context": np.clip(context, 0.0, 10.0),
             "action_mask": mask,
@@ -79,19 +84,23 @@ class BlockController:
     def store(self, cache: CompressedKVCache, index: int, action: np.ndarray) -> Decision:
         """Stores due block ``index`` at ``action`` (2 Ly,) ladder indices (keys, then values), projected
         onto the budget."""
+        decision = self.decide(cache.level_bytes(index), action)
+        cache.store(index, decision.key_levels, decision.value_levels)
+        return decision
+
+    def decide(self, sizes: np.ndarray, action: np.ndarray) -> Decision:
+        """Projects ``action`` (2 Ly,) for a block whose layers store ``sizes`` (2, R) bytes per level onto
+        the bytes left, and counts the executed levels' bytes as stored."""
         requested = np.asarray(action, dtype=np.int64).reshape(2, self.n_layers)
-        sizes = cache.level_bytes(index)  # (2, R)
         keys, values = project(requested[0], requested[1], sizes, self.budget.left(self.stored), self.evict)
-        block = cache.store(index, keys, values)
-        self.stored += block.nbytes
-        self.layer_bytes += np.where(
-            (keys == self.evict) | (values == self.evict), 0, sizes[0, keys] + sizes[1, values]
-        )
+        layer = np.where((keys == self.evict) | (values == self.evict), 0, sizes[0, keys] + sizes[1, values])
+        self.stored += int(layer.sum())
+        self.layer_bytes += layer
         top = np.full(self.n_layers, sizes.shape[1] - 1)
         return Decision(
             keys,
             values,
             requested,
             bool((keys != requested[0]).any() or (values != requested[1]).any()),
-            block.nbytes / block_bytes(top, top, sizes, None),
+            int(layer.sum()) / block_bytes(top, top, sizes, None),
         )
