@@ -31,8 +31,9 @@ class KVFastEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
       plan's excess NLL.  Deterministic; no model runs once a document's artefacts are on disk.
 
     ## Arguments
-    ``sensitivity``: the ``.npz`` written by ``benchmarks/kv_fast_mode.py`` (required); every other
-    keyword is a DRRL-KV-v0 option.
+    ``sensitivity``: the ``.npz`` written by ``benchmarks/kv_fast_mode.py`` (required); ``documents``:
+    the split's documents that ``reset`` draws from (default all; their artefacts are computed when
+    the environment is built, so training runs at full speed); every other keyword is a DRRL-KV-v0 option.
 
     ## Version History
     * v0: initial release.
@@ -40,7 +41,7 @@ class KVFastEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, sensitivity: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, sensitivity: str | None = None, documents: tuple[int, ...] | None = None, **kwargs: Any) -> None:
         if sensitivity is None or not Path(sensitivity).is_file():
             raise ValueError(
                 f"sensitivity={sensitivity!r} must name the .npz of a fitted fast mode; "
@@ -56,11 +57,23 @@ class KVFastEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.config, self.n_layers, self.ladder = self.closed.config, self.closed.n_layers, self.closed.ladder
         self.action_space, self.observation_space = self.closed.action_space, self.closed.observation_space
         self.max_steps = self.closed.max_steps
+        count = len(self.closed.document_names())
+        self.documents = tuple(range(count)) if documents is None else tuple(int(d) for d in documents)
+        if not self.documents or not all(0 <= d < count for d in self.documents):
+            raise ValueError(
+                f"documents={documents!r} must be indices in 0..{count - 1} of the {self.config.split} split"
+            )
+        if documents is not None:
+            for document in self.documents:  # artefacts on disk before training starts
+                self.closed.output_errors(document), self.closed.exact_run(document)
         self._fast = None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        self._doc = choose_document(options, len(self.closed.document_names()), self.np_random)
+        if options and "document" in options:
+            self._doc = choose_document(options, len(self.closed.document_names()), self.np_random)
+        else:
+            self._doc = self.documents[int(self.np_random.integers(len(self.documents)))]
         budget = (options or {}).get("budget", self.config.budget)
         if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 1:
             raise ValueError(f"options['budget']={budget!r} must be a fraction of the exact cache in (0, 1]")

@@ -1,5 +1,5 @@
-"""Registration of ``DRRL-v0``, ``DRRL-LM-v0``, ``DRRL-KV-v0`` and its fast mode ``DRRL-KV-fast-v0``, and the check that keeps
-``max_episode_steps`` honest."""
+"""Registration of ``DRRL-v0``, ``DRRL-LM-v0``, ``DRRL-KV-v0`` and its fast mode ``DRRL-KV-fast-v0``, and
+the check that keeps ``max_episode_steps`` honest."""
 
 from __future__ import annotations
 

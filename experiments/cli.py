@@ -13,6 +13,7 @@
     drrl precompute [--split train] [--documents N] [--env-kwargs k=v ...]   (fill the analysis cache)
     drrl generate  --prompt-file FILE [--policy pyramid] [--budget 0.25] [--compare dynamic,uniform:r16,...]
                    [--eval FILE]   (DRRL-KV-v0's cache serving generation; experiments/generate.py)
+    drrl train-kv  --sensitivity FILE [--algo ppo] [--timesteps 200000]   (DRRL-KV-fast-v0; experiments/train_kv.py)
 
 Bad input exits with status 2 and a one-line message on stderr, never a traceback.
 """
@@ -477,8 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_precompute)
 
     from experiments.generate import add_parser as add_generate
+    from experiments.train_kv import add_parser as add_train_kv
 
     add_generate(sub)
+    add_train_kv(sub)
 
     p = sub.add_parser("inspect", help="plot one document's spectra and minimal ranks")
     p.add_argument("--document", type=int, default=0, help="document index in the split")
@@ -506,6 +509,8 @@ MINIMUMS = {
     "tune_documents": 1,
     "n_envs": 1,
     "eval_freq": 1,
+    "eval_documents": 1,
+    "n_steps": 2,
     "document": 0,
 }
 

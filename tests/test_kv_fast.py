@@ -4,7 +4,6 @@ searches that use it (``kv/output_errors.py``, ``kv/fast.py``, ``agents/kv_searc
 import numpy as np
 import pytest
 import torch
-
 from test_kv import KV_KWARGS
 
 
@@ -153,3 +152,44 @@ def test_the_fast_environment_passes_the_checkers_and_sums_to_the_fast_predictio
     np.testing.assert_array_equal(np.stack(executed), fast.execute(request.reshape(2, 2)))
     with pytest.raises(ValueError, match="sensitivity=None must name"):
         type(fast_env.unwrapped)(model="unused")
+
+
+def test_drrl_train_kv_trains_saves_and_logs_an_agent(tiny_causal_llama, tmp_path):
+    from conftest import drrl
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from test_kv import _texts
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, text in enumerate(_texts()):
+        (corpus / f"doc{i}.txt").write_text(text)
+    np.savez(tmp_path / "sensitivity.npz", sensitivity=np.full((2, 3), 0.5))
+    kwargs = {key: value for key, value in KV_KWARGS.items() if key not in ("corpus", "split")}
+    drrl(
+        "train-kv",
+        "--sensitivity",
+        tmp_path / "sensitivity.npz",
+        "--timesteps",
+        64,
+        "--n-steps",
+        32,
+        "--eval-freq",
+        32,
+        "--split",
+        "all",
+        "--train-documents",
+        "0-2",
+        "--eval-split",
+        "all",
+        "--eval-documents",
+        2,
+        "--env-kwargs",
+        f"model={tiny_causal_llama}",
+        f"corpus={corpus}",
+        *(f"{key}={value}" for key, value in kwargs.items()),
+        cwd=tmp_path,
+    )
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("DRRL-KV-fast-v0__ppo__0__") and (run / "model.kv.json").is_file()
+    events = EventAccumulator(str(run)).Reload()
+    assert "eval/predicted_excess_nll" in events.Tags()["scalars"]

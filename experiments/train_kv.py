@@ -1,0 +1,115 @@
+"""``drrl train-kv``: an SB3 agent trained on DRRL-KV-fast-v0, DRRL-KV-v0's fast mode.
+
+    drrl train-kv --sensitivity experiments/results/kv/fast_mode.npz [--algo ppo] [--timesteps 200000]
+        [--seed 0] [--train-documents 4-11] [--eval-documents 6] [--eval-freq 20000] [--n-steps 1024]
+        [--logdir runs] [--env-kwargs k=v ...]
+
+Top to bottom: build the training environment on documents ``--train-documents`` of ``--split`` (whose
+fast-mode artefacts are computed once and cached), and an evaluation one on the first
+``--eval-documents`` documents of ``--eval-split`` (validation); train ``--algo`` (ppo, maskable_ppo
+or recurrent_ppo, SB3's MultiInputPolicy) for ``--timesteps`` steps, scoring the deterministic policy
+on the evaluation documents every ``--eval-freq`` steps (TensorBoard ``eval/predicted_excess_nll``,
+the fast mode's, per document); save ``model.zip`` with the sidecar ``model.kv.json`` that
+``drrl generate`` checks.  The run folder is ``LOGDIR/DRRL-KV-fast-v0__ALGO__SEED__TIME``.  These are
+fast-mode scores: figures come from the closed loop (``benchmarks/kv_headroom.py --agents RUN/model.zip``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import configure
+
+from agents.sb3_agents import make_agent, save_agent
+from drrl_env.play import play, predicting
+from experiments.generate import policy_metadata
+from experiments.options import parse_kv_kwargs
+
+ENV_ID = "DRRL-KV-fast-v0"
+KV_ALGORITHMS = ("ppo", "maskable_ppo", "recurrent_ppo")
+
+
+def parse_documents(text: str) -> tuple[int, ...]:
+    """``"4-11"`` or ``"4,5,9"`` -> document indices."""
+    try:
+        if "-" in text:
+            first, last = (int(part) for part in text.split("-"))
+            return tuple(range(first, last + 1))
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--train-documents {text!r} must be a range like 4-11 or a list like 4,5,9") from None
+
+
+def fast_score(env: gym.Env, policy: Any, documents: range) -> float:
+    """Mean predicted excess NLL (nats per document) of ``policy`` played deterministically in the fast mode."""
+    return float(np.mean([play(env, predicting(policy), d)[-1].info["predicted_excess_nll"] for d in documents]))
+
+
+class FastEvalCallback(BaseCallback):
+    """Every ``freq`` steps: the fast-mode score on the validation documents, logged as ``eval/``."""
+
+    def __init__(self, env: gym.Env, documents: range, freq: int) -> None:
+        super().__init__()
+        self.env, self.documents, self.freq, self._next = env, documents, freq, freq
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self._next:
+            self._next += self.freq
+            self.evaluate()
+        return True
+
+    def evaluate(self) -> float:
+        score = fast_score(self.env, self.model, self.documents)
+        self.logger.record("eval/predicted_excess_nll", score)
+        self.logger.dump(self.num_timesteps)
+        return score
+
+
+def train_kv(args: argparse.Namespace) -> Path:
+    """Trains one agent (module docstring); returns its run folder."""
+    if args.algo not in KV_ALGORITHMS:
+        raise ValueError(f"--algo {args.algo!r} is not supported on {ENV_ID}; choose one of {list(KV_ALGORITHMS)}")
+    shared = {"sensitivity": args.sensitivity, **parse_kv_kwargs(args.env_kwargs)}
+    env = gym.make(ENV_ID, **{**shared, "split": args.split, "documents": parse_documents(args.train_documents)})
+    eval_env = gym.make(ENV_ID, **{**shared, "split": args.eval_split})
+    evaluation = range(min(args.eval_documents, len(eval_env.unwrapped.document_names())))
+    model = make_agent(
+        args.algo, env, "mlp", seed=args.seed, n_steps=args.n_steps, batch_size=min(256, args.n_steps), gamma=0.99
+    )
+    run_dir = Path(args.logdir) / f"{ENV_ID}__{args.algo}__{args.seed}__{int(time.time())}"
+    run_dir.mkdir(parents=True, exist_ok=False)
+    model.set_logger(configure(str(run_dir), ["tensorboard", "csv"]))
+    callback = FastEvalCallback(eval_env, evaluation, args.eval_freq)
+    model.learn(args.timesteps, callback=callback)
+    final = callback.evaluate()
+    path = save_agent(model, run_dir / "model")
+    path.with_suffix(".kv.json").write_text(json.dumps(policy_metadata(env), indent=1))
+    print(f"{run_dir}: fast-mode excess NLL on {len(evaluation)} validation documents {final:.1f} nats/document")
+    return run_dir
+
+
+def add_parser(sub: Any) -> None:
+    """Registers ``drrl train-kv`` on the CLI's subparsers."""
+    p = sub.add_parser("train-kv", help=f"train an SB3 agent on {ENV_ID} (DRRL-KV-v0's fast mode)")
+    p.add_argument("--sensitivity", required=True, help="the .npz of benchmarks/kv_fast_mode.py")
+    p.add_argument("--algo", default="ppo", help=f"one of {', '.join(KV_ALGORITHMS)}")
+    p.add_argument("--timesteps", type=int, default=200_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="train", help="the training documents' split")
+    p.add_argument(
+        "--train-documents", default="4-11", help="training documents (the bases use 0-3 of the train split)"
+    )
+    p.add_argument("--eval-split", default="validation", help="the split the checkpoints are scored on")
+    p.add_argument("--eval-documents", type=int, default=6, help="the first N documents of --eval-split")
+    p.add_argument("--eval-freq", type=int, default=20_000)
+    p.add_argument("--n-steps", type=int, default=1024, help="environment steps per PPO update")
+    p.add_argument("--logdir", default="runs")
+    p.add_argument("--env-kwargs", nargs="*", default=[], help="DRRL-KV-v0 options as key=value")
+    p.set_defaults(func=lambda args: print(train_kv(args)) or 0)
