@@ -18,18 +18,22 @@ projection (``drrl_env/kv/budget.py``) applies to every one of them alike.
 | ``energy:TAU``    | per layer and kind, the cheapest stored level keeping energy >= TAU                 |
 | ``greedy``        | budget-greedy on the estimate per byte: from evict, upgrade the (layer, kind) with  |
 |                   | the largest drop in output-change estimate per added byte, within the pace          |
+| ``static:FILE``   | one request per (layer, kind) for every block, read from a JSON file                |
+|                   | ``{"keys": [level per layer], "values": [...]}``: e.g. the plan searched on training |
+|                   | documents by ``benchmarks/kv_headroom.py`` (``experiments/results/kv/static_train.json``) |
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from drrl_env.kv.levels import Level
-
-KV_BASELINES = ("exact", "uniform:LEVEL", "streaming", "h2o:TAU", "pyramid", "energy:TAU", "greedy")
+from drrl_env.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -77,12 +81,16 @@ class KVShape:
 
 
 class KVPolicy:
-    """Base class: subclasses implement :meth:`act` -> (2 Ly,) ladder indices."""
+    """Base class of the baselines: a family ``name`` (the text before the colon of a spec), the ``argument``
+    it takes after the colon (``"LEVEL"``, ``"TAU"``, ``"FILE"``; None: none), and :meth:`act` -> (2 Ly,)
+    ladder indices.  A new baseline is one subclass with ``@KV_POLICIES.register``."""
 
     name = "kv-policy"
+    argument: str | None = None
 
-    def __init__(self, shape: KVShape) -> None:
+    def __init__(self, shape: KVShape, arg: str | None = None) -> None:
         self.shape = shape
+        self.label = self.name if arg is None else f"{self.name}:{arg}"
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
@@ -93,21 +101,66 @@ class KVPolicy:
         return np.asarray(self.act(obs), dtype=np.int64), None
 
 
+KV_POLICIES: Registry[type[KVPolicy]] = Registry(
+    KVPolicy, "baseline", "add a KVPolicy subclass to agents/kv_baselines.py with @KV_POLICIES.register"
+)
+
+
+@KV_POLICIES.register
 class UniformPolicy(KVPolicy):
-    def __init__(self, shape: KVShape, keys: str, values: str | None = None, name: str | None = None) -> None:
-        super().__init__(shape)
-        values = values or keys
-        self.levels = (shape.index(keys), shape.index(values))
-        self.name = name or (f"uniform:{keys}" if keys == values else f"uniform:{keys}/{values}")
+    name, argument = "uniform", "LEVEL"
+
+    def __init__(self, shape: KVShape, arg: str) -> None:
+        super().__init__(shape, arg)
+        keys, _, values = arg.partition("/")
+        self.levels = (shape.index(keys), shape.index(values or keys))
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         return np.repeat(np.array(self.levels, dtype=np.int64), self.shape.n_layers)
 
 
+@KV_POLICIES.register
+class ExactPolicy(UniformPolicy):
+    name, argument = "exact", None
+
+    def __init__(self, shape: KVShape, arg: None = None) -> None:
+        super().__init__(shape, "exact")
+        self.label = self.name
+
+
+@KV_POLICIES.register
+class StreamingPolicy(UniformPolicy):
+    name, argument = "streaming", None
+
+    def __init__(self, shape: KVShape, arg: None = None) -> None:
+        super().__init__(shape, "evict")
+        self.label = self.name
+
+
+@KV_POLICIES.register
+class StaticPolicy(KVPolicy):
+    """The same request (2, Ly) for every block, named by level in a JSON file (module docstring)."""
+
+    name, argument = "static", "FILE"
+
+    def __init__(self, shape: KVShape, arg: str) -> None:
+        super().__init__(shape, arg)
+        plan = json.loads(Path(arg).read_text())
+        if sorted(plan) != ["keys", "values"] or any(len(plan[k]) != shape.n_layers for k in plan):
+            raise ValueError(f"{arg} must hold {{'keys': [...], 'values': [...]}}, {shape.n_layers} levels each")
+        self.request = np.array([[shape.index(name) for name in plan[kind]] for kind in ("keys", "values")])
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.request.reshape(-1)
+
+
+@KV_POLICIES.register
 class H2OPolicy(KVPolicy):
-    def __init__(self, shape: KVShape, tau: float) -> None:
-        super().__init__(shape)
-        self.tau, self.name = tau, f"h2o:{tau:g}"
+    name, argument = "h2o", "TAU"
+
+    def __init__(self, shape: KVShape, arg: str) -> None:
+        super().__init__(shape, arg)
+        self.tau = float(arg)
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         seen = float(obs["context"][1]) * self.shape.max_seq_len
@@ -116,6 +169,7 @@ class H2OPolicy(KVPolicy):
         return np.concatenate([levels, levels])
 
 
+@KV_POLICIES.register
 class PyramidPolicy(KVPolicy):
     name = "pyramid"
 
@@ -128,10 +182,13 @@ class PyramidPolicy(KVPolicy):
         return np.concatenate([levels, levels])
 
 
+@KV_POLICIES.register
 class EnergyPolicy(KVPolicy):
-    def __init__(self, shape: KVShape, tau: float) -> None:
-        super().__init__(shape)
-        self.tau, self.name = tau, f"energy:{tau:g}"
+    name, argument = "energy", "TAU"
+
+    def __init__(self, shape: KVShape, arg: str) -> None:
+        super().__init__(shape, arg)
+        self.tau = float(arg)
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         energy = obs["energy"]  # (Ly, 2, R)
@@ -142,6 +199,7 @@ class EnergyPolicy(KVPolicy):
         return np.concatenate([first[:, 0], first[:, 1]])
 
 
+@KV_POLICIES.register
 class GreedyPolicy(KVPolicy):
     name = "greedy"
 
@@ -176,25 +234,22 @@ class GreedyPolicy(KVPolicy):
         return levels.reshape(-1)
 
 
+def kv_baseline_names() -> list[str]:
+    """Every registered baseline as a spec pattern (``uniform:LEVEL``, ``greedy``, ...)."""
+    return [
+        name if (cls := KV_POLICIES.get(name)).argument is None else f"{name}:{cls.argument}"
+        for name in KV_POLICIES.names()
+    ]
+
+
 def make_kv_baseline(spec: str, env: Any) -> KVPolicy:
-    """A DRRL-KV-v0 baseline from its name (module docstring)."""
-    shape = KVShape.of(env)
-    name, _, arg = spec.partition(":")
+    """A DRRL-KV-v0 baseline from its spec ``NAME`` or ``NAME:ARGUMENT`` (module docstring)."""
+    name, colon, arg = spec.partition(":")
+    cls = KV_POLICIES.get(name)
+    if (cls.argument is None) == bool(colon):
+        needs = "takes no argument" if cls.argument is None else f"needs an argument: {name}:{cls.argument}"
+        raise ValueError(f"baseline {spec!r} {needs}")
     try:
-        if name == "exact" and not arg:
-            return UniformPolicy(shape, "exact", name="exact")
-        if name == "streaming" and not arg:
-            return UniformPolicy(shape, "evict", name="streaming")
-        if name == "uniform" and arg:
-            return UniformPolicy(shape, *arg.split("/", 1))
-        if name == "h2o" and arg:
-            return H2OPolicy(shape, float(arg))
-        if name == "pyramid" and not arg:
-            return PyramidPolicy(shape)
-        if name == "energy" and arg:
-            return EnergyPolicy(shape, float(arg))
-        if name == "greedy" and not arg:
-            return GreedyPolicy(shape)
-    except ValueError as err:
+        return cls(KVShape.of(env), arg or None)
+    except (ValueError, OSError) as err:
         raise ValueError(f"baseline {spec!r}: {err}") from err
-    raise ValueError(f"unknown DRRL-KV-v0 baseline {spec!r}; choose one of {list(KV_BASELINES)}")

@@ -1,5 +1,7 @@
 """DRRL-KV-v0: levels, bases across RoPE, the compressed cache's contract, the budget, the environment."""
 
+import json
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -7,7 +9,7 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 import drrl_env  # noqa: F401
-from agents.kv_baselines import KV_BASELINES, make_kv_baseline
+from agents.kv_baselines import kv_baseline_names, make_kv_baseline
 from drrl_env.kv.bases import rotary_angles, rotate, unrotate
 from drrl_env.kv.budget import block_bytes, project
 from drrl_env.kv.levels import Exact, Quantized, Rank, parse_ladder
@@ -200,18 +202,30 @@ def test_the_observation_reads_no_future_token(kv_env):
         assert np.array_equal(first[key], again[key]) and np.array_equal(second_step[key], again_step[key]), key
 
 
+STATIC_PLAN = {"keys": ["int8", "r4"], "values": ["r8", "exact"]}
+
+
 @pytest.mark.parametrize(
-    "spec", ["exact", "streaming", "uniform:r8", "uniform:int4", "h2o:1", "pyramid", "energy:0.9", "greedy"]
+    "spec", ["exact", "streaming", "uniform:r8", "uniform:int4", "h2o:1", "pyramid", "energy:0.9", "greedy", "static"]
 )
-def test_every_baseline_plays_an_episode_within_the_budget(kv_env, spec):
+def test_every_baseline_plays_an_episode_within_the_budget(kv_env, spec, tmp_path):
+    if spec == "static":
+        (tmp_path / "plan.json").write_text(json.dumps(STATIC_PLAN))
+        spec = f"static:{tmp_path / 'plan.json'}"
     policy = make_kv_baseline(spec, kv_env)
     steps = _play(kv_env, lambda obs: policy.predict(obs)[0])
     assert all(info["budget_used"] <= 1.0 + 1e-12 for _, info in steps) and np.isfinite(steps[-1][1]["ppl_ratio"])
     if spec == "streaming":
         assert all((info["key_levels"] == 0).all() for _, info in steps)
-    assert len(KV_BASELINES) == 7
-    with pytest.raises(ValueError, match="unknown DRRL-KV-v0 baseline"):
+    if spec.startswith("static"):
+        assert steps[0][1]["key_levels"].tolist() == [4, 1] and steps[0][1]["value_levels"].tolist() == [3, 5]
+    assert len(kv_baseline_names()) == 8 and "uniform:LEVEL" in kv_baseline_names()
+    with pytest.raises(ValueError, match=r"baseline='lru' is not allowed; choose one of \['uniform', 'exact'"):
         make_kv_baseline("lru", kv_env)
+    with pytest.raises(ValueError, match="needs an argument: energy:TAU"):
+        make_kv_baseline("energy", kv_env)
+    with pytest.raises(ValueError, match="baseline 'static:nowhere.json'"):
+        make_kv_baseline("static:nowhere.json", kv_env)
 
 
 def test_serving_cache_scores_a_document_as_the_environment_does(kv_env):
@@ -278,7 +292,7 @@ def test_drrl_generate_compares_policies_and_refuses_bad_input(tiny_causal_llama
     for extra, message in [
         (["--budget", "0"], "--budget must be"),
         (["--max-new-tokens", "400"], "beyond the 384"),
-        (["--policy", "lru", "--max-new-tokens", "40"], "unknown DRRL-KV-v0 baseline"),
+        (["--policy", "lru", "--max-new-tokens", "40"], "baseline='lru' is not allowed"),
     ]:
         result = drrl("generate", "--prompt-file", prompt, *common, *extra, cwd=tmp_path, check=False)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
