@@ -47,17 +47,19 @@ def parse_documents(text: str) -> tuple[int, ...]:
         raise ValueError(f"--train-documents {text!r} must be a range like 4-11 or a list like 4,5,9") from None
 
 
-def fast_score(env: gym.Env, policy: Any, documents: range) -> float:
-    """Mean predicted excess NLL (nats per document) of ``policy`` played deterministically in the fast mode."""
-    return float(np.mean([play(env, predicting(policy), d)[-1].info["predicted_excess_nll"] for d in documents]))
+def fast_scores(env: gym.Env, policy: Any, documents: range) -> np.ndarray:
+    """Predicted excess NLL (nats) of ``policy`` played deterministically in the fast mode, per document."""
+    return np.array([play(env, predicting(policy), d)[-1].info["predicted_excess_nll"] for d in documents])
 
 
 class FastEvalCallback(BaseCallback):
-    """Every ``freq`` steps: the fast-mode score on the validation documents, logged as ``eval/``."""
+    """Every ``freq`` steps: the fast-mode score on the evaluation documents, logged as ``eval/`` and kept
+    (``history``: (timesteps, per-document scores)) for the convergence check."""
 
     def __init__(self, env: gym.Env, documents: range, freq: int) -> None:
         super().__init__()
         self.env, self.documents, self.freq, self._next = env, documents, freq, freq
+        self.history: list[tuple[int, np.ndarray]] = []
 
     def _on_step(self) -> bool:
         if self.num_timesteps >= self._next:
@@ -66,10 +68,21 @@ class FastEvalCallback(BaseCallback):
         return True
 
     def evaluate(self) -> float:
-        score = fast_score(self.env, self.model, self.documents)
-        self.logger.record("eval/predicted_excess_nll", score)
+        scores = fast_scores(self.env, self.model, self.documents)
+        self.history.append((self.num_timesteps, scores))
+        self.logger.record("eval/predicted_excess_nll", float(scores.mean()))
         self.logger.dump(self.num_timesteps)
-        return score
+        return float(scores.mean())
+
+    def converged(self) -> str:
+        """Whether the score improved by less than one standard error (over documents) in the last 25% of
+        the steps: the first evaluation at or after 75% of them against the last."""
+        last_step, last = self.history[-1]
+        _, then = next((step, scores) for step, scores in self.history if step >= 0.75 * last_step)
+        gain = then - last  # positive: the excess fell
+        error = gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else float("inf")
+        verdict = "converged" if gain.mean() < error else "still improving"
+        return f"{verdict}: the last 25% of steps lowered it by {gain.mean():.1f} +- {error:.1f} nats/document"
 
 
 def train_kv(args: argparse.Namespace) -> Path:
@@ -91,7 +104,10 @@ def train_kv(args: argparse.Namespace) -> Path:
     final = callback.evaluate()
     path = save_agent(model, run_dir / "model")
     path.with_suffix(".kv.json").write_text(json.dumps(policy_metadata(env), indent=1))
-    print(f"{run_dir}: fast-mode excess NLL on {len(evaluation)} validation documents {final:.1f} nats/document")
+    print(
+        f"{run_dir}: fast-mode excess NLL on {len(evaluation)} evaluation documents {final:.1f} nats/document; "
+        + callback.converged()
+    )
     return run_dir
 
 
