@@ -11,7 +11,7 @@
     drrl profile   [--lengths 512,2048,4096,8192] [--refresh] [--out DIR] [--env-kwargs k=v ...]
     drrl tradeoff  [--betas 1,2,3] [--documents 12] [--split train] [--env-kwargs k=v ...]
     drrl precompute [--split train] [--documents N] [--env-kwargs k=v ...]   (fill the analysis cache)
-    drrl generate  --prompt-file FILE [--policy pyramid] [--budget 0.25] [--compare dynamic,uniform:r16,...]
+    drrl generate  --prompt-file FILE [--policy uniform:int4] [--budget 0.25] [--compare dynamic,uniform:r16,...]
                    [--eval FILE]   (DRRL-KV-v0's cache serving generation; experiments/generate.py)
     drrl train-kv  --sensitivity FILE [--algo ppo] [--timesteps 200000]   (DRRL-KV-fast-v0; experiments/train_kv.py)
 

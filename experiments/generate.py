@@ -1,6 +1,6 @@
 """``drrl generate``: text generation (or teacher-forced scoring) over a KV cache whose blocks a policy stores.
 
-    drrl generate --prompt-file FILE [--policy pyramid] [--budget 0.25] [--max-new-tokens 128]
+    drrl generate --prompt-file FILE [--policy uniform:int4] [--budget 0.25] [--max-new-tokens 128]
                   [--compare dynamic,uniform:r16,h2o:1,POLICY] [--eval FILE] [--model smollm2-135m]
 
 A policy is a DRRL-KV-v0 baseline (``agents/kv_baselines.py``; ``uniform:LEVEL`` is a fixed plan) or a
@@ -230,8 +230,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--model", default="smollm2-135m", help="a causal LM (alias, folder or GGUF file)")
     p.add_argument(
         "--policy",
-        default="pyramid",
-        help="a DRRL-KV-v0 baseline (exact, streaming, uniform:LEVEL, h2o:TAU, pyramid, energy:TAU, greedy) "
+        default="uniform:int4",
+        help="a DRRL-KV-v0 baseline (exact, streaming, uniform:LEVEL, h2o:TAU, pyramid, energy:TAU, greedy, "
+        "static:FILE; default: the best measured at budget 0.25) "
         "or a trained agent's model.zip (with its model.kv.json sidecar)",
     )
     p.add_argument("--budget", type=float, default=0.25, help="cache bytes cap, a fraction of the exact fp16 cache")
