@@ -1,0 +1,1 @@
+"""One module per ``drrl`` subcommand, each with ``add_parser(sub)`` registering its parser and ``run(args)``."""
