@@ -109,10 +109,13 @@ def best_static(docs: Sequence[FastDocument], sweeps: int = 4, starts: Sequence[
 
 
 def random_plan(rng: np.random.Generator, steps: int, n_layers: int, n_levels: int, evict: int) -> np.ndarray:
-    """Executed levels (steps, 2, Ly) drawn for checking the fast mode: each layer gets its own level
-    distribution (Dirichlet(0.5) over the ladder), each block and kind a draw from it; a layer whose keys
-    or values are evicted is evicted whole, as the projection would."""
+    """Executed levels (steps, 2, Ly) drawn for fitting and checking the fast mode: each layer is left exact
+    with probability 1/2 (so that layers' effects can be told apart), else gets its own level distribution
+    (Dirichlet(0.5) over the ladder) from which each block and kind draws; a layer whose keys or values are
+    evicted is evicted whole, as the projection would."""
     probabilities = rng.dirichlet(np.full(n_levels, 0.5), size=n_layers)  # (Ly, R)
+    exact = rng.random(n_layers) < 0.5
+    probabilities[exact] = np.eye(n_levels)[-1]
     cumulative = probabilities.cumsum(-1)
     draws = rng.random((steps, 2, n_layers, 1))
     levels = (draws > cumulative[None, None]).sum(-1).clip(max=n_levels - 1)  # (steps, 2, Ly)
