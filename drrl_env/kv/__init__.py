@@ -10,9 +10,17 @@
   observation reads (the newest queries' attention mass, outputs and log-normalizers).
 - ``observation.py``: the deployable features of the block that leaves the window.
 - ``budget.py``: the byte budget and the projection of a requested action onto what fits.
+- ``controller.py``: the block controller: which block leaves the window, the budget it sees, and
+  the storage of the level decided.
+- ``config.py``: ``KVConfig``, the environment's defaults in one place.
 - ``episode.py``: one document decoded block by block over the cache (the environment's and the
   exact reference's one loop).
+- ``output_errors.py``: for the fast mode, each decision's isolated attention-output error energy
+  (per step, layer, K/V and level), exact within the layer.
+- ``fast.py``: the fast mode's surrogate: excess NLL as a non-negative combination of those errors
+  (fitted by NNLS), plans projected on the budget and scored thousands of times per second.
 
-The layering: ``drrl_env.kv`` imports torch, numpy and transformers' cache base class; the
+The layering: ``drrl_env.kv`` imports torch, numpy, scipy (``fast.py``'s NNLS) and transformers'
+cache base class; the
 environment (``drrl_env/kv_env.py``) and ``drrl generate`` import it, never the reverse.
 """
