@@ -21,6 +21,6 @@
   (fitted by NNLS), plans projected on the budget and scored thousands of times per second.
 
 The layering: ``drrl_env.kv`` imports torch, numpy, scipy (``fast.py``'s NNLS) and transformers'
-cache base class; the
-environment (``drrl_env/kv_env.py``) and ``drrl generate`` import it, never the reverse.
+cache base class; the environment (``drrl_env/kv_env.py``) and ``drrl generate`` import it,
+never the reverse.
 """
