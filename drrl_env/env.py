@@ -10,9 +10,11 @@ import numpy as np
 from gymnasium import spaces
 
 from drrl_env.analysis import DocumentAnalysis
+from drrl_env.attention.methods import method_for
+from drrl_env.attention.workload import workload_class
 from drrl_env.cache import cache_root
-from drrl_env.config import make_config
-from drrl_env.costs import make_cost_model
+from drrl_env.config import EnvConfig, make_config
+from drrl_env.costs import cost_model_class, make_cost_model
 from drrl_env.documents import DocumentStore
 from drrl_env.episode import ClosedLoop, Episode, OpenLoop
 from drrl_env.observation import build_observation, context_vector, observation_space
@@ -21,6 +23,15 @@ from drrl_env.reward import RewardWeights, fidelity_value, output_error
 from drrl_env.safety import adaptive_epsilon, budget_feasible, nearest_safe, safe_mask
 from drrl_env.sources import make_source, runtime_device
 from drrl_env.sources.base import ModelOutputs
+
+
+def check_extensions(config: EnvConfig) -> None:
+    """Resolves ``config``'s registered names (method with its options, workload, cost model) before anything
+    loads, so that a bad one fails at construction with the registry's list of known names; the config
+    itself is plain data and imports no registry."""
+    method_for(config.method, config)
+    workload_class(config.workload)
+    cost_model_class(config.cost_model)
 
 
 class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
@@ -162,6 +173,7 @@ class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):
             raise ValueError(f"render_mode={render_mode!r} is not supported; use None or 'ansi'")
         self.render_mode = render_mode
         self.config = cfg = make_config(**kwargs)
+        check_extensions(cfg)
         self.device = runtime_device(cfg)
         self.source = make_source(cfg, self.device)
         spec = self.source.spec

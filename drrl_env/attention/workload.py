@@ -313,6 +313,7 @@ _WORKLOADS: Registry[type[Prefill]] = Registry(
 )
 register_workload = _WORKLOADS.register
 workload_names = _WORKLOADS.names
+workload_class = _WORKLOADS.get
 register_workload(Prefill)
 register_workload(Decode)
 
