@@ -3,17 +3,18 @@ Stable-Baselines3 / sb3-contrib agents (``sb3_agents.py``) and the Transformer f
 (``transformer_policy.py``)."""
 
 from agents.baselines import (
-    BASELINES,
     EnergyThresholdPolicy,
     FixedRankPolicy,
     FullRankPolicy,
-    OraclePolicy,
     RandomPolicy,
+    baseline_names,
     make_baseline,
 )
+from agents.policy import RANK_BASELINES, OraclePolicy
 
 __all__ = [
-    "BASELINES",
+    "RANK_BASELINES",
+    "baseline_names",
     "EnergyThresholdPolicy",
     "FixedRankPolicy",
     "FullRankPolicy",

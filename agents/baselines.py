@@ -1,7 +1,9 @@
 """Non-learned rank policies with Stable-Baselines3's ``predict`` interface.
 
 ``policy.predict(obs) -> (action, None)`` for one observation of ``DRRL-v0`` (layer-level ranks),
-so evaluators treat them exactly like trained SB3 models.
+so evaluators treat them exactly like trained SB3 models.  Every baseline is a ``RankPolicy`` subclass
+registered in ``RANK_BASELINES`` (``agents/policy.py``; the oracle there, the planner in ``planner.py``):
+a new one is one class here with ``@RANK_BASELINES.register``.
 """
 
 from __future__ import annotations
@@ -9,11 +11,15 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from agents.planner import RolloutPlannerPolicy
-from agents.policy import OraclePolicy, RankPolicy
+import agents.planner  # noqa: F401  (registers the planner)
+from agents.policy import RANK_BASELINES, ROLES, RankPolicy
 from drrl_env.observation import CONTEXT_FIELDS
 
+ENERGY_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)  # the thresholds drrl compare tunes the energy families over
+PACE_LEVELS = (0.8, 0.9, 1.0, 1.1, 1.25)  # budget-greedy's pacing, tuned when the env has a latency budget
 
+
+@RANK_BASELINES.register
 class FullRankPolicy(RankPolicy):
     """Always exact attention (the last rank index)."""
 
@@ -23,8 +29,19 @@ class FullRankPolicy(RankPolicy):
         return len(obs["cost"]) - 1
 
 
+@RANK_BASELINES.register
 class FixedRankPolicy(RankPolicy):
     """Always the same rank (a value from the env's grid)."""
+
+    name, argument = "fixed", "R"
+
+    @classmethod
+    def from_spec(cls, env: gym.Env, arg: str | None, seed: int | None) -> FixedRankPolicy:
+        return cls(env.unwrapped.ranks, int(arg))
+
+    @classmethod
+    def tuning_grid(cls, env: gym.Env) -> list[str]:
+        return [f"fixed:{r}" for r in env.unwrapped.ranks]
 
     def __init__(self, ranks: tuple[int, ...], rank: int) -> None:
         if rank not in ranks:
@@ -36,10 +53,22 @@ class FixedRankPolicy(RankPolicy):
         return self.index
 
 
+@RANK_BASELINES.register
 class PerLayerStaticPolicy(RankPolicy):
     """A fixed rank per layer, the same for every segment and document (the static allocation of
     Eigen Attention and Palu); ``ranks_per_layer`` are values from the env's grid.  The layer is read
-    from the observation's context (layer / (layers - 1)), so it is deployable."""
+    from the observation's context (layer / (layers - 1)), so it is deployable.  ``drrl compare``
+    searches it by coordinate ascent from the best fixed rank (``experiments/compare.tune_baselines``)."""
+
+    name, argument = "static", "R0/R1/..."
+
+    @classmethod
+    def from_spec(cls, env: gym.Env, arg: str | None, seed: int | None) -> PerLayerStaticPolicy:
+        per_layer = [int(r) for r in arg.split("/")]
+        n_layers = env.unwrapped.source.spec.n_layers
+        if len(per_layer) != n_layers:
+            raise ValueError(f"give one rank per layer ({n_layers}), got {len(per_layer)}")
+        return cls(env.unwrapped.ranks, per_layer)
 
     def __init__(self, ranks: tuple[int, ...], ranks_per_layer: list[int]) -> None:
         unknown = [r for r in ranks_per_layer if r not in ranks]
@@ -54,10 +83,15 @@ class PerLayerStaticPolicy(RankPolicy):
         return self.index[round(float(obs["context"][0]) * (len(self.index) - 1))]
 
 
+@RANK_BASELINES.register
 class RandomPolicy(RankPolicy):
     """Uniform over the safe ranks of the observation's action mask."""
 
-    name = "random"
+    name, role = "random", "control"
+
+    @classmethod
+    def from_spec(cls, env: gym.Env, arg: str | None, seed: int | None) -> RandomPolicy:
+        return cls(seed)
 
     def __init__(self, seed: int | None = None) -> None:
         self.rng = np.random.default_rng(seed)
@@ -66,11 +100,22 @@ class RandomPolicy(RankPolicy):
         return int(self.rng.choice(np.flatnonzero(obs["action_mask"])))
 
 
+@RANK_BASELINES.register
 class EnergyThresholdPolicy(RankPolicy):
     """Smallest rank keeping at least ``tau`` of the spectral energy of Q and K, averaged over heads.
 
     Uses only the observation (deployable): kept energy = 1 - tail_energy^2.
     """
+
+    name, argument = "energy", "TAU"
+
+    @classmethod
+    def from_spec(cls, env: gym.Env, arg: str | None, seed: int | None) -> EnergyThresholdPolicy:
+        return cls(float(arg))
+
+    @classmethod
+    def tuning_grid(cls, env: gym.Env) -> list[str]:
+        return [f"{cls.name}:{tau}" for tau in ENERGY_LEVELS]
 
     def __init__(self, tau: float) -> None:
         if not 0.0 < tau <= 1.0:
@@ -84,10 +129,13 @@ class EnergyThresholdPolicy(RankPolicy):
         return int(np.argmax(enough)) if enough.any() else len(enough) - 1
 
 
+@RANK_BASELINES.register
 class CostAwareEnergyPolicy(EnergyThresholdPolicy):
     """:class:`EnergyThresholdPolicy`, except that it takes full rank where the chosen rank's observed
     cost is not below exact attention's (``obs["cost"] >= 1``): a low rank that saves nothing is
     not worth its error.  Deployable (observation only)."""
+
+    name = "energy-cost"
 
     def __init__(self, tau: float) -> None:
         super().__init__(tau)
@@ -98,6 +146,7 @@ class CostAwareEnergyPolicy(EnergyThresholdPolicy):
         return len(obs["cost"]) - 1 if obs["cost"][rank] >= 1.0 else rank
 
 
+@RANK_BASELINES.register
 class BudgetGreedyPolicy(RankPolicy):
     """For a ``latency_budget``: fills each step's share of the budget by marginal fidelity per unit
     cost.  Deployable (observation and the configured budget only).
@@ -107,6 +156,19 @@ class BudgetGreedyPolicy(RankPolicy):
     cheapest allowed rank, it moves to the allowed rank with the largest gain in kept energy
     (1 - tail_energy^2, the lower of Q's and K's, mean over heads) per unit of extra cost, while the
     cost stays within the allowance."""
+
+    name, argument = "budget-greedy", "PACE"
+
+    @classmethod
+    def from_spec(cls, env: gym.Env, arg: str | None, seed: int | None) -> BudgetGreedyPolicy:
+        budget = env.unwrapped.config.latency_budget
+        if budget is None:
+            raise ValueError("it fills a latency budget; make the env with latency_budget=B")
+        return cls(budget, float(arg))
+
+    @classmethod
+    def tuning_grid(cls, env: gym.Env) -> list[str]:
+        return [f"budget-greedy:{p}" for p in PACE_LEVELS] if env.unwrapped.config.latency_budget is not None else []
 
     def __init__(self, budget: float, pace: float) -> None:
         if not pace > 0:
@@ -128,55 +190,33 @@ class BudgetGreedyPolicy(RankPolicy):
             rank = int(max(better, key=lambda r: (kept[r] - kept[rank]) / (cost[r] - cost[rank])))
 
 
-BASELINES = (
-    "full",
-    "fixed:R",
-    "static:R0/R1/...",
-    "random",
-    "energy:TAU",
-    "energy-cost:TAU",
-    "budget-greedy:PACE",
-    "oracle",
-    "planner",
-)
-REFERENCES = ("oracle", "planner")  # read the true attention: upper references, not deployable
+def baseline_names() -> list[str]:
+    """Every registered baseline as a spec pattern (``full``, ``fixed:R``, ``energy:TAU``, ...): the deployable
+    ones first, then the controls, then the references."""
+    classes = sorted(map(RANK_BASELINES.get, RANK_BASELINES.names()), key=lambda c: ROLES.index(c.role))
+    return [cls.name if cls.argument is None else f"{cls.name}:{cls.argument}" for cls in classes]
+
+
+def role_of(spec: str) -> str:
+    """The ``role`` of baseline ``spec``'s family (``"deployable"``, ``"reference"`` or ``"control"``)."""
+    return RANK_BASELINES.get(spec.partition(":")[0]).role
 
 
 def make_baseline(spec: str, env: gym.Env, seed: int | None = None) -> RankPolicy:
-    """A baseline from its name: ``full``, ``fixed:R``, ``static:R0/R1/...`` (one rank per layer),
-    ``random``, ``energy:TAU``, ``energy-cost:TAU``, ``budget-greedy:PACE`` (envs with a
-    ``latency_budget``), ``oracle`` (one-step) or ``planner`` (non-myopic rollout, ``agents/planner.py``)."""
-    ranks = env.unwrapped.ranks
-    name, _, arg = spec.partition(":")
+    """A baseline from its spec ``NAME`` or ``NAME:ARGUMENT`` (:func:`baseline_names`): ``full``, ``fixed:R``,
+    ``static:R0/R1/...`` (one rank per layer), ``random``, ``energy:TAU``, ``energy-cost:TAU``,
+    ``budget-greedy:PACE`` (envs with a ``latency_budget``), ``oracle`` (one-step) or ``planner``
+    (non-myopic rollout, ``agents/planner.py``); ``seed`` seeds the random one."""
     if env.unwrapped.config.per_head:
         raise ValueError("the baselines choose one rank per layer; make the env with per_head=False")
+    name, colon, arg = spec.partition(":")
+    if name not in RANK_BASELINES.names():
+        raise ValueError(f"unknown baseline {spec!r}; choose one of {baseline_names()}")
+    cls = RANK_BASELINES.get(name)
+    if (cls.argument is None) == bool(colon):
+        needs = "takes no argument" if cls.argument is None else f"needs an argument: {name}:{cls.argument}"
+        raise ValueError(f"baseline {spec!r} {needs}")
     try:
-        if name == "full" and not arg:
-            return FullRankPolicy()
-        if name == "fixed" and arg:
-            return FixedRankPolicy(ranks, int(arg))
-        if name == "static" and arg:
-            per_layer = [int(r) for r in arg.split("/")]
-            if len(per_layer) != env.unwrapped.source.spec.n_layers:
-                raise ValueError(
-                    f"give one rank per layer ({env.unwrapped.source.spec.n_layers}), got {len(per_layer)}"
-                )
-            return PerLayerStaticPolicy(ranks, per_layer)
-        if name == "random" and not arg:
-            return RandomPolicy(seed)
-        if name == "energy" and arg:
-            return EnergyThresholdPolicy(float(arg))
-        if name == "energy-cost" and arg:
-            return CostAwareEnergyPolicy(float(arg))
-        if name == "budget-greedy" and arg:
-            budget = env.unwrapped.config.latency_budget
-            if budget is None:
-                raise ValueError("it fills a latency budget; make the env with latency_budget=B")
-            return BudgetGreedyPolicy(budget, float(arg))
-        if name == "oracle" and not arg:
-            return OraclePolicy(env)
-        if name == "planner" and not arg:
-            return RolloutPlannerPolicy(env)
+        return cls.from_spec(env, arg or None, seed)
     except ValueError as err:
         raise ValueError(f"baseline {spec!r}: {err}") from err
-    raise ValueError(f"unknown baseline {spec!r}; choose one of {list(BASELINES)}")

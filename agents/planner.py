@@ -23,15 +23,20 @@ import dataclasses
 import gymnasium as gym
 import numpy as np
 
-from agents.policy import OraclePolicy, RankPolicy
+from agents.policy import RANK_BASELINES, OraclePolicy, RankPolicy
 from drrl_env.env import RankSelectionEnv
 from drrl_env.play import play
 
 
+@RANK_BASELINES.register
 class RolloutPlannerPolicy(RankPolicy):
     """Plans each document by the rollout algorithm (module docstring), then plays the plan."""
 
-    name = "planner"
+    name, role = "planner", "reference"
+
+    @classmethod
+    def from_spec(cls, env: gym.Env, arg: str | None, seed: int | None) -> RolloutPlannerPolicy:
+        return cls(env)
 
     def __init__(self, env: gym.Env) -> None:
         self.env: RankSelectionEnv = env.unwrapped

@@ -19,7 +19,7 @@ from sb3_contrib import MaskablePPO, RecurrentPPO
 from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from agents.baselines import OraclePolicy
+from agents.policy import OraclePolicy
 from agents.transformer_policy import RankTransformerExtractor
 from drrl_env.config import EnvConfig
 from drrl_env.play import play

@@ -26,6 +26,11 @@ class Registry(Generic[T]):
         self._classes[cls.name] = cls
         return cls
 
+    def unregister(self, name: str) -> None:
+        """Removes ``name`` (a test's toy extension, so that it does not outlive the test)."""
+        self.get(name)
+        del self._classes[name]
+
     def names(self) -> tuple[str, ...]:
         return tuple(self._classes)
 

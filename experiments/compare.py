@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 import drrl_env  # noqa: F401
-from agents.baselines import REFERENCES, make_baseline
+from agents.baselines import make_baseline, role_of
+from agents.policy import RANK_BASELINES
 from agents.sb3_agents import env_config_dict, load_agent
 from drrl_env.config import make_config
 from drrl_env.costs import cost_model_class
@@ -37,8 +38,6 @@ from experiments.report import (
 )
 from experiments.rollout import EpisodeSummary, add_model_metrics, evaluate
 from experiments.train import TrainConfig, read_yaml_mapping, resolved_settings, train
-
-ENERGY_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
 def _train_one(args: tuple[TrainConfig, str]) -> str:
@@ -80,14 +79,10 @@ def _earlier_runs(config: TrainConfig, logdir: Path) -> list[Path]:
     return runs
 
 
-TUNED_FAMILIES = ("fixed", "energy", "energy-cost", "static")  # deployable baselines tuned on training documents
-PACE_LEVELS = (0.8, 0.9, 1.0, 1.1, 1.25)  # budget-greedy's pacing, tuned too when the env has a latency budget
-
-
 def tune_baselines(env_id: str, env_kwargs: dict[str, Any], documents: int) -> list[str]:
-    """The best of each family of ``TUNED_FAMILIES`` by mean reward on the first ``documents`` training
-    documents: fixed rank, energy threshold and cost-aware energy threshold over their grids (and,
-    with a latency budget, the greedy allocator's pacing, ``PACE_LEVELS``); the
+    """The best of each tunable baseline family by mean reward on the first ``documents`` training
+    documents, each over the grid it declares (``RankPolicy.tuning_grid``: fixed rank, energy threshold,
+    cost-aware energy threshold and, with a latency budget, the greedy allocator's pacing); then the
     per-layer static ranks by one pass of coordinate ascent from the best fixed rank (each layer in
     turn takes the rank that maximizes the mean reward with the other layers held)."""
     env = gym.make(env_id, **{**env_kwargs, "split": "train"})
@@ -100,12 +95,10 @@ def tune_baselines(env_id: str, env_kwargs: dict[str, Any], documents: int) -> l
         rows = evaluate(env, {c: make_baseline(c, env) for c in new}, docs)
         score.update({c: float(np.mean([r.reward for r in rows if r.policy == c])) for c in new})
 
-    families = [*TUNED_FAMILIES[:3], *(["budget-greedy"] if env.unwrapped.config.latency_budget is not None else [])]
-    scored(
-        [f"fixed:{r}" for r in ranks]
-        + [f"{family}:{t}" for family in TUNED_FAMILIES[1:3] for t in ENERGY_LEVELS]
-        + [f"budget-greedy:{p}" for p in PACE_LEVELS if "budget-greedy" in families]
-    )
+    grids = {name: RANK_BASELINES.get(name).tuning_grid(env) for name in RANK_BASELINES.names()}
+    families = [name for name, grid in grids.items() if grid]
+    assert "fixed" in families, "the per-layer search starts from the best fixed rank: keep fixed:R tunable"
+    scored([spec for family in families for spec in grids[family]])
     best = {family: max((c for c in score if c.split(":")[0] == family), key=score.get) for family in families}
     per_layer = [int(best["fixed"].split(":")[1])] * n_layers
     for layer in range(n_layers):
@@ -226,7 +219,7 @@ def select_on_validation(
     primary comparison.  Returns their names, the validation means and the number of documents."""
     env = gym.make(env_id, **{**env_kwargs, "split": "validation"})
     documents = range(min(episodes, len(env.unwrapped.document_names())))
-    deployable = [b for b in baselines if b not in (*REFERENCES, "random")]
+    deployable = [b for b in baselines if role_of(b) == "deployable"]
     chosen = {p: policy for p, policy in policies.items() if method_of[p] not in baselines or p in deployable}
     rows = evaluate(env, chosen, documents)
     means = {
@@ -256,7 +249,7 @@ def write_report(rows: list[EpisodeSummary], meta: dict[str, Any], out: Path) ->
     table, means = method_table(rows, method_of)
     constant = {m: r for m, r in constant_plans(rows, method_of).items() if m not in baselines}
     agents = [m for m in dict.fromkeys(method_of.values()) if m not in baselines]
-    deployable = [b for b in baselines if b not in (*REFERENCES, "random")]
+    deployable = [b for b in baselines if role_of(b) == "deployable"]
     best_agent, best_base = selection["agent"], selection["baseline"]
     best_static = next(
         (b for b in deployable if b.startswith("static:")),
@@ -275,8 +268,8 @@ def write_report(rows: list[EpisodeSummary], meta: dict[str, Any], out: Path) ->
     ]
     secondary += [
         paired_comparison(best_agent, ref, docs_of(best_agent), docs_of(ref), clusters)
-        for ref in REFERENCES
-        if ref in means
+        for ref in baselines
+        if role_of(ref) == "reference"
     ]
     secondary = [replace(c, p_holm=p) for c, p in zip(secondary, holm([c.p_value for c in secondary]))]
     oracle = means["oracle"]["reward"]

@@ -54,8 +54,9 @@ def test_energy_threshold_picks_the_smallest_rank_that_keeps_tau():
     [
         ("fixed:5", "not in the env's rank grid"),
         ("energy:2", "must lie in"),
-        ("greedy", "unknown baseline"),
-        ("fixed", "unknown baseline"),
+        ("greedy", "unknown baseline 'greedy'; choose one of .*'energy-cost:TAU'"),
+        ("fixed", "needs an argument: fixed:R"),
+        ("full:3", "takes no argument"),
     ],
 )
 def test_bad_baselines_are_rejected(env, spec, message):
@@ -132,8 +133,8 @@ def test_rollout_command_reports_bad_input_in_one_line():
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "drrl rollout: error: unknown baseline 'greedy'; choose one of "
-        "['full', 'fixed:R', 'static:R0/R1/...', 'random', 'energy:TAU', "
-        "'energy-cost:TAU', 'budget-greedy:PACE', 'oracle', 'planner']"
+        "['full', 'fixed:R', 'static:R0/R1/...', 'energy:TAU', 'energy-cost:TAU', "
+        "'budget-greedy:PACE', 'random', 'oracle', 'planner']"
     ]
 
 

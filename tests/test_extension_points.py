@@ -95,3 +95,43 @@ def test_names_are_checked_against_the_registries():
         gym.make("DRRL-v0", **SYNTHETIC, cost_model="nope")
     with pytest.raises(ValueError, match="already registered"):
         register_method(type("Clash", (LeadingCoordinates,), {"name": "svd"}))
+
+
+def test_a_registered_rank_baseline_is_made_from_its_spec_and_tuned_by_compare():
+    from agents.baselines import baseline_names, make_baseline
+    from agents.policy import RANK_BASELINES, RankPolicy
+    from experiments.compare import tune_baselines
+
+    @RANK_BASELINES.register
+    class LowestRank(RankPolicy):
+        """Toy baseline: the k-th lowest rank of the grid."""
+
+        name, argument = "test_lowest", "K"
+
+        def __init__(self, k: int) -> None:
+            self.k = k
+
+        @classmethod
+        def from_spec(cls, env, arg, seed):
+            return cls(int(arg))
+
+        @classmethod
+        def tuning_grid(cls, env):
+            return ["test_lowest:0", "test_lowest:1"]
+
+        def act(self, obs):
+            return self.k
+
+    try:
+        env = gym.make("DRRL-v0", **SYNTHETIC)
+        assert "test_lowest:K" in baseline_names()
+        obs, _ = env.reset(seed=0)
+        assert make_baseline("test_lowest:1", env).predict(obs)[0] == 1
+        with pytest.raises(ValueError, match="needs an argument: test_lowest:K"):
+            make_baseline("test_lowest", env)
+        tuned = tune_baselines("DRRL-v0", {**SYNTHETIC, "cache_dir": None}, documents=1)
+        assert [spec.split(":")[0] for spec in tuned] == ["fixed", "energy", "energy-cost", "test_lowest", "static"]
+    finally:
+        RANK_BASELINES.unregister("test_lowest")
+    with pytest.raises(TypeError, match="role='oracle-ish' is not allowed"):
+        type("BadRole", (RankPolicy,), {"role": "oracle-ish"})

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agents.baselines import BASELINES
+from agents.baselines import baseline_names
 from drrl_env.config import SPLITS
 from experiments.commands.common import env_args
 from experiments.options import parse_env_kwargs
@@ -68,7 +68,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="evaluate a trained run or a baseline on held-out documents")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--model", help="run folder or saved agent zip")
-    who.add_argument("--baseline", help=f"one of: {', '.join(BASELINES)}")
+    who.add_argument("--baseline", help=f"one of: {', '.join(baseline_names())}")
     p.add_argument("--split", default="test", choices=SPLITS, help="documents to evaluate on")
     p.add_argument("--episodes", type=int, default=8, help="documents to evaluate (the first N of the split)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")

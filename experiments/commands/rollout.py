@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from agents.baselines import BASELINES
+from agents.baselines import baseline_names
 from drrl_env.config import SPLITS
 from experiments.commands.common import DEFAULT_POLICIES, env_args, split_list
 from experiments.options import parse_env_kwargs
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(sub: Any) -> None:
     """Registers ``drrl rollout`` on the CLI's subparsers."""
     p = sub.add_parser("rollout", help="run baseline policies and print their reward terms")
-    p.add_argument("--policies", default=DEFAULT_POLICIES, help=f"comma-separated, of: {', '.join(BASELINES)}")
+    p.add_argument("--policies", default=DEFAULT_POLICIES, help=f"comma-separated, of: {', '.join(baseline_names())}")
     p.add_argument("--episodes", type=int, default=4, help="documents to run (the first N of the split)")
     p.add_argument("--split", default="test", choices=SPLITS, help="documents to run on")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
