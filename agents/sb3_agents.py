@@ -20,7 +20,7 @@ from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from agents.policy import OraclePolicy
-from agents.transformer_policy import RankTransformerExtractor
+from agents.transformer_policy import KVLayerTransformerExtractor, RankTransformerExtractor
 from drrl_env.config import EnvConfig
 from drrl_env.play import play
 
@@ -76,6 +76,7 @@ DEFAULT_HYPERPARAMS: dict[str, dict[str, Any]] = {
     },
 }
 TRANSFORMER_KWARGS = {"width": 64, "n_layers": 2, "n_heads": 4}
+KV_TRANSFORMER_KWARGS = {"width": 32, "n_layers": 2, "n_heads": 4}
 # Config fields that do not change the MDP and may differ between training and evaluation.
 RUNTIME_FIELDS = frozenset(EnvConfig.runtime_fields())
 # Config fields that choose the documents: evaluation on other data is allowed and reported.
@@ -99,7 +100,11 @@ def make_agent(
         raise ValueError(f"unknown policy {policy!r}; choose one of {list(POLICIES)}")
     kwargs = {**DEFAULT_HYPERPARAMS[algo], **overrides}
     policy_kwargs = dict(kwargs.pop("policy_kwargs", {}))
-    if policy == "transformer":
+    if policy == "transformer" and "estimate" in env.observation_space.spaces:  # DRRL-KV-v0: a token per layer
+        policy_kwargs.setdefault("features_extractor_class", KVLayerTransformerExtractor)
+        policy_kwargs.setdefault("features_extractor_kwargs", dict(KV_TRANSFORMER_KWARGS))
+        policy_kwargs.setdefault("net_arch", dict(pi=[], vf=[64]))  # each layer's logits read its own token
+    elif policy == "transformer":
         policy_kwargs.setdefault("features_extractor_class", RankTransformerExtractor)
         policy_kwargs.setdefault("features_extractor_kwargs", dict(TRANSFORMER_KWARGS))
         policy_kwargs.setdefault("net_arch", [64] if algo == "dqn" else dict(pi=[64], vf=[64]))

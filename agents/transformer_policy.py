@@ -111,3 +111,60 @@ class RankTransformerExtractor(BaseFeaturesExtractor):
         x = self.norm(x)
         rank_out = x[:, self.heads : self.heads + self.n_ranks]  # (B, R, width)
         return torch.cat([x[:, -1], rank_out.flatten(1)], dim=-1)  # (B, (R + 1) * width)
+
+
+class KVLayerTransformerExtractor(BaseFeaturesExtractor):
+    """DRRL-KV-v0's Transformer policy network: one token per layer of the model, so that attention
+    between tokens reads the cache's structure (which layers are sensitive, where the bytes go).
+
+        one token per layer  [energy_l (2R), log1p(estimate_l) (2R), mass_l (2), layer_bytes_l,
+                              the layer's action mask (2R)]                      (6R + 3 features)
+        one context token    [context]                                           (5 features)
+
+    each projected to ``width``, the layer tokens tagged with a learned embedding of their index and
+    the context token with its own; then ``n_layers`` pre-norm encoder blocks (:class:`EncoderBlock`).
+    The features are every layer token's output and the context token's, concatenated:
+    (Ly + 1) * width values, from which SB3's action head scores each layer's levels.  Shapes come
+    from the observation space (any layer count and ladder).
+    """
+
+    def __init__(self, observation_space: spaces.Dict, width: int = 32, n_layers: int = 2, n_heads: int = 4) -> None:
+        shapes = {key: space.shape for key, space in observation_space.spaces.items()}
+        missing = {"energy", "estimate", "mass", "layer_bytes", "context", "action_mask"} - set(shapes)
+        assert not missing, (
+            f"KVLayerTransformerExtractor needs a DRRL-KV-v0 observation space; missing keys {sorted(missing)}"
+        )
+        assert width % n_heads == 0, f"width={width} must be a multiple of n_heads={n_heads}"
+        model_layers, _, n_levels = shapes["energy"]
+        super().__init__(observation_space, features_dim=(model_layers + 1) * width)
+        self.model_layers, self.n_levels = model_layers, n_levels
+        self.layer_proj = nn.Linear(6 * n_levels + 3, width)
+        self.context_proj = nn.Linear(shapes["context"][0], width)
+        self.layer_embedding = nn.Parameter(torch.zeros(model_layers + 1, width))  # the last: the context token's
+        nn.init.normal_(self.layer_embedding, std=0.02)
+        self.blocks = nn.ModuleList(EncoderBlock(width, n_heads) for _ in range(n_layers))
+        self.norm = nn.LayerNorm(width)
+
+    def tokens(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, Ly + 1, width) token embeddings before the encoder."""
+        batch = obs["context"].shape[0]
+        mask = obs["action_mask"].float().reshape(batch, 2, self.model_layers, self.n_levels)  # (B, 2, Ly, R)
+        per_layer = torch.cat(
+            [
+                obs["energy"].flatten(2),  # (B, Ly, 2R)
+                torch.log1p(obs["estimate"].clamp(min=0)).flatten(2),  # (B, Ly, 2R)
+                obs["mass"],  # (B, Ly, 2)
+                obs["layer_bytes"][..., None],  # (B, Ly, 1)
+                mask.transpose(1, 2).flatten(2),  # (B, 2, Ly, R) -> (B, Ly, 2R)
+            ],
+            dim=-1,
+        )  # (B, Ly, 6R + 3)
+        layers = self.layer_proj(per_layer)  # (B, Ly, width)
+        context = self.context_proj(obs["context"])[:, None]  # (B, 1, width)
+        return torch.cat([layers, context], dim=1) + self.layer_embedding  # (B, Ly + 1, width)
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = self.tokens(obs)  # (B, Ly + 1, width)
+        for block in self.blocks:
+            x, _ = block(x)
+        return self.norm(x).flatten(1)  # (B, (Ly + 1) * width)

@@ -1,17 +1,19 @@
 """``drrl train-kv``: an SB3 agent trained on DRRL-KV-fast-v0, DRRL-KV-v0's fast mode.
 
-    drrl train-kv --sensitivity experiments/results/kv/fast_mode.npz [--algo ppo] [--timesteps 200000]
-        [--seed 0] [--train-documents 4-11] [--eval-documents 6] [--eval-freq 20000] [--n-steps 1024]
+    drrl train-kv --sensitivity experiments/results/kv/fast_mode.npz [--algo ppo] [--policy mlp]
+        [--timesteps 200000] [--seed 0] [--train-documents 4-11] [--eval-documents 6] [--eval-freq 20000] [--n-steps 1024]
         [--logdir runs] [--env-kwargs k=v ...]
 
-Top to bottom: build the training environment on documents ``--train-documents`` of ``--split`` (whose
-fast-mode artefacts are computed once and cached), and an evaluation one on the first
+Top to bottom: build the training environment on documents ``--train-documents`` of ``--split``
+(whose fast-mode artefacts are computed once and cached), and an evaluation one on the first
 ``--eval-documents`` documents of ``--eval-split`` (validation); train ``--algo`` (ppo, maskable_ppo
-or recurrent_ppo, SB3's MultiInputPolicy) for ``--timesteps`` steps, scoring the deterministic policy
-on the evaluation documents every ``--eval-freq`` steps (TensorBoard ``eval/predicted_excess_nll``,
-the fast mode's, per document); save ``model.zip`` with the sidecar ``model.kv.json`` that
-``drrl generate`` checks.  The run folder is ``LOGDIR/DRRL-KV-fast-v0__ALGO__SEED__TIME``.  These are
-fast-mode scores: figures come from the closed loop (``benchmarks/kv_headroom.py --agents RUN/model.zip``).
+or recurrent_ppo) with ``--policy`` (``mlp``: SB3's MultiInputPolicy; ``transformer``: one token per
+model layer, ``agents.transformer_policy.KVLayerTransformerExtractor``) for ``--timesteps`` steps,
+scoring the deterministic policy on the evaluation documents every ``--eval-freq`` steps
+(TensorBoard ``eval/predicted_excess_nll``, the fast mode's, per document); save ``model.zip`` with
+the sidecar ``model.kv.json`` that ``drrl generate`` checks.  The run folder is
+``LOGDIR/DRRL-KV-fast-v0__ALGO-POLICY__SEED__TIME``.  These are fast-mode scores: figures come from
+the closed loop (``benchmarks/kv_headroom.py --agents RUN/model.zip``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 
-from agents.sb3_agents import make_agent, save_agent
+from agents.sb3_agents import POLICIES, make_agent, save_agent
 from drrl_env.play import play, predicting
 from experiments.generate import policy_metadata
 from experiments.options import parse_kv_kwargs
@@ -94,9 +96,9 @@ def train_kv(args: argparse.Namespace) -> Path:
     eval_env = gym.make(ENV_ID, **{**shared, "split": args.eval_split})
     evaluation = range(min(args.eval_documents, len(eval_env.unwrapped.document_names())))
     model = make_agent(
-        args.algo, env, "mlp", seed=args.seed, n_steps=args.n_steps, batch_size=min(256, args.n_steps), gamma=0.99
+        args.algo, env, args.policy, seed=args.seed, n_steps=args.n_steps, batch_size=min(256, args.n_steps), gamma=0.99
     )
-    run_dir = Path(args.logdir) / f"{ENV_ID}__{args.algo}__{args.seed}__{int(time.time())}"
+    run_dir = Path(args.logdir) / f"{ENV_ID}__{args.algo}-{args.policy}__{args.seed}__{int(time.time())}"
     run_dir.mkdir(parents=True, exist_ok=False)
     model.set_logger(configure(str(run_dir), ["tensorboard", "csv"]))
     callback = FastEvalCallback(eval_env, evaluation, args.eval_freq)
@@ -116,6 +118,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("train-kv", help=f"train an SB3 agent on {ENV_ID} (DRRL-KV-v0's fast mode)")
     p.add_argument("--sensitivity", required=True, help="the .npz of benchmarks/kv_fast_mode.py")
     p.add_argument("--algo", default="ppo", help=f"one of {', '.join(KV_ALGORITHMS)}")
+    p.add_argument("--policy", default="mlp", choices=POLICIES, help="mlp, or transformer (a token per layer)")
     p.add_argument("--timesteps", type=int, default=200_000, help="environment steps to train for")
     p.add_argument("--seed", type=int, default=0, help="seed of the agent and of the environment's draws")
     p.add_argument("--split", default="train", help="the training documents' split")

@@ -190,6 +190,31 @@ def test_drrl_train_kv_trains_saves_and_logs_an_agent(tiny_causal_llama, tmp_pat
         cwd=tmp_path,
     )
     (run,) = (tmp_path / "runs").iterdir()
-    assert run.name.startswith("DRRL-KV-fast-v0__ppo__0__") and (run / "model.kv.json").is_file()
+    assert run.name.startswith("DRRL-KV-fast-v0__ppo-mlp__0__") and (run / "model.kv.json").is_file()
     events = EventAccumulator(str(run)).Reload()
     assert "eval/predicted_excess_nll" in events.Tags()["scalars"]
+
+
+def test_the_layer_transformer_policy_reads_each_layers_token_and_trains(fast_env):
+    import torch
+    from stable_baselines3.common.utils import obs_as_tensor
+
+    from agents.sb3_agents import make_agent
+    from agents.transformer_policy import KVLayerTransformerExtractor
+
+    space = fast_env.observation_space
+    extractor = KVLayerTransformerExtractor(space, width=8, n_heads=2)
+    obs, _ = fast_env.reset(options={"document": 0})
+    batch = {key: value[None] for key, value in obs_as_tensor(obs, torch.device("cpu")).items()}
+    n_layers = space["energy"].shape[0]
+    assert extractor(batch).shape == (1, (n_layers + 1) * 8)
+    tokens = extractor.tokens(batch)
+    changed = {key: value.clone() for key, value in batch.items()}
+    changed["mass"][0, 1] += 0.5  # layer 1's token only
+    moved = (extractor.tokens(changed) - tokens).abs().sum(-1)[0]  # (Ly + 1,)
+    assert moved[1] > 0 and moved[0] == 0 and moved[-1] == 0
+    model = make_agent("ppo", fast_env, "transformer", seed=0, n_steps=16, batch_size=16)
+    assert isinstance(model.policy.features_extractor, KVLayerTransformerExtractor)
+    model.learn(16)
+    action, _ = model.predict(obs, deterministic=True)
+    assert fast_env.action_space.contains(action)
