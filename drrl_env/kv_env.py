@@ -143,10 +143,8 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.bases = fit_kv_bases(training, cfg.calibration_documents, cfg.key_space, root)
         self.n_layers, n_levels = spec.n_layers, len(self.ladder)
         probe = self.new_cache()
-        self.exact_token_bytes = probe.token_bytes()
-        self._reserved = (cfg.sinks + cfg.window + cfg.block) * self.exact_token_bytes + probe.bases.nbytes(
-            probe.max_rank
-        )
+        self.exact_token_bytes = probe.token_bytes()  # one sequence's
+        self._bases_bytes = probe.bases.nbytes(probe.max_rank)
         self.budget = self.budget_for(cfg.max_seq_len)
         self.max_steps = steps_for(cfg.max_seq_len, cfg.window, cfg.block)
         self._root = root
@@ -185,30 +183,36 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         head_dim = self.source.spec.head_dim
         return lambda positions: rotary_angles(self.model, positions, head_dim)
 
-    def budget_for(self, max_len: int, budget: float | None = None) -> ByteBudget:
-        """The byte budget of a sequence of at most ``max_len`` tokens: ``budget`` (default: the config's) of
-        its exact cache."""
-        fraction = self.config.budget if budget is None else budget
-        return ByteBudget(int(fraction * max_len * self.exact_token_bytes), self._reserved)
+    def budget_for(self, max_len: int, budget: float | None = None, batch: int = 1) -> ByteBudget:
+        """The byte budget of ``batch`` sequences of at most ``max_len`` tokens each: ``budget`` (default: the
+        config's) of their exact cache; reserved: their sinks, window and decoding block, and the bases."""
+        cfg = self.config
+        fraction = cfg.budget if budget is None else budget
+        sequence = batch * self.exact_token_bytes  # bytes of one exact position across the batch
+        return ByteBudget(
+            int(fraction * max_len * sequence), (cfg.sinks + cfg.window + cfg.block) * sequence + self._bases_bytes
+        )
 
-    def controller(self, max_len: int | None = None, budget: float | None = None) -> BlockController:
-        """A fresh budget controller (one per episode, or per generation of at most ``max_len`` tokens)."""
+    def controller(self, max_len: int | None = None, budget: float | None = None, batch: int = 1) -> BlockController:
+        """A fresh budget controller (one per episode, or per generation of ``batch`` sequences of at most
+        ``max_len`` tokens, which share one decision per block)."""
         max_len = max_len or self.config.max_seq_len
         return BlockController(
-            self.budget_for(max_len, budget),
+            self.budget_for(max_len, budget, batch),
             self.n_layers,
             self.evict,
             max_len,
             self.config.estimate_clip,
-            self.exact_token_bytes,
+            batch * self.exact_token_bytes,
         )
 
     def serving_cache(
-        self, act: Callable[[dict[str, np.ndarray]], np.ndarray], max_len: int
+        self, act: Callable[[dict[str, np.ndarray]], np.ndarray], max_len: int, batch: int = 1
     ) -> tuple[CompressedKVCache, BlockController]:
-        """A cache for generation of at most ``max_len`` tokens whose due blocks ``act`` decides from the same
-        observation as the environment's, stored through the same controller (budget, projection)."""
-        controller = self.controller(max_len)
+        """A cache for generation of ``batch`` sequences of at most ``max_len`` tokens whose due blocks ``act``
+        decides from the same observation as the environment's, stored through the same controller (budget,
+        projection); the budget is the config's fraction of the whole batch's exact cache."""
+        controller = self.controller(max_len, batch=batch)
 
         def decide(cache: CompressedKVCache, index: int) -> None:
             controller.store(cache, index, act(controller.observe(cache, index)))

@@ -108,12 +108,15 @@ def level_summary(ladder: tuple, blocks: list) -> str:
 def run_policy(
     env: Any, spec: str, prompt: torch.Tensor, max_new: int, score: torch.Tensor | None, progress: bool
 ) -> Run:
-    """Generates ``max_new`` tokens after ``prompt`` (L,) greedily, or with ``score`` (L,) the teacher-forced
-    perplexity of its tokens after the first window + block, under policy ``spec``."""
+    """Generates ``max_new`` tokens after ``prompt`` (L,) or (B, L) greedily (a batch shares one decision per
+    block; ``Run.text`` is the first sequence's, ``Run.new_tokens`` counts every sequence's), or with ``score``
+    (L,) the teacher-forced perplexity of its tokens after the first window + block, under policy ``spec``."""
     unwrapped = env.unwrapped
     model, block = unwrapped.model, unwrapped.config.block
     run = Run(spec)
-    total = len(prompt) + (0 if score is not None else max_new)
+    prompts = prompt if prompt.dim() == 2 else prompt[None]  # (B, L)
+    batch = 1 if score is not None else prompts.shape[0]
+    total = prompts.shape[1] + (0 if score is not None else max_new)
     if spec == DYNAMIC:
         from transformers import DynamicCache
 
@@ -128,18 +131,20 @@ def run_policy(
             run.decide_seconds += time.perf_counter() - begin
             return action
 
-        cache, controller = unwrapped.serving_cache(act, total)
+        cache, controller = unwrapped.serving_cache(act, total, batch)
     try:
-        ids = (score if score is not None else prompt)[None].to(unwrapped.device)
+        ids = (score[None] if score is not None else prompts).to(unwrapped.device)  # (B, L)
         nll, scored_from = [], unwrapped.config.window + block
         stop = ids.shape[1] - 1 if score is not None else ids.shape[1]
         begin, position, logits = time.perf_counter(), 0, None
         while position < stop:  # the prompt (or the document) in blocks, as DRRL-KV-v0 feeds it
             end = min(stop, scored_from if position == 0 else position + block)
-            logits = model(input_ids=ids[:, position:end], cache=cache, use_cache=True).logits[0]
+            logits = model(input_ids=ids[:, position:end], cache=cache, use_cache=True).logits  # (B, n, V)
             if score is not None and position >= scored_from:
                 nll.append(
-                    torch.nn.functional.cross_entropy(logits.float(), ids[0, position + 1 : end + 1], reduction="sum")
+                    torch.nn.functional.cross_entropy(
+                        logits[0].float(), ids[0, position + 1 : end + 1], reduction="sum"
+                    )
                 )
             position = end
             if progress:
@@ -149,22 +154,22 @@ def run_policy(
             run.seconds = time.perf_counter() - begin
         else:
             begin, generated = time.perf_counter(), []
-            token = logits[-1].argmax()
+            token = logits[:, -1].argmax(-1)  # (B,)
             try:
                 for _ in range(max_new):
-                    generated.append(int(token))
-                    logits = model(input_ids=token.view(1, 1), cache=cache, use_cache=True).logits[0]
-                    token = logits[-1].argmax()
+                    generated.append(int(token[0]))
+                    logits = model(input_ids=token[:, None], cache=cache, use_cache=True).logits  # (B, 1, V)
+                    token = logits[:, -1].argmax(-1)
             except KeyboardInterrupt:
                 run.interrupted = True
-            run.seconds, run.new_tokens = time.perf_counter() - begin, len(generated)
+            run.seconds, run.new_tokens = time.perf_counter() - begin, len(generated) * batch
             run.text = unwrapped.source.tokenizer.decode(generated)
     finally:
         if progress:
             print(file=sys.stderr)
         if spec == DYNAMIC:
             model.set_attn_implementation("drrl")
-    run.exact_bytes = cache.get_seq_length() * unwrapped.exact_token_bytes
+    run.exact_bytes = cache.get_seq_length() * unwrapped.exact_token_bytes * batch
     if controller is None:
         run.cache_bytes = run.exact_bytes
     else:

@@ -251,6 +251,21 @@ def test_transformers_generate_runs_on_the_serving_cache(kv_env):
     assert cache.nbytes() <= controller.budget.cap < 299 * env.exact_token_bytes
 
 
+def test_a_batch_shares_decisions_within_the_whole_batchs_budget(kv_env):
+    from experiments.generate import run_policy
+
+    env = kv_env.unwrapped
+    prompt = env.source.token_ids(0)[:200]
+    one = run_policy(kv_env, "uniform:int4", prompt, 60, None, progress=False)
+    three = run_policy(kv_env, "uniform:int4", prompt.repeat(3, 1), 60, None, progress=False)  # (3, L) equal prompts
+    assert three.new_tokens == 3 * one.new_tokens and three.exact_bytes == 3 * one.exact_bytes
+    # the budget is the fraction of the whole batch's exact cache: it holds, and since the bases are stored
+    # once for the batch, each sequence keeps at least what it keeps alone
+    assert three.cache_bytes <= env.budget_for(260, batch=3).cap
+    bases = env._bases_bytes
+    assert (three.cache_bytes - bases) / 3 >= one.cache_bytes - bases
+
+
 def test_drrl_generate_compares_policies_and_refuses_bad_input(tiny_causal_llama, tmp_path):
     from conftest import drrl
 
