@@ -42,6 +42,7 @@ class Run:
     decide_seconds: float = 0.0
     cache_bytes: int = 0
     exact_bytes: int = 0
+    resident_bytes: int = 0
     levels: str = "-"
     perplexity: float | None = None
     interrupted: bool = False
@@ -93,6 +94,17 @@ def load_policy(spec: str, env: Any) -> Any:
     from agents.sb3_agents import load_agent
 
     return load_agent(path)
+
+
+def resident_bytes(cache: Any) -> int:
+    """Bytes the key and value tensors of ``cache``'s layers hold (any transformers ``Cache``): on the memory
+    path, stored blocks are rebuilt dense, so only evicted tokens leave."""
+    return sum(
+        t.numel() * t.element_size()
+        for layer in cache.layers
+        for t in (layer.keys, layer.values)
+        if isinstance(t, torch.Tensor)
+    )
 
 
 def level_summary(ladder: tuple, blocks: list) -> str:
@@ -170,6 +182,7 @@ def run_policy(
         if spec == DYNAMIC:
             model.set_attn_implementation("drrl")
     run.exact_bytes = cache.get_seq_length() * unwrapped.exact_token_bytes * batch
+    run.resident_bytes = resident_bytes(cache)
     if controller is None:
         run.cache_bytes = run.exact_bytes
     else:
