@@ -1,18 +1,20 @@
 """``drrl train-kv``: an SB3 agent trained on DRRL-KV-fast-v0, DRRL-KV-v0's fast mode.
 
     drrl train-kv --sensitivity experiments/results/kv/fast_mode.npz [--algo ppo] [--policy mlp]
-        [--timesteps 200000] [--seed 0] [--train-documents 4-11] [--eval-documents 6] [--eval-freq 20000] [--n-steps 1024]
-        [--logdir runs] [--env-kwargs k=v ...]
+        [--timesteps 200000] [--seed 0] [--train-documents 4-11] [--eval-documents 6] [--eval-freq 20000]
+        [--n-steps 1024] [--pretrain-bc 0] [--logdir runs] [--env-kwargs k=v ...]
 
 Top to bottom: build the training environment on documents ``--train-documents`` of ``--split``
 (whose fast-mode artefacts are computed once and cached), and an evaluation one on the first
 ``--eval-documents`` documents of ``--eval-split`` (validation); train ``--algo`` (ppo, maskable_ppo
 or recurrent_ppo) with ``--policy`` (``mlp``: SB3's MultiInputPolicy; ``transformer``: one token per
-model layer, ``agents.transformer_policy.KVLayerTransformerExtractor``) for ``--timesteps`` steps,
+model layer, ``agents.transformer_policy.KVLayerTransformerExtractor``), first behaviour-cloned for
+``--pretrain-bc`` epochs on the hindsight reference (c) of each training document
+(``agents.kv_search.best_dynamic``: privileged, used as a teacher only), then for ``--timesteps`` steps,
 scoring the deterministic policy on the evaluation documents every ``--eval-freq`` steps
 (TensorBoard ``eval/predicted_excess_nll``, the fast mode's, per document); save ``model.zip`` with
 the sidecar ``model.kv.json`` that ``drrl generate`` checks.  The run folder is
-``LOGDIR/DRRL-KV-fast-v0__ALGO-POLICY__SEED__TIME``.  These are fast-mode scores: figures come from
+``LOGDIR/DRRL-KV-fast-v0__ALGO-POLICY[-bc]__SEED__TIME``.  These are fast-mode scores: figures come from
 the closed loop (``benchmarks/kv_headroom.py --agents RUN/model.zip``).
 """
 
@@ -29,7 +31,8 @@ import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 
-from agents.sb3_agents import POLICIES, make_agent, save_agent
+from agents.kv_search import best_dynamic, plan_player
+from agents.sb3_agents import POLICIES, behaviour_cloning, make_agent, save_agent
 from drrl_env.play import play, predicting
 from experiments.generate import policy_metadata
 from experiments.options import parse_kv_kwargs
@@ -87,6 +90,18 @@ class FastEvalCallback(BaseCallback):
         return f"{verdict}: the last 25% of steps lowered it by {gain.mean():.1f} +- {error:.1f} nats/document"
 
 
+def hindsight_dataset(env: gym.Env) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Observations and reference (c)'s actions (its executed levels, which fit the budget) over one episode
+    of each of ``env``'s training documents."""
+    fast = env.unwrapped
+    steps = []
+    for document in fast.documents:
+        plan = best_dynamic(fast.closed.fast_document(document, fast.sensitivity))  # (steps, 2, Ly)
+        steps += play(env, plan_player(plan), document, keep_observations=True)
+    observations = {key: np.stack([step.observation[key] for step in steps]) for key in steps[0].observation}
+    return observations, np.stack([np.asarray(step.action) for step in steps])
+
+
 def train_kv(args: argparse.Namespace) -> Path:
     """Trains one agent (module docstring); returns its run folder."""
     if args.algo not in KV_ALGORITHMS:
@@ -98,9 +113,13 @@ def train_kv(args: argparse.Namespace) -> Path:
     model = make_agent(
         args.algo, env, args.policy, seed=args.seed, n_steps=args.n_steps, batch_size=min(256, args.n_steps), gamma=0.99
     )
-    run_dir = Path(args.logdir) / f"{ENV_ID}__{args.algo}-{args.policy}__{args.seed}__{int(time.time())}"
+    method = f"{args.algo}-{args.policy}" + ("-bc" if args.pretrain_bc else "")
+    run_dir = Path(args.logdir) / f"{ENV_ID}__{method}__{args.seed}__{int(time.time())}"
     run_dir.mkdir(parents=True, exist_ok=False)
     model.set_logger(configure(str(run_dir), ["tensorboard", "csv"]))
+    if args.pretrain_bc:
+        losses = behaviour_cloning(model, *hindsight_dataset(env), epochs=args.pretrain_bc, seed=args.seed)
+        print(f"behaviour cloning of reference (c): negative log-likelihood {losses[0]:.2f} -> {losses[-1]:.2f}")
     callback = FastEvalCallback(eval_env, evaluation, args.eval_freq)
     model.learn(args.timesteps, callback=callback)
     final = callback.evaluate()
@@ -129,6 +148,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--eval-documents", type=int, default=6, help="the first N documents of --eval-split")
     p.add_argument("--eval-freq", type=int, default=20_000, help="steps between fast-mode evaluations (eval/ tags)")
     p.add_argument("--n-steps", type=int, default=1024, help="environment steps per PPO update")
+    p.add_argument(
+        "--pretrain-bc", type=int, default=0, help="epochs of behaviour cloning of reference (c) first (0: none)"
+    )
     p.add_argument("--logdir", default="runs", help="folder that receives the run folder")
     p.add_argument("--env-kwargs", nargs="*", default=[], help="DRRL-KV-v0 options as key=value")
     p.set_defaults(func=lambda args: print(train_kv(args)) or 0)

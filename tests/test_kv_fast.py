@@ -165,7 +165,7 @@ def test_drrl_train_kv_trains_saves_and_logs_an_agent(tiny_causal_llama, tmp_pat
         (corpus / f"doc{i}.txt").write_text(text)
     np.savez(tmp_path / "sensitivity.npz", sensitivity=np.full((2, 3), 0.5))
     kwargs = {key: value for key, value in KV_KWARGS.items() if key not in ("corpus", "split")}
-    drrl(
+    result = drrl(
         "train-kv",
         "--sensitivity",
         tmp_path / "sensitivity.npz",
@@ -175,6 +175,8 @@ def test_drrl_train_kv_trains_saves_and_logs_an_agent(tiny_causal_llama, tmp_pat
         32,
         "--eval-freq",
         32,
+        "--pretrain-bc",
+        2,
         "--split",
         "all",
         "--train-documents",
@@ -189,8 +191,9 @@ def test_drrl_train_kv_trains_saves_and_logs_an_agent(tiny_causal_llama, tmp_pat
         *(f"{key}={value}" for key, value in kwargs.items()),
         cwd=tmp_path,
     )
+    assert "behaviour cloning of reference (c): negative log-likelihood" in result.stdout
     (run,) = (tmp_path / "runs").iterdir()
-    assert run.name.startswith("DRRL-KV-fast-v0__ppo-mlp__0__") and (run / "model.kv.json").is_file()
+    assert run.name.startswith("DRRL-KV-fast-v0__ppo-mlp-bc__0__") and (run / "model.kv.json").is_file()
     events = EventAccumulator(str(run)).Reload()
     assert "eval/predicted_excess_nll" in events.Tags()["scalars"]
 
