@@ -62,6 +62,20 @@ def file_hash(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
+class Counted:
+    """A ``FastDocument`` that counts the plans it is asked to score (the searches' evaluations)."""
+
+    def __init__(self, document) -> None:
+        self.document, self.evaluations = document, 0
+
+    def predict(self, request: np.ndarray) -> float:
+        self.evaluations += 1
+        return self.document.predict(request)
+
+    def __getattr__(self, name: str):
+        return getattr(self.document, name)
+
+
 def static_player(request: np.ndarray):
     """An ``Act`` that requests ``request`` (2, Ly) for every block."""
     return lambda obs, env: request.reshape(-1)
@@ -99,10 +113,14 @@ def main() -> None:
     train = gym.make("DRRL-KV-v0", split="train", **kwargs).unwrapped
     first = train.config.calibration_documents
     tuning = [
-        train.fast_document(i, sensitivity, args.budget)
+        Counted(train.fast_document(i, sensitivity, args.budget))
         for i in range(first, min(first + args.static_documents, len(train.document_names())))
     ]
     static_train = best_static(tuning)
+    say(
+        f"static:train searched on {len(tuning)} training documents: {tuning[0].evaluations} plans scored on each "
+        f"(coordinate descent from {len(train.ladder)} uniform starts, up to 4 sweeps)"
+    )
     ladder = [level.name for level in train.ladder]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     (Path(args.out).parent / "static_train.json").write_text(
@@ -110,8 +128,9 @@ def main() -> None:
     )
     env = gym.make("DRRL-KV-v0", split="validation", **kwargs).unwrapped
     documents = range(min(args.documents, len(env.document_names())))
-    fast = [env.fast_document(i, sensitivity, args.budget) for i in documents]
+    fast = [Counted(env.fast_document(i, sensitivity, args.budget)) for i in documents]
     static_all = best_static(fast)
+    say(f"(a) searched on the {len(fast)} validation documents: {fast[0].evaluations} plans scored on each")
     plans: dict[str, list] = {
         **{spec: [predicting(make_kv_baseline(spec, env))] * len(fast) for spec in args.baselines.split(",") if spec},
         "static:train": [static_player(static_train)] * len(fast),
