@@ -185,3 +185,28 @@ def test_corpus_from_folder_and_file(tmp_path):
 def test_bad_corpora_are_rejected(corpus, message):
     with pytest.raises(ValueError, match=message):
         load_corpus(corpus, "all")
+
+
+def test_the_stdlib_corpus_is_the_same_text_in_every_process():
+    """No memory address or environment variable leaks into a document: its tokens (and every cache key
+    built on them) must not change between runs."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import hashlib; from drrl_env.sources.corpus import load_corpus; "
+        "print(hashlib.sha256(''.join(d.text for d in load_corpus('stdlib-docs')).encode()).hexdigest())"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": str(seed), "DRRL_TEST_NOISE": "x" * seed},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        ).stdout
+        for seed in (1, 2)
+    }
+    assert len(digests) == 1
