@@ -9,6 +9,7 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 
+from drrl_env.kv.fast import FastDocument
 from drrl_env.kv_env import KVCacheEnv
 from drrl_env.play import choose_document
 
@@ -67,6 +68,7 @@ class KVFastEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             for document in self.documents:  # artefacts on disk before training starts
                 self.closed.output_errors(document), self.closed.exact_run(document)
         self._fast = None
+        self._loaded: dict[tuple[int, float], tuple[FastDocument, dict[str, np.ndarray]]] = {}
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -77,8 +79,12 @@ class KVFastEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         budget = (options or {}).get("budget", self.config.budget)
         if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 1:
             raise ValueError(f"options['budget']={budget!r} must be a fraction of the exact cache in (0, 1]")
-        self._fast = self.closed.fast_document(self._doc, self.sensitivity, budget)
-        self._features = self.closed.exact_features(self._doc)
+        if (self._doc, budget) not in self._loaded:  # read from disk once per document and budget
+            self._loaded[self._doc, budget] = (
+                self.closed.fast_document(self._doc, self.sensitivity, budget),
+                self.closed.exact_features(self._doc),
+            )
+        self._fast, self._features = self._loaded[self._doc, budget]
         self._controller = self.closed.controller(budget=budget)
         self._s, self._excess = 0, 0.0
         self._obs = self._observe()
