@@ -3,6 +3,7 @@ thousands of steps per second.  Not for figures: agents are evaluated in the clo
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, SupportsFloat
 
@@ -127,6 +128,11 @@ class KVFastEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             self._obs = self._observe()
         info["action_mask"] = self._obs["action_mask"].copy()
         return self._obs, float(sum(terms.values())), terminated, False, info
+
+    def copies(self, count: int) -> list[KVFastEnv]:
+        """``count`` environments that share this one's model, artefacts and loaded documents (each with its
+        own episode state and random generator once reset with its own seed): a vectorized trainer's."""
+        return [copy.copy(self) for _ in range(count)]
 
     def action_masks(self) -> np.ndarray:
         return self._obs["action_mask"].astype(bool).copy()

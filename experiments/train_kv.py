@@ -2,10 +2,11 @@
 
     drrl train-kv --sensitivity experiments/results/kv/fast_mode.npz [--algo ppo] [--policy mlp]
         [--timesteps 200000] [--seed 0] [--train-documents 4-11] [--eval-documents 6] [--eval-freq 20000]
-        [--n-steps 1024] [--pretrain-bc 0] [--logdir runs] [--env-kwargs k=v ...]
+        [--n-steps 1024] [--n-envs 8] [--pretrain-bc 0] [--logdir runs] [--env-kwargs k=v ...]
 
 Top to bottom: build the training environment on documents ``--train-documents`` of ``--split``
-(whose fast-mode artefacts are computed once and cached), and an evaluation one on the first
+(whose fast-mode artefacts are computed once and cached; ``--n-envs`` copies of it step together),
+and an evaluation one on the first
 ``--eval-documents`` documents of ``--eval-split`` (validation); train ``--algo`` (ppo, maskable_ppo
 or recurrent_ppo) with ``--policy`` (``mlp``: SB3's MultiInputPolicy; ``transformer``: one token per
 model layer, ``agents.transformer_policy.KVLayerTransformerExtractor``), first behaviour-cloned for
@@ -28,8 +29,11 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents.kv_search import best_dynamic, plan_player
 from agents.sb3_agents import POLICIES, behaviour_cloning, make_agent, save_agent
@@ -110,8 +114,16 @@ def train_kv(args: argparse.Namespace) -> Path:
     env = gym.make(ENV_ID, **{**shared, "split": args.split, "documents": parse_documents(args.train_documents)})
     eval_env = gym.make(ENV_ID, **{**shared, "split": args.eval_split})
     evaluation = range(min(args.eval_documents, len(eval_env.unwrapped.document_names())))
+    torch.distributions.Distribution.set_default_validate_args(False)  # 60 categoricals a step: checks dominate
+    vec_env = DummyVecEnv([lambda each=each: Monitor(each) for each in env.unwrapped.copies(args.n_envs)])
     model = make_agent(
-        args.algo, env, args.policy, seed=args.seed, n_steps=args.n_steps, batch_size=min(256, args.n_steps), gamma=0.99
+        args.algo,
+        vec_env,
+        args.policy,
+        seed=args.seed,
+        n_steps=max(1, args.n_steps // args.n_envs),
+        batch_size=min(256, args.n_steps),
+        gamma=0.99,
     )
     method = f"{args.algo}-{args.policy}" + ("-bc" if args.pretrain_bc else "")
     run_dir = Path(args.logdir) / f"{ENV_ID}__{method}__{args.seed}__{int(time.time())}"
@@ -147,7 +159,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--eval-split", default="validation", help="the split the checkpoints are scored on")
     p.add_argument("--eval-documents", type=int, default=6, help="the first N documents of --eval-split")
     p.add_argument("--eval-freq", type=int, default=20_000, help="steps between fast-mode evaluations (eval/ tags)")
-    p.add_argument("--n-steps", type=int, default=1024, help="environment steps per PPO update")
+    p.add_argument("--n-steps", type=int, default=1024, help="environment steps per PPO update (all envs together)")
+    p.add_argument("--n-envs", type=int, default=8, help="fast-mode environments stepped together")
     p.add_argument(
         "--pretrain-bc", type=int, default=0, help="epochs of behaviour cloning of reference (c) first (0: none)"
     )
