@@ -115,6 +115,7 @@ def train_kv(args: argparse.Namespace) -> Path:
     eval_env = gym.make(ENV_ID, **{**shared, "split": args.eval_split})
     evaluation = range(min(args.eval_documents, len(eval_env.unwrapped.document_names())))
     torch.distributions.Distribution.set_default_validate_args(False)  # 60 categoricals a step: checks dominate
+    torch.set_num_threads(1)  # the networks are tiny: a second thread only adds synchronization
     vec_env = DummyVecEnv([lambda each=each: Monitor(each) for each in env.unwrapped.copies(args.n_envs)])
     model = make_agent(
         args.algo,
