@@ -29,7 +29,13 @@ def check_extensions(config: EnvConfig) -> None:
     """Resolves ``config``'s registered names (method with its options, workload, cost model) before anything
     loads, so that a bad one fails at construction with the registry's list of known names; the config
     itself is plain data and imports no registry."""
-    method_for(config.method, config)
+    method = method_for(config.method, config)  # checks the method's own options
+    for option, needed in method.requires.items():
+        if getattr(config, option) != needed:
+            raise ValueError(
+                f"method={config.method!r} needs {option}={needed} ({method.requires_reason}); "
+                f"got {option}={getattr(config, option)!r}"
+            )
     workload_class(config.workload)
     cost_model_class(config.cost_model)
 

@@ -177,13 +177,5 @@ def get_method(name: str, **options: Any) -> LowRankMethod:
 
 
 def method_for(name: str, config: Any) -> LowRankMethod:
-    """The method ``name`` with its ``config_options`` read from ``config`` (an EnvConfig); a ``ValueError``
-    if ``config`` does not set the fields the method ``requires`` as it needs them."""
-    cls = method_class(name)
-    for option, needed in cls.requires.items():
-        if getattr(config, option) != needed:
-            raise ValueError(
-                f"method={name!r} needs {option}={needed} ({cls.requires_reason}); "
-                f"got {option}={getattr(config, option)!r}"
-            )
-    return get_method(name, **{option: getattr(config, option) for option in cls.config_options})
+    """The method ``name`` with its ``config_options`` read from ``config`` (an EnvConfig)."""
+    return get_method(name, **{option: getattr(config, option) for option in method_class(name).config_options})
