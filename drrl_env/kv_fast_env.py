@@ -94,7 +94,7 @@ class KVFastEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def _observe(self) -> dict[str, np.ndarray]:
         cfg, s = self.config, self._s
         start, seen = max(s * cfg.block, cfg.sinks), cfg.window + cfg.block * (s + 1)
-        block = {name: values[s] for name, values in self._features.items()}
+        block = {name: values[s].copy() for name, values in self._features.items()}  # never a view of the cache
         return {**block, **self._controller.budget_view(self._fast.level_bytes[s], start, seen)}
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], SupportsFloat, bool, bool, dict[str, Any]]:
