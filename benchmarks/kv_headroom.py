@@ -180,8 +180,10 @@ def main() -> None:
     )
     static_gap = results["(b) static per doc"] - reference
     say(
-        f"per-document static (b) closes {1 - static_gap.mean() / max(gap.mean(), 1e-12):.1%} of that gap "
+        f"per-document static (b) closes {1 - static_gap.mean() / gap.mean():.1%} of that gap "
         f"((b) - (c) = {static_gap.mean():.4f})"
+        if gap.mean() > 0
+        else f"no gap for per-document static (b) to close ((b) - (c) = {static_gap.mean():.4f})"
     )
     say(
         "fast-mode predictions (nats per document) of static:train / (a): "
