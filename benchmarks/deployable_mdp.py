@@ -21,7 +21,7 @@ import argparse
 import numpy as np
 
 from drrl_env.analysis import RelativeBounds
-from drrl_env.attention.methods import method_names
+from drrl_env.attention.methods import get_method, method_names
 from drrl_env.costs.base import AttentionShape
 from drrl_env.costs.counting import feature_flop_ratio
 from drrl_env.env import RankSelectionEnv
@@ -64,7 +64,9 @@ def main() -> None:
     }
     for label, shape in shapes.items():
         shares = {
-            m: feature_flop_ratio(AttentionShape(m, compress_values=True, segment_len=shape["query_len"], **shape))
+            m: feature_flop_ratio(
+                AttentionShape(get_method(m), compress_values=True, segment_len=shape["query_len"], **shape)
+            )
             for m in method_names()
         }
         print(f"features, {label}: " + ", ".join(f"{m} {v:.1%}" for m, v in shares.items()))

@@ -151,7 +151,7 @@ class DocumentStore:
         exact = np.array(
             [
                 attention_flops(
-                    cfg.method,
+                    self.method,
                     spec.head_dim,
                     query_len=s.query_len,
                     key_len=s.key_len,
@@ -193,7 +193,7 @@ class DocumentStore:
         call, _ = self.workload.cost_problem(0, cfg.segment_len, cfg.segment_len)
         compress = low_rank.requires.get("compress_values", cfg.compress_values)
         return AttentionShape(
-            low_rank.name,
+            low_rank,
             self.ranks,
             query_len,
             key_len,
@@ -203,7 +203,6 @@ class DocumentStore:
             spec.causal,
             compress,
             call,
-            tuple(sorted(low_rank.options().items())),
             cfg.segment_len,
         )
 

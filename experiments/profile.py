@@ -72,7 +72,7 @@ def format_table(env: RankSelectionEnv, lengths: list[int], tables: dict[str, Me
         "decision's exact attention (paid at every rank), measured / FLOP-predicted:",
     ]
     for method, table in tables.items():
-        options = "".join(f", {k}={v}" for k, v in table.profile.shape.method_options)
+        options = "".join(f", {k}={v}" for k, v in table.profile.shape.method_key[1])
         lines += [
             f"method {method} (compress_values={table.profile.shape.compress_values}{options})",
             f"{'keys':>6} " + " ".join(f"{'r=' + str(r):>12}" for r in env.ranks) + f" {'features':>13}",

@@ -55,7 +55,7 @@ def test_a_registered_method_runs_an_episode():
     assert np.isfinite(total) and max(fidelities) < 1.0  # rank 2 of 16 coordinates is not exact
     assert obs["output_bound"].max() == pytest.approx(np.log1p(1000.0))  # unknown bound shown clipped
     flops = attention_flops(
-        "test_leading_coordinates",
+        get_method("test_leading_coordinates"),
         2,
         query_len=64,
         key_len=128,

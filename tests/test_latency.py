@@ -9,12 +9,13 @@ import torch
 from conftest import SYNTHETIC
 
 import drrl_env.costs.latency as latency
+from drrl_env.attention.methods import get_method
 from drrl_env.costs import AttentionShape
 from drrl_env.costs.latency import LatencyMeasurer, LatencyProfile
 from drrl_env.env import RankSelectionEnv
 
 SHAPE = AttentionShape(
-    "svd",
+    get_method("svd"),
     (4, 16),
     query_len=64,
     key_len=64,
@@ -112,7 +113,7 @@ def test_bad_latency_options(kwargs, message):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_low_precision_kernels_are_timed(dtype):
     shape = AttentionShape(
-        "shared_key",
+        get_method("shared_key"),
         (4, 16),
         query_len=32,
         key_len=64,

@@ -105,12 +105,12 @@ def test_matmul_flops_come_from_rank_r_factors(method, compress):
 
 def test_flop_model_counts_exact_attention_and_falls_with_rank():
     kw = dict(query_len=128, key_len=4096, head_dim=64, n_heads=8, n_kv_heads=2, compress_values=True, causal=True)
-    full = attention_flops("svd", 64, **kw)
+    full = attention_flops(get_method("svd"), 64, **kw)
     assert full == 8 * (4 * 128 * 4096 * 64 + 5 * 128 * 4096)
-    low = [attention_flops("svd", r, **kw) for r in (8, 16, 32)]
+    low = [attention_flops(get_method("svd"), r, **kw) for r in (8, 16, 32)]
     assert low == sorted(low) and low[0] < 0.3 * full
     with pytest.raises(ValueError, match="rank 65"):
-        attention_flops("svd", 65, **kw)
+        attention_flops(get_method("svd"), 65, **kw)
 
 
 def test_tail_and_band_energies_are_exact():

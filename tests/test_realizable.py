@@ -81,7 +81,7 @@ def test_the_timed_segment_computes_what_the_env_computes(method, causal):
 
 def test_calibrated_latency_profile_has_a_ratio_per_rank():
     shape = AttentionShape(
-        "calibrated",
+        get_method("calibrated"),
         (4, 8, 16),
         query_len=32,
         key_len=128,
@@ -220,9 +220,9 @@ def test_loki_is_counted_as_a_decode_method():
             n_kv_heads=3,
             compress_values=False,
             causal=True,
-            options={"loki_keys": fraction},
         )
-        return attention_flops("loki", 16, **kw) / attention_flops("loki", 64, **kw)
+        loki = get_method("loki", loki_keys=fraction)
+        return attention_flops(loki, 16, **kw) / attention_flops(loki, 64, **kw)
 
     assert ratio(1, 0.125) < ratio(1, 0.25) < 0.6 and ratio(512, 0.25) > 1
 

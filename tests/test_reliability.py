@@ -13,6 +13,7 @@ from conftest import SYNTHETIC, drrl
 
 import drrl_env  # noqa: F401
 from agents.sb3_agents import check_env_config
+from drrl_env.attention.methods import get_method
 from drrl_env.config import coerce_option
 from drrl_env.costs import AttentionShape
 from drrl_env.costs.latency import LatencyMeasurer, LatencyProfile, RankTimings, Timing
@@ -71,7 +72,7 @@ def test_unwritable_or_deleted_cache_folder_degrades_to_no_caching(tmp_path):
 
 # 3. A truncated latency-profile JSON is reported by name and re-measured; the profile keeps the spread.
 SHAPE = AttentionShape(
-    "shared_key",
+    get_method("shared_key"),
     (4, 16),
     query_len=32,
     key_len=32,

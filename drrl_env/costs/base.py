@@ -15,15 +15,18 @@ Adding a cost model: subclass :class:`CostModel` in a new file of this package, 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
 from drrl_env.costs.counting import feature_flop_ratio
 from drrl_env.registry import Registry
+
+if TYPE_CHECKING:
+    from drrl_env.attention.methods.base import LowRankMethod
 
 
 @dataclass(frozen=True)
@@ -32,13 +35,14 @@ class AttentionShape:
 
     ``query_len`` queries over ``key_len`` keys; ``segment_len`` is the queries of this kind of
     call (the configured segment length in prefill, where a document's last segment may be
-    shorter; 1 in decode), which keys a latency profile.  ``method_options``: the method's own
-    options as sorted (name, value) pairs (``LowRankMethod.options``; e.g. loki's key fraction).
+    shorter; 1 in decode), which keys a latency profile.  ``method``: the low-rank method object
+    the costs count and time; two shapes are equal when their methods have the same name and
+    options (``method_key``), whatever else the objects hold (a calibrated method's bases).
     ``decision_len``: the queries one decision covers, whose observation is computed once (the
     configured segment length: a prefill segment, a decode window); None = ``segment_len``.
     """
 
-    method: str
+    method: LowRankMethod = field(compare=False)
     ranks: tuple[int, ...]
     query_len: int
     key_len: int
@@ -48,8 +52,12 @@ class AttentionShape:
     causal: bool
     compress_values: bool
     segment_len: int
-    method_options: tuple[tuple[str, Any], ...] = ()
     decision_len: int | None = None
+    method_key: tuple[str, tuple[tuple[str, Any], ...]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # (name, sorted options): what identifies the method in equality, hashing and cache keys
+        object.__setattr__(self, "method_key", (self.method.name, tuple(sorted(self.method.options().items()))))
 
     @property
     def decision_queries(self) -> int:

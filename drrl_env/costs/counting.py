@@ -4,19 +4,18 @@ so the cost-model base class can default to it without an import cycle."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from drrl_env.attention.methods import get_method
-from drrl_env.attention.methods.base import SOFTMAX_FLOPS
+from drrl_env.attention.methods.base import SOFTMAX_FLOPS, LowRankMethod
 
 if TYPE_CHECKING:
     from drrl_env.costs.base import AttentionShape
 
 
 def attention_flops(
-    method: str,
+    method: LowRankMethod,
     rank: int,
     *,
     query_len: int,
@@ -26,7 +25,6 @@ def attention_flops(
     n_kv_heads: int,
     compress_values: bool,
     causal: bool,
-    options: dict[str, Any] | None = None,
 ) -> int:
     """Floating-point operations to compute one segment's attention output at ``rank``.
 
@@ -36,24 +34,22 @@ def attention_flops(
     ``compress_values`` 5TN + 2TNr + 2Trd).  Per key/value head, the upkeep of the keys'
     factorization (and the values' when compressed): ``LowRankMethod.upkeep_flops`` (for
     SVD-based methods the streaming update and re-projection; for calibrated bases the projection
-    of the segment's new rows).  ``options``: the method's (``LowRankMethod.options``).
+    of the segment's new rows).
     """
     t, n, d, r = query_len, key_len, head_dim, rank
-    low_rank = get_method(method, **(options or {}))
     if not 1 <= r <= d:
         raise ValueError(f"rank {r} must lie in 1..{d}")
     if r == d:
         return n_heads * (4 * t * n * d + SOFTMAX_FLOPS * t * n)
-    per_q_head = low_rank.query_side_flops(r, t, n, d) + low_rank.output_side_flops(r, t, n, d, compress_values)
-    per_kv_head = low_rank.upkeep_flops(r, t, n, d, causal) * (2 if compress_values else 1)
+    per_q_head = method.query_side_flops(r, t, n, d) + method.output_side_flops(r, t, n, d, compress_values)
+    per_kv_head = method.upkeep_flops(r, t, n, d, causal) * (2 if compress_values else 1)
     return round(n_heads * per_q_head + n_kv_heads * per_kv_head)
 
 
 def feature_flop_ratio(shape: AttentionShape) -> float:
     """FLOPs of the observation's features for the segment (``LowRankMethod.feature_flops``: paid at
     every step, whatever rank is chosen) / FLOPs of exact attention."""
-    method = get_method(shape.method, **dict(shape.method_options))
-    per_query, per_kv = method.feature_flops(shape.query_len, shape.key_len, shape.head_dim, shape.causal)
+    per_query, per_kv = shape.method.feature_flops(shape.query_len, shape.key_len, shape.head_dim, shape.causal)
     exact = attention_flops(
         shape.method,
         shape.head_dim,
@@ -81,7 +77,6 @@ def flop_ratios(shape: AttentionShape) -> np.ndarray:
             n_kv_heads=shape.n_kv_heads,
             compress_values=shape.compress_values,
             causal=shape.causal,
-            options=dict(shape.method_options),
         )
         for r in shape.ranks
     ]

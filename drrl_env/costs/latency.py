@@ -38,7 +38,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,6 @@ import numpy as np
 import torch
 
 from drrl_env.attention.features import observation_features
-from drrl_env.attention.methods import get_method
 from drrl_env.attention.workload import Prefill, TimedSegment
 from drrl_env.costs.base import AttentionShape
 from drrl_env.files import write_atomic
@@ -107,9 +106,7 @@ class LatencyMeasurer:
         k, v = torch.randn(2, shape.n_kv_heads, n, d, generator=gen, device=self.device).to(
             DTYPES[dtype]
         )  # (H_kv, N, d) each
-        method = get_method(shape.method, **dict(shape.method_options)).timing_instance(
-            shape.n_kv_heads, d, self.device, DTYPES[dtype]
-        )
+        method = shape.method.timing_instance(shape.n_kv_heads, d, self.device, DTYPES[dtype])
 
         def timed(queries: int) -> TimedSegment:
             return Prefill(queries).timed_segment(
@@ -233,7 +230,13 @@ class LatencyProfile:
         refresh: bool = False,
     ) -> None:
         self.shape, self.dtype, self.measurer = shape, dtype, measurer
-        kind = {k: v for k, v in asdict(shape).items() if k not in ("key_len", "segment_len")}
+        name, options = shape.method_key
+        kind = {  # the shape's fields but its key length, as plain values (keys written by earlier versions)
+            **{f.name: getattr(shape, f.name) for f in fields(shape) if f.name not in ("key_len", "segment_len")},
+            "method": name,
+            "method_options": options,
+        }
+        del kind["method_key"]
         self.key = {
             **device_key(measurer.device),
             **kind,
