@@ -126,3 +126,10 @@ def test_low_precision_kernels_are_timed(dtype):
     )
     timing = LatencyMeasurer(torch.device("cpu"), warmup=1, repeats=3).time_ranks(shape, dtype).seconds[0]
     assert timing.median > 0 and timing.repeats == 3
+
+
+def test_shapes_are_equal_by_their_methods_name_and_options():
+    same = replace(SHAPE, method=get_method("svd"))  # another object of the same method
+    assert same == SHAPE and hash(same) == hash(SHAPE) and same.method is not SHAPE.method
+    loki = [replace(SHAPE, method=get_method("loki", loki_keys=f)) for f in (0.25, 0.5)]
+    assert loki[0] != loki[1] and loki[0].method_key == ("loki", (("loki_keys", 0.25),))
