@@ -31,6 +31,7 @@ import torch
 import drrl_env  # noqa: F401
 from drrl_env.costs.latency import machine_description
 from experiments.generate import DYNAMIC, run_policy
+from experiments.report import Transcript
 
 
 def prompts(env, batch: int, length: int) -> torch.Tensor:
@@ -56,11 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     policies = [p for p in args.policies.split(",") if p]
     assert policies and policies[0] == DYNAMIC, "--policies must start with dynamic, the reference of the ratios"
-    lines: list[str] = []
-
-    def say(text: str) -> None:
-        print(text, flush=True)
-        lines.append(text)
+    say = Transcript()
 
     say(f"# drrl generation end to end, {machine_description()}")
     say(
@@ -87,7 +84,7 @@ def main() -> None:
                     f"{run.decide_seconds:8.2f}  {run.levels}"
                 )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    say.write(args.out)
 
 
 if __name__ == "__main__":

