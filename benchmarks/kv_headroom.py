@@ -1,6 +1,6 @@
 """Headroom on DRRL-KV-v0 before any training: hindsight references against the best deployable baselines.
 
-    python benchmarks/kv_headroom.py [--sensitivity experiments/results/kv/fast_mode.npz] [--documents 6]
+    python benchmarks/kv_headroom.py [--sensitivity experiments/results/kv/fast_mode.npz] [--documents 12]
         [--budget 0.25] [--baselines uniform:int4,greedy,energy:0.9] [--static-documents 4]
         [--agents RUN/model.zip,...] [--out experiments/results/kv/headroom.txt]
         [--rows experiments/results/kv/headroom_rows.json] [--env-kwargs k=v ...]
@@ -86,7 +86,7 @@ def static_player(request: np.ndarray):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sensitivity", default="experiments/results/kv/fast_mode.npz")
-    parser.add_argument("--documents", type=int, default=6)
+    parser.add_argument("--documents", type=int, default=12)
     parser.add_argument("--budget", type=float, default=0.25)
     parser.add_argument("--baselines", default="uniform:int4,greedy,energy:0.9")
     parser.add_argument("--static-documents", type=int, default=4)
