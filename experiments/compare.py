@@ -26,7 +26,8 @@ from drrl_env.costs import cost_model_class
 from drrl_env.costs.latency import LatencyProfile, machine_description
 from experiments.backends import PARALLEL_ENV, Resources, make_backend
 from experiments.report import (
-    constant_plans,
+    fixed_plan_sentences,
+    fixed_plans,
     holm,
     mean_ci,
     method_table,
@@ -247,7 +248,7 @@ def write_report(rows: list[EpisodeSummary], meta: dict[str, Any], out: Path) ->
             "'selection'); run drrl compare again"
         )
     table, means = method_table(rows, method_of)
-    constant = {m: r for m, r in constant_plans(rows, method_of).items() if m not in baselines}
+    constant = fixed_plan_sentences({m: p for m, p in fixed_plans(rows, method_of).items() if m not in baselines})
     agents = [m for m in dict.fromkeys(method_of.values()) if m not in baselines]
     deployable = [b for b in baselines if role_of(b) == "deployable"]
     best_agent, best_base = selection["agent"], selection["baseline"]
@@ -305,9 +306,7 @@ def write_report(rows: list[EpisodeSummary], meta: dict[str, Any], out: Path) ->
         "",
         *(
             [
-                "**Constant plans:** "
-                + "; ".join(f"{m} took rank {r:g} at every step of every document" for m, r in constant.items())
-                + " (no choice per segment was learned).",
+                "**Fixed plans:** " + "; ".join(constant) + " (no choice per segment or document was learned).",
                 "",
             ]
             if constant

@@ -176,15 +176,37 @@ def per_document(rows: list[EpisodeSummary], policies: list[str], column: str = 
     )
 
 
-def constant_plans(rows: list[EpisodeSummary], method_of: dict[str, str]) -> dict[str, float]:
-    """Methods that took one rank at every step of every document (a policy collapsed onto a constant
-    plan: it learned nothing per segment), with that mean rank."""
-    constant = {}
+def fixed_plans(rows: list[EpisodeSummary], method_of: dict[str, str]) -> dict[str, tuple[float, ...]]:
+    """Methods that took, in each layer, one rank at every segment of every document (a policy collapsed onto
+    one fixed plan: it learned nothing per segment or document), with that rank per layer (layers,)."""
+    fixed = {}
     for method in dict.fromkeys(method_of.values()):
-        taken = {rank for r in rows if method_of.get(r.policy) == method for layer in r.ranks for rank in layer}
-        if len(taken) == 1:
-            constant[method] = taken.pop()
-    return constant
+        own = [r.ranks for r in rows if method_of.get(r.policy) == method]  # each (layers, segments)
+        if not own:
+            continue
+        per_layer = [{rank for ranks in own for rank in ranks[layer]} for layer in range(len(own[0]))]
+        if all(len(taken) == 1 for taken in per_layer):
+            fixed[method] = tuple(taken.pop() for taken in per_layer)
+    return fixed
+
+
+def fixed_plan_sentences(fixed: dict[str, tuple[float, ...]]) -> list[str]:
+    """One sentence per distinct fixed plan, naming every method that played it (so that two agents with
+    identical rows read as one collapsed plan, not as a bug)."""
+    players: dict[tuple[float, ...], list[str]] = {}
+    for method, plan in fixed.items():
+        players.setdefault(plan, []).append(method)
+    sentences = []
+    for plan, methods in players.items():
+        who = methods[0] if len(methods) == 1 else " and ".join([", ".join(methods[:-1]), methods[-1]])
+        ranks = (
+            f"rank {plan[0]:g} in every layer"
+            if len(set(plan)) == 1
+            else ("ranks " + ", ".join(f"{r:g}" for r in plan) + f" by layer (mean {np.mean(plan):.3f})")
+        )
+        verb = "played" if len(methods) == 1 else "all played"
+        sentences.append(f"{who} {verb} one fixed plan, {ranks}, at every segment of every document")
+    return sentences
 
 
 def pareto_plot(means: dict[str, dict[str, float]], path: Path) -> Path:

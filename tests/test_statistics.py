@@ -5,7 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from experiments.report import holm, paired_comparison, topic_of
+from experiments.report import fixed_plan_sentences, fixed_plans, holm, paired_comparison, topic_of
+from experiments.rollout import EpisodeSummary
 
 
 def test_holm_matches_the_step_down_rule():
@@ -47,3 +48,29 @@ def test_a_clear_shift_is_significant_with_an_interval_above_zero():
 
 def test_topic_of_reads_the_document_name():
     assert topic_of("attribute-access#3") == "attribute-access" and topic_of("argparse") == "argparse"
+
+
+def _row(policy: str, index: int, ranks: list[list[float]]) -> EpisodeSummary:
+    zero = dict.fromkeys(
+        ["reward", "fidelity_term", "cost_term", "perturbation_term", "fidelity", "relative_error", "cost_ratio"]
+        + ["flop_ratio", "mean_rank", "replaced_fraction"],
+        0.0,
+    )
+    return EpisodeSummary(policy, f"doc{index}", index, len(ranks[0]), ranks=ranks, **zero)
+
+
+def test_agents_collapsed_onto_one_varying_plan_are_named_together():
+    """Two agents playing the same per-layer plan at every segment of every document are one collapsed plan
+    (the quick start's identical ppo rows), though no single rank is taken everywhere; a policy whose ranks
+    change across segments or documents is not flagged."""
+    plan = [[4.0, 4.0], [8.0, 8.0]]  # (layers, segments)
+    rows = [_row(p, d, plan) for p in ("mlp_s0", "tr_s0") for d in (0, 1)]
+    rows += [_row("varying_s0", 0, plan), _row("varying_s0", 1, [[4.0, 8.0], [8.0, 8.0]])]
+    method_of = {"mlp_s0": "ppo-mlp", "tr_s0": "ppo-transformer", "varying_s0": "varying"}
+    fixed = fixed_plans(rows, method_of)
+    assert fixed == {"ppo-mlp": (4.0, 8.0), "ppo-transformer": (4.0, 8.0)}
+    (sentence,) = fixed_plan_sentences(fixed)
+    assert sentence.startswith("ppo-mlp and ppo-transformer all played one fixed plan, ranks 4, 8 by layer")
+    assert fixed_plan_sentences({"fixed:8": (8.0, 8.0)}) == [
+        "fixed:8 played one fixed plan, rank 8 in every layer, at every segment of every document"
+    ]
