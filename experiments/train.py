@@ -222,20 +222,40 @@ class DrrlMetricsCallback(BaseCallback):
 EvalListener = Callable[[int, dict[str, float]], None]  # (timesteps, eval means); may raise to stop training
 
 
-class HeldOutEvalCallback(BaseCallback):
-    """Every ``eval_freq`` steps: deterministic episodes on the first validation documents, logged as
-    ``eval/`` and passed to ``listener`` (a tuner's pruning hook)."""
+class EveryRollout(BaseCallback):
+    """Calls :meth:`fire` at the end of the first rollout at or after every ``freq`` steps.
 
-    def __init__(self, eval_env: gym.Env, eval_freq: int, episodes: int, listener: EvalListener | None = None) -> None:
+    The policy changes only between rollouts, so firing inside one repeats the same result: a 64-step
+    ``drrl compare`` (eval every 16 steps, one 512-step PPO rollout) ran 33 identical evaluations."""
+
+    def __init__(self, freq: int) -> None:
         super().__init__()
-        self.eval_env, self.eval_freq, self.episodes, self.listener = eval_env, eval_freq, episodes, listener
-        self._next = eval_freq
+        if freq < 1:
+            raise ValueError(f"the callback's frequency {freq} must be at least 1 step")
+        self.freq, self._next = freq, freq
 
     def _on_step(self) -> bool:
-        if self.num_timesteps >= self._next:
-            self._next += self.eval_freq
-            self.evaluate()
         return True
+
+    def _on_rollout_end(self) -> None:
+        if self.num_timesteps >= self._next:
+            self._next = (self.num_timesteps // self.freq + 1) * self.freq
+            self.fire()
+
+    def fire(self) -> None:
+        raise NotImplementedError
+
+
+class HeldOutEvalCallback(EveryRollout):
+    """Every ``eval_freq`` steps (at a rollout's end): deterministic episodes on the first validation
+    documents, logged as ``eval/`` and passed to ``listener`` (a tuner's pruning hook)."""
+
+    def __init__(self, eval_env: gym.Env, eval_freq: int, episodes: int, listener: EvalListener | None = None) -> None:
+        super().__init__(eval_freq)
+        self.eval_env, self.episodes, self.listener = eval_env, episodes, listener
+
+    def fire(self) -> None:
+        self.evaluate()
 
     def evaluate(self) -> dict[str, float]:
         documents = range(min(self.episodes, len(self.eval_env.unwrapped.document_names())))
@@ -252,18 +272,16 @@ class HeldOutEvalCallback(BaseCallback):
         return summary
 
 
-class CheckpointCallback(BaseCallback):
-    """Saves ``checkpoint.zip`` in the run folder every ``freq`` steps (``--resume`` continues from it)."""
+class CheckpointCallback(EveryRollout):
+    """Saves ``checkpoint.zip`` in the run folder every ``freq`` steps, at a rollout's end (``--resume``
+    continues from it)."""
 
     def __init__(self, run_dir: Path, freq: int) -> None:
-        super().__init__()
-        self.run_dir, self.freq, self._next = run_dir, freq, freq
+        super().__init__(freq)
+        self.run_dir = run_dir
 
-    def _on_step(self) -> bool:
-        if self.num_timesteps >= self._next:
-            self._next += self.freq
-            save_agent(self.model, self.run_dir / "checkpoint")
-        return True
+    def fire(self) -> None:
+        save_agent(self.model, self.run_dir / "checkpoint")
 
 
 class TrainingInterrupted(Exception):

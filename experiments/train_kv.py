@@ -2,7 +2,8 @@
 
     drrl train-kv --sensitivity experiments/results/kv/fast_mode.npz [--algo ppo] [--policy mlp]
         [--timesteps 200000] [--seed 0] [--train-documents 4-11] [--eval-documents 6] [--eval-freq 20000]
-        [--n-steps 1024] [--n-envs 8] [--pretrain-bc 0] [--logdir runs] [--env-kwargs k=v ...]
+        [--n-steps 1024] [--n-envs 8] [--ent-coef 0] [--pretrain-bc 0]
+        [--bc-teacher reference] [--logdir runs] [--env-kwargs k=v ...]
 
 Top to bottom: build the training environment on documents ``--train-documents`` of ``--split``
 (whose fast-mode artefacts are computed once and cached; ``--n-envs`` copies of it step together),
@@ -10,9 +11,11 @@ and an evaluation one on the first
 ``--eval-documents`` documents of ``--eval-split`` (validation); train ``--algo`` (ppo, maskable_ppo
 or recurrent_ppo) with ``--policy`` (``mlp``: SB3's MultiInputPolicy; ``transformer``: one token per
 model layer, ``agents.transformer_policy.KVLayerTransformerExtractor``), first behaviour-cloned for
-``--pretrain-bc`` epochs on the hindsight reference (c) of each training document
-(``agents.kv_search.best_dynamic``: privileged, used as a teacher only), then for ``--timesteps`` steps,
-rewards scaled by the running spread of the return (SB3 ``VecNormalize``, reward only), scoring the
+``--pretrain-bc`` epochs on ``--bc-teacher`` over each training document (``reference``: the hindsight
+reference (c), ``agents.kv_search.best_dynamic``, privileged and used as a teacher only; or a deployable
+baseline such as ``static:FILE``, so that PPO starts from the strongest heuristic), then for ``--timesteps`` steps,
+rewards scaled by the running spread of the return (SB3 ``VecNormalize``, reward only) and no
+entropy bonus by default (``--ent-coef``), scoring the
 deterministic policy on the evaluation documents every ``--eval-freq`` steps
 (TensorBoard ``eval/predicted_excess_nll``, the fast mode's, per document); save ``model.zip`` with
 the sidecar ``model.kv.json`` that ``drrl generate`` checks.  The run folder is
@@ -31,7 +34,6 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
@@ -39,8 +41,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from agents.kv_search import best_dynamic, plan_player
 from agents.sb3_agents import POLICIES, behaviour_cloning, make_agent, save_agent
 from drrl_env.play import play, predicting
-from experiments.generate import policy_metadata
+from experiments.generate import load_policy, policy_metadata
 from experiments.options import parse_kv_kwargs
+from experiments.train import EveryRollout
 
 ENV_ID = "DRRL-KV-fast-v0"
 KV_ALGORITHMS = ("ppo", "maskable_ppo", "recurrent_ppo")
@@ -62,20 +65,17 @@ def fast_scores(env: gym.Env, policy: Any, documents: range) -> np.ndarray:
     return np.array([play(env, predicting(policy), d)[-1].info["predicted_excess_nll"] for d in documents])
 
 
-class FastEvalCallback(BaseCallback):
-    """Every ``freq`` steps: the fast-mode score on the evaluation documents, logged as ``eval/`` and kept
-    (``history``: (timesteps, per-document scores)) for the convergence check."""
+class FastEvalCallback(EveryRollout):
+    """Every ``freq`` steps (at a rollout's end): the fast-mode score on the evaluation documents, logged as
+    ``eval/`` and kept (``history``: (timesteps, per-document scores)) for the convergence check."""
 
     def __init__(self, env: gym.Env, documents: range, freq: int) -> None:
-        super().__init__()
-        self.env, self.documents, self.freq, self._next = env, documents, freq, freq
+        super().__init__(freq)
+        self.env, self.documents = env, documents
         self.history: list[tuple[int, np.ndarray]] = []
 
-    def _on_step(self) -> bool:
-        if self.num_timesteps >= self._next:
-            self._next += self.freq
-            self.evaluate()
-        return True
+    def fire(self) -> None:
+        self.evaluate()
 
     def evaluate(self) -> float:
         scores = fast_scores(self.env, self.model, self.documents)
@@ -95,16 +95,22 @@ class FastEvalCallback(BaseCallback):
         return f"{verdict}: the last 25% of steps lowered it by {gain.mean():.1f} +- {error:.1f} nats/document"
 
 
-def hindsight_dataset(env: gym.Env) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Observations and reference (c)'s actions (its executed levels, which fit the budget) over one episode
-    of each of ``env``'s training documents."""
+def teacher_dataset(env: gym.Env, teacher: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Observations and ``teacher``'s actions over one episode of each of ``env``'s training documents.
+
+    ``teacher`` is ``reference`` (reference (c), ``best_dynamic``: privileged, its executed levels fit the
+    budget) or a deployable baseline spec of ``agents.kv_baselines`` (e.g. ``static:FILE``, ``uniform:int4``),
+    whose requests are recorded as it plays."""
     fast = env.unwrapped
     steps = []
     for document in fast.documents:
-        plan = best_dynamic(fast.closed.fast_document(document, fast.sensitivity))  # (steps, 2, Ly)
-        steps += play(env, plan_player(plan), document, keep_observations=True)
+        if teacher == "reference":
+            act = plan_player(best_dynamic(fast.closed.fast_document(document, fast.sensitivity)))  # (steps, 2, Ly)
+        else:
+            act = predicting(load_policy(teacher, fast.closed))
+        steps += play(env, act, document, keep_observations=True)
     observations = {key: np.stack([step.observation[key] for step in steps]) for key in steps[0].observation}
-    return observations, np.stack([np.asarray(step.action) for step in steps])
+    return observations, np.stack([np.asarray(step.action).reshape(-1) for step in steps])
 
 
 def train_kv(args: argparse.Namespace) -> Path:
@@ -130,14 +136,18 @@ def train_kv(args: argparse.Namespace) -> Path:
         n_steps=max(1, args.n_steps // args.n_envs),
         batch_size=min(256, args.n_steps),
         gamma=0.99,
+        ent_coef=args.ent_coef,
     )
-    method = f"{args.algo}-{args.policy}" + ("-bc" if args.pretrain_bc else "")
+    teacher = "" if args.bc_teacher == "reference" else "-" + args.bc_teacher.split(":")[0]
+    method = f"{args.algo}-{args.policy}" + (f"-bc{teacher}" if args.pretrain_bc else "")
     run_dir = Path(args.logdir) / f"{ENV_ID}__{method}__{args.seed}__{int(time.time())}"
     run_dir.mkdir(parents=True, exist_ok=False)
     model.set_logger(configure(str(run_dir), ["tensorboard", "csv"]))
     if args.pretrain_bc:
-        losses = behaviour_cloning(model, *hindsight_dataset(env), epochs=args.pretrain_bc, seed=args.seed)
-        print(f"behaviour cloning of reference (c): negative log-likelihood {losses[0]:.2f} -> {losses[-1]:.2f}")
+        dataset = teacher_dataset(env, args.bc_teacher)
+        losses = behaviour_cloning(model, *dataset, epochs=args.pretrain_bc, seed=args.seed)
+        name = "reference (c)" if args.bc_teacher == "reference" else args.bc_teacher
+        print(f"behaviour cloning of {name}: negative log-likelihood {losses[0]:.2f} -> {losses[-1]:.2f}")
     callback = FastEvalCallback(eval_env, evaluation, args.eval_freq)
     model.learn(args.timesteps, callback=callback)
     final = callback.evaluate()
@@ -168,7 +178,19 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--n-steps", type=int, default=1024, help="environment steps per PPO update (all envs together)")
     p.add_argument("--n-envs", type=int, default=8, help="fast-mode environments stepped together")
     p.add_argument(
-        "--pretrain-bc", type=int, default=0, help="epochs of behaviour cloning of reference (c) first (0: none)"
+        "--ent-coef",
+        type=float,
+        default=0.0,
+        help="entropy bonus; the action's entropy sums 2 x layers heads (60 on SmolLM2), so DRRL-v0's 0.01 "
+        "outweighed the scaled reward and flattened the policy",
+    )
+    p.add_argument(
+        "--pretrain-bc", type=int, default=0, help="epochs of behaviour cloning of --bc-teacher first (0: none)"
+    )
+    p.add_argument(
+        "--bc-teacher",
+        default="reference",
+        help="reference (hindsight reference (c), privileged) or a baseline spec such as static:FILE or uniform:int4",
     )
     p.add_argument("--logdir", default="runs", help="folder that receives the run folder")
     p.add_argument("--env-kwargs", nargs="*", default=[], help="DRRL-KV-v0 options as key=value")

@@ -198,6 +198,17 @@ def test_drrl_train_kv_trains_saves_and_logs_an_agent(tiny_causal_llama, tmp_pat
     assert "eval/predicted_excess_nll" in events.Tags()["scalars"]
 
 
+def test_a_deployable_teacher_is_recorded_as_it_requests(fast_env):
+    """BC from a baseline (``--bc-teacher uniform:int4``): every step's action is its request, flattened as
+    the action space holds it, and the observations are the ones it acted on."""
+    from experiments.train_kv import teacher_dataset
+
+    observations, actions = teacher_dataset(fast_env, "uniform:int4")
+    int4 = [level.name for level in fast_env.unwrapped.closed.ladder].index("int4")
+    assert actions.shape == (len(observations["energy"]), fast_env.action_space.shape[0])
+    assert (actions == int4).all()
+
+
 def test_the_layer_transformer_policy_reads_each_layers_token_and_trains(fast_env):
     import torch
     from stable_baselines3.common.utils import obs_as_tensor
