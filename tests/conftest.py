@@ -5,6 +5,8 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
+import contextlib  # noqa: E402
+import io  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
@@ -20,6 +22,21 @@ def drrl(*args, cwd, check=True) -> subprocess.CompletedProcess:
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def drrl_here(*args, cwd) -> subprocess.CompletedProcess:
+    """``drrl`` run in this process, in folder ``cwd``, for commands that fail on their input: the same
+    ``main`` as the command line without a fresh interpreter (4 s of imports each).  An uncaught
+    exception propagates and fails the test (a user would have seen a traceback)."""
+    from experiments.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(map(str, args)))
+        except SystemExit as exit_:  # argparse's own errors
+            code = exit_.code
+    return subprocess.CompletedProcess(["drrl", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
 SYNTHETIC = {

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import SYNTHETIC, drrl
+from conftest import SYNTHETIC, drrl, drrl_here
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
@@ -214,7 +214,7 @@ def test_tradeoff_reports_each_beta(tmp_path):
     ],
 )
 def test_bad_cli_input_exits_nonzero_with_one_line(tmp_path, args, message):
-    result = drrl(*args, cwd=tmp_path, check=False)
+    result = drrl_here(*args, cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr

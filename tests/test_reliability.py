@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import SYNTHETIC, drrl
+from conftest import SYNTHETIC, drrl_here
 
 import drrl_env  # noqa: F401
 from agents.sb3_agents import check_env_config
@@ -253,7 +253,7 @@ def test_bad_files_are_one_line_errors(tmp_path, tiny_llama):
         (["evaluate", "--baseline", "full", "--episodes", "0", "--out", "ev"], "--episodes must be >= 1, got 0"),
     ]
     for args, message in cases:
-        result = drrl(*args, cwd=tmp_path, check=False)
+        result = drrl_here(*args, cwd=tmp_path)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and "Traceback" not in result.stderr, (args, result.stderr[-2000:])
         assert message in lines[-1] and len([ln for ln in lines if "error" in ln]) == 1, (args, lines)
@@ -294,7 +294,7 @@ def test_actions_and_options_are_strict():
     ],
 )
 def test_counts_are_checked_before_any_work(tmp_path, args, message):
-    result = drrl(*args, cwd=tmp_path, check=False)
+    result = drrl_here(*args, cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr
     assert not (tmp_path / "cmp").exists()
 
