@@ -5,22 +5,27 @@
         [--n-steps 1024] [--n-envs 8] [--ent-coef 0] [--pretrain-bc 0]
         [--bc-teacher reference] [--logdir runs] [--env-kwargs k=v ...]
 
-Top to bottom: build the training environment on documents ``--train-documents`` of ``--split``
-(whose fast-mode artefacts are computed once and cached; ``--n-envs`` copies of it step together),
-and an evaluation one on the first
-``--eval-documents`` documents of ``--eval-split`` (validation); train ``--algo`` (ppo, maskable_ppo
-or recurrent_ppo) with ``--policy`` (``mlp``: SB3's MultiInputPolicy; ``transformer``: one token per
-model layer, ``agents.transformer_policy.KVLayerTransformerExtractor``), first behaviour-cloned for
-``--pretrain-bc`` epochs on ``--bc-teacher`` over each training document (``reference``: the hindsight
-reference (c), ``agents.kv_search.best_dynamic``, privileged and used as a teacher only; or a deployable
-baseline such as ``static:FILE``, so that PPO starts from the strongest heuristic), then for ``--timesteps`` steps,
-rewards scaled by the running spread of the return (SB3 ``VecNormalize``, reward only) and no
-entropy bonus by default (``--ent-coef``), scoring the
-deterministic policy on the evaluation documents every ``--eval-freq`` steps
-(TensorBoard ``eval/predicted_excess_nll``, the fast mode's, per document); save ``model.zip`` with
-the sidecar ``model.kv.json`` that ``drrl generate`` checks.  The run folder is
-``LOGDIR/DRRL-KV-fast-v0__ALGO-POLICY[-bc]__SEED__TIME``.  These are fast-mode scores: figures come from
-the closed loop (``benchmarks/kv_headroom.py --agents RUN/model.zip``).
+Top to bottom:
+
+1. build the training environment on documents ``--train-documents`` of ``--split`` (their fast-mode
+   artefacts are computed once and cached; ``--n-envs`` copies of it step together), and an
+   evaluation one on the first ``--eval-documents`` documents of ``--eval-split`` (validation);
+2. make ``--algo`` (ppo, maskable_ppo or recurrent_ppo) with ``--policy`` (``mlp``: SB3's
+   MultiInputPolicy; ``transformer``: one token per model layer,
+   ``agents.transformer_policy.KVLayerTransformerExtractor``), rewards scaled by the running spread of
+   the return (SB3 ``VecNormalize``, reward only) and no entropy bonus by default (``--ent-coef``);
+3. behaviour-clone it for ``--pretrain-bc`` epochs on ``--bc-teacher`` over each training document:
+   ``reference``, the hindsight reference (c) (``agents.kv_search.best_dynamic``: privileged, a teacher
+   only), or a deployable baseline such as ``static:FILE``, so that PPO starts from the strongest
+   heuristic;
+4. train for ``--timesteps`` steps, scoring the deterministic policy on the evaluation documents every
+   ``--eval-freq`` steps (TensorBoard ``eval/predicted_excess_nll``, the fast mode's, per document);
+5. save ``model.zip`` (the last policy) and ``best_model.zip`` (the best evaluation: selection on
+   validation), each with the sidecar ``.kv.json`` that ``drrl generate`` checks.
+
+The run folder is ``LOGDIR/DRRL-KV-fast-v0__ALGO-POLICY[-bc[-TEACHER]]__SEED__TIME``.  These are
+fast-mode scores: figures come from the closed loop (``benchmarks/kv_headroom.py --agents
+RUN/best_model.zip``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,11 +73,12 @@ def fast_scores(env: gym.Env, policy: Any, documents: range) -> np.ndarray:
 
 class FastEvalCallback(EveryRollout):
     """Every ``freq`` steps (at a rollout's end): the fast-mode score on the evaluation documents, logged as
-    ``eval/`` and kept (``history``: (timesteps, per-document scores)) for the convergence check."""
+    ``eval/`` and kept (``history``: (timesteps, per-document scores)) for the convergence check; the
+    best-scoring policy so far is saved by ``save(name)`` as ``best_model`` (selection on validation)."""
 
-    def __init__(self, env: gym.Env, documents: range, freq: int) -> None:
+    def __init__(self, env: gym.Env, documents: range, freq: int, save: Callable[[str], None]) -> None:
         super().__init__(freq)
-        self.env, self.documents = env, documents
+        self.env, self.documents, self.save = env, documents, save
         self.history: list[tuple[int, np.ndarray]] = []
 
     def fire(self) -> None:
@@ -79,10 +86,17 @@ class FastEvalCallback(EveryRollout):
 
     def evaluate(self) -> float:
         scores = fast_scores(self.env, self.model, self.documents)
+        if not self.history or scores.mean() < min(past.mean() for _, past in self.history):
+            self.save("best_model")
         self.history.append((self.num_timesteps, scores))
         self.logger.record("eval/predicted_excess_nll", float(scores.mean()))
         self.logger.dump(self.num_timesteps)
         return float(scores.mean())
+
+    def best(self) -> tuple[int, float]:
+        """(timesteps, mean score) of the best evaluation."""
+        step, scores = min(self.history, key=lambda entry: entry[1].mean())
+        return step, float(scores.mean())
 
     def converged(self) -> str:
         """Whether the score improved by less than one standard error (over documents) in the last 25% of
@@ -148,14 +162,20 @@ def train_kv(args: argparse.Namespace) -> Path:
         losses = behaviour_cloning(model, *dataset, epochs=args.pretrain_bc, seed=args.seed)
         name = "reference (c)" if args.bc_teacher == "reference" else args.bc_teacher
         print(f"behaviour cloning of {name}: negative log-likelihood {losses[0]:.2f} -> {losses[-1]:.2f}")
-    callback = FastEvalCallback(eval_env, evaluation, args.eval_freq)
+
+    def save(name: str) -> None:  # the agent with the sidecar that drrl generate and load_policy check
+        path = save_agent(model, run_dir / name)
+        path.with_suffix(".kv.json").write_text(json.dumps(policy_metadata(env), indent=1))
+
+    callback = FastEvalCallback(eval_env, evaluation, args.eval_freq, save)
     model.learn(args.timesteps, callback=callback)
     final = callback.evaluate()
-    path = save_agent(model, run_dir / "model")
-    path.with_suffix(".kv.json").write_text(json.dumps(policy_metadata(env), indent=1))
+    save("model")
+    best_step, best_score = callback.best()
     print(
         f"{run_dir}: fast-mode excess NLL on {len(evaluation)} evaluation documents {final:.1f} nats/document; "
         + callback.converged()
+        + f"; best_model.zip: {best_score:.1f} at step {best_step}"
     )
     return run_dir
 

@@ -194,6 +194,7 @@ def test_drrl_train_kv_trains_saves_and_logs_an_agent(tiny_causal_llama, tmp_pat
     assert "behaviour cloning of reference (c): negative log-likelihood" in result.stdout
     (run,) = (tmp_path / "runs").iterdir()
     assert run.name.startswith("DRRL-KV-fast-v0__ppo-mlp-bc__0__") and (run / "model.kv.json").is_file()
+    assert (run / "best_model.zip").is_file() and (run / "best_model.kv.json").is_file()
     events = EventAccumulator(str(run)).Reload()
     assert "eval/predicted_excess_nll" in events.Tags()["scalars"]
 
