@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import time
+from abc import abstractmethod
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -242,8 +243,9 @@ class EveryRollout(BaseCallback):
             self._next = (self.num_timesteps // self.freq + 1) * self.freq
             self.fire()
 
+    @abstractmethod
     def fire(self) -> None:
-        raise NotImplementedError
+        """What is done every ``freq`` steps."""
 
 
 class HeldOutEvalCallback(EveryRollout):
