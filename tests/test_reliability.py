@@ -331,3 +331,16 @@ def test_threads_option_sets_torch_threads_and_zero_leaves_busy_cores_alone(monk
         assert torch.get_num_threads() == 4
     finally:
         torch.set_num_threads(before)
+
+
+def test_evaluations_fire_once_per_rollout_not_inside_one(tmp_path):
+    """The policy changes only between rollouts: with eval_freq far below n_steps, one evaluation per
+    rollout (and the final one), where firing inside a rollout gave n_steps / eval_freq identical ones."""
+    from experiments.train import TrainConfig, train
+
+    seen = []
+    config = TrainConfig(
+        algo="a2c", timesteps=48, eval_freq=4, eval_episodes=1, env_kwargs=dict(SYNTHETIC), hyperparams={"n_steps": 16}
+    )
+    train(config, tmp_path, on_eval=lambda steps, means: seen.append(steps))
+    assert seen == [16, 32, 48, 48]  # three rollouts, then the evaluation after training
