@@ -79,7 +79,7 @@ def format_table(env: RankSelectionEnv, lengths: list[int], tables: dict[str, Me
         ]
         for i, n in enumerate(lengths):
             ranks = " ".join(f"{a:5.2f} / {b:4.2f}" for a, b in zip(table.measured[i], table.flops[i]))
-            lines.append(f"{n:>6} {ranks} {table.features[i]:6.3f} / {table.feature_flops[i]:5.3f}")
+            lines.append(f"{n:>6} {ranks} {table.features[i]:6.3g} / {table.feature_flops[i]:5.3g}")
     return "\n".join(lines)
 
 
