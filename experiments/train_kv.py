@@ -116,12 +116,13 @@ def teacher_dataset(env: gym.Env, teacher: str) -> tuple[dict[str, np.ndarray], 
     budget) or a deployable baseline spec of ``agents.kv_baselines`` (e.g. ``static:FILE``, ``uniform:int4``),
     whose requests are recorded as it plays."""
     fast = env.unwrapped
+    baseline = None if teacher == "reference" else load_policy(teacher, fast.closed)
     steps = []
     for document in fast.documents:
-        if teacher == "reference":
+        if baseline is None:
             act = plan_player(best_dynamic(fast.closed.fast_document(document, fast.sensitivity)))  # (steps, 2, Ly)
         else:
-            act = predicting(load_policy(teacher, fast.closed))
+            act = predicting(baseline)
         steps += play(env, act, document, keep_observations=True)
     observations = {key: np.stack([step.observation[key] for step in steps]) for key in steps[0].observation}
     return observations, np.stack([np.asarray(step.action).reshape(-1) for step in steps])
