@@ -4,6 +4,8 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: one thread per worker (and per CLI subprocess),
+    os.environ["OMP_NUM_THREADS"] = "1"  # so that N workers on N cores do not fight over them
 
 import contextlib  # noqa: E402
 import io  # noqa: E402

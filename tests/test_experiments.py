@@ -145,7 +145,7 @@ def test_compare_on_the_default_env(tmp_path):
     drrl(
         "compare",
         "--algos",
-        "ppo",
+        "a2c",  # 24-step rollouts: PPO would collect 512 steps whatever --timesteps says
         "--policies",
         "mlp",
         "--seeds",
@@ -164,7 +164,7 @@ def test_compare_on_the_default_env(tmp_path):
         cwd=tmp_path,
     )
     report = (out / "report.md").read_text()
-    assert "| ppo-mlp | 1 |" in report and "end_fidelity" in report and "Non-myopic reference" not in report
+    assert "| a2c-mlp | 1 |" in report and "end_fidelity" in report and "Non-myopic reference" not in report
     rows = json.loads((out / "rows.json").read_text())
     assert all(r["attention_latency_ratio"] is None for r in rows)
     drrl("report", out, "--model-metrics", cwd=tmp_path)
