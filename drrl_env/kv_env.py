@@ -162,8 +162,9 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         )
         self._episode: KVEpisode | None = None
 
-    def new_cache(self, policy=None) -> CompressedKVCache:
-        """An empty cache of this configuration (``policy`` decides due blocks itself: generation)."""
+    def new_cache(self, policy=None, path: str = "memory") -> CompressedKVCache:
+        """An empty cache of this configuration (``policy`` decides due blocks itself: generation) on attention
+        ``path`` (``kv/cache.py``: the environment's is "memory")."""
         cfg = self.config
         return CompressedKVCache(
             self.source.spec.n_layers,
@@ -174,6 +175,7 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             sinks=cfg.sinks,
             policy=policy,
             angles=self._angles(),
+            path=path,
         )
 
     def _angles(self) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
@@ -207,17 +209,18 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         )
 
     def serving_cache(
-        self, act: Callable[[dict[str, np.ndarray]], np.ndarray], max_len: int, batch: int = 1
+        self, act: Callable[[dict[str, np.ndarray]], np.ndarray], max_len: int, batch: int = 1, path: str = "memory"
     ) -> tuple[CompressedKVCache, BlockController]:
         """A cache for generation of ``batch`` sequences of at most ``max_len`` tokens whose due blocks ``act``
         decides from the same observation as the environment's, stored through the same controller (budget,
-        projection); the budget is the config's fraction of the whole batch's exact cache."""
+        projection); the budget is the config's fraction of the whole batch's exact cache.  ``path``: "memory"
+        or "speed" (``kv/cache.py``)."""
         controller = self.controller(max_len, batch=batch)
 
         def decide(cache: CompressedKVCache, index: int) -> None:
             controller.store(cache, index, act(controller.observe(cache, index)))
 
-        return self.new_cache(decide), controller
+        return self.new_cache(decide, path), controller
 
     def exact_nll(self, index: int) -> np.ndarray:
         """(steps,) summed NLL of each step's predicted tokens with every block stored exact: the reward's

@@ -1,14 +1,17 @@
 """``drrl generate``: text generation (or teacher-forced scoring) over a KV cache whose blocks a policy stores.
 
     drrl generate --prompt-file FILE [--policy uniform:int4] [--budget 0.25] [--max-new-tokens 128]
-                  [--compare dynamic,uniform:r16,h2o:1,POLICY] [--eval FILE] [--model smollm2-135m]
+                  [--compare dynamic,preallocated,uniform:r16,h2o:1,POLICY] [--eval FILE] [--path speed]
+                  [--model smollm2-135m]
 
 A policy is a DRRL-KV-v0 baseline (``agents/kv_baselines.py``; ``uniform:LEVEL`` is a fixed plan) or a
 trained SB3 agent (``run/model.zip`` with its sidecar ``run/model.kv.json``, which names the model,
-the ladder and the observation version; a mismatch is refused).  ``dynamic`` is transformers' own
-``DynamicCache`` with SDPA: the exact reference, with no budget.  The cache is DRRL-KV-v0's
-``CompressedKVCache`` on its memory path (dense keys and values rebuilt once per stored block), and
-the policy sees the environment's own observation through the same ``BlockController``.  Prompts
+the ladder and the observation version; a mismatch is refused).  ``dynamic`` and ``preallocated`` are
+transformers' own ``DynamicCache`` and ``StaticCache`` with SDPA: the exact references, with no
+budget (the first concatenates the whole cache at every forward, the second writes in place into
+buffers of the run's full length).  The cache is DRRL-KV-v0's ``CompressedKVCache``, on its speed path
+by default (``--path``; ``drrl_env/kv/cache.py``), and the policy sees the environment's own
+observation through the same ``BlockController``.  Prompts
 and ``--eval`` documents run in blocks, as the environment feeds them; decoding is greedy.  Ctrl-C
 prints what was generated so far with the figures up to then.
 """
@@ -28,7 +31,9 @@ import numpy as np
 import torch
 
 OBSERVATION_VERSION = 1  # bump when KVCacheEnv's observation changes meaning
-DYNAMIC = "dynamic"
+DYNAMIC = "dynamic"  # transformers' DynamicCache: exact, extended by concatenation at every forward
+PREALLOCATED = "preallocated"  # transformers' StaticCache: exact, written in place into the run's full length
+EXACT_CACHES = (DYNAMIC, PREALLOCATED)
 
 
 @dataclass
@@ -97,12 +102,14 @@ def load_policy(spec: str, env: Any) -> Any:
 
 
 def resident_bytes(cache: Any) -> int:
-    """Bytes the key and value tensors of ``cache``'s layers hold (any transformers ``Cache``): on the memory
-    path, stored blocks are rebuilt dense, so only evicted tokens leave."""
+    """Bytes the key and value tensors of ``cache``'s layers hold (any transformers ``Cache``), the speed
+    path's stored groups included: on the memory path, stored blocks are rebuilt dense, so only evicted
+    tokens leave; on the speed path, rank-level sides are held as coefficients too."""
+    groups = [group for layer in cache.layers for group in getattr(layer, "groups", {}).values()]
     return sum(
         t.numel() * t.element_size()
-        for layer in cache.layers
-        for t in (layer.keys, layer.values)
+        for owner in [*cache.layers, *groups]
+        for t in (owner.keys, owner.values)
         if isinstance(t, torch.Tensor)
     )
 
@@ -118,21 +125,33 @@ def level_summary(ladder: tuple, blocks: list) -> str:
 
 @torch.no_grad()
 def run_policy(
-    env: Any, spec: str, prompt: torch.Tensor, max_new: int, score: torch.Tensor | None, progress: bool
+    env: Any,
+    spec: str,
+    prompt: torch.Tensor,
+    max_new: int,
+    score: torch.Tensor | None,
+    progress: bool,
+    path: str = "memory",
 ) -> Run:
     """Generates ``max_new`` tokens after ``prompt`` (L,) or (B, L) greedily (a batch shares one decision per
     block; ``Run.text`` is the first sequence's, ``Run.new_tokens`` counts every sequence's), or with ``score``
-    (L,) the teacher-forced perplexity of its tokens after the first window + block, under policy ``spec``."""
+    (L,) the teacher-forced perplexity of its tokens after the first window + block, under policy ``spec``,
+    on the cache's attention ``path`` ("memory" or "speed", ``drrl_env/kv/cache.py``)."""
     unwrapped = env.unwrapped
     model, block = unwrapped.model, unwrapped.config.block
     run = Run(spec)
     prompts = prompt if prompt.dim() == 2 else prompt[None]  # (B, L)
     batch = 1 if score is not None else prompts.shape[0]
     total = prompts.shape[1] + (0 if score is not None else max_new)
-    if spec == DYNAMIC:
-        from transformers import DynamicCache
+    if spec in EXACT_CACHES:
+        from transformers import DynamicCache, StaticCache
 
-        cache, controller = DynamicCache(config=model.config), None
+        cache = (
+            DynamicCache(config=model.config)
+            if spec == DYNAMIC
+            else StaticCache(config=model.config, max_cache_len=total)
+        )
+        controller = None
         model.set_attn_implementation("sdpa")
     else:
         policy = load_policy(spec, env)
@@ -143,7 +162,7 @@ def run_policy(
             run.decide_seconds += time.perf_counter() - begin
             return action
 
-        cache, controller = unwrapped.serving_cache(act, total, batch)
+        cache, controller = unwrapped.serving_cache(act, total, batch, path)
     try:
         ids = (score[None] if score is not None else prompts).to(unwrapped.device)  # (B, L)
         nll, scored_from = [], unwrapped.config.window + block
@@ -179,10 +198,10 @@ def run_policy(
     finally:
         if progress:
             print(file=sys.stderr)
-        if spec == DYNAMIC:
+        if spec in EXACT_CACHES:
             model.set_attn_implementation("drrl")
     run.exact_bytes = cache.get_seq_length() * unwrapped.exact_token_bytes * batch
-    run.resident_bytes = resident_bytes(cache)
+    run.resident_bytes = resident_bytes(cache)  # a StaticCache holds its full length from the start
     if controller is None:
         run.cache_bytes = run.exact_bytes
     else:
@@ -221,7 +240,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     runs = []
     for spec in args.compare.split(",") if args.compare else [args.policy]:
         run = run_policy(
-            env, spec.strip(), ids, args.max_new_tokens, ids if args.eval else None, progress=len(ids) > 512
+            env, spec.strip(), ids, args.max_new_tokens, ids if args.eval else None, len(ids) > 512, args.path
         )
         runs.append(run)
         if not args.eval:
@@ -256,9 +275,16 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--budget", type=float, default=0.25, help="cache bytes cap, a fraction of the exact fp16 cache")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate after the prompt (greedy)")
     p.add_argument(
+        "--path",
+        default="speed",
+        choices=("speed", "memory"),  # drrl_env.kv.cache.PATHS, not imported here: it loads transformers
+        help="speed: stored blocks leave the per-step tensors and rank levels are read as coefficients; memory: "
+        "every stored block rebuilt dense in place (drrl_env/kv/cache.py)",
+    )
+    p.add_argument(
         "--compare",
-        help=f"comma-separated policies run on the same prompt, side by side ({DYNAMIC}: "
-        "transformers' DynamicCache with SDPA, exact)",
+        help=f"comma-separated policies run on the same prompt, side by side ({DYNAMIC} and {PREALLOCATED}: "
+        "transformers' DynamicCache and StaticCache with SDPA, exact)",
     )
     p.add_argument(
         "--env-kwargs",

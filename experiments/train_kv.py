@@ -2,7 +2,7 @@
 
     drrl train-kv --sensitivity experiments/results/kv/fast_mode.npz [--algo ppo] [--policy mlp]
         [--timesteps 200000] [--seed 0] [--train-documents 4-11] [--eval-documents 6] [--eval-freq 20000]
-        [--n-steps 1024] [--n-envs 8] [--ent-coef 0] [--pretrain-bc 0]
+        [--n-steps 1024] [--n-envs 8] [--ent-coef 0] [--learning-rate 3e-4] [--pretrain-bc 0]
         [--bc-teacher reference] [--logdir runs] [--env-kwargs k=v ...]
 
 Top to bottom:
@@ -152,6 +152,7 @@ def train_kv(args: argparse.Namespace) -> Path:
         batch_size=min(256, args.n_steps),
         gamma=0.99,
         ent_coef=args.ent_coef,
+        learning_rate=args.learning_rate,
     )
     teacher = "" if args.bc_teacher == "reference" else "-" + args.bc_teacher.split(":")[0]
     method = f"{args.algo}-{args.policy}" + (f"-bc{teacher}" if args.pretrain_bc else "")
@@ -204,6 +205,12 @@ def add_parser(sub: Any) -> None:
         default=0.0,
         help="entropy bonus; the action's entropy sums 2 x layers heads (60 on SmolLM2), so DRRL-v0's 0.01 "
         "outweighed the scaled reward and flattened the policy",
+    )
+    p.add_argument(
+        "--learning-rate",
+        type=float,
+        default=3e-4,
+        help="Adam's step size; after --pretrain-bc, a smaller one keeps PPO near the clone it starts from",
     )
     p.add_argument(
         "--pretrain-bc", type=int, default=0, help="epochs of behaviour cloning of --bc-teacher first (0: none)"

@@ -13,6 +13,20 @@ time): their scores' log-normalizers lse = logsumexp(Q_m K^T * scaling + M), the
 attention mass they give each stored token (summed over batch, heads and those queries: H2O's
 accumulated signal, sampled from each forward's newest queries).  The scores of those queries are
 computed once more for this (m x S per head, a fraction m / q of the attention's work).
+
+On the speed path (``CompressedKVCache(path="speed")``) the stored blocks sit in the layer's stored
+groups g (``cache.py``), whose keys C_g^K = K_g U^K_g and values C_g^V = V_g U^V_g are coefficients in
+the top-r columns of their bases, or rebuilt dense blocks where a side is not at a rank level (then
+U = I below).  ``speed_attention`` computes one score matrix over every stored token and reads each
+group in its coordinates:
+
+    S = [Q K^T, (Q U^K_1) C_1^K^T, ...] * scaling + M,   P = softmax(S) = [P_0, P_1, ...]
+    O = P_0 V + sum_g (P_g C_g^V) U^V_g^T
+
+with K, V the dense part (sinks, window, new tokens).  It equals the memory path's output over the
+rebuilt keys K_g U U^T and values V_g U U^T (up to rounding), at r instead of d numbers read per token
+of a rank group.  The recorded log-normalizers, outputs and masses come from the same scores, so
+decoding computes them once, not twice.
 """
 
 from __future__ import annotations
@@ -26,6 +40,8 @@ def kv_attention(
     layer: CompressedLayer, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
 ) -> torch.Tensor:
     """O (b, q, H, d) for ``query`` (b, H, q, d) over ``key``, ``value`` (b, H_kv, S, d); records as above."""
+    if layer.speed:
+        return speed_attention(layer, query, key, value, scaling)
     b, heads, q, d = query.shape
     kv_heads, stored = key.shape[1], key.shape[2]
     group = heads // kv_heads
@@ -41,4 +57,37 @@ def kv_attention(
     lse = torch.logsumexp(scores, dim=-1, keepdim=True)  # (b, H_kv, g m, 1)
     layer.mass += torch.exp(scores - lse).sum(dim=(0, 1, 2))
     layer.recent.add(query[:, :, q - m :].detach(), lse.reshape(b, heads, m), out[:, :, q - m :].detach())
+    return out.transpose(1, 2).contiguous()  # (b, q, H, d)
+
+
+def speed_attention(
+    layer: CompressedLayer, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """The speed path's O (b, q, H, d) (module docstring): ``key``, ``value`` (b, H_kv, S, d) are the dense
+    part, whose last q entries are the queries' own tokens; ``layer.groups`` holds the stored blocks."""
+    b, heads, q, d = query.shape
+    kv_heads, stored = key.shape[1], key.shape[2]
+    group = heads // kv_heads
+    grouped = query.reshape(b, kv_heads, group * q, d)  # (b, H, q, d) -> (b, H_kv, g q, d): head h reads h // g
+    positions = torch.arange(stored, device=query.device)
+    visible = positions[None, :] <= (stored - q + torch.arange(q, device=query.device))[:, None]  # (q, S)
+    parts = [grouped @ key.transpose(-1, -2)]  # (b, H_kv, g q, S)
+    for stored_group in layer.groups.values():
+        read = grouped if stored_group.key_basis is None else grouped @ stored_group.key_basis  # (b, H_kv, g q, r_k)
+        parts.append(read @ stored_group.keys.transpose(-1, -2))  # (b, H_kv, g q, n_g)
+    sizes = [part.shape[-1] for part in parts]
+    scores = torch.cat(parts, dim=-1).float() * scaling  # (b, H_kv, g q, S + sum n_g)
+    scores[..., :stored] = scores[..., :stored].masked_fill(~visible.repeat(group, 1), float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1, keepdim=True)  # (b, H_kv, g q, 1)
+    probs = torch.exp(scores - lse).to(value.dtype).split(sizes, dim=-1)
+    out = probs[0] @ value  # (b, H_kv, g q, d)
+    for part, stored_group in zip(probs[1:], layer.groups.values()):
+        read = part @ stored_group.values  # (b, H_kv, g q, r_v or d)
+        out = out + (read if stored_group.value_basis is None else read @ stored_group.value_basis.transpose(-1, -2))
+    out = out.reshape(b, heads, q, d)  # (b, H_kv, g q, d) -> (b, H, q, d)
+    m = min(q, RECENT_QUERIES)
+    recent = probs[0].reshape(b, kv_heads, group, q, stored)[:, :, :, q - m :]  # (b, H_kv, g, m, S)
+    layer.mass += recent.float().sum(dim=(0, 1, 2, 3))
+    lse = lse.reshape(b, kv_heads, group, q)[..., q - m :].reshape(b, heads, m)  # (b, H_kv, g, m) -> (b, H, m)
+    layer.recent.add(query[:, :, q - m :].detach(), lse, out[:, :, q - m :].detach())
     return out.transpose(1, 2).contiguous()  # (b, q, H, d)

