@@ -1,4 +1,5 @@
-"""Extension points: a new low-rank method or cost model is one class and one registration."""
+"""Extension points: a new low-rank method, workload, cost model, source or baseline is one class and one
+registration (the README's "Extending" recipes, each followed here with a toy extension)."""
 
 import gymnasium as gym
 import numpy as np
@@ -9,6 +10,7 @@ from conftest import SYNTHETIC
 import drrl_env  # noqa: F401
 from drrl_env.attention import LowRankMethod, get_method, register_method
 from drrl_env.attention.linalg import Factors
+from drrl_env.attention.workload import Prefill, register_workload, segment_bounds
 from drrl_env.costs import CostModel, register_cost_model
 from drrl_env.costs.counting import attention_flops
 
@@ -27,6 +29,16 @@ class LeadingCoordinates(LowRankMethod):
 
     def query_side_flops(self, rank: int, query_len: int, key_len: int, head_dim: int) -> int:
         return 2 * query_len * key_len * rank
+
+
+@register_workload
+class DoubledSegments(Prefill):
+    """Toy workload: prefill in segments twice the configured length (half the decisions)."""
+
+    name = "test_doubled_segments"
+
+    def segments(self, seq_len: int) -> list[tuple[int, int]]:
+        return segment_bounds(seq_len, 2 * self.segment_len)
 
 
 @register_cost_model
@@ -67,6 +79,22 @@ def test_a_registered_method_runs_an_episode():
     )
     assert flops > 0
     assert isinstance(get_method("test_leading_coordinates"), LeadingCoordinates)
+
+
+def test_a_registered_workload_sets_the_episodes_decisions():
+    steps = {}
+    for workload in ("prefill", "test_doubled_segments"):
+        env = gym.make("DRRL-v0", **{**SYNTHETIC, "synthetic_seq_len": 256}, workload=workload)
+        env.reset(seed=0)
+        done, steps[workload] = False, 0
+        while not done:
+            _, reward, terminated, truncated, info = env.step(0)
+            steps[workload] += 1
+            done = terminated or truncated
+        assert np.isfinite(reward) and 0 < info["fidelity"] <= 1.0
+    assert steps["prefill"] == 2 * steps["test_doubled_segments"]  # 4 segments of 64 tokens, 2 of 128 (x layers)
+    with pytest.raises(ValueError, match="workload='nope' is not allowed.*'prefill', 'decode'"):
+        gym.make("DRRL-v0", **SYNTHETIC, workload="nope")
 
 
 def test_unknown_bounds_leave_only_full_rank_safe():

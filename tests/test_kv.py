@@ -228,6 +228,35 @@ def test_every_baseline_plays_an_episode_within_the_budget(kv_env, spec, tmp_pat
         make_kv_baseline("static:nowhere.json", kv_env)
 
 
+def test_a_registered_kv_baseline_is_made_from_its_spec_and_plays(kv_env):
+    """The README's recipe: one KVPolicy subclass and one ``@KV_POLICIES.register`` line."""
+    from agents.kv_baselines import KV_POLICIES, KVPolicy
+
+    @KV_POLICIES.register
+    class KeysAtOneLevel(KVPolicy):
+        """Toy baseline: keys at the ladder level LEVEL, values exact."""
+
+        name, argument = "test_keys_at", "LEVEL"
+
+        def __init__(self, shape, arg):
+            super().__init__(shape, arg)
+            self.level = shape.index(arg)
+
+        def act(self, obs):
+            n = self.shape.n_layers
+            return np.concatenate([np.full(n, self.level), np.full(n, len(self.shape.ladder) - 1)])
+
+    try:
+        assert "test_keys_at:LEVEL" in kv_baseline_names()
+        policy = make_kv_baseline("test_keys_at:int8", kv_env)
+        steps = _play(kv_env, lambda obs: policy.predict(obs)[0])
+        assert steps[0][1]["key_levels"].tolist() == [4, 4] and steps[0][1]["value_levels"].tolist() == [5, 5]
+        with pytest.raises(ValueError, match="level 'int2' is not in the ladder"):
+            make_kv_baseline("test_keys_at:int2", kv_env)
+    finally:
+        KV_POLICIES.unregister("test_keys_at")
+
+
 def test_serving_cache_scores_a_document_as_the_environment_does(kv_env):
     from experiments.generate import run_policy
 
