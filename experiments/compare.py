@@ -192,7 +192,7 @@ def compare(
         flush=True,
     )
     rows = evaluate(env, policies_by_name, documents)
-    if env.unwrapped.config.source == "model" and not env.unwrapped.config.per_head:
+    if env.unwrapped.source.runs_model and not env.unwrapped.config.per_head:
         rows = add_model_metrics(env, rows, latency_rounds)
     meta = {
         "command": " ".join(["drrl", *(shlex.quote(a) for a in sys.argv[1:])]),  # relative: no install path

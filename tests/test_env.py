@@ -288,8 +288,10 @@ def test_end_of_episode_term_runs_the_model_with_the_chosen_ranks():
     assert all("end_fidelity" not in i for _, _, i in full[:-1])
     low = _rollout(env, lambda obs: 0, options={"document": 0})
     assert low[-1][2]["end_fidelity"] < 0.99
-    with pytest.raises(ValueError, match="end_weight > 0 needs source='model'"):
+    with pytest.raises(ValueError, match="end_weight > 0 needs a source that runs a model"):
         RankSelectionEnv(source="synthetic", end_weight=1.0)
+    with pytest.raises(ValueError, match="closed_loop=True needs a source that runs a model"):
+        RankSelectionEnv(source="synthetic", closed_loop=True)
 
 
 TEXTS_FOR_END = ["Low rank attention keeps the top singular directions of queries and keys. " * 8]

@@ -13,6 +13,7 @@ from drrl_env.attention.linalg import Factors
 from drrl_env.attention.workload import Prefill, register_workload, segment_bounds
 from drrl_env.costs import CostModel, register_cost_model
 from drrl_env.costs.counting import attention_flops
+from drrl_env.sources import SyntheticSource, register_source
 
 
 @register_method
@@ -116,7 +117,33 @@ def test_a_registered_cost_model_is_asked_for_its_capabilities():
         gym.make("DRRL-v0", **{**SYNTHETIC, "synthetic_seq_len": 512}, cost_model="test_constant")
 
 
+@register_source
+class FlatSpectra(SyntheticSource):
+    """Toy source: the synthetic generator with flat singular spectra (no rank is enough but the full one)."""
+
+    name = "test_flat_spectra"
+
+    @classmethod
+    def from_config(cls, cfg, device):
+        source = SyntheticSource.from_config(cfg, device)
+        source.decay = 0.0
+        return source
+
+
+def test_a_registered_source_feeds_the_environment():
+    fidelity = {}
+    for source in ("synthetic", "test_flat_spectra"):
+        env = gym.make("DRRL-v0", **{**SYNTHETIC, "source": source, "synthetic_decay": 2.0}, cache_dir=None)
+        env.reset(seed=0)
+        fidelity[source] = env.step(0)[4]["fidelity"]  # the lowest rank of the first (layer, segment)
+    assert fidelity["test_flat_spectra"] < fidelity["synthetic"]  # flat spectra lose more at low rank
+    with pytest.raises(ValueError, match="closed_loop=True needs a source that runs a model"):
+        gym.make("DRRL-v0", **{**SYNTHETIC, "source": "test_flat_spectra"}, closed_loop=True)
+
+
 def test_names_are_checked_against_the_registries():
+    with pytest.raises(ValueError, match="source='nope' is not allowed.*'model', 'synthetic'"):
+        gym.make("DRRL-v0", **{**SYNTHETIC, "source": "nope"})
     with pytest.raises(ValueError, match="method='nope' is not allowed.*'svd'"):
         gym.make("DRRL-v0", **SYNTHETIC, method="nope")
     with pytest.raises(ValueError, match="cost_model='nope' is not allowed.*'flops'"):

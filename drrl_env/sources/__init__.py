@@ -1,6 +1,7 @@
 """Attention sources: where the environment's q, k, v come from, and the texts they read.
 
-- ``base.py``: the interface (a fixed list of documents, each turned into per-layer q, k, v).
+- ``base.py``: the interface (a fixed list of documents, each turned into per-layer q, k, v) and the
+  registry of the ``source`` option (``model`` is registered lazily: transformers loads only for it).
 - ``synthetic.py``: a seeded generator.  ``hf.py``: a Hugging Face model on a corpus
   (``corpus.py``), captured through ``hf_attention.py`` and loaded by ``hf_loading.py``.
 """
@@ -12,15 +13,17 @@ import os
 import torch
 
 from drrl_env.config import EnvConfig
-from drrl_env.sources.base import AttentionSource, AttentionTrace, SourceSpec
+from drrl_env.sources.base import SOURCES, AttentionSource, AttentionTrace, SourceSpec, register_source
 from drrl_env.sources.synthetic import SyntheticSource
 
 __all__ = [
     "AttentionSource",
     "AttentionTrace",
     "SourceSpec",
+    "SOURCES",
     "SyntheticSource",
     "make_source",
+    "register_source",
     "resolve_device",
     "runtime_device",
 ]
@@ -56,30 +59,5 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_source(cfg: EnvConfig, device: torch.device) -> AttentionSource:
-    """The source that ``cfg.source`` names, built from the config's source options."""
-    if cfg.source == "synthetic":
-        return SyntheticSource(
-            n_layers=cfg.synthetic_layers,
-            n_heads=cfg.synthetic_heads,
-            n_kv_heads=cfg.synthetic_kv_heads,
-            head_dim=cfg.synthetic_head_dim,
-            seq_len=cfg.max_seq_len or cfg.synthetic_seq_len,
-            decay=cfg.synthetic_decay,
-            head_variety=cfg.synthetic_head_variety,
-            causal=cfg.synthetic_causal,
-            n_documents=cfg.synthetic_documents,
-            seed=cfg.synthetic_seed,
-            split=cfg.split,
-            device=device,
-        )
-    from drrl_env.sources.hf import HFAttentionSource
-
-    return HFAttentionSource(
-        cfg.model,
-        tokenizer=cfg.tokenizer,
-        corpus=cfg.corpus,
-        split=cfg.split,
-        max_seq_len=cfg.max_seq_len,
-        min_doc_tokens=cfg.min_doc_tokens,
-        device=device,
-    )
+    """The registered source that ``cfg.source`` names, built from the config's source options."""
+    return SOURCES.get(cfg.source).from_config(cfg, device)

@@ -1,6 +1,7 @@
 """What every attention source gives the environment: per-layer, per-head q, k, v of a document, and
 the records that pass between the environment and a model's attention calls (``LayerInputs``,
-``LowRankPlan``); no transformers import, so the synthetic source never loads it."""
+``LowRankPlan``); the registry of sources (the ``source`` option).  No transformers import, so the
+synthetic source never loads it."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from drrl_env.registry import Registry
+
 if TYPE_CHECKING:  # annotations only: the attention layer is not imported by the sources' base
     from drrl_env.attention.methods.base import LowRankMethod
     from drrl_env.attention.workload import Prefill
+    from drrl_env.config import EnvConfig
 
 SPLIT_MODULUS = 10  # items hash to buckets 0..9: 0-2 test, 3-4 validation, 5-9 train (30/20/50)
 TEST_BUCKETS, VALIDATION_BUCKETS = (0, 1, 2), (3, 4)  # a wide test split: >= 48 pydoc documents from >= 15 topics
@@ -80,10 +84,22 @@ class AttentionTrace:
 
 
 class AttentionSource(ABC):
-    """A fixed list of documents, each turned into an :class:`AttentionTrace` on request."""
+    """A fixed list of documents, each turned into an :class:`AttentionTrace` on request.
 
+    A new source is one subclass with a ``name`` (its ``source=`` option), ``runs_model`` (whether it
+    runs a model, whose forward the closed loop and the end-of-episode term need: then it implements
+    :meth:`model_outputs`) and :meth:`from_config`, registered with ``@register_source``.
+    """
+
+    name = "source"
+    runs_model = False
     spec: SourceSpec
     device: torch.device  # where its traces live
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, cfg: EnvConfig, device: torch.device) -> AttentionSource:
+        """The source built from the config's options, its traces on ``device``."""
 
     @property
     @abstractmethod
@@ -104,7 +120,14 @@ class AttentionSource(ABC):
 
     def model_outputs(self, index: int, plan: Any) -> ModelOutputs:
         """The model's outputs on document ``index`` with a rank plan applied (model sources only)."""
-        raise ValueError(f"{type(self).__name__} runs no model: model-level outputs need source='model'")
+        raise ValueError(f"{type(self).__name__} runs no model: model-level outputs need a source that runs one")
+
+
+SOURCES: Registry[type[AttentionSource]] = Registry(
+    AttentionSource, "source", "or register an AttentionSource subclass with drrl_env.sources.base.register_source"
+)
+register_source = SOURCES.register
+SOURCES.register_lazy("model", "drrl_env.sources.hf")  # imports transformers: only when asked for
 
 
 @dataclass(frozen=True)

@@ -11,21 +11,48 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from drrl_env.sources.base import AttentionSource, AttentionTrace, LayerInputs, LowRankPlan, ModelOutputs, SourceSpec
+from drrl_env.sources.base import (
+    AttentionSource,
+    AttentionTrace,
+    LayerInputs,
+    LowRankPlan,
+    ModelOutputs,
+    SourceSpec,
+    register_source,
+)
 from drrl_env.sources.corpus import load_corpus
 from drrl_env.sources.hf_loading import load_model, model_fingerprint, position_limit
 
+if TYPE_CHECKING:
+    from drrl_env.config import EnvConfig
 
+
+@register_source
 class HFAttentionSource(AttentionSource):
     """Documents of a text corpus, tokenized for ``model``; ``trace(i)`` runs the model on document i.
 
     Documents with fewer than ``min_doc_tokens`` tokens are left out; longer ones are truncated
     to ``max_seq_len`` (default: the model's position limit).
     """
+
+    name = "model"
+    runs_model = True
+
+    @classmethod
+    def from_config(cls, cfg: EnvConfig, device: torch.device) -> HFAttentionSource:
+        return cls(
+            cfg.model,
+            tokenizer=cfg.tokenizer,
+            corpus=cfg.corpus,
+            split=cfg.split,
+            max_seq_len=cfg.max_seq_len,
+            min_doc_tokens=cfg.min_doc_tokens,
+            device=device,
+        )
 
     def __init__(
         self,

@@ -17,6 +17,7 @@ of 5 form the test split, the others the train split.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,14 +28,38 @@ from drrl_env.sources.base import (
     AttentionSource,
     AttentionTrace,
     SourceSpec,
+    register_source,
     split_of,
 )
+
+if TYPE_CHECKING:
+    from drrl_env.config import EnvConfig
 
 BLOCK = 64
 GENERATOR_VERSION = 1  # bump when the generator's output changes (invalidates cached analyses)
 
 
+@register_source
 class SyntheticSource(AttentionSource):
+    name = "synthetic"
+
+    @classmethod
+    def from_config(cls, cfg: EnvConfig, device: torch.device) -> SyntheticSource:
+        return cls(
+            n_layers=cfg.synthetic_layers,
+            n_heads=cfg.synthetic_heads,
+            n_kv_heads=cfg.synthetic_kv_heads,
+            head_dim=cfg.synthetic_head_dim,
+            seq_len=cfg.max_seq_len or cfg.synthetic_seq_len,
+            decay=cfg.synthetic_decay,
+            head_variety=cfg.synthetic_head_variety,
+            causal=cfg.synthetic_causal,
+            n_documents=cfg.synthetic_documents,
+            seed=cfg.synthetic_seed,
+            split=cfg.split,
+            device=device,
+        )
+
     def __init__(
         self,
         *,

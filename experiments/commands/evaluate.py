@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         name, policy = args.baseline, make_baseline(args.baseline, env, seed=args.seed)
     documents = range(min(args.episodes, len(env.unwrapped.document_names())))
     rows = evaluate(env, {name: policy}, documents)
-    if env.unwrapped.config.source == "model" and not env.unwrapped.config.per_head:
+    if env.unwrapped.source.runs_model and not env.unwrapped.config.per_head:
         rows = add_model_metrics(env, rows)
     print(summary_table(rows))
     if args.out:
