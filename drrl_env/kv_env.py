@@ -3,6 +3,7 @@ stores what leaves the recent window."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any, SupportsFloat
 
@@ -81,6 +82,8 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     ``options={"budget": b}`` sets this episode's budget (evaluation at other budgets).  Ends
     (terminated) when the document's last token is predicted: documents are 1024 to 4096 tokens by
     default, so episodes have 6 to 30 steps, and the observation holds no document length.
+    ``snapshot()`` copies the episode's state (cache, position, budget, running sums) and ``restore``
+    puts it back, so a lookahead reference can try actions and return (``drrl_env.play.lookahead``).
 
     ## Info
     | key              | meaning                                                             |
@@ -368,6 +371,25 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             self._obs = self._controller.observe(self.cache, self.cache.due_block())
         info["action_mask"] = self._obs["action_mask"].copy()
         return self._obs, float(sum(terms.values())), terminated, False, info
+
+    EPISODE_STATE = ("_doc", "_exact", "cache", "_episode", "_t", "_nll", "_exact_sum", "_tokens", "_controller", "_obs")
+
+    def snapshot(self) -> dict[str, Any]:
+        """A copy of the episode's state (``EPISODE_STATE``): the cache's tensors, the decoding position, the
+        budget's bookkeeping, the running sums and the observation.  The model, the bases and the
+        environment itself are shared, not copied.  About the cache's size in memory."""
+        if self._episode is None:
+            raise RuntimeError("call reset() before snapshot(): there is no episode to copy")
+        shared = {id(self): self, id(self.model): self.model, id(self.bases): self.bases}
+        return copy.deepcopy({name: getattr(self, name) for name in self.EPISODE_STATE}, memo=shared)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Puts back a :meth:`snapshot` (itself copied again, so one snapshot can be restored many times)."""
+        if set(state) != set(self.EPISODE_STATE):
+            raise ValueError(f"not a snapshot of this environment: keys {sorted(state)}, expected {self.EPISODE_STATE}")
+        shared = {id(self): self, id(self.model): self.model, id(self.bases): self.bases}
+        for name, value in copy.deepcopy(state, memo=shared).items():
+            setattr(self, name, value)
 
     def action_masks(self) -> np.ndarray:
         """(2 Ly * R,) levels each dimension may take on its own (sb3-contrib ``MaskablePPO``)."""

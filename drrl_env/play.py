@@ -4,7 +4,8 @@ Every consumer that runs whole episodes (evaluation rows, the planner's rollouts
 cloning's dataset, the fixed-rank trade-off table, the KV frontier) calls :func:`play`, so an episode
 means the same thing everywhere: ``reset(options)``, then ``step(act(obs, env))`` until terminated
 or truncated.  ``act`` receives the unwrapped environment too, for references that read the true
-state (oracles); deployable policies use the observation alone.
+state (oracles); deployable policies use the observation alone.  :func:`lookahead` tries actions from
+the current state and returns to it, for environments with ``snapshot``/``restore`` (DRRL-KV-v0).
 """
 
 from __future__ import annotations
@@ -52,6 +53,25 @@ def play(
         next_obs, reward, terminated, truncated, info = env.step(action)
         steps.append(Step(obs if keep_observations else {}, action, float(reward), info))
         obs, done = next_obs, terminated or truncated
+    return steps
+
+
+def lookahead(env: gym.Env, actions: list[Any]) -> list[Step]:
+    """Steps ``actions`` from the current state, stopping early if the episode ends, then restores that
+    state: what those actions would give, with the episode left as it was (privileged: a reference that
+    sees what its decisions do to later tokens)."""
+    unwrapped = env.unwrapped
+    if not hasattr(unwrapped, "snapshot"):
+        raise TypeError(f"{type(unwrapped).__name__} has no snapshot()/restore(): lookahead needs both")
+    state, steps = unwrapped.snapshot(), []
+    try:
+        for action in actions:
+            _, reward, terminated, truncated, info = unwrapped.step(action)
+            steps.append(Step({}, action, float(reward), info))
+            if terminated or truncated:
+                break
+    finally:
+        unwrapped.restore(state)
     return steps
 
 

@@ -132,3 +132,44 @@ def default_env():
 def _private_analysis_cache(tmp_path_factory):
     """Each test session gets its own on-disk analysis cache (nothing leaks between runs)."""
     os.environ["DRRL_CACHE_DIR"] = str(tmp_path_factory.mktemp("drrl-cache"))
+
+
+# -- DRRL-KV-v0 on the tiny causal Llama (test_kv*.py) -----------------------------------------------
+KV_LEVELS = "evict,r4,int4,r8,int8,exact"  # head_dim 16: int4 (320 bytes a 32-token key block) sits below r8 (512)
+
+
+def kv_texts():
+    from pydoc_data.topics import topics
+
+    return tuple(text for _, text in sorted(topics.items()) if len(text) > 4000)[:8]
+
+
+KV_KWARGS = {
+    "corpus": kv_texts(),
+    "split": "all",
+    "max_seq_len": 384,
+    "min_doc_tokens": 200,
+    "block": 32,
+    "window": 64,
+    "levels": KV_LEVELS,
+    "calibration_documents": 2,
+    "budget": 0.5,
+}
+
+
+@pytest.fixture(scope="module")
+def kv_env(tiny_causal_llama):
+    import gymnasium as gym
+
+    return gym.make("DRRL-KV-v0", model=tiny_causal_llama, max_episode_steps=20, **KV_KWARGS)
+
+
+def play_kv(env, act, document=0):
+    """One DRRL-KV-v0 episode on ``document``: [(reward, info)] per step."""
+    obs, _ = env.reset(options={"document": document})
+    infos, done = [], False
+    while not done:
+        obs, reward, terminated, truncated, info = env.step(act(obs))
+        infos.append((reward, info))
+        done = terminated or truncated
+    return infos

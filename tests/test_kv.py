@@ -6,6 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import KV_KWARGS, KV_LEVELS, kv_texts, play_kv
 from gymnasium.utils.env_checker import check_env
 
 import drrl_env  # noqa: F401
@@ -13,42 +14,6 @@ from agents.kv_baselines import kv_baseline_names, make_kv_baseline
 from drrl_env.kv.bases import rotary_angles, rotate, unrotate
 from drrl_env.kv.budget import block_bytes, project
 from drrl_env.kv.levels import Exact, Quantized, Rank, parse_ladder
-
-LEVELS = "evict,r4,int4,r8,int8,exact"  # head_dim 16: int4 (320 bytes a 32-token key block) sits below r8 (512)
-
-
-def _texts():
-    from pydoc_data.topics import topics
-
-    return tuple(text for _, text in sorted(topics.items()) if len(text) > 4000)[:8]
-
-
-KV_KWARGS = {
-    "corpus": _texts(),
-    "split": "all",
-    "max_seq_len": 384,
-    "min_doc_tokens": 200,
-    "block": 32,
-    "window": 64,
-    "levels": LEVELS,
-    "calibration_documents": 2,
-    "budget": 0.5,
-}
-
-
-@pytest.fixture(scope="module")
-def kv_env(tiny_causal_llama):
-    return gym.make("DRRL-KV-v0", model=tiny_causal_llama, max_episode_steps=20, **KV_KWARGS)
-
-
-def _play(env, act, document=0):
-    obs, _ = env.reset(options={"document": document})
-    infos, done = [], False
-    while not done:
-        obs, reward, terminated, truncated, info = env.step(act(obs))
-        infos.append((reward, info))
-        done = terminated or truncated
-    return infos
 
 
 def test_levels_count_bytes_and_rebuild_what_they_keep():
@@ -120,7 +85,7 @@ def test_checkers_pass_and_the_spec_matches(kv_env):
 
 
 def test_all_exact_levels_earn_zero_and_keep_the_exact_perplexity(tiny_causal_llama):
-    short = tuple(text[:1500] for text in _texts())  # documents well below max_seq_len: the cap holds them exact
+    short = tuple(text[:1500] for text in kv_texts())  # documents well below max_seq_len: the cap holds them exact
     env = gym.make(
         "DRRL-KV-v0",
         model=tiny_causal_llama,
@@ -128,7 +93,7 @@ def test_all_exact_levels_earn_zero_and_keep_the_exact_perplexity(tiny_causal_ll
         **{**KV_KWARGS, "budget": 1.0, "max_seq_len": 512, "corpus": short},
     )
     top = len(env.unwrapped.ladder) - 1
-    steps = _play(env, lambda obs: np.full(env.action_space.shape, top))
+    steps = play_kv(env, lambda obs: np.full(env.action_space.shape, top))
     assert all(not info["projected"] for _, info in steps)
     assert abs(sum(r for r, _ in steps)) < 1e-3 and steps[-1][1]["ppl_ratio"] == pytest.approx(1.0, abs=1e-5)
 
@@ -136,7 +101,7 @@ def test_all_exact_levels_earn_zero_and_keep_the_exact_perplexity(tiny_causal_ll
 def test_the_budget_is_never_exceeded_under_random_actions(kv_env):
     rng = np.random.default_rng(0)
     for document in range(3):
-        for reward, info in _play(kv_env, lambda obs: rng.integers(0, 6, kv_env.action_space.shape), document):
+        for reward, info in play_kv(kv_env, lambda obs: rng.integers(0, 6, kv_env.action_space.shape), document):
             assert info["budget_used"] <= 1.0 + 1e-12 and np.isfinite(reward)
             assert info["cache_bytes"] <= kv_env.unwrapped.budget.cap
             assert set(info["reward_terms"]) == {"excess_nll", "bytes"}
@@ -213,7 +178,7 @@ def test_every_baseline_plays_an_episode_within_the_budget(kv_env, spec, tmp_pat
         (tmp_path / "plan.json").write_text(json.dumps(STATIC_PLAN))
         spec = f"static:{tmp_path / 'plan.json'}"
     policy = make_kv_baseline(spec, kv_env)
-    steps = _play(kv_env, lambda obs: policy.predict(obs)[0])
+    steps = play_kv(kv_env, lambda obs: policy.predict(obs)[0])
     assert all(info["budget_used"] <= 1.0 + 1e-12 for _, info in steps) and np.isfinite(steps[-1][1]["ppl_ratio"])
     if spec == "streaming":
         assert all((info["key_levels"] == 0).all() for _, info in steps)
@@ -249,7 +214,7 @@ def test_a_registered_kv_baseline_is_made_from_its_spec_and_plays(kv_env):
     try:
         assert "test_keys_at:LEVEL" in kv_baseline_names()
         policy = make_kv_baseline("test_keys_at:int8", kv_env)
-        steps = _play(kv_env, lambda obs: policy.predict(obs)[0])
+        steps = play_kv(kv_env, lambda obs: policy.predict(obs)[0])
         assert steps[0][1]["key_levels"].tolist() == [4, 4] and steps[0][1]["value_levels"].tolist() == [5, 5]
         with pytest.raises(ValueError, match="level 'int2' is not in the ladder"):
             make_kv_baseline("test_keys_at:int2", kv_env)
@@ -257,156 +222,20 @@ def test_a_registered_kv_baseline_is_made_from_its_spec_and_plays(kv_env):
         KV_POLICIES.unregister("test_keys_at")
 
 
-def test_serving_cache_scores_a_document_as_the_environment_does(kv_env):
-    from experiments.generate import run_policy
+def test_lookahead_returns_to_the_snapshot_and_replays_alike(kv_env):
+    from drrl_env.play import lookahead
 
-    env = kv_env.unwrapped
-    steps = _play(kv_env, lambda obs: np.full(4, 2))  # uniform:int4, a fixed plan
-    ids = env.source.token_ids(0)
-    run = run_policy(kv_env, "uniform:int4", ids, 0, ids, progress=False)
-    nll = sum(info["nll"] for _, info in steps) / sum(info["tokens"] for _, info in steps)
-    assert run.perplexity == pytest.approx(float(np.exp(nll)), rel=1e-4)
-    assert run.levels.startswith("int4")
-
-
-@pytest.mark.parametrize("key_space", ["post_rope", "pre_rope"])
-def test_the_speed_path_reads_rank_levels_as_coefficients_with_the_memory_paths_output(tiny_causal_llama, key_space):
-    from drrl_env.kv.attention import kv_attention
-
-    env = gym.make("DRRL-KV-v0", model=tiny_causal_llama, **{**KV_KWARGS, "key_space": key_space}).unwrapped
-    caches = [env.new_cache(path=path) for path in ("memory", "speed")]
-    generator = torch.Generator().manual_seed(0)
-    heads, kv_heads, d = env.source.spec.n_heads, env.source.spec.n_kv_heads, env.source.spec.head_dim
-    tokens = [torch.randn(2, 1, kv_heads, 96, d, generator=generator) for _ in range(2)]  # (K/V, b, H_kv, n, d)
-    for cache in caches:
-        for layer_idx in range(2):
-            cache.update(tokens[layer_idx][0], tokens[layer_idx][1], layer_idx)
-        cache.store(0, np.array([3, 2]), np.array([1, 3]))  # keys r8, int4; values r4, r8 (layers 0, 1)
-    memory, speed = caches
-    rope_keys = 8 if key_space == "post_rope" else 0  # pre-RoPE keys stay dense: their rotation is per position
-    assert list(speed.layers[0].groups) == [(rope_keys, 4)] and list(speed.layers[1].groups) == [(0, 8)]
-    group = speed.layers[0].groups[(rope_keys, 4)]
-    assert group.values.shape == (1, kv_heads, 28, 4) and group.keys.shape == (1, kv_heads, 28, rope_keys or d)
-    assert speed.layers[0].stored == memory.layers[0].stored - 28 and speed.nbytes() == memory.nbytes()
-    query, new = (
-        torch.randn(1, heads, 2, d, generator=generator),
-        torch.randn(2, 1, kv_heads, 2, d, generator=generator),
-    )
-    outputs = []
-    for cache in caches:
-        keys, values = cache.update(new[0], new[1], 0)
-        outputs.append(kv_attention(cache.layers[0], query, keys, values, d**-0.5))
-    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(speed.layers[0].recent.lse, memory.layers[0].recent.lse, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="path='fast' is not allowed"):
-        env.new_cache(path="fast")
-
-
-def test_the_speed_path_scores_a_document_as_the_memory_path_in_less_memory(tiny_causal_llama, tmp_path):
-    from experiments.generate import run_policy
-
-    plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"keys": ["r8", "int4"], "values": ["r4", "r8"]}))
-    env = gym.make("DRRL-KV-v0", model=tiny_causal_llama, **{**KV_KWARGS, "budget": 1.0, "key_space": "post_rope"})
-    ids = env.unwrapped.source.token_ids(0)
-    memory, speed = (run_policy(env, f"static:{plan}", ids, 0, ids, False, path) for path in ("memory", "speed"))
-    assert speed.perplexity == pytest.approx(memory.perplexity, rel=1e-5)
-    assert speed.cache_bytes == memory.cache_bytes and speed.resident_bytes < 0.8 * memory.resident_bytes
-
-
-def test_transformers_generate_runs_on_the_serving_cache(kv_env):
-    env = kv_env.unwrapped
-    policy = make_kv_baseline("pyramid", kv_env)
-    cache, controller = env.serving_cache(lambda obs: policy.predict(obs)[0], 320)
-    ids = env.source.token_ids(0)[None, :100]
-    out = env.model.generate(ids, cache=cache, max_new_tokens=200, do_sample=False)
-    assert out.shape == (1, 300) and cache.get_seq_length() == 299
-    assert len(cache.blocks) == (299 - 64) // 32 and controller.budget_used <= 1.0
-    assert cache.nbytes() <= controller.budget.cap < 299 * env.exact_token_bytes
-
-
-def test_a_batch_shares_decisions_within_the_whole_batchs_budget(kv_env):
-    from experiments.generate import run_policy
-
-    env = kv_env.unwrapped
-    prompt = env.source.token_ids(0)[:200]
-    one = run_policy(kv_env, "uniform:int4", prompt, 60, None, progress=False)
-    three = run_policy(kv_env, "uniform:int4", prompt.repeat(3, 1), 60, None, progress=False)  # (3, L) equal prompts
-    assert three.new_tokens == 3 * one.new_tokens and three.exact_bytes == 3 * one.exact_bytes
-    # the budget is the fraction of the whole batch's exact cache: it holds, and since the bases are stored
-    # once for the batch, each sequence keeps at least what it keeps alone
-    assert three.cache_bytes <= env.budget_for(260, batch=3).cap
-    bases = env._bases_bytes
-    assert (three.cache_bytes - bases) / 3 >= one.cache_bytes - bases
-
-
-def test_drrl_generate_compares_policies_and_refuses_bad_input(tiny_causal_llama, tmp_path):
-    from conftest import drrl, drrl_here
-
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i, text in enumerate(_texts()):
-        (corpus / f"t{i}.txt").write_text(text)
-    prompt = tmp_path / "prompt.txt"
-    prompt.write_text(_texts()[0][:1200])
-    common = [
-        "--model",
-        tiny_causal_llama,
-        "--budget",
-        "0.5",
-        "--env-kwargs",
-        f"corpus={corpus}",
-        "split=all",
-        "max_seq_len=384",
-        "min_doc_tokens=200",
-        "block=32",
-        "window=64",
-        f"levels={LEVELS}",
-        "calibration_documents=2",
-    ]
-    out = drrl(
-        "generate",
-        "--prompt-file",
-        prompt,
-        "--max-new-tokens",
-        "40",
-        "--compare",
-        "dynamic,preallocated,uniform:r4,h2o:1",
-        *common,
-        cwd=tmp_path,
-    ).stdout
-    table = out[out.index("policy ") :].splitlines()
-    assert [row.split()[0] for row in table[1:]] == ["dynamic", "preallocated", "uniform:r4", "h2o:1"]
-    texts = out.split("--- ")[1:]  # greedy: the two exact caches write the same text
-    assert texts[0].split("\n", 1)[1] == texts[1].split("\n", 1)[1]
-    assert "r4 " in table[3] and "int8" not in table[3]  # the plan, lowered to evict where the budget ends
-    from drrl_env.kv.cache import PATHS
-
-    assert f"{{{','.join(sorted(PATHS, reverse=True))}}}" in drrl_here("generate", "--help", cwd=tmp_path).stdout
-    for extra, message in [
-        (["--budget", "0"], "--budget must be"),
-        (["--max-new-tokens", "400"], "beyond the 384"),
-        (["--policy", "lru", "--max-new-tokens", "40"], "baseline='lru' is not allowed"),
-    ]:
-        result = drrl_here("generate", "--prompt-file", prompt, *common, *extra, cwd=tmp_path)
-        assert result.returncode == 2 and message in result.stderr
-    empty = tmp_path / "empty.txt"
-    empty.write_text("  \n")
-    result = drrl_here("generate", "--prompt-file", empty, *common, cwd=tmp_path)
-    assert result.returncode == 2 and "prompt is empty" in result.stderr
-
-
-def test_a_saved_agent_for_another_ladder_is_refused_in_one_line(kv_env, tmp_path):
-    import json
-
-    from experiments.generate import load_policy, policy_metadata
-
-    agent = tmp_path / "model.zip"
-    agent.write_bytes(b"not loaded: the sidecar is checked first")
-    meta = {**policy_metadata(kv_env), "levels": ["evict", "r16", "exact"]}
-    (tmp_path / "model.kv.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=r"trained with levels=\['evict', 'r16', 'exact'\]; this cache has levels="):
-        load_policy(str(agent), kv_env)
-    (tmp_path / "model.kv.json").unlink()
-    with pytest.raises(FileNotFoundError, match="sidecar model.kv.json"):
-        load_policy(str(agent), kv_env)
+    n = kv_env.unwrapped.n_layers
+    low, high = np.full(2 * n, 1), np.full(2 * n, len(KV_LEVELS.split(",")) - 1)
+    kv_env.reset(options={"document": 1})
+    kv_env.step(low)
+    first = lookahead(kv_env, [low, high, low])
+    other = lookahead(kv_env, [high, high, high])
+    again = lookahead(kv_env, [low, high, low])
+    assert [s.reward for s in first] == [s.reward for s in again] and len(first) == 3
+    assert [s.info["cache_bytes"] for s in first] == [s.info["cache_bytes"] for s in again]
+    assert [s.reward for s in other] != [s.reward for s in first]
+    played = [kv_env.step(a)[1] for a in (low, high, low)]  # the episode itself was left where it was
+    assert played == [s.reward for s in first]
+    with pytest.raises(ValueError, match="not a snapshot of this environment"):
+        kv_env.unwrapped.restore({"cache": None})

@@ -4,7 +4,7 @@ searches that use it (``kv/output_errors.py``, ``kv/fast.py``, ``agents/kv_searc
 import numpy as np
 import pytest
 import torch
-from test_kv import KV_KWARGS
+from conftest import KV_KWARGS
 
 
 @pytest.fixture(scope="module")
@@ -155,13 +155,12 @@ def test_the_fast_environment_passes_the_checkers_and_sums_to_the_fast_predictio
 
 
 def test_drrl_train_kv_trains_saves_and_logs_an_agent(tiny_causal_llama, tmp_path):
-    from conftest import drrl
+    from conftest import drrl, kv_texts
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from test_kv import _texts
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    for i, text in enumerate(_texts()):
+    for i, text in enumerate(kv_texts()):
         (corpus / f"doc{i}.txt").write_text(text)
     np.savez(tmp_path / "sensitivity.npz", sensitivity=np.full((2, 3), 0.5))
     kwargs = {key: value for key, value in KV_KWARGS.items() if key not in ("corpus", "split")}
