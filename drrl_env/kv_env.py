@@ -1,5 +1,8 @@
 """``KVCacheEnv`` (DRRL-KV-v0): choose, block by block, the level at which a language model's KV cache
-stores what leaves the recent window."""
+stores what leaves the recent window.
+
+Over 400 lines because the class docstring is the environment's spec (spaces, order of events,
+reward, budget, info; about 75 lines); the mechanics live in ``drrl_env/kv/``."""
 
 from __future__ import annotations
 
@@ -107,6 +110,18 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    EPISODE_STATE = (  # what snapshot() copies
+        "_doc",  # the document
+        "_exact",  # its exact NLL per step
+        "cache",
+        "_episode",  # the decoder's position
+        "_t",
+        "_nll",
+        "_exact_sum",
+        "_tokens",
+        "_controller",  # the budget's bookkeeping
+        "_obs",
+    )
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
         if render_mode not in (None, "ansi"):
@@ -372,24 +387,24 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         info["action_mask"] = self._obs["action_mask"].copy()
         return self._obs, float(sum(terms.values())), terminated, False, info
 
-    EPISODE_STATE = ("_doc", "_exact", "cache", "_episode", "_t", "_nll", "_exact_sum", "_tokens", "_controller", "_obs")
-
     def snapshot(self) -> dict[str, Any]:
         """A copy of the episode's state (``EPISODE_STATE``): the cache's tensors, the decoding position, the
         budget's bookkeeping, the running sums and the observation.  The model, the bases and the
         environment itself are shared, not copied.  About the cache's size in memory."""
         if self._episode is None:
             raise RuntimeError("call reset() before snapshot(): there is no episode to copy")
-        shared = {id(self): self, id(self.model): self.model, id(self.bases): self.bases}
-        return copy.deepcopy({name: getattr(self, name) for name in self.EPISODE_STATE}, memo=shared)
+        return copy.deepcopy({name: getattr(self, name) for name in self.EPISODE_STATE}, memo=self._shared())
 
     def restore(self, state: dict[str, Any]) -> None:
         """Puts back a :meth:`snapshot` (itself copied again, so one snapshot can be restored many times)."""
         if set(state) != set(self.EPISODE_STATE):
             raise ValueError(f"not a snapshot of this environment: keys {sorted(state)}, expected {self.EPISODE_STATE}")
-        shared = {id(self): self, id(self.model): self.model, id(self.bases): self.bases}
-        for name, value in copy.deepcopy(state, memo=shared).items():
+        for name, value in copy.deepcopy(state, memo=self._shared()).items():
             setattr(self, name, value)
+
+    def _shared(self) -> dict[int, Any]:
+        """What a snapshot shares instead of copying (a ``deepcopy`` memo): the env, the model, the bases."""
+        return {id(self): self, id(self.model): self.model, id(self.bases): self.bases}
 
     def action_masks(self) -> np.ndarray:
         """(2 Ly * R,) levels each dimension may take on its own (sb3-contrib ``MaskablePPO``)."""

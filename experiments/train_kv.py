@@ -47,9 +47,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from agents.kv_search import best_dynamic, plan_player
 from agents.sb3_agents import POLICIES, behaviour_cloning, make_agent, save_agent
 from drrl_env.play import play, predicting
+from experiments.callbacks import EveryRollout
 from experiments.generate import load_policy, policy_metadata
 from experiments.options import parse_kv_kwargs
-from experiments.train import EveryRollout
 
 ENV_ID = "DRRL-KV-fast-v0"
 KV_ALGORITHMS = ("ppo", "maskable_ppo", "recurrent_ppo")
