@@ -5,8 +5,10 @@
 # Steps: 1. tests: CUDA tests (fp32, fp16, bf16); 2. profile: `drrl profile` of $METHODS at 512-16384 keys for
 # MiniLM's and SmolLM2's attention shapes, prefill and decode (measured ratio / FLOP ratio); 3. forward:
 # fixed-rank plans in a real forward pass with SmolLM2-135M's shapes at 4096 tokens; 4. fixed_basis: kernels
-# (prefill, decode); 5. tradeoff: `drrl tradeoff` under the measured device cost; 6. linalg: benchmarks/linalg.py.
-# STEPS (default: all six, comma-separated) and METHODS (default: every registered one) choose what runs, e.g.
+# (prefill, decode); 5. tradeoff: `drrl tradeoff` under the measured device cost; 6. linalg: benchmarks/linalg.py;
+# 7. kv_decode: a decode step over DRRL-KV-v0's compressed cache (both paths) against transformers' exact caches,
+# SmolLM2-135M's shapes at 7936 tokens, batch 1, 8 and 32 (benchmarks/kv_decode.py).
+# STEPS (default: all seven, comma-separated) and METHODS (default: every registered one) choose what runs, e.g.
 #   STEPS=tests,profile,tradeoff METHODS=calibrated,loki bash scripts/gpu_check.sh
 # One text file per step in $OUT (written as it goes, so a run cut short keeps what it measured); the profile
 # plots in $OUT/plots.tar.gz.
@@ -18,13 +20,14 @@ rm -rf "$PLOTS" && mkdir -p "$PLOTS" "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DRRL_CACHE_DIR=/tmp/drrl-cache
 if [[ ${1:-} == --cpu ]]; then  # dry run: this machine's venv, short lengths, few layers
   DEV=cpu PY=.venv/bin/python LENGTHS=512,1024 FWD_TOKENS=1024 FWD_LAYERS=2 DOCS=2 PREFILL=1024 DECODE=4096 BATCH=2
+  KV_CONTEXT=1024 KV_BATCHES=1,2
 else
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH="$PWD:/tmp/site:$PWD/.whl/site"
   DEV=cuda PY=python3 LENGTHS=512,1024,2048,4096,8192,16384 FWD_TOKENS=4096 FWD_LAYERS=30 DOCS=8
-  PREFILL=4096,8192,16384 DECODE=4096,16384,65536 BATCH=32
+  PREFILL=4096,8192,16384 DECODE=4096,16384,65536 BATCH=32 KV_CONTEXT=7936 KV_BATCHES=1,8,32
 fi
-STEPS=,${STEPS:-tests,profile,forward,fixed_basis,tradeoff,linalg},
+STEPS=,${STEPS:-tests,profile,forward,fixed_basis,tradeoff,linalg,kv_decode},
 METHODS=${METHODS:-svd,shared_key,calibrated,loki}
 wanted() { [[ $STEPS == *,$1,* ]]; }
 has_method() { [[ ,$METHODS, == *,$1,* ]]; }
@@ -90,5 +93,16 @@ done
 
 # 6. Factor upkeep and kernels
 step linalg 60 $PY benchmarks/linalg.py --device $DEV
+
+# 7. Decode over the compressed KV cache (a SmolLM2-shaped causal LM with random weights: the GGUF cannot travel;
+#    bases fitted on its own keys, which sets no cost), each batch against DynamicCache and StaticCache beside it
+if wanted kv_decode; then
+  step kv_decode 60 $PY scripts/smollm2_shaped_model.py /tmp/smollm2-shaped-lm --layers 30 --causal-lm  # the plan's 30
+  for batch in ${KV_BATCHES//,/ }; do
+    step kv_decode 150 $PY benchmarks/kv_decode.py --batch $batch --context $KV_CONTEXT --out "$RES/kv_decode_$batch.txt" \
+        --plans static:experiments/results/kv/static_train.json,r8,int4 --env-kwargs model=/tmp/smollm2-shaped-lm \
+        device=$DEV calibration_documents=2 budget=1.0  # kv_decode stores every block itself: no budget applies
+  done
+fi
 
 tar -czf "$OUT/plots.tar.gz" -C "$PLOTS" . && echo "done: $(ls "$OUT")"

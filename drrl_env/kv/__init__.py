@@ -5,9 +5,11 @@
 - ``bases.py``: per-layer, per-K/V-head bases fitted on training documents (keys before or after
   RoPE, values), and the rotary helpers that move keys between the two.
 - ``cache.py``: ``CompressedKVCache``, a ``transformers.Cache``: sinks and a recent window exact,
-  every older block stored once at the level a policy chose; byte accounting.
-- ``attention.py``: the attention of a forward over that cache, which also records what the
-  observation reads (the newest queries' attention mass, outputs and log-normalizers).
+  every older block stored once at the level a policy chose; byte accounting.  Two paths: memory
+  (stored blocks rebuilt dense in place: the environment's) and speed (stored blocks in groups of
+  their own, rank levels kept as coefficients: ``drrl generate``'s default).
+- ``attention.py``: the attention of a forward over that cache, on either path, which also records
+  what the observation reads (the newest queries' attention mass, outputs and log-normalizers).
 - ``observation.py``: the deployable features of the block that leaves the window.
 - ``budget.py``: the byte budget and the projection of a requested action onto what fits.
 - ``controller.py``: the block controller: which block leaves the window, the budget it sees, and
