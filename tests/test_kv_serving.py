@@ -26,7 +26,10 @@ def test_serving_cache_scores_a_document_as_the_environment_does(kv_env):
 
 
 @pytest.mark.parametrize("key_space", ["post_rope", "pre_rope"])
-def test_the_speed_path_reads_rank_levels_as_coefficients_with_the_memory_paths_output(tiny_causal_llama, key_space):
+@pytest.mark.parametrize("new_tokens", [2, 40])  # decoding: scored as coefficients; a prompt's block: SDPA, rebuilt
+def test_the_speed_path_reads_rank_levels_as_coefficients_with_the_memory_paths_output(
+    tiny_causal_llama, key_space, new_tokens
+):
     from drrl_env.kv.attention import kv_attention
 
     env = gym.make("DRRL-KV-v0", model=tiny_causal_llama, **{**KV_KWARGS, "key_space": key_space}).unwrapped
@@ -45,8 +48,8 @@ def test_the_speed_path_reads_rank_levels_as_coefficients_with_the_memory_paths_
     assert group.values.shape == (1, kv_heads, 28, 4) and group.keys.shape == (1, kv_heads, 28, rope_keys or d)
     assert speed.layers[0].stored == memory.layers[0].stored - 28 and speed.nbytes() == memory.nbytes()
     query, new = (
-        torch.randn(1, heads, 2, d, generator=generator),
-        torch.randn(2, 1, kv_heads, 2, d, generator=generator),
+        torch.randn(1, heads, new_tokens, d, generator=generator),
+        torch.randn(2, 1, kv_heads, new_tokens, d, generator=generator),
     )
     outputs = []
     for cache in caches:

@@ -42,6 +42,18 @@ def kv_attention(
     """O (b, q, H, d) for ``query`` (b, H, q, d) over ``key``, ``value`` (b, H_kv, S, d); records as above."""
     if layer.speed:
         return speed_attention(layer, query, key, value, scaling)
+    out, lse, mass = fused_attention(query, key, value, scaling)
+    layer.mass += mass
+    record(layer, query, lse, out)
+    return out.transpose(1, 2).contiguous()  # (b, q, H, d)
+
+
+def fused_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SDPA's O (b, H, q, d) over ``key``, ``value`` (b, H_kv, S, d), whose last q entries are the queries'
+    own tokens, and for the newest m = min(q, RECENT_QUERIES) queries their log-normalizers (b, H, m) and
+    the attention mass they give each key (S,), from their scores computed once more."""
     b, heads, q, d = query.shape
     kv_heads, stored = key.shape[1], key.shape[2]
     group = heads // kv_heads
@@ -55,17 +67,25 @@ def kv_attention(
     scores = (recent @ key.transpose(-1, -2)).float() * scaling  # (b, H_kv, g m, S)
     scores = scores.masked_fill(~visible[q - m :].repeat(group, 1), float("-inf"))
     lse = torch.logsumexp(scores, dim=-1, keepdim=True)  # (b, H_kv, g m, 1)
-    layer.mass += torch.exp(scores - lse).sum(dim=(0, 1, 2))
-    layer.recent.add(query[:, :, q - m :].detach(), lse.reshape(b, heads, m), out[:, :, q - m :].detach())
-    return out.transpose(1, 2).contiguous()  # (b, q, H, d)
+    return out, lse.reshape(b, heads, m), torch.exp(scores - lse).sum(dim=(0, 1, 2))
+
+
+def record(layer: CompressedLayer, query: torch.Tensor, lse: torch.Tensor, out: torch.Tensor) -> None:
+    """Keeps the newest queries (b, H, q, d), their log-normalizers (b, H, m) and outputs (b, H, q, d)."""
+    m = lse.shape[-1]
+    layer.recent.add(query[:, :, -m:].detach(), lse, out[:, :, -m:].detach())
 
 
 def speed_attention(
     layer: CompressedLayer, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
 ) -> torch.Tensor:
     """The speed path's O (b, q, H, d) (module docstring): ``key``, ``value`` (b, H_kv, S, d) are the dense
-    part, whose last q entries are the queries' own tokens; ``layer.groups`` holds the stored blocks."""
+    part, whose last q entries are the queries' own tokens; ``layer.groups`` holds the stored blocks.  A
+    forward of more than ``RECENT_QUERIES`` queries (a prompt's block) runs SDPA over the groups rebuilt
+    dense instead: the same output without a (g q x S) score matrix per K/V head."""
     b, heads, q, d = query.shape
+    if q > RECENT_QUERIES:
+        return rebuilt_attention(layer, query, key, value, scaling)
     kv_heads, stored = key.shape[1], key.shape[2]
     group = heads // kv_heads
     grouped = query.reshape(b, kv_heads, group * q, d)  # (b, H, q, d) -> (b, H_kv, g q, d): head h reads h // g
@@ -89,5 +109,22 @@ def speed_attention(
     recent = probs[0].reshape(b, kv_heads, group, q, stored)[:, :, :, q - m :]  # (b, H_kv, g, m, S)
     layer.mass += recent.float().sum(dim=(0, 1, 2, 3))
     lse = lse.reshape(b, kv_heads, group, q)[..., q - m :].reshape(b, heads, m)  # (b, H_kv, g, m) -> (b, H, m)
-    layer.recent.add(query[:, :, q - m :].detach(), lse, out[:, :, q - m :].detach())
+    record(layer, query, lse, out)
+    return out.transpose(1, 2).contiguous()  # (b, q, H, d)
+
+
+def rebuilt_attention(
+    layer: CompressedLayer, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """The speed path's O (b, q, H, d) by SDPA over the stored groups rebuilt dense (C_g U_g^T), then the
+    dense part ``key``, ``value`` (b, H_kv, S, d); records as the memory path does, the masses of the
+    dense part only (a stored token's mass is no longer read: it is decided)."""
+    keys, values = [key], [value]
+    for stored_group in layer.groups.values():
+        k, v = stored_group.keys, stored_group.values  # (b, H_kv, n, r or d)
+        keys.insert(-1, k if stored_group.key_basis is None else k @ stored_group.key_basis.transpose(-1, -2))
+        values.insert(-1, v if stored_group.value_basis is None else v @ stored_group.value_basis.transpose(-1, -2))
+    out, lse, mass = fused_attention(query, torch.cat(keys, dim=-2), torch.cat(values, dim=-2), scaling)
+    layer.mass += mass[-key.shape[-2] :]
+    record(layer, query, lse, out)
     return out.transpose(1, 2).contiguous()  # (b, q, H, d)
