@@ -26,7 +26,9 @@ group in its coordinates:
 with K, V the dense part (sinks, window, new tokens).  It equals the memory path's output over the
 rebuilt keys K_g U U^T and values V_g U U^T (up to rounding), at r instead of d numbers read per token
 of a rank group.  The recorded log-normalizers, outputs and masses come from the same scores, so
-decoding computes them once, not twice.
+decoding computes them once, not twice.  A forward of more than ``RECENT_QUERIES`` queries (a
+prompt's block) would materialize a (g q x S) score matrix per K/V head there; it runs SDPA over the
+groups rebuilt dense (C_g U_g^T, once per forward) instead, with the same output.
 """
 
 from __future__ import annotations
