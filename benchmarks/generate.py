@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument(
         "--policies", default="dynamic,preallocated,uniform:int4,static:experiments/results/kv/static_train.json"
     )
-    parser.add_argument("--path", default="speed", choices=("speed", "memory"))
+    parser.add_argument("--path", default="speed", choices=("speed", "speed-bf16", "memory"))
     parser.add_argument("--budget", type=float, default=0.25)
     parser.add_argument("--out", default="experiments/results/kv/generate_bench.txt")
     args = parser.parse_args()

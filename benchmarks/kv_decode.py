@@ -2,7 +2,7 @@
 
     python benchmarks/kv_decode.py [--batch 8] [--context 7936] [--repeats 8]
         [--plans static:experiments/results/kv/static_train.json,r8,int4,exact] [--out FILE] [--profile]
-        [--env-kwargs model=FOLDER device=cuda ...]
+        [--paths memory,speed,speed-bf16] [--env-kwargs model=FOLDER device=cuda ...]
 
 Where a decode step's time goes, without a prefill: each layer's cache is filled with ``--context``
 random keys and values per sequence (what is stored sets the cost, not its values), every block
@@ -11,10 +11,11 @@ name stores every block of every layer there, ``static:FILE`` reads one level pe
 and one-token forwards of SmolLM2 are timed: the median of ``--repeats`` after 2 warm-ups, each
 cache in turn in one process.  Rows: ``dynamic`` (``DynamicCache``, SDPA: it concatenates the whole
 cache at every forward), ``preallocated`` (``StaticCache``, SDPA: written in place), then each plan
-on the memory path (blocks rebuilt dense in place) and the speed path (stored blocks in their own
-groups, rank levels read as coefficients; ``drrl_env/kv/cache.py``).  Ratios are to ``dynamic`` and
-to ``preallocated``, measured beside them.  ``--profile`` then prints PyTorch's profile of 5
-steps of the first plan on the speed path (operators by self CPU time): where the time goes.
+on each of ``--paths``: memory (blocks rebuilt dense in place), speed (stored blocks in their own
+groups, rank levels read as coefficients), speed-bf16 (those groups in bfloat16; ``drrl_env/kv/cache.py``).
+Ratios are to ``dynamic`` and to ``preallocated``, measured beside them.  ``--profile`` then prints
+PyTorch's profile of 5 steps of the first plan on the speed path (operators by self CPU time): where
+the time goes.
 ``--env-kwargs`` are DRRL-KV-v0 options: ``device=cuda`` times on a GPU (synchronized around each
 step), ``model=FOLDER`` runs another causal LM, e.g. ``scripts/smollm2_shaped_model.py --causal-lm``'s
 SmolLM2-shaped one with random weights, whose decode step costs what SmolLM2's does (``gpu_check.sh``).
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--plans", default="static:experiments/results/kv/static_train.json,r8,int4,exact")
     parser.add_argument("--out", default="experiments/results/kv/decode_step.txt")
+    parser.add_argument("--paths", default="memory,speed", help="the compressed cache's paths (drrl_env/kv/cache.py)")
     parser.add_argument("--profile", action="store_true", help="profile the first plan's speed path")
     parser.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="DRRL-KV-v0 options")
     args = parser.parse_args()
@@ -101,6 +103,7 @@ def main() -> None:
     say(
         f"# python benchmarks/kv_decode.py --batch {args.batch} --context {args.context} "
         f"--repeats {args.repeats} --plans {args.plans}"
+        + (f" --paths {args.paths}" if args.paths != "memory,speed" else "")
         + (" --profile" if args.profile else "")
         + (f" --env-kwargs {' '.join(args.env_kwargs)}" if args.env_kwargs else "")
     )
@@ -116,7 +119,7 @@ def main() -> None:
     profiled = ""
     for plan in (p for p in args.plans.split(",") if p):
         levels = plan_levels(plan, names, spec.n_layers)
-        for path in ("memory", "speed"):
+        for path in args.paths.split(","):
             cache = fill(env.new_cache(path=path))
             while (due := cache.due_block()) is not None:
                 cache.store(due, *levels)

@@ -231,8 +231,8 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     ) -> tuple[CompressedKVCache, BlockController]:
         """A cache for generation of ``batch`` sequences of at most ``max_len`` tokens whose due blocks ``act``
         decides from the same observation as the environment's, stored through the same controller (budget,
-        projection); the budget is the config's fraction of the whole batch's exact cache.  ``path``: "memory"
-        or "speed" (``kv/cache.py``)."""
+        projection); the budget is the config's fraction of the whole batch's exact cache.  ``path``: "memory",
+        "speed" or "speed-bf16" (``kv/cache.py``)."""
         controller = self.controller(max_len, batch=batch)
 
         def decide(cache: CompressedKVCache, index: int) -> None:

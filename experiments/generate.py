@@ -136,7 +136,7 @@ def run_policy(
     """Generates ``max_new`` tokens after ``prompt`` (L,) or (B, L) greedily (a batch shares one decision per
     block; ``Run.text`` is the first sequence's, ``Run.new_tokens`` counts every sequence's), or with ``score``
     (L,) the teacher-forced perplexity of its tokens after the first window + block, under policy ``spec``,
-    on the cache's attention ``path`` ("memory" or "speed", ``drrl_env/kv/cache.py``)."""
+    on the cache's attention ``path`` ("memory", "speed" or "speed-bf16", ``drrl_env/kv/cache.py``)."""
     unwrapped = env.unwrapped
     model, block = unwrapped.model, unwrapped.config.block
     run = Run(spec)
@@ -277,9 +277,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--path",
         default="speed",
-        choices=("speed", "memory"),  # drrl_env.kv.cache.PATHS, not imported here: it loads transformers
-        help="speed: stored blocks leave the per-step tensors and rank levels are read as coefficients; memory: "
-        "every stored block rebuilt dense in place (drrl_env/kv/cache.py)",
+        choices=("speed", "speed-bf16", "memory"),  # drrl_env.kv.cache.PATHS, not imported here: it loads transformers
+        help="speed: stored blocks leave the per-step tensors and rank levels are read as coefficients; speed-bf16: "
+        "the same, stored blocks held in bfloat16; memory: every stored block rebuilt dense in place "
+        "(drrl_env/kv/cache.py)",
     )
     p.add_argument(
         "--compare",

@@ -14,11 +14,12 @@ attention mass they give each stored token (summed over batch, heads and those q
 accumulated signal, sampled from each forward's newest queries).  The scores of those queries are
 computed once more for this (m x S per head, a fraction m / q of the attention's work).
 
-On the speed path (``CompressedKVCache(path="speed")``) the stored blocks sit in the layer's stored
-groups g (``cache.py``), whose keys C_g^K = K_g U^K_g and values C_g^V = V_g U^V_g are coefficients in
-the top-r columns of their bases, or rebuilt dense blocks where a side is not at a rank level (then
-U = I below).  ``speed_attention`` computes one score matrix over every stored token and reads each
-group in its coordinates:
+On the speed paths (``CompressedKVCache(path="speed")`` or ``"speed-bf16"``) the stored blocks sit in
+the layer's stored groups g (``cache.py``), whose keys C_g^K = K_g U^K_g and values C_g^V = V_g U^V_g
+are coefficients in the top-r columns of their bases, or rebuilt dense blocks where a side is not at
+a rank level (then U = I below).  Each group is read in its own dtype (bfloat16 on "speed-bf16"), its
+scores and outputs returned in the model's.  ``speed_attention`` computes one score matrix over every
+stored token and reads each group in its coordinates:
 
     S = [Q K^T, (Q U^K_1) C_1^K^T, ...] * scaling + M,   P = softmax(S) = [P_0, P_1, ...]
     O = P_0 V + sum_g (P_g C_g^V) U^V_g^T
@@ -95,8 +96,9 @@ def speed_attention(
     visible = positions[None, :] <= (stored - q + torch.arange(q, device=query.device))[:, None]  # (q, S)
     parts = [grouped @ key.transpose(-1, -2)]  # (b, H_kv, g q, S)
     for stored_group in layer.groups.values():
-        read = grouped if stored_group.key_basis is None else grouped @ stored_group.key_basis  # (b, H_kv, g q, r_k)
-        parts.append(read @ stored_group.keys.transpose(-1, -2))  # (b, H_kv, g q, n_g)
+        read = grouped.to(stored_group.keys.dtype)  # the group's dtype (bfloat16 on "speed-bf16")
+        read = read if stored_group.key_basis is None else read @ stored_group.key_basis  # (b, H_kv, g q, r_k)
+        parts.append((read @ stored_group.keys.transpose(-1, -2)).to(grouped.dtype))  # (b, H_kv, g q, n_g)
     sizes = [part.shape[-1] for part in parts]
     scores = torch.cat(parts, dim=-1).float() * scaling  # (b, H_kv, g q, S + sum n_g)
     scores[..., :stored] = scores[..., :stored].masked_fill(~visible.repeat(group, 1), float("-inf"))
@@ -104,8 +106,9 @@ def speed_attention(
     probs = torch.exp(scores - lse).to(value.dtype).split(sizes, dim=-1)
     out = probs[0] @ value  # (b, H_kv, g q, d)
     for part, stored_group in zip(probs[1:], layer.groups.values()):
-        read = part @ stored_group.values  # (b, H_kv, g q, r_v or d)
-        out = out + (read if stored_group.value_basis is None else read @ stored_group.value_basis.transpose(-1, -2))
+        read = part.to(stored_group.values.dtype) @ stored_group.values  # (b, H_kv, g q, r_v or d)
+        read = read if stored_group.value_basis is None else read @ stored_group.value_basis.transpose(-1, -2)
+        out = out + read.to(out.dtype)
     out = out.reshape(b, heads, q, d)  # (b, H_kv, g q, d) -> (b, H, q, d)
     m = min(q, RECENT_QUERIES)
     recent = probs[0].reshape(b, kv_heads, group, q, stored)[:, :, :, q - m :]  # (b, H_kv, g, m, S)
@@ -123,9 +126,9 @@ def rebuilt_attention(
     dense part only (a stored token's mass is no longer read: it is decided)."""
     keys, values = [key], [value]
     for stored_group in layer.groups.values():
-        k, v = stored_group.keys, stored_group.values  # (b, H_kv, n, r or d)
-        keys.insert(-1, k if stored_group.key_basis is None else k @ stored_group.key_basis.transpose(-1, -2))
-        values.insert(-1, v if stored_group.value_basis is None else v @ stored_group.value_basis.transpose(-1, -2))
+        k, v = (x.to(key.dtype) for x in (stored_group.keys, stored_group.values))  # (b, H_kv, n, r or d)
+        for rebuilt, stored, basis in ((keys, k, stored_group.key_basis), (values, v, stored_group.value_basis)):
+            rebuilt.insert(-1, stored if basis is None else stored @ basis.to(key.dtype).transpose(-1, -2))
     out, lse, mass = fused_attention(query, torch.cat(keys, dim=-2), torch.cat(values, dim=-2), scaling)
     layer.mass += mass[-key.shape[-2] :]
     record(layer, query, lse, out)

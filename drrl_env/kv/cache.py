@@ -22,7 +22,10 @@ r numbers read per token instead of d, and the dense tensors, which every forwar
 concatenation (as ``DynamicCache`` does), hold only the sinks, the window and the undecided tokens,
 so a decode step no longer copies the whole cache.  Pre-RoPE keys stay dense: their rotation depends
 on the position, so Q (R(p) U_r) is not one projection per layer.  Integer levels are rebuilt dense
-on both paths (PyTorch has no CPU kernel that reads them packed).
+on both paths (PyTorch has no CPU kernel that reads them packed).  ``path="speed-bf16"`` is the speed
+path with the stored groups held in bfloat16: half their bytes, scored by the CPU's or GPU's bf16
+matmul.  Its rounding makes it differ from the other two paths, which the environment rewards, so its
+perplexity is measured (``drrl generate --eval``), not assumed.
 
 Decisions come either from the caller (``store``: the environment decides each due block) or from
 ``policy``, called for every due block when layer 0 of the next forward arrives (``generate``).
@@ -47,7 +50,10 @@ RECENT_QUERIES = 32  # queries each layer keeps for the observation (the newest 
 KV_LAYER = "drrl_kv_layer"  # attribute that tags the keys a CompressedLayer hands to attention
 # (cache, block index) -> None: decides due block ``index`` and stores it (``cache.store``)
 BlockPolicy = Callable[["CompressedKVCache", int], None]
-PATHS = ("memory", "speed")  # dense K/V rebuilt from what is stored, or rank levels read as coefficients
+# dense K/V rebuilt from what is stored, or stored groups (rank levels read as coefficients) held in the
+# model's dtype or in bfloat16
+PATHS = ("memory", "speed", "speed-bf16")
+GROUP_DTYPES = {"speed": None, "speed-bf16": torch.bfloat16}  # None: the model's dtype
 
 
 @dataclass
@@ -214,7 +220,7 @@ class CompressedKVCache(Cache):
             raise ValueError("pre-RoPE key bases need the model's rotary angles (angles=...)")
         super().__init__(layers=[CompressedLayer(RECENT_QUERIES) for _ in range(n_layers)])
         for layer in self.layers:
-            layer.speed = path == "speed"
+            layer.speed = path != "memory"
         self.ladder, self.bases, self.block, self.window, self.sinks = ladder, bases, block, window, sinks
         self.policy, self.angles, self.path = policy, angles, path
         self._angles: tuple[tuple[int, int] | None, Any] = (None, None)  # the last block's rotary angles
@@ -291,8 +297,14 @@ class CompressedKVCache(Cache):
             if self.path == "memory":
                 layer.replace(entries, keys, values)
             else:
-                dtype = layer.keys.dtype
-                layer.move_to_group(entries, key_basis, value_basis, keys.to(dtype), values.to(dtype))
+                dtype = GROUP_DTYPES[self.path] or layer.keys.dtype
+                layer.move_to_group(
+                    entries,
+                    None if key_basis is None else key_basis.to(dtype),
+                    None if value_basis is None else value_basis.to(dtype),
+                    keys.to(dtype),
+                    values.to(dtype),
+                )
             heads = self.n_kv_heads * self.batch
             nbytes += heads * (
                 key_level.block_bytes(stop - start, self.head_dim, "key")
@@ -305,7 +317,7 @@ class CompressedKVCache(Cache):
     def group_basis(self, layer_idx: int, level: Level, kind: str) -> torch.Tensor | None:
         """The top-r basis columns (H_kv, d, r) in which the speed path keeps ``kind`` at rank level ``level``
         of layer ``layer_idx``; None where it is kept dense (memory path, other levels, pre-RoPE keys)."""
-        if self.path != "speed" or not isinstance(level, Rank):
+        if self.path == "memory" or not isinstance(level, Rank):
             return None
         if kind == "key" and self.bases.key_space != "post_rope":
             return None
