@@ -73,6 +73,7 @@ def main() -> None:
         f"# python benchmarks/kv_frontier.py --documents {args.documents} --split {args.split} "
         f"--max-seq-len {args.max_seq_len} --uniform {args.uniform} --policies {args.policies} "
         f"--budgets {args.budgets} --key-spaces {args.key_spaces}"
+        + (f" --env-kwargs {' '.join(args.env_kwargs)}" if args.env_kwargs else "")
     )
     rows = []
     print(
