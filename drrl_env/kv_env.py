@@ -7,6 +7,7 @@ reward, budget, info; about 75 lines); the mechanics live in ``drrl_env/kv/``.""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from typing import Any, SupportsFloat
 
@@ -129,15 +130,7 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.render_mode = render_mode
         self.config = cfg = make_kv_config(**kwargs)
         self.device = runtime_device(cfg)
-        self.source = HFAttentionSource(
-            cfg.model,
-            tokenizer=cfg.tokenizer,
-            corpus=cfg.corpus,
-            split=cfg.split,
-            max_seq_len=cfg.max_seq_len,
-            min_doc_tokens=cfg.min_doc_tokens,
-            device=self.device,
-        )
+        self.source = HFAttentionSource.from_config(cfg, self.device)
         spec = self.source.spec
         if not self.source.causal_lm:
             raise ValueError(f"DRRL-KV-v0 needs a causal language model; {cfg.model!r} is not one")
@@ -148,15 +141,7 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         training = (
             self.source
             if cfg.split == "train"
-            else HFAttentionSource(
-                cfg.model,
-                tokenizer=cfg.tokenizer,
-                corpus=cfg.corpus,
-                split="train",
-                max_seq_len=cfg.max_seq_len,
-                min_doc_tokens=cfg.min_doc_tokens,
-                device=self.device,
-            )
+            else HFAttentionSource.from_config(dataclasses.replace(cfg, split="train"), self.device)
         )
         self.bases = fit_kv_bases(training, cfg.calibration_documents, cfg.key_space, root)
         self.n_layers, n_levels = spec.n_layers, len(self.ladder)

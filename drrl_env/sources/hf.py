@@ -44,6 +44,7 @@ class HFAttentionSource(AttentionSource):
 
     @classmethod
     def from_config(cls, cfg: EnvConfig, device: torch.device) -> HFAttentionSource:
+        """From an ``EnvConfig`` or any config with its source fields (DRRL-KV-v0's ``KVConfig``)."""
         return cls(
             cfg.model,
             tokenizer=cfg.tokenizer,
