@@ -23,7 +23,7 @@ import json
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ class Run:
 
     policy: str
     text: str = ""
+    tokens: list[int] = field(default_factory=list)  # the first sequence's generated token ids
     new_tokens: int = 0
     seconds: float = 0.0
     decide_seconds: float = 0.0
@@ -132,11 +133,23 @@ def run_policy(
     score: torch.Tensor | None,
     progress: bool,
     path: str = "memory",
+    allowed: torch.Tensor | None = None,
 ) -> Run:
     """Generates ``max_new`` tokens after ``prompt`` (L,) or (B, L) greedily (a batch shares one decision per
     block; ``Run.text`` is the first sequence's, ``Run.new_tokens`` counts every sequence's), or with ``score``
     (L,) the teacher-forced perplexity of its tokens after the first window + block, under policy ``spec``,
-    on the cache's attention ``path`` ("memory", "speed" or "speed-bf16", ``drrl_env/kv/cache.py``)."""
+    on the cache's attention ``path`` ("memory", "speed" or "speed-bf16", ``drrl_env/kv/cache.py``).
+    ``allowed`` (A,) restricts greedy decoding to those token ids (constrained decoding: the argmax of
+    the logits over them); None allows the whole vocabulary."""
+    if allowed is not None and (allowed.dim() != 1 or len(allowed) == 0):
+        raise ValueError(f"allowed must be a non-empty 1-D tensor of token ids, got shape {tuple(allowed.shape)}")
+
+    def greedy(last: torch.Tensor) -> torch.Tensor:  # (B, V) logits -> (B,) token ids
+        if allowed is None:
+            return last.argmax(-1)
+        choices = allowed.to(last.device)
+        return choices[last[:, choices].argmax(-1)]
+
     unwrapped = env.unwrapped
     model, block = unwrapped.model, unwrapped.config.block
     run = Run(spec)
@@ -185,16 +198,16 @@ def run_policy(
             run.seconds = time.perf_counter() - begin
         else:
             begin, generated = time.perf_counter(), []
-            token = logits[:, -1].argmax(-1)  # (B,)
+            token = greedy(logits[:, -1])  # (B,)
             try:
                 for _ in range(max_new):
                     generated.append(int(token[0]))
                     logits = model(input_ids=token[:, None], cache=cache, use_cache=True).logits  # (B, 1, V)
-                    token = logits[:, -1].argmax(-1)
+                    token = greedy(logits[:, -1])
             except KeyboardInterrupt:
                 run.interrupted = True
             run.seconds, run.new_tokens = time.perf_counter() - begin, len(generated) * batch
-            run.text = unwrapped.source.tokenizer.decode(generated)
+            run.tokens, run.text = generated, unwrapped.source.tokenizer.decode(generated)
     finally:
         if progress:
             print(file=sys.stderr)

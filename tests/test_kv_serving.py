@@ -102,6 +102,20 @@ def test_a_batch_shares_decisions_within_the_whole_batchs_budget(kv_env):
     assert (three.cache_bytes - bases) / 3 >= one.cache_bytes - bases
 
 
+def test_constrained_decoding_picks_only_allowed_tokens_and_refuses_an_empty_set(kv_env):
+    from experiments.generate import run_policy
+
+    env = kv_env.unwrapped
+    prompt = env.source.token_ids(0)[:200]
+    free = run_policy(kv_env, "uniform:int4", prompt, 60, None, progress=False)
+    first = free.tokens[0]
+    allowed = torch.tensor([t for t in range(3, 9) if t != first])  # the unconstrained first choice excluded
+    run = run_policy(kv_env, "uniform:int4", prompt, 60, None, progress=False, allowed=allowed)
+    assert len(run.tokens) == 60 and set(run.tokens) <= set(allowed.tolist())
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        run_policy(kv_env, "uniform:int4", prompt, 6, None, progress=False, allowed=torch.tensor([], dtype=torch.long))
+
+
 def test_drrl_generate_compares_policies_and_refuses_bad_input(tiny_causal_llama, tmp_path):
     from conftest import drrl, drrl_here
 
