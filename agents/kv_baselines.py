@@ -18,6 +18,10 @@ projection (``drrl_env/kv/budget.py``) applies to every one of them alike.
 | ``energy:TAU``    | per layer and kind, the cheapest stored level keeping energy >= TAU                 |
 | ``greedy``        | budget-greedy on the estimate per byte: from evict, upgrade the (layer, kind) with  |
 |                   | the largest drop in output-change estimate per added byte, within the pace          |
+| ``recent:LEVEL``  | StreamingLLM with a compressed tail: a block is stored at LEVEL when the bytes left |
+|                   | hold it and every later block the maximum length brings at LEVEL, else evicted, so  |
+|                   | the newest blocks that fit are kept (``recent:int4``; ``recent:exact`` is           |
+|                   | StreamingLLM at the budget)                                                          |
 | ``static:FILE``   | one request per (layer, kind) for every block, read from a JSON file                |
 |                   | ``{"keys": [level per layer], "values": [...]}``: e.g. the plan searched on training |
 |                   | documents by ``benchmarks/kv_headroom.py`` (``experiments/results/kv/static_train.json``) |
@@ -28,18 +32,22 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from drrl_env.kv.levels import Level
 from drrl_env.registry import Registry
 
+if TYPE_CHECKING:
+    from drrl_env.kv.controller import BlockController
+
 
 @dataclass(frozen=True)
 class KVShape:
     """What a policy may know of the configuration: the ladder, layers, the bytes one layer stores for a
-    full block at each level (2, R), bytes free for blocks, the maximum length and the block size."""
+    full block at each level (2, R), bytes free for blocks, the maximum length, the block size and the
+    window (tokens)."""
 
     ladder: tuple[Level, ...]
     n_layers: int
@@ -47,24 +55,33 @@ class KVShape:
     free_bytes: int
     max_seq_len: int
     block: int
+    window: int
 
     @classmethod
-    def of(cls, env: Any) -> KVShape:
+    def of(cls, env: Any, controller: BlockController | None = None) -> KVShape:
+        """The shape of ``env``'s episodes, or of the generation ``controller`` serves (its budget, maximum
+        length and batch: a serving cache's length and budget need not be the environment's)."""
         env = env.unwrapped
         cache = env.new_cache()
+        batch = 1 if controller is None else controller.token_bytes // env.exact_token_bytes
         sizes = np.array(
             [
-                [level.block_bytes(env.config.block, cache.head_dim, kind) * cache.n_kv_heads for level in env.ladder]
+                [
+                    level.block_bytes(env.config.block, cache.head_dim, kind) * cache.n_kv_heads * batch
+                    for level in env.ladder
+                ]
                 for kind in ("key", "value")
             ]
         )
+        budget = env.budget if controller is None else controller.budget
         return cls(
             env.ladder,
             env.n_layers,
             sizes,
-            env.budget.cap - env.budget.reserved,
-            env.config.max_seq_len,
+            budget.cap - budget.reserved,
+            env.config.max_seq_len if controller is None else controller.max_seq_len,
             env.config.block,
+            env.config.window,
         )
 
     def index(self, name: str) -> int:
@@ -78,6 +95,12 @@ class KVShape:
         left = float(obs["context"][3]) * self.free_bytes
         remaining = max(1.0, (1.0 - float(obs["context"][1])) * self.max_seq_len / self.block + 1)
         return left / remaining
+
+    def blocks_to_decide(self, obs: dict[str, np.ndarray]) -> int:
+        """Blocks from the due one on that leave the window by the maximum length: block k is due once
+        (k + 1) B + W tokens are seen, so they are k..floor((max - W) / B) - 1."""
+        start = round(float(obs["context"][0]) * self.max_seq_len)
+        return max(1, (self.max_seq_len - self.window) // self.block - start // self.block)
 
 
 class KVPolicy:
@@ -135,6 +158,28 @@ class StreamingPolicy(UniformPolicy):
     def __init__(self, shape: KVShape, arg: None = None) -> None:
         super().__init__(shape, "evict")
         self.label = self.name
+
+
+@KV_POLICIES.register
+class RecentPolicy(UniformPolicy):
+    """Keeps the newest blocks at one level: stores the due block at LEVEL (keys and values, every layer) when
+    the bytes left hold it and all later blocks at LEVEL, else evicts it.  Decisions are final, so the
+    blocks it keeps are the last ones the maximum length brings; a document that ends earlier leaves part
+    of the budget unused."""
+
+    name, argument = "recent", "LEVEL"
+
+    def __init__(self, shape: KVShape, arg: str) -> None:
+        super().__init__(shape, arg)
+        self.evict = shape.index("evict")
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        left = float(obs["context"][3]) * self.shape.free_bytes
+        keys, values = self.levels
+        block_bytes = self.shape.n_layers * (self.shape.level_bytes[0, keys] + self.shape.level_bytes[1, values])
+        if left < self.shape.blocks_to_decide(obs) * block_bytes:
+            return np.full(2 * self.shape.n_layers, self.evict, dtype=np.int64)
+        return super().act(obs)
 
 
 @KV_POLICIES.register
@@ -242,14 +287,15 @@ def kv_baseline_names() -> list[str]:
     ]
 
 
-def make_kv_baseline(spec: str, env: Any) -> KVPolicy:
-    """A DRRL-KV-v0 baseline from its spec ``NAME`` or ``NAME:ARGUMENT`` (module docstring)."""
+def make_kv_baseline(spec: str, env: Any, controller: BlockController | None = None) -> KVPolicy:
+    """A DRRL-KV-v0 baseline from its spec ``NAME`` or ``NAME:ARGUMENT`` (module docstring), for ``env``'s
+    episodes or for the generation ``controller`` serves (``KVShape.of``)."""
     name, colon, arg = spec.partition(":")
     cls = KV_POLICIES.get(name)
     if (cls.argument is None) == bool(colon):
         needs = "takes no argument" if cls.argument is None else f"needs an argument: {name}:{cls.argument}"
         raise ValueError(f"baseline {spec!r} {needs}")
     try:
-        return cls(KVShape.of(env), arg or None)
+        return cls(KVShape.of(env, controller), arg or None)
     except (ValueError, OSError) as err:
         raise ValueError(f"baseline {spec!r}: {err}") from err

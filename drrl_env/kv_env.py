@@ -212,13 +212,18 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         )
 
     def serving_cache(
-        self, act: Callable[[dict[str, np.ndarray]], np.ndarray], max_len: int, batch: int = 1, path: str = "memory"
+        self,
+        act: Callable[[dict[str, np.ndarray]], np.ndarray],
+        max_len: int,
+        batch: int = 1,
+        path: str = "memory",
+        budget: float | None = None,
     ) -> tuple[CompressedKVCache, BlockController]:
         """A cache for generation of ``batch`` sequences of at most ``max_len`` tokens whose due blocks ``act``
         decides from the same observation as the environment's, stored through the same controller (budget,
-        projection); the budget is the config's fraction of the whole batch's exact cache.  ``path``: "memory",
-        "speed" or "speed-bf16" (``kv/cache.py``)."""
-        controller = self.controller(max_len, batch=batch)
+        projection); the budget is ``budget`` (default: the config's) of the whole batch's exact cache.
+        ``path``: "memory", "speed" or "speed-bf16" (``kv/cache.py``)."""
+        controller = self.controller(max_len, budget, batch)
 
         def decide(cache: CompressedKVCache, index: int) -> None:
             controller.store(cache, index, act(controller.observe(cache, index)))

@@ -81,12 +81,13 @@ def policy_metadata(env: Any) -> dict[str, Any]:
     }
 
 
-def load_policy(spec: str, env: Any) -> Any:
-    """``spec`` as a policy with ``predict``: a baseline name, or a saved agent's zip (sidecar checked)."""
+def load_policy(spec: str, env: Any, controller: Any = None) -> Any:
+    """``spec`` as a policy with ``predict``: a baseline name (for the generation ``controller`` serves,
+    if given: its budget and length), or a saved agent's zip (sidecar checked)."""
     from agents.kv_baselines import make_kv_baseline
 
     if not spec.endswith(".zip"):
-        return make_kv_baseline(spec, env)
+        return make_kv_baseline(spec, env, controller)
     path = Path(spec)
     sidecar = path.with_suffix(".kv.json")
     if not path.is_file() or not sidecar.is_file():
@@ -167,7 +168,6 @@ def run_policy(
         controller = None
         model.set_attn_implementation("sdpa")
     else:
-        policy = load_policy(spec, env)
 
         def act(obs: dict[str, np.ndarray]) -> np.ndarray:
             begin = time.perf_counter()
@@ -176,6 +176,7 @@ def run_policy(
             return action
 
         cache, controller = unwrapped.serving_cache(act, total, batch, path)
+        policy = load_policy(spec, env, controller)  # a baseline paces itself by this generation's budget
     try:
         ids = (score[None] if score is not None else prompts).to(unwrapped.device)  # (B, L)
         nll, scored_from = [], unwrapped.config.window + block

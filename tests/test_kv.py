@@ -171,7 +171,19 @@ STATIC_PLAN = {"keys": ["int8", "r4"], "values": ["r8", "exact"]}
 
 
 @pytest.mark.parametrize(
-    "spec", ["exact", "streaming", "uniform:r8", "uniform:int4", "h2o:1", "pyramid", "energy:0.9", "greedy", "static"]
+    "spec",
+    [
+        "exact",
+        "streaming",
+        "uniform:r8",
+        "uniform:int4",
+        "recent:int4",
+        "h2o:1",
+        "pyramid",
+        "energy:0.9",
+        "greedy",
+        "static",
+    ],
 )
 def test_every_baseline_plays_an_episode_within_the_budget(kv_env, spec, tmp_path):
     if spec == "static":
@@ -182,9 +194,13 @@ def test_every_baseline_plays_an_episode_within_the_budget(kv_env, spec, tmp_pat
     assert all(info["budget_used"] <= 1.0 + 1e-12 for _, info in steps) and np.isfinite(steps[-1][1]["ppl_ratio"])
     if spec == "streaming":
         assert all((info["key_levels"] == 0).all() for _, info in steps)
+    if spec == "recent:int4":  # evicts the oldest blocks, keeps the newest at int4, and always fits
+        stored = [bool((info["key_levels"] == 2).all()) for _, info in steps]
+        assert stored == sorted(stored) and stored[-1] and not stored[0]
+        assert not any(info["projected"] for _, info in steps)
     if spec.startswith("static"):
         assert steps[0][1]["key_levels"].tolist() == [4, 1] and steps[0][1]["value_levels"].tolist() == [3, 5]
-    assert len(kv_baseline_names()) == 8 and "uniform:LEVEL" in kv_baseline_names()
+    assert len(kv_baseline_names()) == 9 and "uniform:LEVEL" in kv_baseline_names()
     with pytest.raises(ValueError, match=r"baseline='lru' is not allowed; choose one of \['uniform', 'exact'"):
         make_kv_baseline("lru", kv_env)
     with pytest.raises(ValueError, match="needs an argument: energy:TAU"):

@@ -102,6 +102,17 @@ def test_a_batch_shares_decisions_within_the_whole_batchs_budget(kv_env):
     assert (three.cache_bytes - bases) / 3 >= one.cache_bytes - bases
 
 
+def test_a_serving_baseline_takes_the_budget_length_and_batch_of_its_generation(kv_env):
+    from agents.kv_baselines import KVShape
+
+    env = kv_env.unwrapped
+    _, controller = env.serving_cache(lambda obs: None, 300, batch=2, budget=0.6)
+    shape, own = KVShape.of(kv_env, controller), KVShape.of(kv_env)
+    assert shape.free_bytes == controller.budget.cap - controller.budget.reserved != own.free_bytes
+    assert shape.max_seq_len == 300 != own.max_seq_len
+    assert (shape.level_bytes == 2 * own.level_bytes).all()  # two sequences share each decision
+
+
 def test_constrained_decoding_picks_only_allowed_tokens_and_refuses_an_empty_set(kv_env):
     from experiments.generate import run_policy
 
