@@ -11,7 +11,7 @@ from conftest import SYNTHETIC
 from agents.baselines import EnergyThresholdPolicy, make_baseline
 from drrl_env.env import RankSelectionEnv
 from experiments.cli import main
-from experiments.options import parse_env_kwargs
+from experiments.options import parse_env_kwargs, parse_kv_kwargs
 from experiments.rollout import evaluate, summary_table
 from experiments.trade_off import fixed_rank_terms, trade_off
 
@@ -103,6 +103,19 @@ def test_env_kwargs_parsing():
     }
     with pytest.raises(ValueError, match="key=value"):
         parse_env_kwargs(["beta"])
+
+
+def test_kv_env_kwargs_take_kv_fields_and_max_episode_steps():
+    # window 64 with block 64 has 62-step episodes at 4096 tokens: the registered 30 must be raisable
+    assert parse_kv_kwargs(["window=64", "block=64", "max_episode_steps=62"]) == {
+        "window": 64,
+        "block": 64,
+        "max_episode_steps": 62,
+    }
+    with pytest.raises(ValueError, match="positive integer"):
+        parse_kv_kwargs(["max_episode_steps=0"])
+    with pytest.raises(TypeError, match="unknown KVConfig option 'segment_len'"):
+        parse_kv_kwargs(["segment_len=64"])
 
 
 def test_rollout_command_writes_rows(tmp_path):
