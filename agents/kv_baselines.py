@@ -98,9 +98,10 @@ class KVShape:
 
     def blocks_to_decide(self, obs: dict[str, np.ndarray]) -> int:
         """Blocks from the due one on that leave the window by the maximum length: block k is due once
-        (k + 1) B + W tokens are seen, so they are k..floor((max - W) / B) - 1."""
+        (k + 1) B + W tokens are seen, and at most max - 1 are (the last token is only predicted), so
+        they are k..floor((max - 1 - W) / B) - 1."""
         start = round(float(obs["context"][0]) * self.max_seq_len)
-        return max(1, (self.max_seq_len - self.window) // self.block - start // self.block)
+        return max(1, (self.max_seq_len - 1 - self.window) // self.block - start // self.block)
 
 
 class KVPolicy:

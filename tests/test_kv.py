@@ -209,6 +209,26 @@ def test_every_baseline_plays_an_episode_within_the_budget(kv_env, spec, tmp_pat
         make_kv_baseline("static:nowhere.json", kv_env)
 
 
+def test_blocks_to_decide_counts_the_steps_a_maximum_length_episode_has_left(kv_env):
+    """recent:LEVEL reserves bytes for exactly these blocks: one too many would leave a block's bytes unused."""
+    from agents.kv_baselines import KVShape
+
+    shape, config = KVShape.of(kv_env), kv_env.unwrapped.config
+    full = -(-(config.max_seq_len - 1 - config.window - config.block) // config.block)  # ceil: the episode's steps
+    evict_all = np.zeros(kv_env.action_space.shape, dtype=np.int64)
+    for document in range(len(kv_env.unwrapped.document_names())):
+        obs, _ = kv_env.reset(options={"document": document})
+        counts, done = [], False
+        while not done:
+            counts.append(shape.blocks_to_decide(obs))
+            obs, _, terminated, truncated, _ = kv_env.step(evict_all)
+            done = terminated or truncated
+        if len(counts) == full:
+            assert counts == list(range(full, 0, -1))
+            return
+    pytest.fail(f"no document reaches max_seq_len={config.max_seq_len}; lower it in KV_KWARGS")
+
+
 def test_a_registered_kv_baseline_is_made_from_its_spec_and_plays(kv_env):
     """The README's recipe: one KVPolicy subclass and one ``@KV_POLICIES.register`` line."""
     from agents.kv_baselines import KV_POLICIES, KVPolicy
