@@ -22,6 +22,9 @@ projection (``drrl_env/kv/budget.py``) applies to every one of them alike.
 |                   | hold it and every later block the maximum length brings at LEVEL, else evicted, so  |
 |                   | the newest blocks that fit are kept (``recent:int4``; ``recent:exact`` is           |
 |                   | StreamingLLM at the budget)                                                          |
+| ``salient:LEVEL`` | as ``recent``, but while the bytes left cannot hold every later block, a block is    |
+|                   | stored at LEVEL when its accumulated attention share (as ``h2o``) is in the top     |
+|                   | (blocks that fit / blocks left) of the shares seen so far in the episode            |
 | ``static:FILE``   | one request per (layer, kind) for every block, read from a JSON file                |
 |                   | ``{"keys": [level per layer], "values": [...]}``: e.g. the plan searched on training |
 |                   | documents by ``benchmarks/kv_headroom.py`` (``experiments/results/kv/static_train.json``) |
@@ -172,15 +175,48 @@ class RecentPolicy(UniformPolicy):
 
     def __init__(self, shape: KVShape, arg: str) -> None:
         super().__init__(shape, arg)
-        self.evict = shape.index("evict")
+        keys, values = self.levels
+        self.evicted = np.full(2 * shape.n_layers, shape.index("evict"), dtype=np.int64)
+        self.block_bytes = shape.n_layers * (shape.level_bytes[0, keys] + shape.level_bytes[1, values])
+
+    def blocks_that_fit(self, obs: dict[str, np.ndarray]) -> int:
+        """Full blocks at LEVEL, every layer, that the bytes left still hold."""
+        return int(float(obs["context"][3]) * self.shape.free_bytes // self.block_bytes)
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        left = float(obs["context"][3]) * self.shape.free_bytes
-        keys, values = self.levels
-        block_bytes = self.shape.n_layers * (self.shape.level_bytes[0, keys] + self.shape.level_bytes[1, values])
-        if left < self.shape.blocks_to_decide(obs) * block_bytes:
-            return np.full(2 * self.shape.n_layers, self.evict, dtype=np.int64)
+        if self.blocks_that_fit(obs) < self.shape.blocks_to_decide(obs):
+            return self.evicted.copy()
         return super().act(obs)
+
+
+@KV_POLICIES.register
+class SalientPolicy(RecentPolicy):
+    """Spends the bytes on the blocks the window's queries attended to most.  The due block's share is its
+    attention accumulated since insertion against an even one, averaged over layers: s = mean_l mass[l, 1]
+    x tokens seen (as ``h2o``).  With f blocks that still fit at LEVEL out of n left to decide, it is stored
+    at LEVEL when f >= n (as ``recent``), or when f > 0 and s is at least the (1 - f / n) quantile of the
+    shares of the blocks decided before it in this episode (the first is stored); else evicted.  An online
+    knapsack with a quantile threshold: the bytes go to the blocks read most so far, not to the oldest
+    (``uniform``) or the newest (``recent``).  A new episode is told by a block start that does not grow."""
+
+    name, argument = "salient", "LEVEL"
+
+    def __init__(self, shape: KVShape, arg: str) -> None:
+        super().__init__(shape, arg)
+        self.shares: list[float] = []  # this episode's decided blocks, in order
+        self.last_start = np.inf
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        start = float(obs["context"][0])
+        if start <= self.last_start:
+            self.shares = []
+        self.last_start = start
+        share = float(obs["mass"][:, 1].mean()) * float(obs["context"][1]) * self.shape.max_seq_len
+        fit, left = self.blocks_that_fit(obs), self.shape.blocks_to_decide(obs)
+        earlier, self.shares = self.shares, [*self.shares, share]
+        if fit >= left or (fit > 0 and (not earlier or share >= np.quantile(earlier, 1.0 - fit / left))):
+            return UniformPolicy.act(self, obs)
+        return self.evicted.copy()
 
 
 @KV_POLICIES.register

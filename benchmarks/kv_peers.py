@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--budgets", type=lambda s: [float(b) for b in s.split(",")], default=[0.25])
     parser.add_argument(
         "--policies",
-        default="uniform:int4,recent:int4,recent:exact,static:experiments/results/kv/static_train.json,uniform:r16,h2o:1",
+        default="uniform:int4,recent:int4,salient:int4,recent:exact,static:experiments/results/kv/static_train.json,uniform:r16,h2o:1",
     )
     parser.add_argument("--kvpress-python", help="the interpreter of a venv with kvpress (none: ours only)")
     parser.add_argument("--presses", default="streaming,snapkv,knorm,expected-attention,tova,pyramidkv")

@@ -178,6 +178,7 @@ STATIC_PLAN = {"keys": ["int8", "r4"], "values": ["r8", "exact"]}
         "uniform:r8",
         "uniform:int4",
         "recent:int4",
+        "salient:int4",
         "h2o:1",
         "pyramid",
         "energy:0.9",
@@ -198,9 +199,15 @@ def test_every_baseline_plays_an_episode_within_the_budget(kv_env, spec, tmp_pat
         stored = [bool((info["key_levels"] == 2).all()) for _, info in steps]
         assert stored == sorted(stored) and stored[-1] and not stored[0]
         assert not any(info["projected"] for _, info in steps)
+    if spec == "salient:int4":  # stores at int4 or evicts, whole blocks; a replay is the same (history reset)
+        levels = [(info["key_levels"][0], info["value_levels"][0]) for _, info in steps]
+        assert set(levels) <= {(0, 0), (2, 2)}
+        assert [info["key_levels"].tolist() for _, info in play_kv(kv_env, lambda obs: policy.predict(obs)[0])] == [
+            info["key_levels"].tolist() for _, info in steps
+        ]
     if spec.startswith("static"):
         assert steps[0][1]["key_levels"].tolist() == [4, 1] and steps[0][1]["value_levels"].tolist() == [3, 5]
-    assert len(kv_baseline_names()) == 9 and "uniform:LEVEL" in kv_baseline_names()
+    assert len(kv_baseline_names()) == 10 and "uniform:LEVEL" in kv_baseline_names()
     with pytest.raises(ValueError, match=r"baseline='lru' is not allowed; choose one of \['uniform', 'exact'"):
         make_kv_baseline("lru", kv_env)
     with pytest.raises(ValueError, match="needs an argument: energy:TAU"):
