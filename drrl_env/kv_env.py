@@ -140,8 +140,10 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         root = cache_root(cfg.cache_dir)
         training = (
             self.source
-            if cfg.split == "train"
-            else HFAttentionSource.from_config(dataclasses.replace(cfg, split="train"), self.device)
+            if cfg.split == "train" and cfg.calibration_corpus is None
+            else HFAttentionSource.from_config(
+                dataclasses.replace(cfg, corpus=cfg.bases_corpus, split="train"), self.device
+            )
         )
         self.bases = fit_kv_bases(training, cfg.calibration_documents, cfg.key_space, root)
         self.n_layers, n_levels = spec.n_layers, len(self.ladder)
@@ -254,7 +256,7 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             "levels": cfg.levels,
             "key_space": cfg.key_space,
             "estimate_clip": cfg.estimate_clip,
-            "calibration": [cfg.calibration_documents, str(cfg.corpus), cfg.max_seq_len, cfg.min_doc_tokens],
+            "calibration": [cfg.calibration_documents, str(cfg.bases_corpus), cfg.max_seq_len, cfg.min_doc_tokens],
         }
 
         def compute() -> dict[str, np.ndarray]:
@@ -283,7 +285,7 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             "sinks": cfg.sinks,
             "levels": cfg.levels,
             "key_space": cfg.key_space,
-            "calibration": [cfg.calibration_documents, str(cfg.corpus), cfg.max_seq_len, cfg.min_doc_tokens],
+            "calibration": [cfg.calibration_documents, str(cfg.bases_corpus), cfg.max_seq_len, cfg.min_doc_tokens],
         }
 
         def compute() -> dict[str, np.ndarray]:

@@ -98,6 +98,21 @@ def test_all_exact_levels_earn_zero_and_keep_the_exact_perplexity(tiny_causal_ll
     assert abs(sum(r for r, _ in steps)) < 1e-3 and steps[-1][1]["ppl_ratio"] == pytest.approx(1.0, abs=1e-5)
 
 
+def test_a_calibration_corpus_fits_the_bases_while_episodes_play_another_text(kv_env, tiny_causal_llama):
+    """``calibration_corpus``: the bases are those of its training documents, the episodes another corpus's."""
+    from drrl_env.sources.corpus import load_corpus
+
+    code = tuple(d.text for d in load_corpus("stdlib-source", "validation"))
+    env = gym.make(
+        "DRRL-KV-v0",
+        model=tiny_causal_llama,
+        **{**KV_KWARGS, "corpus": code, "calibration_corpus": list(kv_texts()), "cache_dir": None},
+    ).unwrapped
+    assert torch.equal(env.bases.keys, kv_env.unwrapped.bases.keys)
+    assert torch.equal(env.bases.values, kv_env.unwrapped.bases.values)
+    assert env.source.token_ids(0)[:50].tolist() != kv_env.unwrapped.source.token_ids(0)[:50].tolist()
+
+
 def test_the_budget_is_never_exceeded_under_random_actions(kv_env):
     rng = np.random.default_rng(0)
     for document in range(3):

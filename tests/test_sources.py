@@ -148,6 +148,15 @@ def test_built_in_corpora_splits_share_no_text(corpus):
     assert len({d.group for d in splits["test"]}) >= 15
 
 
+def test_the_stdlib_source_corpus_is_code_split_as_its_modules_documentation():
+    splits = _assert_leak_free("stdlib-source")
+    docs = {d.name: d.split for d in load_corpus("stdlib-docs")}
+    for split, documents in splits.items():
+        assert documents and all(docs.get(d.name, split) == split for d in documents), split
+        assert sum("\ndef " in d.text or "\n    def " in d.text for d in documents) > 0.8 * len(documents), split
+    assert len(splits["validation"]) > 5
+
+
 def test_default_test_split_is_wide_enough_for_the_headline(default_env):
     """>= 48 test documents of >= 64 MiniLM tokens, from >= 15 topics."""
     import gymnasium as gym

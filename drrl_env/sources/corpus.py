@@ -7,7 +7,9 @@ so one document roughly fills the default model's 512 positions.
 
 The long-context corpus ``"stdlib-docs"`` is the documentation of ~100 standard-library modules as
 ``pydoc`` renders it (one document per module, 1,400 to 200,000+ characters; the tokenizer
-truncates at ``max_seq_len``).
+truncates at ``max_seq_len``).  ``"stdlib-source"`` is the Python source of the same modules (a
+package's ``__init__.py``; modules without a ``.py`` file are left out): code, another kind of text,
+split by module as the documentation is, so a module's source is in the split of its documentation.
 
 Splits (:func:`leak_free`), the same for every corpus read from text (built-in or a user's files):
 
@@ -55,7 +57,8 @@ def load_corpus(corpus: str | Sequence[str] | None, split: str = "all") -> list[
     """Documents of ``corpus`` in ``split`` ("train", "validation", "test" or "all"), in a fixed order.
 
     ``corpus``: ``None`` for the pydoc topics; ``"stdlib-docs"`` for the long-context corpus (one
-    document per standard-library module, its rendered documentation); a path to a text file (cut
+    document per standard-library module, its rendered documentation) and ``"stdlib-source"`` for
+    those modules' source files (one document each); a path to a text file (cut
     like a topic) or a folder of ``*.txt`` files (each file cut like a topic), all made leak-free
     (:func:`leak_free`); or a sequence of strings, one document each, taken as given.
     Raises ``ValueError`` for a missing path, an empty corpus or an empty split.
@@ -65,9 +68,9 @@ def load_corpus(corpus: str | Sequence[str] | None, split: str = "all") -> list[
 
         documents = _pydoc_documents(tuple(sorted(topics.items())))
         origin = "pydoc_data.topics"
-    elif corpus == STDLIB_DOCS:
-        documents = [Document(name, name, text) for name, text in leak_free(_stdlib_docs())]
-        origin = STDLIB_DOCS
+    elif corpus in STDLIB_CORPORA:
+        documents = [Document(name, name, text) for name, text in leak_free(STDLIB_CORPORA[corpus]())]
+        origin = corpus
     elif isinstance(corpus, str):
         path = Path(corpus)
         if path.is_file():
@@ -225,6 +228,24 @@ def _stdlib_docs() -> tuple[tuple[str, str], ...]:
         text = re.sub(r"\n *environb? = environ\(.*", "", text)
         docs.append((name, re.sub(r" at 0x[0-9a-f]+", "", text)))
     return tuple(docs)
+
+
+@functools.cache
+def _stdlib_source() -> tuple[tuple[str, str], ...]:
+    """(module, its source file's text) for the modules of ``STDLIB_MODULES`` whose source ships as a
+    ``.py`` file, read from the file (the module is not imported; a dotted name imports its package)."""
+    import importlib.util
+
+    sources = []
+    for name in STDLIB_MODULES:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin is not None and spec.origin.endswith(".py"):
+            sources.append((name, _read_text(Path(spec.origin))))
+    return tuple(sources)
+
+
+STDLIB_SOURCE = "stdlib-source"
+STDLIB_CORPORA = {STDLIB_DOCS: _stdlib_docs, STDLIB_SOURCE: _stdlib_source}  # name -> (group, text) pairs
 
 
 DUPLICATE_SHARE = 0.8  # a group whose long paragraphs are this much in groups kept before it is a duplicate
