@@ -25,7 +25,7 @@ from drrl_env.kv.controller import CONTEXT, BlockController
 from drrl_env.kv.episode import KVEpisode
 from drrl_env.kv.fast import FastDocument
 from drrl_env.kv.levels import Evict, parse_ladder
-from drrl_env.kv.observation import block_features
+from drrl_env.kv.observation import OBSERVATION_VERSION, block_features
 from drrl_env.kv.output_errors import output_errors
 from drrl_env.play import choose_document
 from drrl_env.sources import runtime_device
@@ -249,6 +249,7 @@ class KVCacheEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         cfg = self.config
         key = {
             "kind": "kv-exact-run",
+            "observation": OBSERVATION_VERSION,  # the block features it keeps
             "document": self.source.document_key(index),
             "block": cfg.block,
             "window": cfg.window,

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-OBSERVATION_VERSION = 1  # bump when KVCacheEnv's observation changes meaning
+from drrl_env.kv.observation import OBSERVATION_VERSION
+
 DYNAMIC = "dynamic"  # transformers' DynamicCache: exact, extended by concatenation at every forward
 PREALLOCATED = "preallocated"  # transformers' StaticCache: exact, written in place into the run's full length
 EXACT_CACHES = (DYNAMIC, PREALLOCATED)

@@ -98,6 +98,24 @@ def test_all_exact_levels_earn_zero_and_keep_the_exact_perplexity(tiny_causal_ll
     assert abs(sum(r for r, _ in steps)) < 1e-3 and steps[-1][1]["ppl_ratio"] == pytest.approx(1.0, abs=1e-5)
 
 
+def test_fused_attention_counts_each_keys_readings_by_the_recorded_queries():
+    """The observation divides a block's accumulated mass by these counts, so it is a mean attention per reading
+    however many of a forward's queries were recorded (a 3072-token prefill records 32)."""
+    from drrl_env.kv.attention import fused_attention
+    from drrl_env.kv.cache import RECENT_QUERIES
+
+    b, heads, kv_heads, q, stored, d = 2, 4, 2, RECENT_QUERIES + 8, RECENT_QUERIES + 18, 8
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(b, heads, q, d, generator=generator)
+    key, value = (torch.randn(b, kv_heads, stored, d, generator=generator) for _ in range(2))
+    _, _, mass, reads = fused_attention(query, key, value, d**-0.5)
+    first = stored - RECENT_QUERIES  # the recorded queries sit at positions first..stored-1; p is seen from p on
+    expected = b * heads * (stored - torch.arange(stored).clamp_min(first))
+    assert torch.equal(reads.long(), expected)
+    torch.testing.assert_close(mass.sum(), torch.tensor(float(b * heads * RECENT_QUERIES)))  # each row sums to 1
+    assert bool((mass <= reads + 1e-5).all())
+
+
 def test_a_calibration_corpus_fits_the_bases_while_episodes_play_another_text(kv_env, tiny_causal_llama):
     """``calibration_corpus``: the bases are those of its training documents, the episodes another corpus's."""
     from drrl_env.sources.corpus import load_corpus

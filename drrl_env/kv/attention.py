@@ -11,7 +11,9 @@ queries).  Besides O it records, in the layer, what the observation of the next 
 reads, from the newest ``RECENT_QUERIES`` queries only (all of them when decoding one token at a
 time): their scores' log-normalizers lse = logsumexp(Q_m K^T * scaling + M), their outputs, and the
 attention mass they give each stored token (summed over batch, heads and those queries: H2O's
-accumulated signal, sampled from each forward's newest queries).  The scores of those queries are
+accumulated signal, sampled from each forward's newest queries) with the count of those readings
+(the (sequence, head, query) triples that see the token), by which the observation divides the mass.
+The scores of those queries are
 computed once more for this (m x S per head, a fraction m / q of the attention's work).
 
 On the speed paths (``CompressedKVCache(path="speed")`` or ``"speed-bf16"``) the stored blocks sit in
@@ -45,18 +47,20 @@ def kv_attention(
     """O (b, q, H, d) for ``query`` (b, H, q, d) over ``key``, ``value`` (b, H_kv, S, d); records as above."""
     if layer.speed:
         return speed_attention(layer, query, key, value, scaling)
-    out, lse, mass = fused_attention(query, key, value, scaling)
+    out, lse, mass, reads = fused_attention(query, key, value, scaling)
     layer.mass += mass
+    layer.reads += reads
     record(layer, query, lse, out)
     return out.transpose(1, 2).contiguous()  # (b, q, H, d)
 
 
 def fused_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """SDPA's O (b, H, q, d) over ``key``, ``value`` (b, H_kv, S, d), whose last q entries are the queries'
-    own tokens, and for the newest m = min(q, RECENT_QUERIES) queries their log-normalizers (b, H, m) and
-    the attention mass they give each key (S,), from their scores computed once more."""
+    own tokens, and for the newest m = min(q, RECENT_QUERIES) queries their log-normalizers (b, H, m),
+    the attention mass they give each key (S,), from their scores computed once more, and how many
+    (sequence, head, query) triples of them see each key (S,)."""
     b, heads, q, d = query.shape
     kv_heads, stored = key.shape[1], key.shape[2]
     group = heads // kv_heads
@@ -70,7 +74,8 @@ def fused_attention(
     scores = (recent @ key.transpose(-1, -2)).float() * scaling  # (b, H_kv, g m, S)
     scores = scores.masked_fill(~visible[q - m :].repeat(group, 1), float("-inf"))
     lse = torch.logsumexp(scores, dim=-1, keepdim=True)  # (b, H_kv, g m, 1)
-    return out, lse.reshape(b, heads, m), torch.exp(scores - lse).sum(dim=(0, 1, 2))
+    reads = visible[q - m :].sum(0) * (b * heads)  # (S,) the (sequence, head, query) triples that see each key
+    return out, lse.reshape(b, heads, m), torch.exp(scores - lse).sum(dim=(0, 1, 2)), reads
 
 
 def record(layer: CompressedLayer, query: torch.Tensor, lse: torch.Tensor, out: torch.Tensor) -> None:
@@ -113,6 +118,7 @@ def speed_attention(
     m = min(q, RECENT_QUERIES)
     recent = probs[0].reshape(b, kv_heads, group, q, stored)[:, :, :, q - m :]  # (b, H_kv, g, m, S)
     layer.mass += recent.float().sum(dim=(0, 1, 2, 3))
+    layer.reads += visible[q - m :].sum(0) * (b * heads)
     lse = lse.reshape(b, kv_heads, group, q)[..., q - m :].reshape(b, heads, m)  # (b, H_kv, g, m) -> (b, H, m)
     record(layer, query, lse, out)
     return out.transpose(1, 2).contiguous()  # (b, q, H, d)
@@ -129,7 +135,8 @@ def rebuilt_attention(
         k, v = (x.to(key.dtype) for x in (stored_group.keys, stored_group.values))  # (b, H_kv, n, r or d)
         for rebuilt, stored, basis in ((keys, k, stored_group.key_basis), (values, v, stored_group.value_basis)):
             rebuilt.insert(-1, stored if basis is None else stored @ basis.to(key.dtype).transpose(-1, -2))
-    out, lse, mass = fused_attention(query, torch.cat(keys, dim=-2), torch.cat(values, dim=-2), scaling)
+    out, lse, mass, reads = fused_attention(query, torch.cat(keys, dim=-2), torch.cat(values, dim=-2), scaling)
     layer.mass += mass[-key.shape[-2] :]
+    layer.reads += reads[-key.shape[-2] :]
     record(layer, query, lse, out)
     return out.transpose(1, 2).contiguous()  # (b, q, H, d)

@@ -96,8 +96,9 @@ class StoredGroup:
 
 
 class CompressedLayer(DynamicLayer):
-    """One layer's stored keys and values (module docstring), their positions, and the attention mass
-    each stored token has received since it entered (summed over batch, heads and queries: H2O's signal).
+    """One layer's stored keys and values (module docstring), their positions, the attention mass each
+    stored token has received since it entered from the recorded queries (summed over batch, heads and
+    queries: H2O's signal) and ``reads``, the count of those (sequence, head, query) readings.
     ``groups`` holds the speed path's stored groups by (key rank, value rank), 0 for a dense side; their
     tokens have left the dense tensors (and ``positions``, ``mass``: they are decided for good)."""
 
@@ -108,13 +109,14 @@ class CompressedLayer(DynamicLayer):
         self.seen = 0
         self.positions = torch.zeros(0, dtype=torch.long)
         self.mass = torch.zeros(0)
+        self.reads = torch.zeros(0)
         self.recent = RecentQueries(recent)
         self.groups: dict[tuple[int, int], StoredGroup] = {}
         self.speed = False  # the speed path's attention, set by the cache (``attention.py``)
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         super().lazy_initialization(key_states, value_states)
-        self.positions, self.mass = self.positions.to(self.device), self.mass.to(self.device)
+        self.positions, self.mass, self.reads = (x.to(self.device) for x in (self.positions, self.mass, self.reads))
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
@@ -124,6 +126,7 @@ class CompressedLayer(DynamicLayer):
         self.values = torch.cat([self.values, value_states], dim=-2)
         self.positions = torch.cat([self.positions, torch.arange(self.seen, self.seen + n, device=self.device)])
         self.mass = torch.cat([self.mass, torch.zeros(n, device=self.device)])
+        self.reads = torch.cat([self.reads, torch.zeros(n, device=self.device)])
         self.seen += n
         setattr(self.keys, KV_LAYER, self)  # the attention function finds the layer through its keys
         return self.keys, self.values
@@ -153,7 +156,7 @@ class CompressedLayer(DynamicLayer):
             keep = torch.ones(self.stored, dtype=torch.bool, device=self.device)
             keep[entries] = False
             self.keys, self.values = self.keys[:, :, keep], self.values[:, :, keep]
-            self.positions, self.mass = self.positions[keep], self.mass[keep]
+            self.positions, self.mass, self.reads = self.positions[keep], self.mass[keep], self.reads[keep]
         else:
             self.keys[:, :, entries] = keys.to(self.keys.dtype)
             self.values[:, :, entries] = values.to(self.values.dtype)

@@ -16,7 +16,12 @@ outputs o (``RecentQueries``):
   The key term linearizes the softmax, so it estimates rather than bounds; its rank correlation
   with the realized next-block excess NLL is reported by ``benchmarks/kv_frontier.py``.
 - ``mass[l]`` = (sum_j a_j averaged over the recent queries and heads, the attention accumulated by
-  the block's tokens since they entered divided by heads x queries since then): H2O's signal.
+  the block's tokens since they entered divided by its readings: the recorded (sequence, head,
+  query) triples that saw them, ``CompressedLayer.reads``), so both are a mean attention per
+  reading, whatever share of each forward's queries was recorded: H2O's signal.  Before observation
+  version 2 the second was divided by every head and token since insertion, though only the newest
+  ``RECENT_QUERIES`` of each forward are recorded: 4x too small in the environment's blocks of 128,
+  and near 0 after a long prefill.
 
 Nothing here reads future tokens or an exact output the deployed model would not compute: the
 queries, lse and outputs are the model's own, recorded by ``kv/attention.py``.
@@ -29,6 +34,8 @@ import torch
 
 from drrl_env.kv.cache import CompressedKVCache
 from drrl_env.kv.levels import Evict
+
+OBSERVATION_VERSION = 2  # bump when the features change meaning: trained agents' sidecars and cached exact runs name it
 
 
 def block_features(cache: CompressedKVCache, index: int, clip: float) -> dict[str, np.ndarray]:
@@ -62,8 +69,7 @@ def block_features(cache: CompressedKVCache, index: int, clip: float) -> dict[st
                 .sqrt()
             )
             block_mass = attn.sum(-1)  # (b, H_kv, g m)
-            since = (cache.seen - (start + stop) / 2) * heads * b
-            accumulated = layer.mass[entries].mean() / max(since, 1.0)
+            accumulated = layer.mass[entries].sum() / layer.reads[entries].sum().clamp_min(1.0)
             # sum_j a_j (o - v_j) = mass o - A_blk V_blk, (b, H_kv, g m, d)
             removed = (block_mass[..., None] * out - attn @ values).norm(dim=-1) / (1 - block_mass).clamp_min(1e-6)
             angles = cache.block_angles(start, stop)
