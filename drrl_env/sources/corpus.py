@@ -68,7 +68,7 @@ def load_corpus(corpus: str | Sequence[str] | None, split: str = "all") -> list[
 
         documents = _pydoc_documents(tuple(sorted(topics.items())))
         origin = "pydoc_data.topics"
-    elif corpus in STDLIB_CORPORA:
+    elif isinstance(corpus, str) and corpus in STDLIB_CORPORA:
         documents = [Document(name, name, text) for name, text in leak_free(STDLIB_CORPORA[corpus]())]
         origin = corpus
     elif isinstance(corpus, str):
