@@ -13,8 +13,8 @@ time): their scores' log-normalizers lse = logsumexp(Q_m K^T * scaling + M), the
 attention mass they give each stored token (summed over batch, heads and those queries: H2O's
 accumulated signal, sampled from each forward's newest queries) with the count of those readings
 (the (sequence, head, query) triples that see the token), by which the observation divides the mass.
-The scores of those queries are
-computed once more for this (m x S per head, a fraction m / q of the attention's work).
+The scores of those queries are computed once more for this (m x S per head, a fraction m / q of the
+attention's work).
 
 On the speed paths (``CompressedKVCache(path="speed")`` or ``"speed-bf16"``) the stored blocks sit in
 the layer's stored groups g (``cache.py``), whose keys C_g^K = K_g U^K_g and values C_g^V = V_g U^V_g

@@ -100,7 +100,7 @@ class CompressedLayer(DynamicLayer):
     stored token has received since it entered from the recorded queries (summed over batch, heads and
     queries: H2O's signal) and ``reads``, the count of those (sequence, head, query) readings.
     ``groups`` holds the speed path's stored groups by (key rank, value rank), 0 for a dense side; their
-    tokens have left the dense tensors (and ``positions``, ``mass``: they are decided for good)."""
+    tokens have left the dense tensors (and ``positions``, ``mass``, ``reads``: they are decided for good)."""
 
     is_croppable = False
 
