@@ -99,6 +99,11 @@ class KVShape:
         remaining = max(1.0, (1.0 - float(obs["context"][1])) * self.max_seq_len / self.block + 1)
         return left / remaining
 
+    def attention_share(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """(Ly,) the due block's attention accumulated since insertion against an even share: mass[l, 1]
+        (mean attention per reading) x tokens seen, so 1 is the share of 1 / tokens seen."""
+        return obs["mass"][:, 1] * float(obs["context"][1]) * self.max_seq_len
+
     def blocks_to_decide(self, obs: dict[str, np.ndarray]) -> int:
         """Blocks from the due one on that leave the window by the maximum length: block k is due once
         (k + 1) B + W tokens are seen, and at most max - 1 are (the last token is only predicted), so
@@ -191,10 +196,10 @@ class RecentPolicy(UniformPolicy):
 
 @KV_POLICIES.register
 class SalientPolicy(RecentPolicy):
-    """Spends the bytes on the blocks the window's queries attended to most.  The due block's share is its
-    attention accumulated since insertion against an even one, averaged over layers: s = mean_l mass[l, 1]
-    x tokens seen (as ``h2o``).  With f blocks that still fit at LEVEL out of n left to decide, it is stored
-    at LEVEL when f >= n (as ``recent``), or when f > 0 and s is at least the (1 - f / n) quantile of the
+    """Spends the bytes on the blocks the window's queries attended to most.  The due block's share s is its
+    attention accumulated since insertion against an even one, averaged over layers (``KVShape.attention_share``,
+    as ``h2o``).  With f blocks that still fit at LEVEL out of n left to decide, it is stored at LEVEL when
+    f >= n (as ``recent``), or when f > 0 and s is at least the (1 - f / n) quantile of the
     shares of the blocks decided before it in this episode (the first is stored); else evicted.  An online
     knapsack with a quantile threshold: the bytes go to the blocks read most so far, not to the oldest
     (``uniform``) or the newest (``recent``).  A new episode is told by a block start that does not grow."""
@@ -211,7 +216,7 @@ class SalientPolicy(RecentPolicy):
         if start <= self.last_start:
             self.shares = []
         self.last_start = start
-        share = float(obs["mass"][:, 1].mean()) * float(obs["context"][1]) * self.shape.max_seq_len
+        share = float(self.shape.attention_share(obs).mean())
         fit, left = self.blocks_that_fit(obs), self.shape.blocks_to_decide(obs)
         earlier, self.shares = self.shares, [*self.shares, share]
         if fit >= left or (fit > 0 and (not earlier or share >= np.quantile(earlier, 1.0 - fit / left))):
@@ -245,8 +250,7 @@ class H2OPolicy(KVPolicy):
         self.tau = float(arg)
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        seen = float(obs["context"][1]) * self.shape.max_seq_len
-        keep = obs["mass"][:, 1] * seen >= self.tau  # (Ly,) accumulated share vs an even one
+        keep = self.shape.attention_share(obs) >= self.tau  # (Ly,)
         levels = np.where(keep, len(self.shape.ladder) - 1, 0)
         return np.concatenate([levels, levels])
 

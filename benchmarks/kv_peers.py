@@ -1,7 +1,7 @@
 """DRRL-KV-v0's ladder and policies against NVIDIA KVPress's presses, at equal bytes, on the same documents.
 
     python benchmarks/kv_peers.py [--documents 8] [--length 4096] [--context 0.75] [--budgets 0.25]
-        [--policies uniform:int4,recent:int4,recent:exact,static:experiments/results/kv/static_train.json,...]
+        [--policies uniform:int4,recent:int4,salient:int4,recent:exact,static:FILE,uniform:r16,h2o:1]
         [--kvpress-python .venv-kvpress/bin/python] [--presses streaming,snapkv,knorm,expected-attention,tova,pyramidkv]
         [--out experiments/results/kv/peers.txt]
 

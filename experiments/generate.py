@@ -30,8 +30,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from drrl_env.kv.observation import OBSERVATION_VERSION
-
 DYNAMIC = "dynamic"  # transformers' DynamicCache: exact, extended by concatenation at every forward
 PREALLOCATED = "preallocated"  # transformers' StaticCache: exact, written in place into the run's full length
 EXACT_CACHES = (DYNAMIC, PREALLOCATED)
@@ -69,6 +67,8 @@ HEADER = f"{'policy':<18} {'tokens/s':>9} {'cache MiB':>9} {'of exact':>8} {'dec
 
 def policy_metadata(env: Any) -> dict[str, Any]:
     """What a saved KV agent must share with the cache it serves (its sidecar ``model.kv.json``)."""
+    from drrl_env.kv.observation import OBSERVATION_VERSION  # here: the CLI starts without transformers
+
     unwrapped = env.unwrapped
     cfg = unwrapped.config
     return {
